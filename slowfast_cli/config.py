@@ -1,0 +1,273 @@
+"""Typed settings for every stage, presets in ``configs/``, and their resolution.
+
+Precedence is defaults (this file) < preset file (TOML) < overrides (command-line flags). Raw dicts become
+dataclasses here and nowhere else; every bad key or value raises :class:`ConfigError` naming the valid choices.
+This module imports neither torch nor any model library, so ``slowfast budget`` stays instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+SLOW_POOLS = ("none", "1d_max", "1d_avg", "2x2_max", "2x2_avg")
+PROJECTORS = ("identity", "linear", "mlp2x_gelu")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+PACKAGE_PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+
+@dataclass
+class VideoCfg:
+    frames: int = 64  # T frames sampled uniformly over the whole video: the seed design's 64
+    sample_fps: float | None = None  # if set, sample at this rate instead of a fixed T (capped by max_frames)
+    max_frames: int = 256  # upper bound on T when sampling by fps, so a 2-hour video stays bounded
+    decode_resize: bool = True  # let the decoder scale to the model's size (fast); False decodes full size
+
+
+@dataclass
+class EncoderCfg:
+    model: str = "ViT-B-16"  # any open_clip model name with a ViT vision tower
+    pretrained: str = "openai"  # open_clip tag, a local weights file, or "none" for random weights
+    layer: int = -2  # LLaVA takes the penultimate block's patch tokens
+    batch_frames: int = 32  # frames per ViT forward pass: large enough to fill a GPU, small enough for a CPU
+
+
+@dataclass
+class ProjectorCfg:
+    kind: str = "identity"  # identity keeps the vision width; linear / mlp2x_gelu map to llm_dim
+    llm_dim: int | None = None  # output width of linear / mlp2x_gelu (taken from weights when they are given)
+    weights: str | None = None  # path to a LLaVA mm_projector.bin or a plain state dict
+    random_init: bool = False  # allow random projector weights (seeded, flagged in meta) when no file is given
+    seed: int = 0  # seed for random projector weights
+
+
+@dataclass
+class AggregatorCfg:
+    slow_frames: int = 32  # S frames kept in detail; the seed design's 32 of 64
+    slow_pool: str = "1d_max"  # spatial pooling of slow frames, one of SLOW_POOLS
+    fast_size: tuple[int, int] = (4, 4)  # (h, w) grid every frame is average-pooled to in the fast pathway
+
+
+@dataclass
+class RuntimeCfg:
+    device: str = "auto"  # auto picks CUDA when present
+    dtype: str = "auto"  # auto: bf16 on CUDA and on CPUs with native bf16, else fp32
+
+
+@dataclass
+class Config:
+    name: str = "default"
+    description: str = ""
+    video: VideoCfg = field(default_factory=VideoCfg)
+    encoder: EncoderCfg = field(default_factory=EncoderCfg)
+    projector: ProjectorCfg = field(default_factory=ProjectorCfg)
+    aggregator: AggregatorCfg = field(default_factory=AggregatorCfg)
+    runtime: RuntimeCfg = field(default_factory=RuntimeCfg)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-value dict (lists, not tuples) for ``meta`` and JSON output."""
+        d = dataclasses.asdict(self)
+        d["aggregator"]["fast_size"] = list(self.aggregator.fast_size)
+        return d
+
+
+SECTIONS = {
+    "video": VideoCfg,
+    "encoder": EncoderCfg,
+    "projector": ProjectorCfg,
+    "aggregator": AggregatorCfg,
+    "runtime": RuntimeCfg,
+}
+
+# flag name (as the CLI spells it, with underscores) -> (section, field)
+FLAG_KEYS = {
+    "frames": ("video", "frames"),
+    "sample_fps": ("video", "sample_fps"),
+    "max_frames": ("video", "max_frames"),
+    "decode_resize": ("video", "decode_resize"),
+    "model": ("encoder", "model"),
+    "pretrained": ("encoder", "pretrained"),
+    "layer": ("encoder", "layer"),
+    "batch_frames": ("encoder", "batch_frames"),
+    "projector": ("projector", "kind"),
+    "llm_dim": ("projector", "llm_dim"),
+    "projector_weights": ("projector", "weights"),
+    "random_projector": ("projector", "random_init"),
+    "projector_seed": ("projector", "seed"),
+    "slow_frames": ("aggregator", "slow_frames"),
+    "slow_pool": ("aggregator", "slow_pool"),
+    "fast_size": ("aggregator", "fast_size"),
+    "device": ("runtime", "device"),
+    "dtype": ("runtime", "dtype"),
+}
+
+
+def parse_hw(text: str | int | list | tuple, what: str = "fast size") -> tuple[int, int]:
+    """Parse ``"4x4"``, ``"4"``, ``4`` or ``[4, 4]`` into a positive ``(h, w)``."""
+    try:
+        if isinstance(text, int) and not isinstance(text, bool):
+            h = w = text
+        elif isinstance(text, (list, tuple)) and len(text) == 2:
+            h, w = (int(v) for v in text)
+        elif isinstance(text, str):
+            parts = text.lower().replace("*", "x").split("x")
+            if len(parts) == 1:
+                h = w = int(parts[0])
+            elif len(parts) == 2:
+                h, w = int(parts[0]), int(parts[1])
+            else:
+                raise ValueError
+        else:
+            raise ValueError
+    except (ValueError, TypeError):
+        raise ConfigError(f"bad {what} {text!r}: expected HxW with positive integers, e.g. 4x4") from None
+    if h <= 0 or w <= 0:
+        raise ConfigError(f"bad {what} {text!r}: both sides must be positive, e.g. 4x4")
+    return h, w
+
+
+def _check_type(section: str, key: str, value: Any, default: Any, annotation: str) -> Any:
+    """Coerce a raw TOML/flag value to the field's type or raise a ConfigError naming it."""
+    where = f"{section}.{key}"
+    if key == "fast_size":
+        return parse_hw(value, where)
+    if "bool" in annotation:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"bad value for {where}: {value!r} (expected true or false)")
+    if value is None and "None" in annotation:
+        return None
+    if "int" in annotation and "float" not in annotation:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"bad value for {where}: {value!r} (expected an integer)")
+        return value
+    if "float" in annotation:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"bad value for {where}: {value!r} (expected a number)")
+        return float(value)
+    if "str" in annotation:
+        if not isinstance(value, str):
+            raise ConfigError(f"bad value for {where}: {value!r} (expected a string)")
+        return value
+    return value
+
+
+def _apply(cfg: Config, section: str, values: dict[str, Any], source: str) -> None:
+    cls = SECTIONS[section]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    target = getattr(cfg, section)
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"unknown key {section}.{key!r} in {source}; valid keys: {', '.join(fields)}")
+        f = fields[key]
+        setattr(target, key, _check_type(section, key, value, f.default, str(f.type)))
+
+
+def validate(cfg: Config) -> Config:
+    """Check values that do not depend on the model's patch grid (see ``check_grid`` for those)."""
+    v, e, p, a, r = cfg.video, cfg.encoder, cfg.projector, cfg.aggregator, cfg.runtime
+    for where, value in [
+        ("video.frames (--frames)", v.frames),
+        ("video.max_frames (--max-frames)", v.max_frames),
+        ("encoder.batch_frames (--batch-frames)", e.batch_frames),
+        ("aggregator.slow_frames (--slow-frames)", a.slow_frames),
+    ]:
+        if value <= 0:
+            raise ConfigError(f"{where} must be a positive integer, got {value}")
+    if v.sample_fps is not None and v.sample_fps <= 0:
+        raise ConfigError(f"video.sample_fps (--sample-fps) must be positive, got {v.sample_fps}")
+    if a.slow_pool not in SLOW_POOLS:
+        raise ConfigError(f"unknown slow pool {a.slow_pool!r}; valid: {', '.join(SLOW_POOLS)}")
+    if p.kind not in PROJECTORS:
+        raise ConfigError(f"unknown projector {p.kind!r}; valid: {', '.join(PROJECTORS)}")
+    if p.llm_dim is not None and p.llm_dim <= 0:
+        raise ConfigError(f"projector.llm_dim (--llm-dim) must be positive, got {p.llm_dim}")
+    if r.dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {r.dtype!r}; valid: {', '.join(DTYPES)}")
+    dev = r.device
+    if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        raise ConfigError(f"unknown device {dev!r}; valid: auto, cpu, cuda, cuda:N")
+    if not e.model:
+        raise ConfigError("encoder.model (--model) must not be empty")
+    return cfg
+
+
+def preset_dirs() -> list[Path]:
+    """Where presets are looked up by name: the checkout's ``configs/`` then the installed copy."""
+    return [d for d in (PRESET_DIR, PACKAGE_PRESET_DIR) if d.is_dir()]
+
+
+def list_presets() -> dict[str, Path]:
+    """Preset name -> file, first directory wins."""
+    found: dict[str, Path] = {}
+    for d in preset_dirs():
+        for p in sorted(d.glob("*.toml")):
+            found.setdefault(p.stem, p)
+    return found
+
+
+def find_preset(name_or_path: str) -> Path:
+    """A preset by name (``tiny``) or a path to a TOML file."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists() or "/" in name_or_path:
+        if not p.is_file():
+            raise ConfigError(f"config file {name_or_path} does not exist")
+        return p
+    presets = list_presets()
+    if name_or_path not in presets:
+        raise ConfigError(f"unknown preset {name_or_path!r}; valid: {', '.join(presets) or '(none found)'}")
+    return presets[name_or_path]
+
+
+def load_preset(name_or_path: str) -> Config:
+    """Defaults overlaid with one preset file."""
+    path = find_preset(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    cfg = Config(name=path.stem)
+    for key, value in raw.items():
+        if key in ("name", "description"):
+            setattr(cfg, key, str(value))
+        elif key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: [{key}] must be a table")
+            _apply(cfg, key, value, str(path))
+        else:
+            valid = ", ".join(["name", "description", *SECTIONS])
+            raise ConfigError(f"{path}: unknown key {key!r}; valid top-level keys: {valid}")
+    return cfg
+
+
+def resolve_config(preset: str | None = "default", overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults < preset < overrides. ``overrides`` maps flag names (see FLAG_KEYS) to values; None means unset.
+
+    Example:
+        >>> resolve_config("tiny", {"frames": 8, "slow_pool": "none"}).video.frames
+        8
+    """
+    cfg = load_preset(preset) if preset else Config()
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue  # "not given" never overrides (timm's factories do the same)
+        if key not in FLAG_KEYS:
+            raise ConfigError(f"unknown setting {key!r}; valid: {', '.join(FLAG_KEYS)}")
+        section, name = FLAG_KEYS[key]
+        _apply(cfg, section, {name: value}, "flags")
+    return validate(cfg)
+
+
+def config_from_dict(d: dict[str, Any]) -> Config:
+    """Rebuild a Config from ``Config.to_dict()`` output (e.g. a token file's ``meta['config']``)."""
+    cfg = Config(name=str(d.get("name", "default")), description=str(d.get("description", "")))
+    for section in SECTIONS:
+        if section in d:
+            _apply(cfg, section, d[section], "meta")
+    return validate(cfg)
