@@ -1,0 +1,444 @@
+"""The ``slowfast`` command line: a thin typer layer that builds a config, calls one library function, shows it.
+
+Only this module imports typer and rich, prints, and decides exit codes: 0 success, 1 a runtime failure (bad
+video, bad weights, any failed video in a batch), 2 a usage error (bad flag, bad preset value). Heavy libraries
+(torch, open_clip, decord) are imported inside the commands that need them, so ``--help`` and ``budget`` start
+in the time typer itself takes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .budget import Budget, model_grid, plan, token_budget
+from .config import FLAG_KEYS, Config, list_presets, load_preset, parse_hw, resolve_config
+from .errors import ConfigError, SlowfastError
+
+app = typer.Typer(
+    name="slowfast",
+    help="Turn videos into short, fixed-budget SlowFast token sequences for video LLMs.",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+# Not a terminal (a pipe, a file, CliRunner): rich would assume 80 columns and squash the tables.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+_state = {"debug": bool(os.environ.get("SLOWFAST_DEBUG"))}
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    return typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {message}")
+
+
+def handles_errors(fn):
+    """Turn SlowfastError into one red line on stderr and exit 1 (ConfigError: exit 2); --debug re-raises."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SlowfastError as exc:
+            if _state["debug"]:
+                traceback.print_exc()
+            raise fail(str(exc).replace("[", r"\["), 2 if isinstance(exc, ConfigError) else 1) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+
+    return wrapper
+
+
+def print_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2))
+
+
+# --- shared options -------------------------------------------------------------------------------------------
+ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="Preset name (see `slowfast configs`) or a TOML file.")]
+ModelOpt = Annotated[str | None, typer.Option(help="open_clip model name, e.g. ViT-B-16, ViT-L-14-336.")]
+PretrainedOpt = Annotated[
+    str | None, typer.Option(help="open_clip tag (openai), a local weights file, or 'none' for random weights.")
+]
+LayerOpt = Annotated[int | None, typer.Option(help="ViT block whose patch tokens are taken; -2 = penultimate.")]
+FramesOpt = Annotated[int | None, typer.Option("--frames", "-t", help="Frames T sampled uniformly from the video.")]
+SampleFpsOpt = Annotated[float | None, typer.Option(help="Sample at this rate instead of a fixed --frames.")]
+MaxFramesOpt = Annotated[int | None, typer.Option(help="Cap on frames when sampling with --sample-fps.")]
+SlowFramesOpt = Annotated[int | None, typer.Option(help="Frames S kept in detail by the slow pathway.")]
+SlowPoolOpt = Annotated[
+    str | None, typer.Option(help="Slow pooling: none, 1d_max, 1d_avg, 2x2_max, 2x2_avg.", show_default=False)
+]
+FastSizeOpt = Annotated[str | None, typer.Option(help="Fast pathway grid per frame, HxW (e.g. 4x4).")]
+ProjectorOpt = Annotated[str | None, typer.Option(help="identity, linear or mlp2x_gelu.")]
+ProjectorWeightsOpt = Annotated[
+    Path | None, typer.Option(help="LLaVA mm_projector.bin or a plain state dict.", dir_okay=False)
+]
+LlmDimOpt = Annotated[int | None, typer.Option(help="Output width of a linear / mlp2x_gelu projector.")]
+RandomProjectorOpt = Annotated[
+    bool | None, typer.Option("--random-projector", help="Allow seeded random projector weights (testing only).")
+]
+DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+DtypeOpt = Annotated[str | None, typer.Option(help="auto, fp32, bf16 or fp16.")]
+BatchFramesOpt = Annotated[int | None, typer.Option(help="Frames per ViT forward pass.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
+
+
+def build_config(preset: str, **flags: Any) -> Config:
+    """defaults < preset < flags; flags that are None were not given."""
+    if flags.get("fast_size") is not None:
+        flags["fast_size"] = parse_hw(flags["fast_size"], "--fast-size")
+    if flags.get("projector_weights") is not None:
+        flags["projector_weights"] = str(flags["projector_weights"])
+    unknown = set(flags) - set(FLAG_KEYS)
+    assert not unknown, unknown
+    return resolve_config(preset, flags)
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """Turn videos into short, fixed-budget SlowFast token sequences for video LLMs."""
+    if debug:
+        _state["debug"] = True
+    if version:
+        typer.echo(f"slowfast {__version__}")
+        raise typer.Exit(0)
+
+
+# --- budget ---------------------------------------------------------------------------------------------------
+def _fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+def budget_warnings(b: Budget) -> list[str]:
+    notes = []
+    if b.ratio > 1:
+        notes.append(
+            f"the output ({b.output_tokens:,} tokens) is larger than the input ({b.input_tokens:,}): ratio "
+            f"{b.ratio:.2f} > 1, the 'compression' expands; use fewer --slow-frames or a slow pool"
+        )
+    return notes
+
+
+def budget_table(b: Budget, context: int | None) -> Table:
+    t = Table(title="token budget", show_header=True, header_style="bold")
+    t.add_column("quantity")
+    t.add_column("value", justify="right")
+    t.add_column("how", style="dim")
+    t.add_row("frames (T)", _fmt_int(b.frames), "sampled from the video")
+    t.add_row("patch grid", f"{b.grid[0]}x{b.grid[1]}", "image size / patch size")
+    t.add_row("tokens per frame (N)", _fmt_int(b.tokens_per_frame), "Gh * Gw")
+    t.add_row("input tokens", _fmt_int(b.input_tokens), "T * N")
+    t.add_row("slow frames (S)", _fmt_int(b.slow_frames), "min(T, slow frames), linspace")
+    t.add_row("slow tokens", _fmt_int(b.slow_tokens), f"S * {b.slow_tokens_per_frame} ({b.slow_pool})")
+    t.add_row("fast tokens", _fmt_int(b.fast_tokens), f"T * {b.fast_size[0]}x{b.fast_size[1]}")
+    t.add_row("output tokens (L)", f"[bold]{_fmt_int(b.output_tokens)}[/]", "slow + fast")
+    t.add_row("ratio", f"{b.ratio:.2f}", "L / input")
+    if context is not None:
+        spare = context - b.output_tokens
+        t.add_row("context", _fmt_int(context), "--context")
+        verdict = f"[green]fits, {spare:,} spare[/]" if spare >= 0 else f"[red]over by {-spare:,}[/]"
+        t.add_row("fits", verdict, "context - L")
+    return t
+
+
+def _parse_range(text: str) -> tuple[int, int]:
+    try:
+        lo, _, hi = text.partition(":")
+        lo_i, hi_i = int(lo), int(hi or lo)
+    except ValueError:
+        raise ConfigError(f"bad --frames-range {text!r}: expected MIN:MAX, e.g. 8:128") from None
+    return lo_i, hi_i
+
+
+@app.command()
+@handles_errors
+def budget(
+    config: ConfigOpt = "default",
+    model: ModelOpt = None,
+    grid: Annotated[str | None, typer.Option(help="Patch grid HxW (default: from the model).")] = None,
+    frames: FramesOpt = None,
+    slow_frames: SlowFramesOpt = None,
+    slow_pool: SlowPoolOpt = None,
+    fast_size: FastSizeOpt = None,
+    context: Annotated[int | None, typer.Option(help="LLM context length to check the fit against.")] = None,
+    plan_: Annotated[bool, typer.Option("--plan", help="List the best settings that fit --context.")] = False,
+    frames_range: Annotated[str, typer.Option(help="Frame range MIN:MAX the planner may use.")] = "8:128",
+    reserve: Annotated[int, typer.Option(help="Tokens the planner keeps free for the prompt and answer.")] = 0,
+    top: Annotated[int, typer.Option(help="Rows the planner shows.")] = 20,
+    json_: JsonOpt = False,
+) -> None:
+    """Compute the token budget of a config, without a model or a video.
+
+    Example: slowfast budget --frames 64 --grid 14x14 --slow-pool none --context 8192
+    """
+    cfg = build_config(config, model=model, frames=frames, slow_frames=slow_frames, slow_pool=slow_pool,
+                       fast_size=fast_size)  # fmt: skip
+    g = parse_hw(grid, "--grid") if grid else model_grid(cfg.encoder.model)
+    if plan_:
+        if context is None:
+            raise ConfigError("--plan needs --context N (the LLM's context length)")
+        lo, hi = _parse_range(frames_range)
+        _show_plan(plan(context, g, lo, hi, reserve), context, reserve, g, top, json_)
+        return
+    a = cfg.aggregator
+    b = token_budget(cfg.video.frames, g, a.slow_frames, a.slow_pool, a.fast_size)
+    notes = budget_warnings(b)
+    if json_:
+        d = b.to_dict()
+        if context is not None:
+            d.update(context=context, fits=b.output_tokens <= context, spare=context - b.output_tokens)
+        d["warnings"] = notes
+        print_json(d)
+    else:
+        out.print(budget_table(b, context))
+    for n in notes:
+        warn(n)
+
+
+def _show_plan(entries, context: int, reserve: int, grid, top: int, as_json: bool) -> None:
+    if as_json:
+        print_json([{**e.budget.to_dict(), "spare": e.spare, "rank": i + 1} for i, e in enumerate(entries)])
+        return
+    if not entries:
+        raise SlowfastError(
+            f"nothing fits a context of {context} tokens (reserve {reserve}) on a {grid[0]}x{grid[1]} grid"
+        )
+    t = Table(
+        title=f"settings that fit {context:,} tokens ({grid[0]}x{grid[1]} grid, reserve {reserve:,}): Pareto front",
+        caption=f"{len(entries)} non-dominated settings; ranked by frames, then slow detail, then fast detail",
+    )
+    for name in ("#", "frames", "slow", "pool", "fast", "slow tok", "fast tok", "total", "spare"):
+        t.add_column(name, justify="right" if name not in ("pool",) else "left")
+    for i, e in enumerate(entries[:top]):
+        b = e.budget
+        fast = f"{b.fast_size[0]}x{b.fast_size[1]}"
+        t.add_row(str(i + 1), str(b.frames), str(b.slow_frames), b.slow_pool, fast, _fmt_int(b.slow_tokens),
+                  _fmt_int(b.fast_tokens), _fmt_int(b.output_tokens), _fmt_int(e.spare))  # fmt: skip
+    out.print(t)
+    b = entries[0].budget
+    out.print(
+        f"use #1 with: --frames {b.frames} --slow-frames {b.slow_frames} --slow-pool {b.slow_pool} "
+        f"--fast-size {b.fast_size[0]}x{b.fast_size[1]}  (the *_avg pools cost the same as *_max)"
+    )
+
+
+# --- configs --------------------------------------------------------------------------------------------------
+@app.command()
+@handles_errors
+def configs(json_: JsonOpt = False) -> None:
+    """List the presets in configs/ with their key settings.
+
+    Example: slowfast configs
+    """
+    rows = []
+    for name, path in list_presets().items():
+        c = load_preset(str(path))
+        a = c.aggregator
+        rows.append({"name": name, "path": str(path), "description": c.description, **c.to_dict()})
+        rows[-1]["summary"] = (c.encoder.model, c.encoder.pretrained, c.video.frames, a.slow_frames, a.slow_pool,
+                               f"{a.fast_size[0]}x{a.fast_size[1]}", c.projector.kind)  # fmt: skip
+    if json_:
+        for r in rows:
+            r.pop("summary")
+        print_json(rows)
+        return
+    t = Table(title="presets (--config NAME)")
+    for col in ("name", "model", "pretrained", "frames", "slow", "pool", "fast", "projector"):
+        t.add_column(col, justify="right" if col in ("frames", "slow") else "left")
+    for r in rows:
+        t.add_row(r["name"], *[str(v) for v in r["summary"]])
+    out.print(t)
+    for r in rows:
+        out.print(f"[bold]{r['name']}[/]: {r['description']}  [dim]({r['path']})[/]")
+
+
+# --- report ---------------------------------------------------------------------------------------------------
+def report_table(r, title: str) -> Table:
+    t = Table(title=title)
+    t.add_column("statistic")
+    t.add_column("value", justify="right")
+
+    def f(v, digits=2):
+        return "-" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else _fmt_int(v))
+
+    t.add_row("token files", _fmt_int(r.files))
+    t.add_row("input tokens", _fmt_int(r.input_tokens))
+    t.add_row("output tokens", _fmt_int(r.output_tokens))
+    t.add_row("overall ratio", f(r.ratio))
+    t.add_row("ratio min / median / max", f"{f(r.ratio_min)} / {f(r.ratio_median)} / {f(r.ratio_max)}")
+    t.add_row(
+        "tokens per file min / median / max",
+        f"{f(r.tokens_per_file_min)} / {f(r.tokens_per_file_median, 1)} / {f(r.tokens_per_file_max)}",
+    )
+    t.add_row("token width (D)", ", ".join(map(str, r.dims)) or "-")
+    if r.skipped:
+        t.add_row("skipped (not token files)", f"[yellow]{len(r.skipped)}[/]")
+    return t
+
+
+@app.command()
+@handles_errors
+def report(
+    path: Annotated[Path, typer.Argument(help="A token file or a folder of them.", exists=True)],
+    json_: JsonOpt = False,
+) -> None:
+    """Summarise token files: counts, token totals, ratio distribution.
+
+    Example: slowfast report tokens/
+    """
+    from .report import build_report
+
+    r = build_report(path)
+    if json_:
+        print_json(r.to_dict())
+    else:
+        out.print(report_table(r, f"report: {path}"))
+    for s in r.skipped:
+        warn(f"skipped {s['error']}")
+    if r.files == 0:
+        raise SlowfastError(f"{path}: no token files found")
+
+
+# --- aggregate ------------------------------------------------------------------------------------------------
+@app.command()
+@handles_errors
+def aggregate(
+    features: Annotated[
+        Path, typer.Argument(help="Features file from `encode --save-features`.", exists=True, dir_okay=False)
+    ],  # fmt: skip
+    output: Annotated[Path, typer.Option("--output", "-o", help="Token file to write.")],
+    config: ConfigOpt = "default",
+    slow_frames: SlowFramesOpt = None,
+    slow_pool: SlowPoolOpt = None,
+    fast_size: FastSizeOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Re-compress saved features with other slow/fast settings; no video or model needed.
+
+    Example: slowfast aggregate clip.features.pt -o clip.2x2.pt --slow-pool 2x2_max
+    """
+    from .pipeline import aggregate_file
+
+    cfg = build_config(config, slow_frames=slow_frames, slow_pool=slow_pool, fast_size=fast_size)
+    result = aggregate_file(features, output, cfg, overwrite=overwrite)
+    m = result.meta
+    if json_:
+        print_json({"output": str(output), **{k: m[k] for k in SUMMARY_KEYS if k in m}})
+    else:
+        out.print(
+            f"{features} -> [bold]{output}[/]: {m['input_tokens']:,} -> {m['output_tokens']:,} tokens "
+            f"(slow {m['slow_tokens']:,} + fast {m['fast_tokens']:,}), ratio {m['ratio']:.2f}"
+        )
+
+
+SUMMARY_KEYS = ("source", "frames", "grid", "input_tokens", "slow_tokens", "fast_tokens", "output_tokens", "ratio",
+                "dim", "dtype", "device", "model", "pretrained", "layer", "projector", "timings")  # fmt: skip
+
+
+# --- encode ---------------------------------------------------------------------------------------------------
+def encode_flags(**kw: Any) -> dict:
+    return kw
+
+
+@app.command()
+@handles_errors
+def encode(
+    video: Annotated[Path, typer.Argument(help="Video file.", exists=True, dir_okay=False)],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Token file (default: VIDEO.tokens.pt).")
+    ] = None,
+    save_features: Annotated[Path | None, typer.Option(help="Also write pre-aggregation features here.")] = None,
+    config: ConfigOpt = "default",
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    layer: LayerOpt = None,
+    frames: FramesOpt = None,
+    sample_fps: SampleFpsOpt = None,
+    max_frames: MaxFramesOpt = None,
+    slow_frames: SlowFramesOpt = None,
+    slow_pool: SlowPoolOpt = None,
+    fast_size: FastSizeOpt = None,
+    projector: ProjectorOpt = None,
+    projector_weights: ProjectorWeightsOpt = None,
+    llm_dim: LlmDimOpt = None,
+    random_projector: RandomProjectorOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    batch_frames: BatchFramesOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Encode one video into a token file.
+
+    Example: slowfast encode clip.mp4 --config tiny -o clip.pt
+    """
+    cfg = build_config(
+        config, model=model, pretrained=pretrained, layer=layer, frames=frames, sample_fps=sample_fps,
+        max_frames=max_frames, slow_frames=slow_frames, slow_pool=slow_pool, fast_size=fast_size,
+        projector=projector, projector_weights=projector_weights, llm_dim=llm_dim,
+        random_projector=random_projector, device=device, dtype=dtype, batch_frames=batch_frames,
+    )  # fmt: skip
+    from .pipeline import default_output, encode_to_file
+
+    target = output or default_output(video)
+    result = encode_to_file(video, target, cfg, features_out=save_features, overwrite=overwrite)
+    for w in result.warnings:
+        warn(w)
+    m = result.meta
+    if json_:
+        print_json({"output": str(target), "features": str(save_features) if save_features else None,
+                    **{k: m[k] for k in SUMMARY_KEYS if k in m}})  # fmt: skip
+        return
+    out.print(encode_summary(m, target, save_features))
+
+
+def encode_summary(m: dict, target: Path, features: Path | None) -> Table:
+    t = Table(title=f"encoded {m['source']}", show_header=False)
+    t.add_column("k", style="bold")
+    t.add_column("v")
+    v = m["video"]
+    t.add_row(
+        "video", f"{v['num_frames']} frames, {v['fps']:.2f} fps, {v['duration']:.2f} s, {v['width']}x{v['height']}"
+    )
+    note = " (every frame: the video is shorter than --frames)" if m.get("short_video") else ""
+    t.add_row("sampled", f"{m['frames']} frames{note}")
+    t.add_row("model", f"{m['model']} ({m['pretrained']}), layer {m['layer']}, {m['dtype']} on {m['device']}")
+    t.add_row("grid", f"{m['grid'][0]}x{m['grid'][1]} = {m['tokens_per_frame']} tokens per frame")
+    t.add_row(
+        "tokens",
+        f"{m['input_tokens']:,} -> [bold]{m['output_tokens']:,}[/] (slow {m['slow_tokens']:,} + fast "
+        f"{m['fast_tokens']:,}), ratio {m['ratio']:.2f}, width {m['dim']}",
+    )
+    tm = m.get("timings", {})
+    t.add_row("time", ", ".join(f"{k} {v:.2f}s" for k, v in tm.items()))
+    t.add_row("written", str(target) + (f" and features {features}" if features else ""))
+    return t
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover - interactive only
+        err.print("[red]interrupted[/]")
+        sys.exit(130)

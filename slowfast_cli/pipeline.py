@@ -1,0 +1,233 @@
+"""Wires the stages for one video: decode -> encode -> project -> aggregate -> token file.
+
+``Pipeline`` holds the loaded encoder and projector so a batch loads the model once; ``encode_video`` is the
+one-call Python API. Decoding and model code are imported lazily so that ``aggregate_file`` (re-compressing
+saved features) needs neither decord nor open_clip.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .aggregate import slow_fast
+from .config import Config, config_from_dict, resolve_config
+from .errors import SlowfastError
+from .io import load_features, save_features, save_tokens
+
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
+
+
+@dataclass
+class EncodeResult:
+    tokens: torch.Tensor  # (1, L, D) on the CPU
+    meta: dict  # plain values, as written to the token file
+    features: torch.Tensor | None = None  # (T, N, D) pre-aggregation tokens, when asked for
+    warnings: list[str] = field(default_factory=list)
+
+
+def default_output(video: str | Path) -> Path:
+    """``clip.mp4`` -> ``clip.tokens.pt`` beside it."""
+    video = Path(video)
+    return video.with_name(video.stem + ".tokens.pt")
+
+
+def aggregation_meta(agg, frame_indices: list[int] | None) -> dict:
+    """The counts and indices a report needs, from an ``Aggregated``."""
+    b = agg.budget
+    meta = {
+        "frames": b.frames,
+        "grid": list(b.grid),
+        "tokens_per_frame": b.tokens_per_frame,
+        "input_tokens": b.input_tokens,
+        "slow_frames": b.slow_frames,
+        "slow_frame_indices": agg.slow_indices,  # positions among the T sampled frames
+        "slow_tokens": b.slow_tokens,
+        "fast_tokens": b.fast_tokens,
+        "output_tokens": b.output_tokens,
+        "ratio": b.ratio,
+    }
+    if frame_indices is not None:
+        meta["slow_video_indices"] = [frame_indices[i] for i in agg.slow_indices]  # frame numbers in the video
+    return meta
+
+
+def _check_overwrite(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise SlowfastError(f"{path}: already exists; pass --overwrite to replace it")
+    if not path.parent.is_dir():
+        raise SlowfastError(f"{path.parent}: output folder does not exist")
+
+
+class Pipeline:
+    """The loaded model stages for one config; call :meth:`encode` per video."""
+
+    def __init__(self, config: Config):
+        from .encoder import build_encoder, resolve_device, resolve_dtype
+        from .projector import build_projector
+
+        self.config = config
+        rt = config.runtime
+        self.device = resolve_device(rt.device)
+        self.dtype = resolve_dtype(rt.dtype, self.device)
+        self.encoder = build_encoder(config.encoder, self.device, self.dtype)
+        self.projector, self.projector_info = build_projector(
+            config.projector, self.encoder.width, self.device, self.dtype
+        )
+        self.warnings: list[str] = []
+        if self.encoder.random_weights:
+            self.warnings.append(
+                f"{config.encoder.model} has random weights (--pretrained none): the tokens carry no meaning"
+            )
+        if self.projector_info.get("random"):
+            self.warnings.append("the projector has random weights (--random-projector): the tokens carry no meaning")
+
+    @property
+    def image_size(self) -> int:
+        return max(self.encoder.image_size)
+
+    def load(self, video: str | Path):
+        """Decode the sampled frames of one video (uint8, at the model's size when decode_resize)."""
+        from .video import load_clip
+
+        return load_clip(video, self.config.video, self.image_size)
+
+    def encode_clip(self, clip, keep_features: bool = False, timings: dict | None = None) -> EncodeResult:
+        """Encoder -> projector -> aggregator for an already decoded clip."""
+        timings = {} if timings is None else timings
+        cfg, a = self.config, self.config.aggregator
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            feats = self.encoder.encode(clip.frames, cfg.encoder.batch_frames)  # (T, N, D_vision)
+            t1 = time.perf_counter()
+            feats = self.projector(feats)  # (T, N, D_llm)
+            t2 = time.perf_counter()
+            agg = slow_fast(feats, self.encoder.grid, a.slow_frames, a.slow_pool, a.fast_size)  # (1, L, D)
+            tokens = agg.tokens.cpu()
+            features = feats.cpu() if keep_features else None
+        self._sync()
+        t3 = time.perf_counter()
+        timings.update(encode=t1 - t0, project=t2 - t1, aggregate=t3 - t2)
+        meta = self.clip_meta(clip)
+        meta.update(aggregation_meta(agg, clip.indices))
+        meta.update(dim=int(tokens.shape[-1]), timings=timings)
+        return EncodeResult(tokens=tokens, meta=meta, features=features, warnings=list(self.warnings))
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def clip_meta(self, clip) -> dict:
+        """Everything about the source and the model, shared by token and features files."""
+        info = clip.info
+        return {
+            "source": str(clip.info.path),
+            "video": {
+                "num_frames": info.num_frames,
+                "header_frames": info.header_frames,
+                "fps": info.fps,
+                "duration": info.duration,
+                "width": info.width,
+                "height": info.height,
+            },
+            "short_video": bool(clip.short),
+            "frame_indices": [int(i) for i in clip.indices],
+            "timestamps": [float(t) for t in clip.timestamps],
+            "model": self.config.encoder.model,
+            "pretrained": self.config.encoder.pretrained,
+            "random_weights": self.encoder.random_weights,
+            "layer": self.config.encoder.layer,
+            "projector": self.projector_info,
+            "dtype": DTYPE_NAMES.get(self.dtype, str(self.dtype)),
+            "device": str(self.device),
+            "config": self.config.to_dict(),
+            "version": __version__,
+        }
+
+    def encode(self, video: str | Path, keep_features: bool = False) -> EncodeResult:
+        """Decode and encode one video."""
+        t0 = time.perf_counter()
+        clip = self.load(video)
+        timings = {"decode": time.perf_counter() - t0}
+        return self.encode_clip(clip, keep_features, timings)
+
+
+def encode_video(video: str | Path, config: Config | str | None = None, keep_features: bool = False) -> EncodeResult:
+    """Encode one video with a config (a ``Config``, a preset name or TOML path; default: the default preset).
+
+    Example:
+        >>> result = encode_video("clip.mp4", "tiny")  # doctest: +SKIP
+        >>> result.tokens.shape  # (1, L, D)  # doctest: +SKIP
+    """
+    if not isinstance(config, Config):
+        config = resolve_config(config or "default")
+    return Pipeline(config).encode(video, keep_features)
+
+
+def write_result(result: EncodeResult, out: str | Path, features_out: str | Path | None = None) -> None:
+    """Write the token file (and the features file) atomically."""
+    t0 = time.perf_counter()
+    if features_out is not None:
+        fmeta = {k: v for k, v in result.meta.items() if k in FEATURE_META_KEYS}
+        save_features(features_out, result.features, fmeta)
+    save_tokens(out, result.tokens, result.meta)
+    result.meta["timings"]["write"] = time.perf_counter() - t0
+
+
+FEATURE_META_KEYS = ("source", "video", "short_video", "frame_indices", "timestamps", "model", "pretrained",
+                     "random_weights", "layer", "projector", "dtype", "device", "config", "version", "grid",
+                     "tokens_per_frame", "frames", "dim")  # fmt: skip
+
+
+def encode_to_file(
+    video: str | Path,
+    out: str | Path,
+    config: Config,
+    features_out: str | Path | None = None,
+    overwrite: bool = False,
+) -> EncodeResult:
+    """``slowfast encode``: one video to one token file (and optionally a features file), atomically."""
+    out = Path(out)
+    _check_overwrite(out, overwrite)
+    if features_out is not None:
+        features_out = Path(features_out)
+        _check_overwrite(features_out, overwrite)
+        if features_out.resolve() == out.resolve():
+            raise SlowfastError(f"{out}: the token file and --save-features must be different files")
+    pipe = Pipeline(config)
+    result = pipe.encode(video, keep_features=features_out is not None)
+    write_result(result, out, features_out)
+    return result
+
+
+def aggregate_file(features_path: str | Path, out: str | Path, config: Config, overwrite: bool = False) -> EncodeResult:
+    """``slowfast aggregate``: re-compress a features file with ``config.aggregator``; no model, no video."""
+    out = Path(out)
+    _check_overwrite(out, overwrite)
+    obj = load_features(features_path)
+    x, fmeta = obj["features"], obj["meta"]
+    grid = tuple(fmeta["grid"])
+    a = config.aggregator
+    agg = slow_fast(x, grid, a.slow_frames, a.slow_pool, a.fast_size)
+    meta: dict[str, Any] = {k: v for k, v in fmeta.items() if k != "config"}
+    meta.setdefault("source", str(features_path))
+    try:
+        base = config_from_dict(fmeta["config"]) if isinstance(fmeta.get("config"), dict) else config
+    except SlowfastError:
+        base = config
+    base.aggregator = a
+    meta.update(aggregation_meta(agg, fmeta.get("frame_indices")))
+    meta.update(
+        dim=int(agg.tokens.shape[-1]),
+        dtype=DTYPE_NAMES.get(x.dtype, str(x.dtype)),
+        features_file=str(features_path),
+        config=base.to_dict(),
+        version=__version__,
+    )
+    save_tokens(out, agg.tokens, meta)
+    return EncodeResult(tokens=agg.tokens, meta=meta)

@@ -1,0 +1,241 @@
+"""The command line, driven through typer's CliRunner: output, JSON and exit codes, error paths included."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from slowfast_cli.cli import app
+from slowfast_cli.io import load_tokens, save_features, save_tokens
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+class TestBudget:
+    def test_seed_demo_json(self):
+        r = run("budget", "--frames", 64, "--grid", "14x14", "--slow-frames", 32, "--slow-pool", "none",
+                "--fast-size", "4x4", "--json")  # fmt: skip
+        assert r.exit_code == 0, r.output
+        d = json.loads(r.stdout)
+        assert d["output_tokens"] == 7296 and round(d["ratio"], 2) == 0.58
+        for key in ("frames", "grid", "tokens_per_frame", "input_tokens", "slow_frames", "slow_tokens",
+                    "fast_tokens", "output_tokens", "ratio"):  # fmt: skip
+            assert key in d
+        assert d["grid"] == [14, 14] and d["input_tokens"] == 12544
+
+    def test_seed_demo_1d_max(self):
+        r = run("budget", "--frames", 64, "--grid", "14x14", "--slow-frames", 32, "--slow-pool", "1d_max", "--json")
+        d = json.loads(r.stdout)
+        assert (d["output_tokens"], round(d["ratio"], 2)) == (4160, 0.33)
+
+    def test_grid_from_preset_model(self):
+        d = json.loads(run("budget", "--config", "llava-l14-336", "--json").stdout)
+        assert d["grid"] == [24, 24] and d["tokens_per_frame"] == 576
+
+    def test_table(self):
+        r = run("budget")
+        assert r.exit_code == 0
+        assert "4,160" in r.stdout and "0.33" in r.stdout and "14x14" in r.stdout
+
+    def test_context_fit(self):
+        d = json.loads(run("budget", "--context", 4096, "--json").stdout)
+        assert d["fits"] is False and d["spare"] == 4096 - 4160 and d["context"] == 4096
+        r = run("budget", "--context", 8192)
+        assert "fits, 4,032 spare" in r.stdout
+        assert "over by 64" in run("budget", "--context", 4096).stdout
+
+    def test_expansion_warns(self):
+        r = run("budget", "--frames", 4, "--slow-pool", "none", "--json")
+        d = json.loads(r.stdout)
+        assert d["ratio"] > 1 and d["warnings"]
+        assert "expands" in r.stderr
+
+    @pytest.mark.parametrize(
+        "args,match",
+        [
+            (["--slow-pool", "3x3"], "valid: none, 1d_max, 1d_avg, 2x2_max, 2x2_avg"),
+            (["--fast-size", "20x20"], "larger than the 14x14 patch grid"),
+            (["--fast-size", "4by4"], "HxW"),
+            (["--frames", "0"], "must be a positive integer"),
+            (["--grid", "7x7"], "odd count"),
+            (["--model", "ViT-Q-99"], "unknown model 'ViT-Q-99'"),
+            (["--config", "nope"], "unknown preset 'nope'"),
+            (["--plan"], "--plan needs --context"),
+        ],
+    )
+    def test_usage_errors_exit_2_with_one_line(self, args, match):
+        r = run("budget", *args)
+        assert r.exit_code == 2, r.output
+        assert match in r.stderr and r.stderr.count("error:") == 1
+
+    def test_typer_usage_error_exits_2(self):
+        assert run("budget", "--frames", "many").exit_code == 2
+
+
+class TestPlan:
+    def test_table_and_json(self):
+        r = run("budget", "--plan", "--context", 8192, "--config", "llava-l14-336")
+        assert r.exit_code == 0, r.output
+        assert "Pareto front" in r.stdout and "use #1 with: --frames" in r.stdout
+        rows = json.loads(run("budget", "--plan", "--context", 8192, "--grid", "24x24", "--json").stdout)
+        assert rows and all(row["output_tokens"] <= 8192 for row in rows)
+        assert [row["rank"] for row in rows] == list(range(1, len(rows) + 1))
+
+    def test_range_and_reserve(self):
+        rows = json.loads(run("budget", "--plan", "--context", 3000, "--reserve", 500, "--frames-range", "16:32",
+                              "--json").stdout)  # fmt: skip
+        assert rows and all(16 <= r["frames"] <= 32 and r["output_tokens"] <= 2500 for r in rows)
+
+    def test_nothing_fits_is_an_error(self):
+        r = run("budget", "--plan", "--context", 5)
+        assert r.exit_code == 1 and "nothing fits" in r.stderr
+
+
+class TestConfigs:
+    def test_lists_presets(self):
+        r = run("configs")
+        assert r.exit_code == 0 and "tiny" in r.stdout and "ViT-B-16" in r.stdout
+
+    def test_json(self):
+        rows = json.loads(run("configs", "--json").stdout)
+        names = {r["name"] for r in rows}
+        assert {"default", "tiny"} <= names
+        tiny = next(r for r in rows if r["name"] == "tiny")
+        assert tiny["encoder"]["pretrained"] == "none"
+
+
+def token_file(path, length, input_tokens):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_tokens(path, torch.zeros(1, length, 8), {"input_tokens": input_tokens})
+
+
+class TestReport:
+    def test_folder(self, tmp_path):
+        token_file(tmp_path / "a.pt", 10, 100)
+        token_file(tmp_path / "b" / "c.pt", 20, 100)
+        r = run("report", tmp_path)
+        assert r.exit_code == 0 and "token files" in r.stdout
+        d = json.loads(run("report", tmp_path, "--json").stdout)
+        assert d["files"] == 2 and d["output_tokens"] == 30 and d["ratio"] == pytest.approx(0.15)
+
+    def test_bad_file_alone_exits_1(self, tmp_path):
+        (tmp_path / "x.pt").write_text("nope")
+        r = run("report", tmp_path / "x.pt")
+        assert r.exit_code == 1 and "x.pt: not a token file" in r.stderr
+
+    def test_empty_folder_exits_1(self, tmp_path):
+        r = run("report", tmp_path)
+        assert r.exit_code == 1 and "no token files" in r.stderr
+
+    def test_missing_path_exits_2(self, tmp_path):
+        assert run("report", tmp_path / "nope").exit_code == 2
+
+
+class TestAggregate:
+    @pytest.fixture
+    def features(self, tmp_path):
+        torch.manual_seed(0)
+        x = torch.randn(12, 36, 16)
+        p = tmp_path / "clip.features.pt"
+        save_features(p, x, {"grid": [6, 6]})
+        return p, x
+
+    def test_recompress(self, tmp_path, features):
+        from slowfast_cli.aggregate import slow_fast
+
+        path, x = features
+        out = tmp_path / "out.pt"
+        r = run("aggregate", path, "-o", out, "--slow-frames", 4, "--slow-pool", "2x2_avg", "--fast-size", "3x3")
+        assert r.exit_code == 0, r.output
+        obj = load_tokens(out)
+        assert torch.equal(obj["tokens"], slow_fast(x, (6, 6), 4, "2x2_avg", (3, 3)).tokens)
+        m = obj["meta"]
+        assert (m["slow_tokens"], m["fast_tokens"], m["output_tokens"]) == (36, 108, 144)
+        assert m["slow_frame_indices"] == [0, 3, 7, 11] and m["config"]["aggregator"]["slow_pool"] == "2x2_avg"
+        assert m["input_tokens"] == 12 * 36 and m["ratio"] == 144 / (12 * 36)
+        budget = json.loads(run("budget", "--frames", 12, "--grid", "6x6", "--slow-frames", 4, "--slow-pool",
+                                "2x2_avg", "--fast-size", "3x3", "--json").stdout)  # fmt: skip
+        assert budget["output_tokens"] == obj["tokens"].shape[1]
+
+    def test_refuses_overwrite(self, tmp_path, features):
+        out = tmp_path / "out.pt"
+        out.write_bytes(b"keep me")
+        r = run("aggregate", features[0], "-o", out)
+        assert r.exit_code == 1 and "--overwrite" in r.stderr and out.read_bytes() == b"keep me"
+        assert run("aggregate", features[0], "-o", out, "--overwrite").exit_code == 0
+
+    def test_json(self, tmp_path, features):
+        d = json.loads(run("aggregate", features[0], "-o", tmp_path / "o.pt", "--json").stdout)
+        assert d["output_tokens"] == 12 * 18 + 12 * 16  # default preset: min(12, 32) slow frames, 1d_max, 4x4
+
+    @pytest.mark.parametrize(
+        "obj,match",
+        [
+            ({"tokens": torch.zeros(1, 2, 3)}, "not a features file"),
+            ({"features": torch.zeros(3, 4)}, "rank 2"),
+            ({"features": torch.zeros(3, 10, 4), "meta": {"grid": [3, 3]}}, "grid 3x3 has 9 tokens"),
+        ],
+    )
+    def test_bad_features_files(self, tmp_path, obj, match):
+        p = tmp_path / "bad.pt"
+        torch.save(obj, p)
+        out = tmp_path / "out.pt"
+        r = run("aggregate", p, "-o", out)
+        assert r.exit_code == 1 and match in r.stderr and "bad.pt" in r.stderr
+        assert r.stderr.strip().count("\n") == 0 and not out.exists()
+
+    def test_text_file(self, tmp_path):
+        p = tmp_path / "notes.pt"
+        p.write_text("hello")
+        r = run("aggregate", p, "-o", tmp_path / "o.pt")
+        assert r.exit_code == 1 and "notes.pt: not a features file" in r.stderr
+
+    def test_pool_that_does_not_fit_the_grid(self, tmp_path):
+        p = tmp_path / "odd.pt"
+        save_features(p, torch.zeros(2, 9, 4), {"grid": [3, 3]})
+        r = run("aggregate", p, "-o", tmp_path / "o.pt", "--slow-pool", "1d_max", "--fast-size", "2x2")
+        assert r.exit_code == 2 and "odd count" in r.stderr
+
+
+class TestErrors:
+    def test_debug_shows_traceback(self, tmp_path):
+        (tmp_path / "x.pt").write_text("nope")
+        r = runner.invoke(app, ["--debug", "report", str(tmp_path / "x.pt")])
+        assert r.exit_code == 1 and "Traceback" in r.stderr
+
+    def test_help_lists_commands(self):
+        r = run("--help")
+        for cmd in ("encode", "aggregate", "budget", "report", "configs"):
+            assert cmd in r.stdout
+
+
+def test_python_m_and_light_imports():
+    """`python -m slowfast_cli budget` works and imports neither torch, open_clip nor decord."""
+    code = (
+        "import sys, runpy; sys.argv = ['slowfast', 'budget', '--json'];\n"
+        "try:\n    runpy.run_module('slowfast_cli', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "heavy = [m for m in ('torch', 'open_clip', 'decord', 'torchvision') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["output_tokens"] == 4160
+
+
+def test_report_does_not_import_model_libraries(tmp_path):
+    token_file(tmp_path / "a.pt", 3, 30)
+    code = (
+        "import sys; from typer.testing import CliRunner; from slowfast_cli.cli import app;\n"
+        f"r = CliRunner().invoke(app, ['report', {str(tmp_path)!r}]); assert r.exit_code == 0, r.output;\n"
+        "heavy = [m for m in ('open_clip', 'decord') if m in sys.modules]; assert not heavy, heavy"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
