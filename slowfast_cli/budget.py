@@ -173,7 +173,8 @@ def plan(
     Candidates: T in PLAN_FRAMES (plus the range ends) within [min_frames, max_frames]; S in {1, 2, 4, ..., T}
     (powers of two and T itself); the slow pools ``pools`` that apply to the grid (the ``*_avg`` twins of the
     ``*_max`` modes cost exactly the same tokens, so they are not listed separately); fast grids k x k from
-    PLAN_FAST that fit the grid. A config is kept unless another fits and is at least as good on frames covered (T), slow
+    PLAN_FAST that fit the grid. A config is kept unless another fits and is at least as good on frames covered
+    (T), slow
     detail (slow tokens) and fast detail (tokens per frame in the fast pathway) and better on one. Among configs
     with the same three values the one using fewer tokens is kept. Ranked by frames, then slow detail, then
     fast detail, all descending.
