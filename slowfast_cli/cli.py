@@ -12,12 +12,14 @@ import functools
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -432,6 +434,145 @@ def encode_summary(m: dict, target: Path, features: Path | None) -> Table:
     tm = m.get("timings", {})
     t.add_row("time", ", ".join(f"{k} {v:.2f}s" for k, v in tm.items()))
     t.add_row("written", str(target) + (f" and features {features}" if features else ""))
+    return t
+
+
+# --- batch ----------------------------------------------------------------------------------------------------
+def default_workers() -> int:
+    """One decoder per core, minus one for the process that runs the model; at least 1, at most 8."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+@app.command()
+@handles_errors
+def batch(
+    in_dir: Annotated[
+        Path, typer.Argument(help="Folder of videos (searched recursively).", exists=True, file_okay=False)
+    ],  # fmt: skip
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the token files.")],
+    pattern: Annotated[
+        str | None, typer.Option(help="Only videos whose relative path or name match this glob.")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoding processes (default: cores - 1).")] = None,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds one video may take to decode before it counts as failed.")
+    ] = 300.0,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed video.")] = False,
+    config: ConfigOpt = "default",
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    layer: LayerOpt = None,
+    frames: FramesOpt = None,
+    sample_fps: SampleFpsOpt = None,
+    max_frames: MaxFramesOpt = None,
+    slow_frames: SlowFramesOpt = None,
+    slow_pool: SlowPoolOpt = None,
+    fast_size: FastSizeOpt = None,
+    projector: ProjectorOpt = None,
+    projector_weights: ProjectorWeightsOpt = None,
+    llm_dim: LlmDimOpt = None,
+    random_projector: RandomProjectorOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    batch_frames: BatchFramesOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Encode every video under a folder into token files, resumably.
+
+    Example: slowfast batch videos/ -o tokens/ --config tiny
+    """
+    from .batch import plan_batch, run_batch, write_report
+
+    cfg = build_config(
+        config, model=model, pretrained=pretrained, layer=layer, frames=frames, sample_fps=sample_fps,
+        max_frames=max_frames, slow_frames=slow_frames, slow_pool=slow_pool, fast_size=fast_size,
+        projector=projector, projector_weights=projector_weights, llm_dim=llm_dim,
+        random_projector=random_projector, device=device, dtype=dtype, batch_frames=batch_frames,
+    )  # fmt: skip
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if timeout <= 0:
+        raise ConfigError(f"--timeout must be positive, got {timeout}")
+    plan = plan_batch(in_dir, output, pattern, overwrite)
+    for p in plan.problems:
+        warn(p)
+    if plan.total == 0:
+        raise SlowfastError(f"{in_dir}: no videos found" + (f" matching {pattern!r}" if pattern else ""))
+    records, interrupted = [], False
+    show_bar = err.is_terminal and not json_
+    try:
+        with _progress(show_bar) as progress:
+            task = progress.add_task("videos", total=plan.total, failed=0, fps=0.0)
+            frames_done, t0 = 0, time.monotonic()
+            gen = run_batch(plan, cfg, workers or default_workers(), timeout, fail_fast)
+            try:
+                for rec in gen:
+                    records.append(rec)
+                    frames_done += rec.frames or 0
+                    nfail = sum(r.status == "failed" for r in records)
+                    rate = frames_done / max(1e-9, time.monotonic() - t0)
+                    progress.update(task, advance=1, failed=nfail, fps=rate)
+                    if rec.status == "failed":
+                        progress.console.print(f"[red]failed[/] {escape(rec.error or rec.source)}")
+            finally:
+                gen.close()
+    except KeyboardInterrupt:
+        interrupted = True
+    report = write_report(output, records, plan.problems, interrupted)
+    run = report["run"]
+    if json_:
+        print_json(report)
+    else:
+        out.print(batch_table(report, output))
+        if run["failed_files"]:
+            out.print("[bold red]failed files:[/]")
+            for r in records:
+                if r.status == "failed":
+                    out.print(f"  {escape(r.error or r.source)}")
+    if interrupted:
+        raise fail(f"interrupted after {len(records)} of {plan.total} videos; rerun the same command to resume", 130)
+    if run["failed"]:
+        raise fail(f"{run['failed']} of {plan.total} videos failed; see {output / 'manifest.jsonl'}", 1)
+
+
+def _progress(show: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[fps]:.1f} frames/s"),
+        TextColumn("[red]{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not show,
+    )
+
+
+def batch_table(report: dict, out_dir: Path) -> Table:
+    run = report["run"]
+    t = Table(title=f"batch -> {out_dir}")
+    t.add_column("")
+    t.add_column("count", justify="right")
+    t.add_row("encoded", _fmt_int(run["ok"]))
+    t.add_row("skipped (already done)", _fmt_int(run["skipped"]))
+    t.add_row("failed", f"[red]{run['failed']}[/]" if run["failed"] else "0")
+    for kind, n in sorted(run["failures_by_kind"].items()):
+        t.add_row(f"  {kind}", _fmt_int(n))
+    t.add_row("token files in folder", _fmt_int(report["files"]))
+    t.add_row("output tokens in folder", _fmt_int(report["output_tokens"]))
+    ratio = report.get("ratio")
+    t.add_row("overall ratio", "-" if ratio is None else f"{ratio:.2f}")
     return t
 
 

@@ -1,0 +1,432 @@
+"""The encoder: open_clip ViT patch tokens of one block, preprocessing equal to open_clip's, safe weight loading.
+
+Everything runs on the registered ``slowfast-tiny-vit`` (64x64 input, 8x8 patches, 3 blocks, width 64) on the CPU,
+with the network off: HF_HUB_OFFLINE is set, the caches point at a temporary folder and sockets refuse to connect.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from slowfast_cli import encoder as enc_mod
+from slowfast_cli.budget import model_grid
+from slowfast_cli.config import EncoderCfg
+from slowfast_cli.encoder import (
+    PIXEL_TOLERANCE,
+    build_encoder,
+    cpu_has_native_bf16,
+    register_own_models,
+    resolve_device,
+    resolve_dtype,
+)
+from slowfast_cli.errors import ConfigError, SlowfastError
+
+TINY = "slowfast-tiny-vit"
+CPU = torch.device("cpu")
+FETCH_HINTS = ("--pretrained PATH", "--pretrained none")
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch, tmp_path):
+    """Offline, empty caches, and any attempt to open a connection fails the test."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the encoder tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+def tiny(pretrained: str = "none", layer: int = -2, dtype: torch.dtype = torch.float32):
+    return build_encoder(EncoderCfg(model=TINY, pretrained=pretrained, layer=layer), CPU, dtype)
+
+
+def reference_clip(seed: int, quick_gelu: bool = False) -> open_clip.CLIP:
+    """The whole tiny CLIP built by open_clip itself, random weights under ``manual_seed(seed)``."""
+    register_own_models()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return open_clip.create_model(TINY, force_quick_gelu=quick_gelu).eval()
+
+
+def hooked_tokens(visual, block: int, pixels: torch.Tensor) -> torch.Tensor:
+    """Output of ``visual.transformer.resblocks[block]`` in a plain forward pass, class token dropped."""
+    seen = {}
+    handle = visual.transformer.resblocks[block].register_forward_hook(lambda m, i, out: seen.update(out=out))
+    with torch.inference_mode():
+        visual(pixels)
+    handle.remove()
+    return seen["out"][:, 1:]
+
+
+def photo(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A real-looking uint8 RGB image (H, W, 3): smooth shading, hard-edged discs, sensor noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.empty((h, w, 3), np.float32)
+    for c in range(3):
+        fx, fy = rng.uniform(1, 6, 2)
+        img[..., c] = 128 + 60 * np.sin(2 * np.pi * fx * xx / w) * np.cos(2 * np.pi * fy * yy / h) + 40 * (xx / w)
+    for _ in range(6):
+        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0.05, 0.3) * min(h, w)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
+    img += rng.normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).round().astype(np.uint8)
+
+
+def clip_frames(t: int = 4, h: int = 90, w: int = 120) -> torch.Tensor:
+    return torch.from_numpy(np.stack([photo(h, w, seed=i) for i in range(t)]))  # (T, H, W, 3)
+
+
+class TestBuild:
+    def test_tiny_model_by_name(self):
+        e = tiny()
+        assert e.grid == model_grid(TINY) == (8, 8)
+        assert (e.image_size, e.patch_size, e.width) == ((64, 64), (8, 8), 64)
+        assert (e.layer, e.block_index, e.random_weights) == (-2, 1, True)
+        tokens = e.encode(clip_frames(3))
+        assert tokens.shape == (3, 64, 64) and tokens.dtype == torch.float32
+
+    def test_random_weights_are_deterministic(self):
+        frames = clip_frames(3)
+        assert torch.equal(tiny().encode(frames), tiny().encode(frames))
+
+    def test_random_weights_leave_the_global_rng_alone(self):
+        torch.manual_seed(123)
+        expected = torch.rand(3)
+        torch.manual_seed(123)
+        tiny()
+        assert torch.equal(torch.rand(3), expected)
+
+    def test_random_weights_equal_open_clips_own_init_under_seed_0(self):
+        ours = tiny(layer=-1).visual.state_dict()
+        theirs = reference_clip(0).visual.state_dict()
+        assert ours and all(torch.equal(v, theirs[k]) for k, v in ours.items())
+
+    def test_only_the_blocks_up_to_the_layer_are_kept(self):
+        assert len(tiny(layer=0).visual.transformer.resblocks) == 1
+        assert len(tiny(layer=-1).visual.transformer.resblocks) == 3
+
+    def test_builds_without_open_clips_private_tower_builder(self, monkeypatch):
+        frames = clip_frames(2)
+        expected = tiny().encode(frames)
+        monkeypatch.setattr(enc_mod, "TOWER_BUILDER", "_gone_in_a_future_open_clip")
+        assert torch.equal(tiny().encode(frames), expected)
+
+    def test_register_own_models_is_idempotent(self):
+        register_own_models()
+        before = open_clip.list_models()
+        register_own_models()
+        assert open_clip.list_models() == before and TINY in before
+
+    def test_unknown_model_lists_known_names(self):
+        with pytest.raises(SlowfastError, match="unknown model 'ViT-B-61'") as err:
+            build_encoder(EncoderCfg(model="ViT-B-61", pretrained="none"), CPU, torch.float32)
+        assert "ViT-B-16" in str(err.value) and "ViT-L-14" in str(err.value)
+
+    @pytest.mark.parametrize(("model", "kind"), [("RN50", "ResNet"), ("convnext_base", "timm")])
+    def test_non_vit_tower_is_refused(self, model, kind):
+        with pytest.raises(SlowfastError, match=f"{kind}.*not an open_clip ViT"):
+            build_encoder(EncoderCfg(model=model, pretrained="none"), CPU, torch.float32)
+
+
+class TestLayers:
+    def test_last_and_penultimate_differ(self):
+        frames = clip_frames(2)
+        assert not torch.allclose(tiny(layer=-1).encode(frames), tiny(layer=-2).encode(frames))
+
+    def test_penultimate_equals_a_hook_on_open_clips_own_model(self):
+        e, frames = tiny(layer=-2), clip_frames(3)
+        expected = hooked_tokens(reference_clip(0).visual, -2, e.preprocess(frames))
+        assert torch.equal(e.encode(frames), expected)
+
+    @pytest.mark.parametrize(("negative", "positive"), [(-3, 0), (-2, 1), (-1, 2)])
+    def test_negative_layers_count_from_the_end(self, negative, positive):
+        frames = clip_frames(2)
+        assert torch.equal(tiny(layer=negative).encode(frames), tiny(layer=positive).encode(frames))
+        assert tiny(layer=negative).block_index == positive
+
+    @pytest.mark.parametrize("layer", [3, -4])
+    def test_out_of_range_lists_the_valid_range(self, layer):
+        with pytest.raises(SlowfastError, match=r"-3\.\.-1.*0\.\.2"):
+            tiny(layer=layer)
+
+
+class TestEncode:
+    def test_chunking_does_not_change_tokens(self):
+        e, frames = tiny(), clip_frames(5)
+        torch.testing.assert_close(e.encode(frames, batch_frames=2), e.encode(frames, batch_frames=32))
+
+    def test_numpy_read_only_and_tensor_inputs_agree(self):
+        e, frames = tiny(), clip_frames(2)
+        array = frames.numpy().copy()
+        array.setflags(write=False)
+        assert torch.equal(e.encode(array), e.encode(frames))
+
+    def test_no_frames_gives_no_tokens(self):
+        assert tiny().encode(torch.zeros(0, 64, 64, 3, dtype=torch.uint8)).shape == (0, 64, 64)
+
+    @pytest.mark.parametrize(
+        "frames",
+        [torch.zeros(2, 64, 64, 3), torch.zeros(64, 64, 3, dtype=torch.uint8), torch.zeros(2, 3, 64, 64).byte()],
+        ids=["float", "no-time-axis", "channels-first"],
+    )
+    def test_bad_frames_are_refused(self, frames):
+        with pytest.raises(SlowfastError, match="frames must"):
+            tiny().encode(frames)
+
+    def test_tokens_are_inference_tensors_on_the_device(self):
+        tokens = tiny().encode(clip_frames(1))
+        assert tokens.is_inference() and tokens.device == CPU
+
+
+class TestPreprocess:
+    """Equal to open_clip's PIL pipeline within one 8-bit level after resizing, i.e. 1/255/std in normalized
+    units (measured: max 0.0150 = 1/255/0.2613 on a small fraction of values, mean < 3e-3), and bit-identical
+    when no resize is needed."""
+
+    @staticmethod
+    def open_clip_pixels(e, image: np.ndarray) -> torch.Tensor:
+        cfg = e.preprocess_cfg
+        transform = open_clip.image_transform(
+            e.image_size,
+            is_train=False,
+            mean=cfg["mean"],
+            std=cfg["std"],
+            resize_mode=cfg["resize_mode"],
+            interpolation=cfg["interpolation"],
+        )
+        return transform(Image.fromarray(image))
+
+    def test_default_settings_are_open_clips(self):
+        cfg = tiny().preprocess_cfg
+        assert (cfg["resize_mode"], cfg["interpolation"]) == ("shortest", "bicubic")
+        assert cfg["mean"] == open_clip.OPENAI_DATASET_MEAN and cfg["std"] == open_clip.OPENAI_DATASET_STD
+
+    @pytest.mark.parametrize(
+        "hw", [(240, 320), (320, 180), (1080, 1920), (97, 131), (48, 40)], ids=lambda s: f"{s[0]}x{s[1]}"
+    )
+    def test_matches_open_clip_within_one_level(self, hw):
+        e = tiny()
+        image = photo(*hw, seed=hw[0])
+        diff = (e.preprocess(torch.from_numpy(image)[None])[0] - self.open_clip_pixels(e, image)).abs()
+        assert diff.max() <= PIXEL_TOLERANCE / min(e.preprocess_cfg["std"]) + 1e-6
+        assert diff.mean() < 3e-3
+
+    @pytest.mark.parametrize("hw", [(64, 64), (64, 67), (131, 64), (64, 200)], ids=lambda s: f"{s[0]}x{s[1]}")
+    def test_bit_identical_when_no_resize_is_needed(self, hw):
+        e = tiny()
+        image = photo(*hw)
+        assert torch.equal(e.preprocess(torch.from_numpy(image)[None])[0], self.open_clip_pixels(e, image))
+
+    @pytest.mark.parametrize("mode", ["squash", "longest"])
+    @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+    def test_other_open_clip_resize_modes(self, mode, interpolation):
+        base = tiny()
+        e = dataclasses.replace(
+            base, preprocess_cfg={**base.preprocess_cfg, "resize_mode": mode, "interpolation": interpolation}
+        )
+        image = photo(240, 320)
+        diff = (e.preprocess(torch.from_numpy(image)[None])[0] - self.open_clip_pixels(e, image)).abs()
+        assert diff.max() <= PIXEL_TOLERANCE / min(e.preprocess_cfg["std"]) + 1e-6
+
+    def test_batched_equals_one_by_one(self):
+        e, frames = tiny(), clip_frames(3)
+        assert torch.equal(e.preprocess(frames), torch.cat([e.preprocess(f[None]) for f in frames]))
+
+
+class TestLowPrecision:
+    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+    def test_close_to_fp32(self, dtype):
+        """Measured on the tiny model: bf16 relative error 0.5%, cosine >= 0.99997; fp16 0.06%."""
+        frames = clip_frames(3)
+        full, low = tiny().encode(frames), tiny(dtype=dtype).encode(frames)
+        assert low.dtype == dtype and low.shape == full.shape
+        assert (low.float() - full).norm() / full.norm() < 0.02
+        assert torch.nn.functional.cosine_similarity(low.float(), full, dim=-1).min() > 0.999
+
+    def test_layer_norms_stay_fp32(self):
+        e = tiny(dtype=torch.bfloat16)
+        assert e.visual.conv1.weight.dtype == torch.bfloat16
+        assert e.visual.ln_pre.weight.dtype == torch.float32
+
+
+class TestDeviceAndDtype:
+    def test_auto_dtype_on_cpu_follows_native_bf16(self, monkeypatch):
+        monkeypatch.setattr(enc_mod, "cpu_has_native_bf16", lambda: False)
+        assert resolve_dtype("auto", CPU) == torch.float32
+        monkeypatch.setattr(enc_mod, "cpu_has_native_bf16", lambda: True)
+        assert resolve_dtype("auto", CPU) == torch.bfloat16
+
+    def test_auto_dtype_on_cuda_is_bf16(self):
+        assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+
+    @pytest.mark.parametrize(
+        ("name", "dtype"), [("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)]
+    )
+    def test_named_dtypes(self, name, dtype):
+        assert resolve_dtype(name, CPU) == dtype
+
+    def test_unknown_dtype(self):
+        with pytest.raises(ConfigError, match="fp32"):
+            resolve_dtype("fp8", CPU)
+
+    @pytest.mark.parametrize(
+        ("cpuinfo", "native"),
+        [
+            ("flags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile\n", True),
+            ("flags\t\t: fpu sse avx2 amx_bf16\n", True),
+            ("Features\t: fp asimd bf16 i8mm\n", True),
+            ("flags\t\t: fpu sse avx2 avx512f avx512_vnni\n", False),
+            ("", False),
+        ],
+    )
+    def test_native_bf16_from_cpuinfo(self, cpuinfo, native):
+        assert cpu_has_native_bf16(cpuinfo) is native
+
+    def test_native_bf16_on_this_machine(self):
+        cpuinfo = Path("/proc/cpuinfo")
+        text = cpuinfo.read_text() if cpuinfo.exists() else ""
+        assert cpu_has_native_bf16() is ("avx512_bf16" in text or "amx_bf16" in text or " bf16" in text)
+
+    def test_devices(self, monkeypatch):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        assert resolve_device("cpu") == CPU and resolve_device("auto") == CPU
+        with pytest.raises(SlowfastError, match="CUDA is not available"):
+            resolve_device("cuda")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+        assert resolve_device("auto") == torch.device("cuda") and resolve_device("cuda:0") == torch.device("cuda:0")
+        with pytest.raises(SlowfastError, match="only 1 CUDA device"):
+            resolve_device("cuda:3")
+        with pytest.raises(ConfigError, match="auto, cpu, cuda"):
+            resolve_device("tpu")
+
+
+class NotATensor:
+    """Something torch.load(weights_only=True) refuses to unpickle."""
+
+
+class TestWeightFiles:
+    @pytest.fixture
+    def trained(self):
+        """Open_clip's tiny CLIP with weights other than seed 0's, as a stand-in for trained ones."""
+        return reference_clip(seed=1)
+
+    @pytest.mark.parametrize(
+        "layout", ["vision.pt", "vision.safetensors", "clip.pt", "clip.safetensors", "wrapped-clip.pth"]
+    )
+    def test_local_weights_give_the_same_tokens(self, tmp_path, trained, layout):
+        state = {k: v.contiguous() for k, v in (trained.visual if "vision" in layout else trained).state_dict().items()}
+        path = tmp_path / layout
+        if path.suffix == ".safetensors":
+            save_file(state, path)
+        elif layout.startswith("wrapped"):
+            torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, path)
+        else:
+            torch.save(state, path)
+        e, frames = tiny(pretrained=str(path)), clip_frames(2)
+        expected = hooked_tokens(trained.visual, -2, e.preprocess(frames))
+        assert not e.random_weights
+        assert torch.equal(e.encode(frames), expected)
+        assert not torch.allclose(e.encode(frames), tiny().encode(frames))
+
+    def test_missing_file(self, tmp_path):
+        with pytest.raises(SlowfastError, match="does not exist.*--pretrained none"):
+            tiny(pretrained=str(tmp_path / "nope.pt"))
+
+    @pytest.mark.parametrize("name", ["corrupt.pt", "corrupt.safetensors"])
+    def test_corrupt_file(self, tmp_path, name):
+        path = tmp_path / name
+        path.write_bytes(b"this is not a checkpoint" * 10)
+        with pytest.raises(SlowfastError, match="could not read vision weights file"):
+            tiny(pretrained=str(path))
+
+    def test_unsafe_pickle_is_refused(self, tmp_path):
+        path = tmp_path / "pickle.pt"
+        torch.save({"conv1.weight": NotATensor()}, path)
+        with pytest.raises(SlowfastError, match="could not read"):
+            tiny(pretrained=str(path))
+
+    def test_missing_and_unexpected_keys_are_named(self, tmp_path, trained):
+        state = trained.visual.state_dict()
+        del state["conv1.weight"]
+        state["extra.weight"] = torch.zeros(1)
+        torch.save(state, tmp_path / "bad.pt")
+        with pytest.raises(SlowfastError, match="missing conv1.weight; unexpected extra.weight"):
+            tiny(pretrained=str(tmp_path / "bad.pt"))
+
+    def test_shape_mismatch(self, tmp_path, trained):
+        state = trained.visual.state_dict()
+        state["positional_embedding"] = torch.zeros(50, 64)
+        torch.save(state, tmp_path / "other.pt")
+        with pytest.raises(SlowfastError, match="do not fit slowfast-tiny-vit.*positional_embedding"):
+            tiny(pretrained=str(tmp_path / "other.pt"))
+
+
+class TestPretrainedTags:
+    def test_offline_tag_explains_what_to_do(self, monkeypatch):
+        monkeypatch.setattr(open_clip, "download_pretrained", lambda *a, **k: pytest.fail("tried to download"))
+        with pytest.raises(SlowfastError, match="could not be fetched.*HF_HUB_OFFLINE") as err:
+            build_encoder(EncoderCfg(model="ViT-B-16", pretrained="openai"), CPU, torch.float32)
+        assert all(hint in str(err.value) for hint in FETCH_HINTS)
+
+    def test_unknown_tag_lists_valid_tags(self):
+        with pytest.raises(SlowfastError, match="unknown pretrained tag 'bogus' for ViT-B-16.*openai.*laion2b"):
+            build_encoder(EncoderCfg(model="ViT-B-16", pretrained="bogus"), CPU, torch.float32)
+
+    def test_failed_download_explains_what_to_do(self, monkeypatch):
+        from huggingface_hub import constants
+
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+        def unreachable(*args, **kwargs):
+            raise OSError("no route to host")
+
+        monkeypatch.setattr(open_clip, "download_pretrained", unreachable)
+        with pytest.raises(SlowfastError, match=r"could not be fetched \(no route to host\)") as err:
+            build_encoder(EncoderCfg(model="ViT-B-16", pretrained="openai"), CPU, torch.float32)
+        assert all(hint in str(err.value) for hint in FETCH_HINTS)
+
+    @pytest.fixture
+    def tiny_tag(self, monkeypatch, tmp_path):
+        """A pretrained tag "fake" for the tiny model, its weights (QuickGELU, mean/std 0.5) in the HF cache."""
+        from huggingface_hub import constants
+
+        tag_cfg = {"hf_hub": "slowfast/tiny-test/", "mean": (0.5,) * 3, "std": (0.5,) * 3, "quick_gelu": True}
+        monkeypatch.setitem(open_clip.pretrained._PRETRAINED, TINY, {"fake": tag_cfg})
+        snapshot = tmp_path / "hub" / "models--slowfast--tiny-test" / "snapshots" / "abc123"
+        snapshot.mkdir(parents=True)
+        (snapshot.parent.parent / "refs").mkdir()
+        (snapshot.parent.parent / "refs" / "main").write_text("abc123")
+        trained = reference_clip(seed=1, quick_gelu=True)
+        save_file(
+            {k: v.contiguous() for k, v in trained.state_dict().items()}, snapshot / "open_clip_model.safetensors"
+        )
+        assert str(tmp_path / "hub") == constants.HF_HUB_CACHE
+        return trained
+
+    def test_cached_tag_loads_offline_with_its_settings(self, monkeypatch, tiny_tag):
+        monkeypatch.setattr(open_clip, "download_pretrained", lambda *a, **k: pytest.fail("tried to download"))
+        e, frames = tiny(pretrained="fake"), clip_frames(2)
+        assert e.quick_gelu and e.preprocess_cfg["mean"] == (0.5,) * 3
+        assert torch.equal(e.encode(frames), hooked_tokens(tiny_tag.visual, -2, e.preprocess(frames)))
+
+    def test_tag_settings_apply_to_local_files_when_all_tags_agree(self, tmp_path, tiny_tag):
+        torch.save(tiny_tag.visual.state_dict(), tmp_path / "vision.pt")
+        e = tiny(pretrained=str(tmp_path / "vision.pt"))
+        assert e.quick_gelu and e.preprocess_cfg["std"] == (0.5,) * 3
