@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from .errors import SlowfastError
 
 def _worker_main(inbox, outbox, video_cfg, image_size: int | None, threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)  # decord's C++ logs "ERROR opening ..." itself; the error we send back says it once
     from .video import load_clip
 
     while True:
@@ -158,6 +161,9 @@ class DecodePool:
     def _finish(self, w: _Worker, job_id: int, status: str, value: Any, seconds: float) -> Done:
         payload = w.job[1]
         w.job = None
+        if seconds > self.timeout:  # came back, but slower than allowed: the same verdict as a hung decode
+            msg = f"decoding took {seconds:.2f}s, longer than --timeout {self.timeout:g}s"
+            return Done(job_id, payload, False, error=msg, kind="timeout", seconds=seconds)
         if status == "ok":
             return Done(job_id, payload, True, clip=value, seconds=seconds)
         return Done(job_id, payload, False, error=value, seconds=seconds)
