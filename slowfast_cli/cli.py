@@ -118,8 +118,7 @@ def _root(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
 ) -> None:
     """Turn videos into short, fixed-budget SlowFast token sequences for video LLMs."""
-    if debug:
-        _state["debug"] = True
+    _state["debug"] = debug or bool(os.environ.get("SLOWFAST_DEBUG"))  # per invocation: CliRunner reuses the app
     if version:
         typer.echo(f"slowfast {__version__}")
         raise typer.Exit(0)

@@ -427,6 +427,14 @@ def _as_frames(frames: torch.Tensor | np.ndarray) -> torch.Tensor:
     return frames
 
 
+def _to_device(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move uint8 frames to ``device``; on CUDA through pinned memory with a non-blocking copy (4x less to copy
+    than float, and the copy overlaps the previous chunk's compute)."""
+    if device.type != "cuda" or frames.device.type == "cuda":
+        return frames.to(device)
+    return frames.pin_memory().to(device, non_blocking=True)
+
+
 @dataclass(eq=False)
 class Encoder:
     """An open_clip VisionTransformer cut after block ``block_index``, with its preprocessing."""
@@ -462,7 +470,7 @@ class Encoder:
         cfg = self.preprocess_cfg
         if cfg["interpolation"] not in ("bicubic", "bilinear"):
             raise SlowfastError(f"unsupported interpolation {cfg['interpolation']!r} (bicubic or bilinear)")
-        x = rearrange(_as_frames(frames).to(self.device), "t h w c -> t c h w").float()  # (T, 3, H, W) 0..255
+        x = rearrange(_to_device(_as_frames(frames), self.device), "t h w c -> t c h w").float()  # (T, 3, H, W)
         shape = _resized_shape(x.shape[-2], x.shape[-1], self.image_size, cfg["resize_mode"])
         x = _resize_like_pil(x, shape, cfg["interpolation"])
         x = _center_crop_or_pad(x, self.image_size, float(cfg["fill_color"]))  # (T, 3, Hs, Ws)

@@ -116,7 +116,14 @@ class Pipeline:
         meta = self.clip_meta(clip)
         meta.update(aggregation_meta(agg, clip.indices))
         meta.update(dim=int(tokens.shape[-1]), timings=timings)
-        return EncodeResult(tokens=tokens, meta=meta, features=features, warnings=list(self.warnings))
+        warnings = list(self.warnings)
+        info = clip.info
+        if info.num_frames < info.header_frames:
+            warnings.append(
+                f"{info.path}: only the first {info.num_frames} of {info.header_frames} frames decode (damaged or "
+                "truncated data); frames were sampled from those"
+            )
+        return EncodeResult(tokens=tokens, meta=meta, features=features, warnings=warnings)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

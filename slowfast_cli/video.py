@@ -1,0 +1,526 @@
+"""Video decoding with decord: probe a file, choose frame indices, decode only those frames.
+
+The only module that imports decord; numpy only (no torch), so decode workers stay light. Every failure is a
+``SlowfastError("{path}: {problem}")`` on one line. What decord 0.6.0 does, and what this module makes of it
+(each point is a test in ``tests/test_video.py``):
+
+- **Frame count.** Opening a file demuxes every packet, and ``len(VideoReader)`` is the number of video packets
+  found, not the container's ``nb_frames``; ``VideoInfo.header_frames`` is that count. A streamable file (mkv,
+  webm) cut short, or an mp4 cut exactly between packets, opens as a shorter intact video.
+- **Truncated or damaged data.** An mp4 whose index survives but whose data is cut inside a packet does not open
+  ("truncated or damaged video data"); one whose index is lost ("moov atom not found") is "not a readable
+  video". Where the index survives and the data is there but corrupt (a pre-allocated download with zeros after
+  the cut, damage in the middle), ``get_batch`` raises for any undecodable frame in the request; it never
+  returned zeros in our tests. :func:`load_clip` then bisects for the first frame that does not decode (about
+  ``log2(num_frames)`` single-frame probes of at most one GOP each, on a fresh reader after every failure
+  because decord's reader is unreliable after an error), keeps the decodable prefix, resamples inside it and
+  reports ``num_frames < header_frames`` so ``meta`` says so. If no frame decodes it raises. Corruption the
+  codec conceals (a damaged packet shown as a copy of the previous frame, or as garbage) passes through.
+- **Random access** (``get_batch``) is only right where decord's keyframe positions, which it counts in decode
+  order, equal presentation positions: closed GOPs (h264 as most encoders write it, VP9). With open GOPs (x264
+  ``open-gop``, many x265 keyframes) and MPEG-2 / MPEG-4 part 2 with B-frames it silently returns other frames.
+  So frames are read in order from the start whenever that costs at most ``SEQUENTIAL_RATIO`` times what
+  seeking would (short and medium videos), and otherwise only after :func:`_seeks_exactly` has checked the
+  keyframes the sample needs (about one GOP each). Reading in order is always right, except in MPEG transport
+  streams, where decord skips the opening frames and repeats the last one; those are refused with a hint to
+  remux.
+- **Timestamps** come from decord's packet pts table: start of each frame in seconds since the stream's first
+  pts, float32 in decord, rounded here to microseconds. They equal PyAV's ``(pts - start_time) * time_base``
+  and stay right for variable frame rates. Where the table is unusable (AVI and MPEG program streams with
+  B-frames have no pts: decord reports -9e17 s) they are ``index / fps`` and frames are read in order.
+- **Rotation.** decord applies rotation metadata like ffmpeg's autorotate and scales after rotating, so frames,
+  ``width`` and ``height`` are in display orientation (a phone clip stored 1920x1080 with a 90 degree rotation
+  reports 1080x1920).
+- **Narrow frames.** At output widths 2, 3, 4, 6, 8, 12, 16, 24, 48 and 72 decord returns rows with their padding
+  (shape (H, W, C) with C != 3) and ``get_batch`` fails; those frames are fetched one by one and unpadded, which
+  gives exactly PyAV's frames.
+- **Bad files** (missing, a directory, empty, not a video, audio only, a codec decord's FFmpeg 4.1 cannot decode
+  such as AV1): decord raises ``RuntimeError``, ``DECORDError`` or ``AssertionError``; all are wrapped. FFmpeg's
+  log is silenced on import; decord still prints one "ERROR opening" line to stderr for files FFmpeg cannot
+  open, which the raised error repeats.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import decord
+import numpy as np
+
+from .config import VideoCfg
+from .errors import SlowfastError
+
+REPAIR_ROUNDS = 4  # resample-and-retry rounds for damaged files before giving up
+SEQUENTIAL_RATIO = 2  # read every frame in order when that decodes at most this many times the frames seeking would
+AVERROR_DECODER_NOT_FOUND = -1128613112  # FFERRTAG(0xF8, 'D', 'E', 'C'), in decord's "cannot find video stream"
+
+decord.logging.set_level(decord.logging.QUIET)
+
+
+@dataclass
+class VideoInfo:
+    path: str
+    num_frames: int  # frames we can actually use (after any verification)
+    header_frames: int  # what the container claims: len(VideoReader), the packets decord indexed
+    fps: float  # the stream's average frame rate
+    duration: float  # seconds, end of the last usable frame
+    width: int  # as decoded (display orientation: decord applies rotation metadata)
+    height: int
+
+
+@dataclass
+class Clip:
+    frames: np.ndarray  # uint8 (T, H, W, 3), RGB
+    indices: list[int]  # frame indices into the video, ascending
+    timestamps: list[float]  # seconds, presentation time of each sampled frame
+    info: VideoInfo
+    short: bool  # True when the video had fewer frames than requested and every frame was used
+
+
+class _Undecodable(Exception):
+    """A requested frame did not decode; carries decord's reason."""
+
+
+def _centres(count: int, picks: int) -> list[int]:
+    """Positions ``floor((i + 0.5) * count / picks)`` for ``i < picks`` (integer arithmetic, no float drift)."""
+    return [(2 * i + 1) * count // (2 * picks) for i in range(picks)]
+
+
+def sample_indices(
+    num_frames: int, fps: float, frames: int, sample_fps: float | None = None, max_frames: int = 256
+) -> list[int]:
+    """Frame indices to decode, ascending and without repeats.
+
+    Uniform (``sample_fps`` None): every frame if ``num_frames <= frames``, else the centre of each of ``frames``
+    equal segments, ``floor((i + 0.5) * num_frames / frames)``. Centres rather than segment starts keep the
+    first and last frames' neighbourhoods equally represented.
+
+    By rate: one frame every ``step = fps / sample_fps`` frames, index ``floor(k * step + 0.5)`` (round half up)
+    while below ``num_frames``. A ``sample_fps`` above the video's rate uses every frame once (step 1) rather
+    than repeating frames. More than ``max_frames`` picks are thinned to ``max_frames`` by segment centres over
+    that list, so a long video keeps an even spread.
+
+    Args:
+        num_frames: usable frames in the video (0 gives an empty list).
+        fps: the video's frame rate; needed only when ``sample_fps`` is set.
+        frames: T for uniform sampling.
+        sample_fps: sampling rate in frames per second, or None for uniform sampling.
+        max_frames: cap on the count when sampling by rate.
+
+    Example:
+        >>> sample_indices(100, 25.0, 4)
+        [12, 37, 62, 87]
+        >>> sample_indices(100, 25.0, 4, sample_fps=2.0)
+        [0, 13, 25, 38, 50, 63, 75, 88]
+    """
+    if num_frames < 0:
+        raise ValueError(f"num_frames must be >= 0, got {num_frames}")
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    if sample_fps is None:
+        if num_frames <= frames:
+            return list(range(num_frames))
+        return _centres(num_frames, frames)
+    if sample_fps <= 0 or not fps > 0:
+        raise ValueError(f"sampling by rate needs positive fps and sample_fps, got fps={fps}, sample_fps={sample_fps}")
+    if max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    step = max(fps / sample_fps, 1.0)
+    picked = []
+    k = 0
+    while (index := math.floor(k * step + 0.5)) < num_frames:
+        picked.append(index)
+        k += 1
+    if len(picked) > max_frames:
+        picked = [picked[p] for p in _centres(len(picked), max_frames)]
+    return picked
+
+
+def _requested(num_frames: int, fps: float, cfg: VideoCfg) -> int:
+    """How many frames ``cfg`` asks for from a video of this length: T, or the rate's count capped by max_frames."""
+    if cfg.sample_fps is None:
+        return cfg.frames
+    return min(cfg.max_frames, math.ceil(num_frames * cfg.sample_fps / fps))
+
+
+def decode_size(width: int, height: int, target: int) -> tuple[int, int]:
+    """Size to decode at so the shorter side is ``target`` and the aspect ratio is kept.
+
+    Returns:
+        (w, h), each >= target, the longer side rounded half up.
+
+    Example:
+        >>> decode_size(640, 272, 224)
+        (527, 224)
+    """
+    if min(width, height, target) < 1:
+        raise ValueError(f"sizes must be positive, got {width}x{height} -> {target}")
+    if width <= height:
+        return target, max(target, math.floor(height * target / width + 0.5))
+    return max(target, math.floor(width * target / height + 0.5)), target
+
+
+def center_crop(frames: np.ndarray, size: int) -> np.ndarray:
+    """The central ``size`` x ``size`` square of each frame.
+
+    Args:
+        frames: (T, H, W, C) with H, W >= size.
+
+    Returns:
+        contiguous (T, size, size, C); the odd pixel of an odd margin goes to the bottom / right.
+    """
+    height, width = frames.shape[1:3]
+    if height < size or width < size:
+        raise ValueError(f"cannot crop {size}x{size} from {width}x{height} frames")
+    top, left = (height - size) // 2, (width - size) // 2
+    return np.ascontiguousarray(frames[:, top : top + size, left : left + size])
+
+
+def _first_line(exc: BaseException) -> str:
+    """decord's message without its timestamp/source prefix and stack trace, at most 200 characters."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    text = re.sub(r"^\[[\d:]+\]\s+\S+:\d+:\s*", "", text)
+    return text[:200]
+
+
+def _problem(exc: BaseException) -> str:
+    """A user-facing description of why decord could not open a file."""
+    text = str(exc)
+    if "cannot find video stream" in text:
+        if str(AVERROR_DECODER_NOT_FOUND) in text:
+            return "unsupported video codec (decord's FFmpeg has no decoder for it)"
+        return "no video stream"
+    if "av_read_frame failed" in text:
+        return f"truncated or damaged video data (demuxing failed: {_first_line(exc)})"
+    if text.startswith("Error reading"):
+        return "not a readable video (unknown format, or a damaged or truncated container)"
+    if "Invalid frame count" in text:
+        return "no video frames"
+    if "Cannot create buffer source" in text:
+        return "truncated or damaged video data (no decodable frame to set up the decoder)"
+    return f"not a readable video ({_first_line(exc)})"
+
+
+def _check_file(path: str | os.PathLike) -> None:
+    """Raise for problems visible without decoding: missing, a directory, unreadable, empty, MPEG-TS."""
+    p = Path(path)
+    if not p.exists():
+        raise SlowfastError(f"{path}: does not exist")
+    if p.is_dir():
+        raise SlowfastError(f"{path}: is a directory, not a video file")
+    if not os.access(p, os.R_OK):
+        raise SlowfastError(f"{path}: cannot be read (permission denied)")
+    if p.stat().st_size == 0:
+        raise SlowfastError(f"{path}: file is empty")
+    if _is_transport_stream(p):
+        raise SlowfastError(
+            f"{path}: MPEG transport stream, which decord decodes with misplaced frames; "
+            "remux it first: ffmpeg -i IN -c copy OUT.mp4"
+        )
+
+
+def _is_transport_stream(path: Path) -> bool:
+    """MPEG-TS (188-byte packets) or M2TS (192-byte) by the 0x47 sync byte of the first three packets."""
+    with path.open("rb") as f:
+        head = f.read(3 * 192 + 4)
+    return any(
+        len(head) > 2 * size + offset and all(head[offset + i * size] == 0x47 for i in range(3))
+        for size, offset in ((188, 0), (192, 4))
+    )
+
+
+@dataclass
+class _Reader:
+    vr: decord.VideoReader
+    width: int  # of the frames it outputs
+    height: int
+    padded: bool  # decord returns rows with their padding at this width, and get_batch fails
+
+
+def _open(path: str | os.PathLike, size: tuple[int, int] | None = None, num_threads: int = 0) -> _Reader:
+    """A CPU reader at ``size`` (w, h) or full size, after decoding frame 0 to learn the output shape.
+
+    Raises:
+        SlowfastError: for every failure, with a problem from :func:`_problem`.
+    """
+    _check_file(path)
+    width, height = size or (-1, -1)
+    try:
+        vr = decord.VideoReader(os.fspath(path), decord.cpu(0), width, height, num_threads)
+    except Exception as exc:
+        raise SlowfastError(f"{path}: {_problem(exc)}") from None
+    try:
+        shape = vr.next().shape
+    except Exception as exc:
+        raise SlowfastError(f"{path}: first frame does not decode ({_first_line(exc)})") from None
+    return _Reader(vr, int(shape[1]), int(shape[0]), shape[2] != 3)
+
+
+def _unpad(frame: np.ndarray) -> np.ndarray:
+    """Cut decord's row padding from a (H, W, C) frame with C != 3, giving (H, W, 3)."""
+    height, width = frame.shape[:2]
+    return frame.reshape(height, -1)[:, : width * 3].reshape(height, width, 3)
+
+
+def _decode(reader: _Reader, indices: list[int]) -> np.ndarray:
+    """Decode ``indices`` by decord's random access; raises _Undecodable when any of them does not decode.
+
+    Returns:
+        uint8 (T, H, W, 3).
+    """
+    try:
+        if reader.padded:
+            return np.stack([_unpad(reader.vr[i].asnumpy()) for i in indices])
+        return reader.vr.get_batch(indices).asnumpy()
+    except Exception as exc:
+        raise _Undecodable(_first_line(exc)) from None
+
+
+def _decode_sequential(reader: _Reader, indices: list[int], chunk: int = 16) -> np.ndarray:
+    """Decode ``indices`` by reading every frame from the start in order, so decord never seeks past frame 0.
+
+    Returns:
+        uint8 (T, H, W, 3); at most ``chunk`` other frames are held at a time.
+    """
+    wanted, kept = set(indices), {}
+    last = indices[-1]
+    for start in range(0, last + 1, chunk):
+        block = list(range(start, min(start + chunk, last + 1)))
+        for i, frame in zip(block, _decode(reader, block)):
+            if i in wanted:
+                kept[i] = frame
+    return np.stack([kept[i] for i in indices])
+
+
+def _segment_keys(reader: _Reader) -> list[int]:
+    """decord's keyframe positions after 0 (it counts them in decode order), ascending."""
+    n = len(reader.vr)
+    return sorted(k for k in reader.vr.get_key_indices() if 0 < k < n)
+
+
+def _random_cost(keys: list[int], indices: list[int]) -> int:
+    """Frames decord decodes to fetch ``indices`` by random access, from a reader standing at frame 1.
+
+    Within a keyframe segment it reads forward; entering another segment it seeks to that segment's keyframe.
+    """
+    cost, pos, segment = 0, 1, 0
+    for i in indices:
+        key = keys[bisect.bisect_right(keys, i) - 1] if keys and i >= keys[0] else 0
+        cost += i - pos + 1 if key == segment and i >= pos else i - key + 1
+        pos, segment = i + 1, key
+    return cost
+
+
+def _seeks_exactly(reader: _Reader, keys: list[int], indices: list[int]) -> bool:
+    """Whether decord's seeks land on the right frames for the keyframes that ``indices`` need.
+
+    decord seeks to the packets it flagged as keyframes, counting them in decode order. That is right for
+    closed GOPs (h264 as most encoders write it, VP9) and wrong for open GOPs (x264 ``open-gop``, many of x265's
+    keyframes), MPEG-2 and MPEG-4 part 2 with B-frames, where it silently returns other frames. For the first
+    keyframe and each one the indices use, the frame reached by seeking to it is compared with the frame reached
+    by reading on from the frame before it (which decord fetches from the previous keyframe). Costs about one
+    GOP of decoding per keyframe checked. A run of open-GOP keyframes with identical structure agrees with itself
+    and passes unless the first keyframe, or the keyframe before the run, is among those checked.
+    """
+    if not keys or indices[-1] < keys[0]:
+        return True
+    used = {keys[bisect.bisect_right(keys, i) - 1] for i in indices if i >= keys[0]}
+    for key in sorted(used | {keys[0]}, reverse=True):
+        reference = _decode(reader, [key - 1, key])[1]
+        if not np.array_equal(_decode(reader, [key])[0], reference):
+            return False
+    return True
+
+
+def _frame_times(vr: decord.VideoReader) -> np.ndarray:
+    """(N, 2) start and end of every frame in seconds, float64 (never a slice: decord decodes for slices)."""
+    return vr.get_frame_timestamp(np.arange(len(vr))).astype(np.float64)
+
+
+def _times_ok(times: np.ndarray) -> bool:
+    """decord's pts table is usable: finite, starting at 0 and strictly increasing.
+
+    It is not for streams without pts (AVI and MPEG program streams with B-frames give -9e17 for every frame).
+    """
+    start = times[:, 0]
+    return bool(np.isfinite(times).all() and abs(start[0]) < 1.0 and (np.diff(start) > 0).all())
+
+
+def _fps(vr: decord.VideoReader, times: np.ndarray | None) -> float:
+    """The stream's average frame rate; else one from valid ``times``; else 1 (timestamps are then frame numbers)."""
+    fps = float(vr.get_avg_fps())
+    if math.isfinite(fps) and fps > 0:
+        return fps
+    if times is not None and len(times) > 1 and times[-1, 0] > times[0, 0]:
+        return (len(times) - 1) / (times[-1, 0] - times[0, 0])
+    return 1.0
+
+
+def _duration(times: np.ndarray, num_frames: int, fps: float) -> float:
+    """Seconds to the end of frame ``num_frames - 1`` (its start plus 1/fps when the container gives no end)."""
+    start, stop = times[num_frames - 1]
+    return round(float(stop if stop > start else start + 1.0 / fps), 6)
+
+
+@dataclass
+class _Opened:
+    info: VideoInfo
+    times: np.ndarray  # (N, 2) start and end of each frame, seconds
+    pts_ok: bool  # decord's pts table is valid; if not, times are index / fps and decord cannot seek
+
+
+def _inspect(path: str | os.PathLike, reader: _Reader) -> _Opened:
+    """Info and frame times from a full-size reader."""
+    vr = reader.vr
+    n = len(vr)
+    try:
+        times = _frame_times(vr)
+        pts_ok = _times_ok(times)
+        fps = _fps(vr, times if pts_ok else None)
+    except Exception as exc:
+        raise SlowfastError(f"{path}: not a readable video ({_first_line(exc)})") from None
+    if not pts_ok:
+        times = np.stack([np.arange(n), np.arange(1, n + 1)], axis=1) / fps
+    info = VideoInfo(str(path), n, n, fps, _duration(times, n, fps), reader.width, reader.height)
+    return _Opened(info, times, pts_ok)
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Frame count, rate, duration and size of a video. Cheap: demuxes the file and decodes only frame 0.
+
+    ``num_frames`` is not verified beyond frame 0 here; :func:`load_clip` lowers it when later frames turn out
+    not to decode.
+    """
+    return _inspect(path, _open(path)).info
+
+
+class _Prober:
+    """Single-frame decode checks that reopen the reader after a failure (decord's state is unreliable then)."""
+
+    def __init__(self, reopen: Callable[[], _Reader]):
+        self.reopen = reopen
+        self.reader: _Reader | None = None
+
+    def ok(self, index: int) -> bool:
+        if self.reader is None:
+            self.reader = self.reopen()
+        try:
+            _decode(self.reader, [index])
+            return True
+        except _Undecodable:
+            self.reader = None
+            return False
+
+
+def _first_undecodable(reopen: Callable[[], _Reader], indices: list[int]) -> int | None:
+    """First frame that does not decode, assuming damage runs to the end, after decoding ``indices`` failed.
+
+    Bisects over the sampled indices, then over the frames between the last good and first bad sample:
+    about log2(num_frames) probes. None when every sampled frame decodes on its own.
+    """
+    prober = _Prober(reopen)
+    good, bad = -1, len(indices)
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if prober.ok(indices[mid]) else (good, mid)
+    if bad == len(indices):
+        return None
+    lo, hi = (indices[good] if good >= 0 else -1), indices[bad]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if prober.ok(mid) else (lo, mid)
+    return hi
+
+
+def _use_random_access(reader: _Reader, opened: _Opened, indices: list[int]) -> bool:
+    """Seek (decord's get_batch) rather than read every frame from the start.
+
+    Reading in order is always right, so it is chosen whenever it costs at most SEQUENTIAL_RATIO times the
+    frames random access would decode (short and medium videos), and whenever the pts table is unusable.
+    Otherwise random access is used after :func:`_seeks_exactly` passes; a failure or damage there means no.
+    """
+    keys = _segment_keys(reader)
+    if not opened.pts_ok or indices[-1] + 1 <= SEQUENTIAL_RATIO * _random_cost(keys, indices):
+        return False
+    try:
+        return _seeks_exactly(reader, keys, indices)
+    except _Undecodable:
+        return False
+
+
+def _decode_verified(
+    path: str | os.PathLike,
+    reader: _Reader,
+    reopen: Callable[[], _Reader],
+    opened: _Opened,
+    cfg: VideoCfg,
+) -> tuple[np.ndarray, list[int], VideoInfo]:
+    """Decode the sampled frames, shrinking ``num_frames`` to the decodable prefix when frames fail.
+
+    Returns:
+        (frames uint8 (T, H, W, 3), indices, info).
+    """
+    info, reason, seek = opened.info, "", None
+    for _ in range(REPAIR_ROUNDS):
+        indices = sample_indices(info.num_frames, info.fps, cfg.frames, cfg.sample_fps, cfg.max_frames)
+        if seek is None:
+            seek = _use_random_access(reader, opened, indices)
+        try:
+            return (_decode(reader, indices) if seek else _decode_sequential(reader, indices)), indices, info
+        except _Undecodable as exc:
+            reason = str(exc)
+        usable = _first_undecodable(reopen, indices)
+        if usable is None or usable >= info.num_frames:
+            break
+        if usable == 0:
+            raise SlowfastError(f"{path}: no frame decodes (damaged video data: {reason})")
+        info = dataclasses.replace(info, num_frames=usable, duration=_duration(opened.times, usable, info.fps))
+        reader = reopen()
+    raise SlowfastError(f"{path}: frames do not decode (damaged video data: {reason})")
+
+
+def load_clip(path: str | os.PathLike, cfg: VideoCfg, image_size: int | None = None, num_threads: int = 0) -> Clip:
+    """Sample frames from a video and decode only those.
+
+    With ``cfg.decode_resize`` and ``image_size``, decord scales each frame so its shorter side is
+    ``image_size`` (aspect kept, see :func:`decode_size`) and the centre square is cropped; otherwise frames
+    come at full size for the encoder to resize. The file is opened twice when resizing, because decord tells
+    the frame size only by decoding a frame. See the module docstring for when frames are read in order and
+    what happens with damaged files.
+
+    Args:
+        path: video file.
+        cfg: sampling settings (``frames`` or ``sample_fps`` / ``max_frames``, ``decode_resize``).
+        image_size: the model's input side, or None.
+        num_threads: decoder threads; 0 lets FFmpeg choose.
+
+    Returns:
+        Clip with frames uint8 (T, H, W, 3) RGB, (T, image_size, image_size, 3) when resized.
+
+    Raises:
+        SlowfastError: one line, ``"{path}: {problem}"``.
+    """
+    reader = _open(path, num_threads=num_threads)
+    opened = _inspect(path, reader)
+    info = opened.info
+    size = decode_size(info.width, info.height, image_size) if cfg.decode_resize and image_size else None
+
+    def reopen() -> _Reader:
+        return _open(path, size, num_threads)
+
+    if size is not None:
+        reader = reopen()
+    frames, indices, info = _decode_verified(path, reader, reopen, opened, cfg)
+    if size is not None:
+        frames = center_crop(frames, image_size)
+    short = len(indices) == info.num_frames and len(indices) < _requested(info.num_frames, info.fps, cfg)
+    timestamps = [round(float(t), 6) for t in opened.times[indices, 0]]
+    return Clip(frames, indices, timestamps, info, short)
