@@ -93,9 +93,9 @@ class Pipeline:
 
     def load(self, video: str | Path):
         """Decode the sampled frames of one video (uint8, at the model's size when decode_resize)."""
-        from .video import load_clip
+        from .video import DECODE_RESIZE_MIN, load_clip
 
-        return load_clip(video, self.config.video, self.image_size)
+        return load_clip(video, self.config.video, self.image_size, min_scale=DECODE_RESIZE_MIN)
 
     def encode_clip(self, clip, keep_features: bool = False, timings: dict | None = None) -> EncodeResult:
         """Encoder -> projector -> aggregator for an already decoded clip."""

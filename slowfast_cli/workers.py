@@ -27,7 +27,7 @@ def _worker_main(inbox, outbox, video_cfg, image_size: int | None, threads: int)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)  # decord's C++ logs "ERROR opening ..." itself; the error we send back says it once
-    from .video import load_clip
+    from .video import DECODE_RESIZE_MIN, load_clip
 
     while True:
         try:
@@ -39,7 +39,7 @@ def _worker_main(inbox, outbox, video_cfg, image_size: int | None, threads: int)
         job_id, path = job
         t0 = time.perf_counter()
         try:
-            clip = load_clip(path, video_cfg, image_size, num_threads=threads)
+            clip = load_clip(path, video_cfg, image_size, num_threads=threads, min_scale=DECODE_RESIZE_MIN)
             outbox.send((job_id, "ok", clip, time.perf_counter() - t0))
         except SlowfastError as exc:
             outbox.send((job_id, "error", str(exc), time.perf_counter() - t0))

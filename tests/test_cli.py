@@ -239,3 +239,21 @@ def test_report_does_not_import_model_libraries(tmp_path):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch):
+    """The README's Python API example, run as written on a real clip."""
+    import re
+    from pathlib import Path
+
+    import media
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = re.search(r"## Python API\s+```python\n(.*?)```", readme, re.S).group(1)
+    clip = tmp_path / "clip.mp4"
+    clip.symlink_to(media.sample_clip("bikes.mp4"))
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["encode", "clip.mp4", "--config", "tiny", "-o", "clip.pt"]).exit_code == 0
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["tokens"].shape == namespace["saved"]["tokens"].shape == (1, 512, 64)
