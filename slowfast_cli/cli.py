@@ -18,9 +18,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from . import __version__
 from .budget import Budget, model_grid, plan, token_budget
@@ -34,10 +31,39 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: rendering rich help panels imports rich.markdown (+50 ms)
 )
+
+
+class _LazyConsole:
+    """A rich Console created on first use: `--help` and `--json` never pay for importing rich."""
+
+    def __init__(self, **kwargs: Any):
+        self._kwargs, self._console = kwargs, None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._kwargs)
+        return getattr(self._console, name)
+
+
+def Table(*args: Any, **kwargs: Any):  # noqa: N802 - stands in for rich.table.Table, imported on use
+    from rich.table import Table as RichTable
+
+    return RichTable(*args, **kwargs)
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
 # Not a terminal (a pipe, a file, CliRunner): rich would assume 80 columns and squash the tables.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = _LazyConsole(highlight=False, width=None if sys.stdout.isatty() else 120)
+err = _LazyConsole(stderr=True, highlight=False, soft_wrap=True)
 _state = {"debug": bool(os.environ.get("SLOWFAST_DEBUG"))}
 
 
