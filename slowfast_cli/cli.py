@@ -123,6 +123,14 @@ RandomProjectorOpt = Annotated[
 DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 DtypeOpt = Annotated[str | None, typer.Option(help="auto, fp32, bf16 or fp16.")]
 BatchFramesOpt = Annotated[int | None, typer.Option(help="Frames per ViT forward pass.")]
+DecodeResizeOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--decode-resize/--no-decode-resize",
+        help="Let the decoder scale large videos to the model's size (fast) or preprocess exactly like open_clip.",
+        show_default=False,
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
 
@@ -412,6 +420,7 @@ def encode(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     batch_frames: BatchFramesOpt = None,
+    decode_resize: DecodeResizeOpt = None,
     overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -424,6 +433,7 @@ def encode(
         max_frames=max_frames, slow_frames=slow_frames, slow_pool=slow_pool, fast_size=fast_size,
         projector=projector, projector_weights=projector_weights, llm_dim=llm_dim,
         random_projector=random_projector, device=device, dtype=dtype, batch_frames=batch_frames,
+        decode_resize=decode_resize,
     )  # fmt: skip
     from .pipeline import default_output, encode_to_file
 
@@ -500,6 +510,7 @@ def batch(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     batch_frames: BatchFramesOpt = None,
+    decode_resize: DecodeResizeOpt = None,
     overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -514,6 +525,7 @@ def batch(
         max_frames=max_frames, slow_frames=slow_frames, slow_pool=slow_pool, fast_size=fast_size,
         projector=projector, projector_weights=projector_weights, llm_dim=llm_dim,
         random_projector=random_projector, device=device, dtype=dtype, batch_frames=batch_frames,
+        decode_resize=decode_resize,
     )  # fmt: skip
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")

@@ -233,3 +233,9 @@ class TestDecodeResize:
     def test_small_video_takes_the_exact_path(self, bikes):
         clip, _ = self._pixels(bikes, True)  # 640x272: shorter side < 2 * 224
         assert clip.frames.shape[1:3] == (272, 640)
+
+
+def test_no_decode_resize_flag_reaches_the_config(small_video, tmp_path):
+    out = tmp_path / "o.pt"
+    assert run("encode", small_video, "--config", "tiny", "--no-decode-resize", "-o", out).exit_code == 0
+    assert load_tokens(out)["meta"]["config"]["video"]["decode_resize"] is False
