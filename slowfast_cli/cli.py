@@ -135,6 +135,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
 
 
+def flags_of(values: dict[str, Any]) -> dict[str, Any]:
+    """The command's arguments that are config settings (see ``config.FLAG_KEYS``), from its ``locals()``."""
+    return {k: v for k, v in values.items() if k in FLAG_KEYS}
+
+
 def build_config(preset: str, **flags: Any) -> Config:
     """defaults < preset < flags; flags that are None were not given."""
     if flags.get("fast_size") is not None:
@@ -391,10 +396,6 @@ SUMMARY_KEYS = ("source", "frames", "grid", "input_tokens", "slow_tokens", "fast
 
 
 # --- encode ---------------------------------------------------------------------------------------------------
-def encode_flags(**kw: Any) -> dict:
-    return kw
-
-
 @app.command()
 @handles_errors
 def encode(
@@ -428,13 +429,7 @@ def encode(
 
     Example: slowfast encode clip.mp4 --config tiny -o clip.pt
     """
-    cfg = build_config(
-        config, model=model, pretrained=pretrained, layer=layer, frames=frames, sample_fps=sample_fps,
-        max_frames=max_frames, slow_frames=slow_frames, slow_pool=slow_pool, fast_size=fast_size,
-        projector=projector, projector_weights=projector_weights, llm_dim=llm_dim,
-        random_projector=random_projector, device=device, dtype=dtype, batch_frames=batch_frames,
-        decode_resize=decode_resize,
-    )  # fmt: skip
+    cfg = build_config(config, **flags_of(locals()))
     from .pipeline import default_output, encode_to_file
 
     target = output or default_output(video)
@@ -520,13 +515,7 @@ def batch(
     """
     from .batch import plan_batch, run_batch, write_report
 
-    cfg = build_config(
-        config, model=model, pretrained=pretrained, layer=layer, frames=frames, sample_fps=sample_fps,
-        max_frames=max_frames, slow_frames=slow_frames, slow_pool=slow_pool, fast_size=fast_size,
-        projector=projector, projector_weights=projector_weights, llm_dim=llm_dim,
-        random_projector=random_projector, device=device, dtype=dtype, batch_frames=batch_frames,
-        decode_resize=decode_resize,
-    )  # fmt: skip
+    cfg = build_config(config, **flags_of(locals()))
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     if timeout <= 0:
