@@ -244,7 +244,10 @@ def load_preset(name_or_path: str) -> Config:
         else:
             valid = ", ".join(["name", "description", *SECTIONS])
             raise ConfigError(f"{path}: unknown key {key!r}; valid top-level keys: {valid}")
-    return cfg
+    try:
+        return validate(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def resolve_config(preset: str | None = "default", overrides: dict[str, Any] | None = None) -> Config:

@@ -111,6 +111,16 @@ class TestConfigs:
         assert tiny["encoder"]["pretrained"] == "none"
 
 
+    def test_broken_preset_is_a_usage_error(self, tmp_path, monkeypatch):
+        import slowfast_cli.config as config
+
+        (tmp_path / "broken.toml").write_text("[aggregator]\nslow_pool = 'max'\n")
+        monkeypatch.setattr(config, "PRESET_DIR", tmp_path)
+        monkeypatch.setattr(config, "PACKAGE_PRESET_DIR", tmp_path / "none")
+        r = run("configs")
+        assert r.exit_code == 2 and "unknown slow pool 'max'" in r.stderr
+
+
 def token_file(path, length, input_tokens):
     path.parent.mkdir(parents=True, exist_ok=True)
     save_tokens(path, torch.zeros(1, length, 8), {"input_tokens": input_tokens})
