@@ -110,7 +110,6 @@ class TestConfigs:
         tiny = next(r for r in rows if r["name"] == "tiny")
         assert tiny["encoder"]["pretrained"] == "none"
 
-
     def test_broken_preset_is_a_usage_error(self, tmp_path, monkeypatch):
         import slowfast_cli.config as config
 
@@ -173,6 +172,22 @@ class TestAggregate:
         budget = json.loads(run("budget", "--frames", 12, "--grid", "6x6", "--slow-frames", 4, "--slow-pool",
                                 "2x2_avg", "--fast-size", "3x3", "--json").stdout)  # fmt: skip
         assert budget["output_tokens"] == obj["tokens"].shape[1]
+
+    @pytest.mark.parametrize("pool", ["none", "1d_max", "1d_avg", "2x2_max", "2x2_avg"])
+    @pytest.mark.parametrize("t,grid,slow,fast", [(12, (6, 6), 4, "3x3"), (5, (4, 6), 8, "2x3"), (7, (6, 5), 3, "2x2")])
+    def test_output_equals_the_written_out_reference(self, tmp_path, pool, t, grid, slow, fast):
+        from test_aggregate import reference
+
+        if pool.startswith("1d") and grid[0] * grid[1] % 2:
+            pytest.skip("1d pools need an even token count")
+        torch.manual_seed(t)
+        x = torch.randn(t, grid[0] * grid[1], 8)
+        feat, out = tmp_path / "f.pt", tmp_path / "o.pt"
+        save_features(feat, x, {"grid": list(grid)})
+        r = run("aggregate", feat, "-o", out, "--slow-frames", slow, "--slow-pool", pool, "--fast-size", fast)
+        assert r.exit_code == 0, r.output
+        h, w = (int(v) for v in fast.split("x"))
+        assert torch.equal(load_tokens(out)["tokens"], reference(x, grid, slow, pool, (h, w)))
 
     def test_refuses_overwrite(self, tmp_path, features):
         out = tmp_path / "out.pt"
