@@ -44,7 +44,7 @@ GOOD = {
     "rotated.mp4": lambda p: media.make_rotated(p, 90),
     "vp9.webm": lambda p: media.make_video(p, frames=12, codec="vp9"),
     "h264.mkv": lambda p: media.make_video(p, frames=12),
-    "vp9.mkv": lambda p: media.make_video(p, frames=12, codec="vp9"),
+    "vp9 in matroska.mkv": lambda p: media.make_video(p, frames=12, codec="vp9"),
     "sub dir/spaces and ünïcødé 視頻.mp4": lambda p: media.make_video(p, frames=12),
 }
 BAD = {
