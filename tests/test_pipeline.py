@@ -239,3 +239,21 @@ def test_no_decode_resize_flag_reaches_the_config(small_video, tmp_path):
     out = tmp_path / "o.pt"
     assert run("encode", small_video, "--config", "tiny", "--no-decode-resize", "-o", out).exit_code == 0
     assert load_tokens(out)["meta"]["config"]["video"]["decode_resize"] is False
+
+
+def test_sample_fps_and_max_frames(small_video, tmp_path):
+    """32 frames at 10 fps sampled at 2 fps: every 5th frame; --max-frames thins them by segment centres."""
+    out = tmp_path / "fps.pt"
+    r = run("encode", small_video, "--config", "tiny", "--sample-fps", 2, "-o", out, "--json")
+    assert r.exit_code == 0, r.output
+    m = load_tokens(out)["meta"]
+    assert m["frame_indices"] == [0, 5, 10, 15, 20, 25, 30] and m["frames"] == 7
+    assert m["timestamps"] == pytest.approx([i / 10 for i in m["frame_indices"]], abs=1e-3)
+    assert m["output_tokens"] == budget_of("--config", "tiny", "--frames", 7)["output_tokens"]
+    capped = tmp_path / "cap.pt"
+    assert (
+        run("encode", small_video, "--config", "tiny", "--sample-fps", 2, "--max-frames", 4, "-o", capped).exit_code
+        == 0
+    )
+    assert load_tokens(capped)["meta"]["frame_indices"] == sample_indices(32, 10.0, 16, 2.0, 4)
+    assert len(load_tokens(capped)["meta"]["frame_indices"]) == 4
