@@ -40,6 +40,7 @@ class Record:
     frames: int | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    warnings: list[str] = field(default_factory=list)  # e.g. a damaged file whose decodable prefix was used
     time: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def to_json(self) -> str:
@@ -270,8 +271,9 @@ def _finish_one(done, rel: Path, out_rel: Path, plan: BatchPlan, pipe, write_res
         msg = f"{out_rel}: cannot write ({exc.strerror or exc})"
         return Record(str(rel), str(out_rel), "failed", msg, "write", done.seconds)
     m = result.meta
+    notes = [w for w in result.warnings if w not in pipe.warnings]  # the model-wide ones are said once, up front
     return Record(str(rel), str(out_rel), "ok", None, None, done.seconds + time.perf_counter() - t0, m["frames"],
-                  m["input_tokens"], m["output_tokens"])  # fmt: skip
+                  m["input_tokens"], m["output_tokens"], notes)  # fmt: skip
 
 
 def write_report(out_dir: Path, records: list[Record], problems: list[str], interrupted: bool = False) -> dict:

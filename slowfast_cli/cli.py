@@ -41,12 +41,16 @@ class _LazyConsole:
     def __init__(self, **kwargs: Any):
         self._kwargs, self._console = kwargs, None
 
-    def __getattr__(self, name: str) -> Any:
+    def get(self):
+        """The real ``rich.console.Console`` (for rich objects that need one, e.g. ``Progress``)."""
         if self._console is None:
             from rich.console import Console
 
             self._console = Console(**self._kwargs)
-        return getattr(self._console, name)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
 
 
 def Table(*args: Any, **kwargs: Any):  # noqa: N802 - stands in for rich.table.Table, imported on use
@@ -525,13 +529,20 @@ def batch(
         warn(p)
     if plan.total == 0:
         raise SlowfastError(f"{in_dir}: no videos found" + (f" matching {pattern!r}" if pattern else ""))
+    pipe = None
+    if plan.todo:
+        from .pipeline import Pipeline
+
+        pipe = Pipeline(cfg)  # built here, before the bar, so its warnings come first
+        for w in pipe.warnings:
+            warn(w)
     records, interrupted = [], False
     show_bar = err.is_terminal and not json_
     try:
         with _progress(show_bar) as progress:
             task = progress.add_task("videos", total=plan.total, failed=0, fps=0.0)
             frames_done, t0 = 0, time.monotonic()
-            gen = run_batch(plan, cfg, workers or default_workers(), timeout, fail_fast)
+            gen = run_batch(plan, cfg, workers or default_workers(), timeout, fail_fast, pipeline=pipe)
             try:
                 for rec in gen:
                     records.append(rec)
@@ -541,6 +552,8 @@ def batch(
                     progress.update(task, advance=1, failed=nfail, fps=rate)
                     if rec.status == "failed":
                         progress.console.print(f"[red]failed[/] {escape(rec.error or rec.source)}")
+                    for w in rec.warnings:
+                        progress.console.print(f"[yellow]warning:[/] {escape(w)}")
             finally:
                 gen.close()
     except KeyboardInterrupt:
@@ -580,7 +593,7 @@ def _progress(show: bool):
         TextColumn("[red]{task.fields[failed]} failed"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=err,
+        console=err.get(),
         disable=not show,
     )
 

@@ -287,3 +287,34 @@ def test_killed_batch_resumes_to_the_same_result(tmp_path, sig):
     assert not [p for p in out.rglob("*") if p.name.startswith(TMP_PREFIX)]
     statuses = [r["status"] for r in manifest(out)]
     assert statuses.count("ok") == 10  # each video encoded exactly once over both runs
+
+
+def test_progress_bar_on_a_terminal(folder, tmp_path):
+    """On a real pseudo-terminal the bar is drawn (videos done/total, failures), the warning comes first."""
+    import pty
+    import select
+
+    media.make_empty(folder / "broken.mp4")
+    primary, secondary = pty.openpty()
+    cmd = [sys.executable, "-m", "slowfast_cli", "batch", str(folder), "-o", str(tmp_path / "out"), *TINY]
+    proc = subprocess.Popen(cmd, stdin=secondary, stdout=secondary, stderr=secondary, close_fds=True)
+    os.close(secondary)
+    chunks, deadline = [], time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([primary], [], [], 0.5)
+        if ready:
+            try:
+                data = os.read(primary, 65536)
+            except OSError:  # the terminal closed: the process is done
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    os.close(primary)
+    assert proc.wait(timeout=30) == 1
+    screen = b"".join(chunks).decode("utf-8", "replace")
+    assert "5/5" in screen and "1 failed" in screen and "━" in screen  # the bar, drawn
+    assert screen.index("random weights") < screen.index("videos")
+    assert "broken.mp4: file is empty" in screen
