@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -272,7 +272,7 @@ def _git() -> dict[str, Any]:
 def machine_info(with_torch: bool = True) -> dict[str, Any]:
     """CPU model, cores, memory, load, Python, torch and CUDA device, git commit, date (UTC)."""
     info: dict[str, Any] = {
-        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpu": _cpu_model(),
         "cpu_flags": _cpu_flags(),
         "cores_usable": cores(),

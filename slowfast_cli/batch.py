@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .config import Config
@@ -41,7 +41,7 @@ class Record:
     input_tokens: int | None = None
     output_tokens: int | None = None
     warnings: list[str] = field(default_factory=list)  # e.g. a damaged file whose decodable prefix was used
-    time: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    time: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)

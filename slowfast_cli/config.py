@@ -8,11 +8,10 @@ This module imports neither torch nor any model library, so ``slowfast budget`` 
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from .errors import ConfigError
 
