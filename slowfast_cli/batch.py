@@ -270,6 +270,10 @@ def _finish_one(done, rel: Path, out_rel: Path, plan: BatchPlan, pipe, write_res
     except OSError as exc:
         msg = f"{out_rel}: cannot write ({exc.strerror or exc})"
         return Record(str(rel), str(out_rel), "failed", msg, "write", done.seconds)
+    except RuntimeError as exc:  # torch's errors (out of memory, a kernel failure): this video fails, the batch goes on
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        msg = f"{rel}: encoding failed ({type(exc).__name__}: {first})"
+        return Record(str(rel), str(out_rel), "failed", msg, "encode", done.seconds)
     m = result.meta
     notes = [w for w in result.warnings if w not in pipe.warnings]  # the model-wide ones are said once, up front
     return Record(str(rel), str(out_rel), "ok", None, None, done.seconds + time.perf_counter() - t0, m["frames"],
