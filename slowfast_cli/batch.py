@@ -22,7 +22,8 @@ from pathlib import Path
 
 from .config import Config
 from .errors import SlowfastError
-from .io import TMP_PREFIX, atomic_open, load_tokens, write_json
+from .header import TMP_PREFIX, read_token_header
+from .io import atomic_open, write_json
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp")
 MANIFEST = "manifest.jsonl"
@@ -133,9 +134,10 @@ def clean_stale_temp_files(out_dir: Path) -> int:
 
 
 def is_complete(path: Path) -> bool:
-    """An existing output counts as done only if it loads as a token file; a partial or corrupt one is redone."""
+    """An existing output counts as done only if it reads as a complete token file (its header, and tensor data of
+    the right size); a partial or corrupt one is redone."""
     try:
-        load_tokens(path)
+        read_token_header(path)
         return True
     except SlowfastError:
         return False

@@ -18,8 +18,7 @@ from typing import IO, Any
 import torch
 
 from .errors import SlowfastError
-
-TMP_PREFIX = ".slowfast-tmp-"
+from .header import TMP_PREFIX, is_temp_file  # noqa: F401 - re-exported: io is where writers look for them
 
 
 @contextlib.contextmanager
@@ -147,7 +146,3 @@ def write_json(path: str | Path, obj: Any) -> Path:
         json.dump(obj, f, indent=2, sort_keys=False)
         f.write("\n")
     return path
-
-
-def is_temp_file(path: Path) -> bool:
-    return path.name.startswith(TMP_PREFIX)

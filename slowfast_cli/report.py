@@ -1,6 +1,7 @@
 """Statistics over token files: counts, token totals, the distribution of compression ratios.
 
-Only token files (``{"tokens", "meta"}``) are counted; anything else under a folder is listed as skipped with
+Files are read with ``header.read_token_header``: shapes and ``meta`` only, no torch, no tensor data. Only token
+files (``{"tokens", "meta"}``) are counted; anything else under a folder is listed as skipped with
 the reason, so a report never silently hides a broken file.
 """
 
@@ -11,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import SlowfastError
-from .io import is_temp_file, load_tokens
+from .header import is_temp_file, read_token_header
 
 
 @dataclass
@@ -44,12 +45,13 @@ class Report:
 
 
 def file_stats(path: Path) -> FileStats:
-    obj = load_tokens(path)
-    tokens, meta = obj["tokens"], obj["meta"]
-    out = int(tokens.shape[1])
+    """Counts of one token file, read from its header (the tensor data is not loaded; see ``header``)."""
+    obj = read_token_header(path)
+    shape, meta = obj["tokens"].shape, obj["meta"]
+    out = int(shape[1])
     inp = meta.get("input_tokens")
     inp = int(inp) if isinstance(inp, int) and inp > 0 else None
-    return FileStats(str(path), inp, out, out / inp if inp else None, int(tokens.shape[2]))
+    return FileStats(str(path), inp, out, out / inp if inp else None, int(shape[2]))
 
 
 def find_token_files(root: Path) -> list[Path]:

@@ -1,0 +1,122 @@
+"""Read a token file's shape and ``meta`` without torch and without reading the tensor data.
+
+A file written by ``torch.save`` is a zip archive: ``data.pkl`` holds the dict with tensors as references to
+storage entries ``data/N``. A restricted unpickler that knows only the names torch writes for plain tensors
+reads the dict, turns each tensor into a :class:`TensorHeader` and never touches the (large) storage entries;
+each entry's size in the zip's directory is checked against the tensor's shape, so a file cut short or
+damaged is caught. ``slowfast report`` and the resume check of ``slowfast batch`` use this: they stay fast over
+thousands of files and do not import torch. Anything unusual (an old format, other objects) raises
+:class:`SlowfastError`, exactly where ``torch.load(..., weights_only=True)`` would refuse too.
+"""
+
+from __future__ import annotations
+
+import collections
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import SlowfastError
+
+TMP_PREFIX = ".slowfast-tmp-"  # temporary files of atomic writes (io.atomic_open)
+
+ITEMSIZE = {  # torch's typed storage names -> bytes per element
+    "FloatStorage": 4,
+    "DoubleStorage": 8,
+    "HalfStorage": 2,
+    "BFloat16Storage": 2,
+    "LongStorage": 8,
+    "IntStorage": 4,
+    "ShortStorage": 2,
+    "CharStorage": 1,
+    "ByteStorage": 1,
+    "BoolStorage": 1,
+}
+
+
+@dataclass(frozen=True)
+class TensorHeader:
+    shape: tuple[int, ...]
+    dtype: str  # the storage name, e.g. "FloatStorage"
+    storage: str  # the zip entry key
+    numel: int  # elements in the storage
+
+
+@dataclass(frozen=True)
+class _StorageRef:
+    kind: str
+    key: str
+    numel: int
+
+
+def _rebuild_tensor(storage: _StorageRef, offset: int, size: tuple, stride: tuple, *args: Any) -> TensorHeader:
+    if not isinstance(storage, _StorageRef):
+        raise pickle.UnpicklingError("tensor without a storage")
+    if all(s > 0 for s in size) and offset + sum((s - 1) * st for s, st in zip(size, stride)) >= storage.numel:
+        raise pickle.UnpicklingError("tensor larger than its storage")
+    return TensorHeader(tuple(int(s) for s in size), storage.kind, storage.key, storage.numel)
+
+
+class _HeaderUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if module == "torch" and name in ITEMSIZE:
+            return name
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a token file")
+
+    def persistent_load(self, pid: Any) -> _StorageRef:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and pid[1] in ITEMSIZE):
+            raise pickle.UnpicklingError(f"unsupported storage reference {pid!r:.80}")
+        return _StorageRef(pid[1], str(pid[2]), int(pid[4]))
+
+
+def read_header(path: str | Path, key: str = "tokens", what: str = "token file") -> dict:
+    """``{key: TensorHeader, "meta": dict}`` of a file written by ``torch.save``; the tensor data is not read.
+
+    Raises:
+        SlowfastError: not a zip archive written by torch.save, other objects inside, ``key`` missing, or a
+            storage entry whose size does not match its tensor (a damaged or cut file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SlowfastError(f"{path}: does not exist" if not path.exists() else f"{path}: is not a file")
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = {n.split("/", 1)[1]: n for n in z.namelist() if "/" in n}
+            if "data.pkl" not in names:
+                raise SlowfastError(f"{path}: not a {what} (no data.pkl in the archive)")
+            obj = _HeaderUnpickler(z.open(names["data.pkl"])).load()
+            if not isinstance(obj, dict) or not isinstance(obj.get(key), TensorHeader):
+                keys = ", ".join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
+                raise SlowfastError(f"{path}: not a {what} (expected a dict with {key!r}, found {keys})")
+            header = obj[key]
+            entry = names.get(f"data/{header.storage}")
+            size = z.getinfo(entry).file_size if entry else -1
+            if size != header.numel * ITEMSIZE[header.dtype]:
+                raise SlowfastError(f"{path}: damaged {what} (tensor data is {size} bytes, expected "
+                                    f"{header.numel * ITEMSIZE[header.dtype]})")  # fmt: skip
+    except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError, TypeError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SlowfastError(f"{path}: not a {what} (cannot be read: {first[:160]})") from None
+    meta = obj.get("meta", {})
+    if not isinstance(meta, dict):
+        raise SlowfastError(f"{path}: 'meta' is not a dict")
+    return {key: header, "meta": meta}
+
+
+def read_token_header(path: str | Path) -> dict:
+    """Like :func:`read_header`, and the tokens must be (1, L, D)."""
+    obj = read_header(path)
+    shape = obj["tokens"].shape
+    if len(shape) != 3 or shape[0] != 1:
+        raise SlowfastError(f"{path}: tokens must have shape (1, L, D), got {shape}")
+    return obj
+
+
+def is_temp_file(path: Path) -> bool:
+    return path.name.startswith(TMP_PREFIX)
