@@ -318,3 +318,31 @@ def test_progress_bar_on_a_terminal(folder, tmp_path):
     assert "5/5" in screen and "1 failed" in screen and "━" in screen  # the bar, drawn
     assert screen.index("random weights") < screen.index("videos")
     assert "broken.mp4: file is empty" in screen
+
+
+def test_unreadable_folder_is_reported_not_fatal(tmp_path):
+    """A folder the user may not list is reported and skipped. Root ignores permissions, so as root the listing
+    runs in a child that has lost the capabilities that let root read anything (setpriv)."""
+    import shutil
+
+    (tmp_path / "in" / "locked").mkdir(parents=True)
+    (tmp_path / "in" / "ok.mp4").write_bytes(b"x")
+    (tmp_path / "in" / "locked" / "hidden.mp4").write_bytes(b"x")
+    (tmp_path / "in" / "locked").chmod(0o000)
+    prefix = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: permissions are not enforced")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    code = (
+        "import json; from slowfast_cli.batch import find_videos;"
+        f"l = find_videos({str(tmp_path / 'in')!r}); print(json.dumps([[str(v) for v in l.videos], l.problems]))"
+    )
+    try:
+        r = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    finally:
+        (tmp_path / "in" / "locked").chmod(0o755)
+    assert r.returncode == 0, r.stderr
+    videos, problems = json.loads(r.stdout)
+    assert videos == ["ok.mp4"]
+    assert len(problems) == 1 and "locked" in problems[0] and "cannot be listed" in problems[0]
