@@ -131,7 +131,7 @@ def _vit_models() -> list[str]:
 def _model_config(name: str) -> dict[str, Any]:
     """open_clip's config dict for a model name with a native ViT vision tower."""
     if ":" in name:
-        raise SlowfastError(
+        raise ConfigError(
             f"model {name!r}: hf-hub: and local-dir: names are not supported; pass a built-in --model name "
             "and --pretrained PATH to its weights"
         )
@@ -142,13 +142,13 @@ def _model_config(name: str) -> dict[str, Any]:
         close = difflib.get_close_matches(name, vits, n=5, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         examples = ", ".join(m for m in EXAMPLE_MODELS if m in vits)
-        raise SlowfastError(
+        raise ConfigError(
             f"unknown model {name!r}: {hint}open_clip knows {len(vits)} models with a ViT tower, e.g. {examples} "
             "(all: python -c 'import open_clip; print(open_clip.list_models())')"
         )
     kind = _tower_kind(model_cfg)
     if kind != "vit":
-        raise SlowfastError(
+        raise ConfigError(
             f"model {name!r} has {kind}, not an open_clip ViT: slowfast needs ViT patch tokens; "
             "pick a ViT model such as ViT-B-16 or ViT-L-14-336"
         )
@@ -231,7 +231,7 @@ def _resolve_weights(model: str, pretrained: str) -> _Weights:
         raise SlowfastError(f"weights file {pretrained} does not exist; {FETCH_HINT}")
     tags = open_clip.list_pretrained_tags_by_model(model)
     valid = f"valid tags: {', '.join(tags)}" if tags else "open_clip has no pretrained tags for it"
-    raise SlowfastError(f"unknown pretrained tag {pretrained!r} for {model} ({valid}); {FETCH_HINT}")
+    raise ConfigError(f"unknown pretrained tag {pretrained!r} for {model} ({valid}); {FETCH_HINT}")
 
 
 def _vision_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -321,7 +321,7 @@ def _seeded_tower(name: str, model_cfg: dict[str, Any], quick_gelu: bool, dtype:
 def _block_index(layer: int, depth: int, model: str) -> int:
     """0-based block for ``layer``: -1 is the last block, -2 the penultimate; 0..depth-1 count from the first."""
     if not -depth <= layer < depth:
-        raise SlowfastError(
+        raise ConfigError(
             f"layer {layer} is out of range for {model}, which has {depth} blocks: "
             f"use -{depth}..-1 (from the end; -2 is LLaVA's) or 0..{depth - 1}"
         )

@@ -186,6 +186,25 @@ class TestEncodeErrors:
         assert "bad clip.mp4" in r.stderr and len(r.stderr.strip().splitlines()) == 1
         assert sorted(p.name for p in tmp_path.iterdir()) == ["bad clip.mp4"]
 
+    @pytest.mark.parametrize(
+        "flags,code,match",
+        [
+            (["--layer", "7"], 2, "layer 7 is out of range for slowfast-tiny-vit, which has 3 blocks"),
+            (["--model", "ViT-B-61"], 2, "unknown model 'ViT-B-61': did you mean"),
+            (["--pretrained", "no-such-tag"], 2, "unknown pretrained tag 'no-such-tag'"),
+            (["--pretrained", "missing.safetensors"], 1, "weights file missing.safetensors does not exist"),
+            (["--projector", "linear"], 1, "--projector-weights PATH"),
+            (["--device", "cuda:7"], 1, "--device cuda:7 requested"),
+        ],
+    )
+    def test_bad_settings_one_line(self, small_video, tmp_path, flags, code, match):
+        if flags[0] == "--device" and torch.cuda.device_count() > 7:
+            pytest.skip("this machine has a cuda:7")
+        out = tmp_path / "o.pt"
+        r = run("encode", small_video, "--config", "tiny", "-o", out, *flags)
+        assert r.exit_code == code, r.output
+        assert match in r.stderr and len(r.stderr.strip().splitlines()) == 1 and not out.exists()
+
     def test_refuses_to_overwrite(self, small_video, tmp_path):
         out = tmp_path / "o.pt"
         out.write_bytes(b"precious")
