@@ -488,12 +488,25 @@ def test_video_module_imports_no_torch():
 
 
 def test_unreadable_file(tmp_path):
+    """Root ignores permissions, so as root the decode runs in a child without the DAC capabilities (setpriv)."""
+    import shutil
+
     path = make_video(tmp_path / "secret.mp4", frames=2)
+    prefix = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: permissions are not enforced")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    code = (
+        "from slowfast_cli.video import load_clip; from slowfast_cli.config import VideoCfg\n"
+        "from slowfast_cli.errors import SlowfastError\n"
+        f"try:\n    load_clip({str(path)!r}, VideoCfg(frames=2))\n"
+        "except SlowfastError as e:\n    print(e)\nelse:\n    print('no error')"
+    )
     path.chmod(0)
     try:
-        if os.access(path, os.R_OK):
-            pytest.skip("running as root: permissions are not enforced")
-        with pytest.raises(SlowfastError, match="cannot be read"):
-            load_clip(path, VideoCfg(frames=2))
+        r = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     finally:
         path.chmod(0o644)
+    assert r.returncode == 0, r.stderr
+    assert "secret.mp4" in r.stdout and "cannot be read" in r.stdout
