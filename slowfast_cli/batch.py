@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .config import Config
-from .errors import SlowfastError
+from .errors import SlowfastError, first_line
 from .header import TMP_PREFIX, read_token_header
 from .io import atomic_open, write_json
 
@@ -273,8 +273,7 @@ def _finish_one(done, rel: Path, out_rel: Path, plan: BatchPlan, pipe, write_res
         msg = f"{out_rel}: cannot write ({exc.strerror or exc})"
         return Record(str(rel), str(out_rel), "failed", msg, "write", done.seconds)
     except RuntimeError as exc:  # torch's errors (out of memory, a kernel failure): this video fails, the batch goes on
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        msg = f"{rel}: encoding failed ({type(exc).__name__}: {first})"
+        msg = f"{rel}: encoding failed ({type(exc).__name__}: {first_line(exc, 200)})"
         return Record(str(rel), str(out_rel), "failed", msg, "encode", done.seconds)
     m = result.meta
     notes = [w for w in result.warnings if w not in pipe.warnings]  # the model-wide ones are said once, up front

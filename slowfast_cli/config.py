@@ -19,7 +19,6 @@ SLOW_POOLS = ("none", "1d_max", "1d_avg", "2x2_max", "2x2_avg")
 PROJECTORS = ("identity", "linear", "mlp2x_gelu")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
-PACKAGE_PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 
 @dataclass
@@ -132,7 +131,7 @@ def parse_hw(text: str | int | list | tuple, what: str = "fast size") -> tuple[i
     return h, w
 
 
-def _check_type(section: str, key: str, value: Any, default: Any, annotation: str) -> Any:
+def _check_type(section: str, key: str, value: Any, annotation: str) -> Any:
     """Coerce a raw TOML/flag value to the field's type or raise a ConfigError naming it."""
     where = f"{section}.{key}"
     if key == "fast_size":
@@ -166,7 +165,7 @@ def _apply(cfg: Config, section: str, values: dict[str, Any], source: str) -> No
         if key not in fields:
             raise ConfigError(f"unknown key {section}.{key!r} in {source}; valid keys: {', '.join(fields)}")
         f = fields[key]
-        setattr(target, key, _check_type(section, key, value, f.default, str(f.type)))
+        setattr(target, key, _check_type(section, key, value, str(f.type)))
 
 
 def validate(cfg: Config) -> Config:
@@ -199,8 +198,8 @@ def validate(cfg: Config) -> Config:
 
 
 def preset_dirs() -> list[Path]:
-    """Where presets are looked up by name: the checkout's ``configs/`` then the installed copy."""
-    return [d for d in (PRESET_DIR, PACKAGE_PRESET_DIR) if d.is_dir()]
+    """Where presets are looked up by name: the checkout's ``configs/`` (the package is installed editable)."""
+    return [d for d in (PRESET_DIR,) if d.is_dir()]
 
 
 def list_presets() -> dict[str, Path]:

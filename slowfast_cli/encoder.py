@@ -30,7 +30,7 @@ from open_clip.transformer import VisionTransformer
 
 from .budget import OWN_MODEL_CONFIGS
 from .config import EncoderCfg
-from .errors import ConfigError, SlowfastError
+from .errors import ConfigError, SlowfastError, first_line
 from .projector import read_weights
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -196,11 +196,6 @@ def _cached_tag_file(tag_cfg: dict[str, Any]) -> str | None:
     return None
 
 
-def _first_line(exc: Exception, limit: int = 160) -> str:
-    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def _fetch_tag(model: str, tag: str, tag_cfg: dict[str, Any]) -> str:
     """Path of a pretrained tag's weights: the local cache first (only it when offline), else open_clip's download."""
     what = f"pretrained weights {model}/{tag}"
@@ -214,7 +209,7 @@ def _fetch_tag(model: str, tag: str, tag_cfg: dict[str, Any]) -> str:
     try:
         return open_clip.download_pretrained(tag_cfg)
     except Exception as exc:  # network, hub and file errors all mean the same to the user
-        raise SlowfastError(f"{what} could not be fetched ({_first_line(exc)}): {FETCH_HINT}") from None
+        raise SlowfastError(f"{what} could not be fetched ({first_line(exc)}): {FETCH_HINT}") from None
 
 
 def _resolve_weights(model: str, pretrained: str) -> _Weights:

@@ -7,3 +7,9 @@ class SlowfastError(Exception):
 
 class ConfigError(SlowfastError):
     """A bad setting (unknown key, bad value, impossible combination). The CLI exits with code 2."""
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first non-empty line of an exception's message (or its type name), cut to ``limit`` characters."""
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import SlowfastError
+from .errors import SlowfastError, first_line
 
 TMP_PREFIX = ".slowfast-tmp-"  # temporary files of atomic writes (io.atomic_open)
 
@@ -34,6 +34,14 @@ ITEMSIZE = {  # torch's typed storage names -> bytes per element
     "ByteStorage": 1,
     "BoolStorage": 1,
 }
+
+
+def require_file(path: str | Path) -> Path:
+    """``path`` as a Path, or SlowfastError saying it does not exist or is not a file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SlowfastError(f"{path}: does not exist" if not path.exists() else f"{path}: is not a file")
+    return path
 
 
 @dataclass(frozen=True)
@@ -82,9 +90,7 @@ def read_header(path: str | Path, key: str = "tokens", what: str = "token file")
         SlowfastError: not a zip archive written by torch.save, other objects inside, ``key`` missing, or a
             storage entry whose size does not match its tensor (a damaged or cut file).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SlowfastError(f"{path}: does not exist" if not path.exists() else f"{path}: is not a file")
+    path = require_file(path)
     try:
         with zipfile.ZipFile(path) as z:
             names = {n.split("/", 1)[1]: n for n in z.namelist() if "/" in n}
@@ -101,8 +107,7 @@ def read_header(path: str | Path, key: str = "tokens", what: str = "token file")
                 raise SlowfastError(f"{path}: damaged {what} (tensor data is {size} bytes, expected "
                                     f"{header.numel * ITEMSIZE[header.dtype]})")  # fmt: skip
     except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError, TypeError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SlowfastError(f"{path}: not a {what} (cannot be read: {first[:160]})") from None
+        raise SlowfastError(f"{path}: not a {what} (cannot be read: {first_line(exc)})") from None
     meta = obj.get("meta", {})
     if not isinstance(meta, dict):
         raise SlowfastError(f"{path}: 'meta' is not a dict")

@@ -17,8 +17,8 @@ from typing import IO, Any
 
 import torch
 
-from .errors import SlowfastError
-from .header import TMP_PREFIX, is_temp_file  # noqa: F401 - re-exported: io is where writers look for them
+from .errors import SlowfastError, first_line
+from .header import TMP_PREFIX, require_file
 
 
 @contextlib.contextmanager
@@ -94,14 +94,11 @@ def save_features(path: str | Path, features: torch.Tensor, meta: dict) -> Path:
 
 
 def _load(path: str | Path, key: str, what: str) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise SlowfastError(f"{path}: does not exist" if not path.exists() else f"{path}: is not a file")
+    path = require_file(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and weights_only errors all mean "not our file"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SlowfastError(f"{path}: not a {what} (cannot be loaded: {first[:160]})") from None
+        raise SlowfastError(f"{path}: not a {what} (cannot be loaded: {first_line(exc)})") from None
     if not isinstance(obj, dict) or key not in obj:
         keys = ", ".join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
         raise SlowfastError(f"{path}: not a {what} (expected a dict with {key!r}, found {keys})")

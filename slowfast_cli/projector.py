@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .config import ProjectorCfg
-from .errors import ConfigError, SlowfastError
+from .errors import ConfigError, SlowfastError, first_line
 
 KINDS = ("identity", "linear", "mlp2x_gelu")
 EXPECTED_KEYS = {
@@ -37,11 +37,6 @@ def _is_torchscript(path: Path) -> bool:
         return False
     with zipfile.ZipFile(path) as zf:
         return any(name.split("/")[1:2] == ["code"] for name in zf.namelist())
-
-
-def _first_line(exc: Exception, limit: int = 200) -> str:
-    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def read_weights(path: str | Path, what: str = "weights") -> dict[str, torch.Tensor]:
@@ -65,7 +60,7 @@ def read_weights(path: str | Path, what: str = "weights") -> dict[str, torch.Ten
     try:
         obj = load_file(p) if p.suffix == ".safetensors" else torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch and safetensors raise many types for a bad file
-        raise SlowfastError(f"could not read {what} file {p}: {_first_line(exc)}") from None
+        raise SlowfastError(f"could not read {what} file {p}: {first_line(exc, 200)}") from None
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     tensors = (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 from collections.abc import Callable
 from fractions import Fraction
@@ -273,3 +274,16 @@ def pyav_frames(path: str | os.PathLike) -> tuple[np.ndarray, list[float]]:
                 times.append(float((frame.pts - start) * stream.time_base))
     order = np.argsort(times, kind="stable")
     return np.stack([frames[i] for i in order]), [times[i] for i in order]
+
+
+def permission_enforcing_prefix() -> list[str] | None:
+    """A command prefix under which file permissions apply, or None if there is no way here.
+
+    Root ignores permissions, so as root the command runs under ``setpriv`` without the capabilities that let
+    root read anything (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH); other users need no prefix.
+    """
+    if os.geteuid() != 0:
+        return []
+    if not shutil.which("setpriv"):
+        return None
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from slowfast_cli.batch import find_videos, plan_batch, read_manifest, run_batch
 from slowfast_cli.cli import app
 from slowfast_cli.config import resolve_config
-from slowfast_cli.io import TMP_PREFIX, load_tokens
+from slowfast_cli.header import TMP_PREFIX
+from slowfast_cli.io import load_tokens
 from slowfast_cli.workers import DecodePool
 
 runner = CliRunner()
@@ -323,17 +324,13 @@ def test_progress_bar_on_a_terminal(folder, tmp_path):
 def test_unreadable_folder_is_reported_not_fatal(tmp_path):
     """A folder the user may not list is reported and skipped. Root ignores permissions, so as root the listing
     runs in a child that has lost the capabilities that let root read anything (setpriv)."""
-    import shutil
-
+    prefix = media.permission_enforcing_prefix()
+    if prefix is None:
+        pytest.skip("running as root without setpriv: permissions are not enforced")
     (tmp_path / "in" / "locked").mkdir(parents=True)
     (tmp_path / "in" / "ok.mp4").write_bytes(b"x")
     (tmp_path / "in" / "locked" / "hidden.mp4").write_bytes(b"x")
     (tmp_path / "in" / "locked").chmod(0o000)
-    prefix = []
-    if os.geteuid() == 0:
-        if not shutil.which("setpriv"):
-            pytest.skip("running as root without setpriv: permissions are not enforced")
-        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
     code = (
         "import json; from slowfast_cli.batch import find_videos;"
         f"l = find_videos({str(tmp_path / 'in')!r}); print(json.dumps([[str(v) for v in l.videos], l.problems]))"

@@ -115,7 +115,6 @@ class TestConfigs:
 
         (tmp_path / "broken.toml").write_text("[aggregator]\nslow_pool = 'max'\n")
         monkeypatch.setattr(config, "PRESET_DIR", tmp_path)
-        monkeypatch.setattr(config, "PACKAGE_PRESET_DIR", tmp_path / "none")
         r = run("configs")
         assert r.exit_code == 2 and "unknown slow pool 'max'" in r.stderr
 

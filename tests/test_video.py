@@ -9,7 +9,6 @@ clips, so the tests require exact equality.
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 
@@ -28,6 +27,7 @@ from media import (
     make_truncated,
     make_video,
     packets,
+    permission_enforcing_prefix,
     pyav_frames,
     read_index,
     remux,
@@ -489,14 +489,10 @@ def test_video_module_imports_no_torch():
 
 def test_unreadable_file(tmp_path):
     """Root ignores permissions, so as root the decode runs in a child without the DAC capabilities (setpriv)."""
-    import shutil
-
+    prefix = permission_enforcing_prefix()
+    if prefix is None:
+        pytest.skip("running as root without setpriv: permissions are not enforced")
     path = make_video(tmp_path / "secret.mp4", frames=2)
-    prefix = []
-    if os.geteuid() == 0:
-        if not shutil.which("setpriv"):
-            pytest.skip("running as root without setpriv: permissions are not enforced")
-        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
     code = (
         "from slowfast_cli.video import load_clip; from slowfast_cli.config import VideoCfg\n"
         "from slowfast_cli.errors import SlowfastError\n"
