@@ -47,6 +47,7 @@ GOOD = {
     "h264.mkv": lambda p: media.make_video(p, frames=12),
     "vp9 in matroska.mkv": lambda p: media.make_video(p, frames=12, codec="vp9"),
     "sub dir/spaces and ünïcødé 視頻.mp4": lambda p: media.make_video(p, frames=12),
+    "half zeros.mp4": lambda p: media.make_truncated(p, moov_front=True, zero_fill=True),
 }
 BAD = {
     "zero.mp4": (media.make_empty, "empty"),
@@ -117,6 +118,12 @@ class TestMixedFolder:
         assert sorted(report["run"]["failed_files"]) == sorted(BAD)
         cli = json.loads(run("report", out, "--json").stdout)
         assert {k: v for k, v in report.items() if k != "run"} == cli
+
+    def test_damaged_video_warning_in_the_manifest(self, mixed):
+        _, out, _ = mixed
+        row = next(r for r in manifest(out) if r["source"] == "half zeros.mp4")
+        assert row["status"] == "ok" and any("frames decode" in w for w in row["warnings"])
+        assert all(not r["warnings"] for r in manifest(out) if r["source"] != "half zeros.mp4")  # model-wide: once
 
     def test_short_video_meta(self, mixed):
         _, out, _ = mixed

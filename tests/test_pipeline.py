@@ -276,3 +276,15 @@ def test_sample_fps_and_max_frames(small_video, tmp_path):
     )
     assert load_tokens(capped)["meta"]["frame_indices"] == sample_indices(32, 10.0, 16, 2.0, 4)
     assert len(load_tokens(capped)["meta"]["frame_indices"]) == 4
+
+
+def test_damaged_video_is_encoded_from_its_decodable_prefix_with_a_warning(tmp_path):
+    """An unfinished pre-allocated download: the header promises 32 frames, the second half is zeros."""
+    video = media.make_truncated(tmp_path / "half.mp4", moov_front=True, zero_fill=True)
+    out = tmp_path / "half.pt"
+    r = run("encode", video, "--config", "tiny", "-o", out)
+    assert r.exit_code == 0, r.output
+    m = load_tokens(out)["meta"]
+    assert m["video"]["num_frames"] < m["video"]["header_frames"] == 32
+    assert max(m["frame_indices"]) < m["video"]["num_frames"]
+    assert f"only the first {m['video']['num_frames']} of 32 frames decode" in r.stderr
