@@ -41,7 +41,6 @@ class Record:
     frames: int | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
-    warnings: list[str] = field(default_factory=list)  # e.g. a damaged file whose decodable prefix was used
     time: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     def to_json(self) -> str:
@@ -276,9 +275,8 @@ def _finish_one(done, rel: Path, out_rel: Path, plan: BatchPlan, pipe, write_res
         msg = f"{rel}: encoding failed ({type(exc).__name__}: {first_line(exc, 200)})"
         return Record(str(rel), str(out_rel), "failed", msg, "encode", done.seconds)
     m = result.meta
-    notes = [w for w in result.warnings if w not in pipe.warnings]  # the model-wide ones are said once, up front
     return Record(str(rel), str(out_rel), "ok", None, None, done.seconds + time.perf_counter() - t0, m["frames"],
-                  m["input_tokens"], m["output_tokens"], notes)  # fmt: skip
+                  m["input_tokens"], m["output_tokens"])  # fmt: skip
 
 
 def write_report(out_dir: Path, records: list[Record], problems: list[str], interrupted: bool = False) -> dict:

@@ -552,8 +552,6 @@ def batch(
                     progress.update(task, advance=1, failed=nfail, fps=rate)
                     if rec.status == "failed":
                         progress.console.print(f"[red]failed[/] {escape(rec.error or rec.source)}")
-                    for w in rec.warnings:
-                        progress.console.print(f"[yellow]warning:[/] {escape(w)}")
             finally:
                 gen.close()
     except KeyboardInterrupt:

@@ -115,14 +115,7 @@ class Pipeline:
         meta = self.clip_meta(clip)
         meta.update(aggregation_meta(agg, clip.indices))
         meta.update(dim=int(tokens.shape[-1]), timings=timings)
-        warnings = list(self.warnings)
-        info = clip.info
-        if info.num_frames < info.header_frames:
-            warnings.append(
-                f"{info.path}: only the first {info.num_frames} of {info.header_frames} frames decode (damaged or "
-                "truncated data); frames were sampled from those"
-            )
-        return EncodeResult(tokens=tokens, meta=meta, features=features, warnings=warnings)
+        return EncodeResult(tokens=tokens, meta=meta, features=features, warnings=list(self.warnings))
 
     def clip_meta(self, clip) -> dict:
         """Everything about the source and the model, shared by token and features files."""
@@ -131,7 +124,6 @@ class Pipeline:
             "source": str(clip.info.path),
             "video": {
                 "num_frames": info.num_frames,
-                "header_frames": info.header_frames,
                 "fps": info.fps,
                 "duration": info.duration,
                 "width": info.width,

@@ -5,17 +5,22 @@ The only module that imports decord; numpy only (no torch), so decode workers st
 (each point is a test in ``tests/test_video.py``):
 
 - **Frame count.** Opening a file demuxes every packet, and ``len(VideoReader)`` is the number of video packets
-  found, not the container's ``nb_frames``; ``VideoInfo.header_frames`` is that count. A streamable file (mkv,
+  found, not the container's ``nb_frames``; ``VideoInfo.num_frames`` is that count. A streamable file (mkv,
   webm) cut short, or an mp4 cut exactly between packets, opens as a shorter intact video.
 - **Truncated or damaged data.** An mp4 whose index survives but whose data is cut inside a packet does not open
   ("truncated or damaged video data"); one whose index is lost ("moov atom not found") is "not a readable
   video". Where the index survives and the data is there but corrupt (a pre-allocated download with zeros after
-  the cut, damage in the middle), ``get_batch`` raises for any undecodable frame in the request; it never
-  returned zeros in our tests. :func:`load_clip` then bisects for the first frame that does not decode (about
-  ``log2(num_frames)`` single-frame probes of at most one GOP each, on a fresh reader after every failure
-  because decord's reader is unreliable after an error), keeps the decodable prefix, resamples inside it and
-  reports ``num_frames < header_frames`` so ``meta`` says so. If no frame decodes it raises. Corruption the
-  codec conceals (a damaged packet shown as a copy of the previous frame, or as garbage) passes through.
+  the cut, damage in the middle), a decode that needs a damaged packet raises; it never returned zeros in our
+  tests. Such a file fails with one line, ``"{path}: damaged video data: ..."``; no prefix is salvaged, because
+  with decord 0.6 which frames "decode" near damage is decided by thread timing. Its ``VideoReader`` pushes
+  packets ahead of the frame it needs while its decoder thread has nothing to hand back, and that thread's error
+  on a bad packet is raised by the next pop even when the wanted frame was already decoded
+  (``FFMPEGThreadedDecoder::Pop`` checks the error before and after taking a frame). On a 32-frame clip whose
+  first 7 frames are intact, probing frame by frame found 2, 3, 5, 6 or 7 "decodable" frames over 15 runs and
+  none in 2 of them; even frame 0 failed at times. A success is always the right frame, so a decode that fails
+  is retried on a fresh reader (``DECODE_ATTEMPTS`` in all) before the file is declared damaged: damage
+  after the sampled frames then does not fail a file that decord can read. Corruption the codec conceals (a
+  damaged packet shown as a copy of the previous frame, or as garbage) passes through.
 - **Random access** (``get_batch``) is only right where decord's keyframe positions, which it counts in decode
   order, equal presentation positions: closed GOPs (h264 as most encoders write it, VP9). With open GOPs (x264
   ``open-gop``, many x265 keyframes) and MPEG-2 / MPEG-4 part 2 with B-frames it silently returns other frames.
@@ -43,7 +48,6 @@ The only module that imports decord; numpy only (no torch), so decode workers st
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import math
 import os
 import re
@@ -58,7 +62,7 @@ from .config import VideoCfg
 from .errors import SlowfastError
 
 DECODE_RESIZE_MIN = 2  # decode-time scaling only when it shrinks the frames at least this much (see load_clip)
-REPAIR_ROUNDS = 4  # resample-and-retry rounds for damaged files before giving up
+DECODE_ATTEMPTS = 3  # fresh readers tried before a decode failure is final (decord races into damage, see above)
 SEEK_CHECKS = 3  # keyframes (besides the first) whose seeks _seeks_exactly verifies
 SEQUENTIAL_RATIO = 2  # read every frame in order when that decodes at most this many times the frames seeking would
 AVERROR_DECODER_NOT_FOUND = -1128613112  # FFERRTAG(0xF8, 'D', 'E', 'C'), in decord's "cannot find video stream"
@@ -69,10 +73,9 @@ decord.logging.set_level(decord.logging.QUIET)
 @dataclass
 class VideoInfo:
     path: str
-    num_frames: int  # frames we can actually use (after any verification)
-    header_frames: int  # what the container claims: len(VideoReader), the packets decord indexed
+    num_frames: int  # len(VideoReader): the video packets decord indexed (see the module docstring)
     fps: float  # the stream's average frame rate
-    duration: float  # seconds, end of the last usable frame
+    duration: float  # seconds, end of the last frame
     width: int  # as decoded (display orientation: decord applies rotation metadata)
     height: int
 
@@ -256,15 +259,17 @@ def _open(path: str | os.PathLike, size: tuple[int, int] | None = None, num_thre
     """
     _check_file(path)
     width, height = size or (-1, -1)
-    try:
-        vr = decord.VideoReader(os.fspath(path), decord.cpu(0), width, height, num_threads)
-    except Exception as exc:
-        raise SlowfastError(f"{path}: {_problem(exc)}") from None
-    try:
-        shape = vr.next().shape
-    except Exception as exc:
-        raise SlowfastError(f"{path}: first frame does not decode ({_first_line(exc)})") from None
-    return _Reader(vr, int(shape[1]), int(shape[0]), shape[2] != 3)
+    for _ in range(DECODE_ATTEMPTS):  # decord can race into damage after frame 0 (module docstring): retry
+        try:
+            vr = decord.VideoReader(os.fspath(path), decord.cpu(0), width, height, num_threads)
+        except Exception as exc:
+            raise SlowfastError(f"{path}: {_problem(exc)}") from None
+        try:
+            shape = vr.next().shape
+            return _Reader(vr, int(shape[1]), int(shape[0]), shape[2] != 3)
+        except Exception as exc:
+            reason = _first_line(exc)
+    raise SlowfastError(f"{path}: damaged video data: the first frame does not decode ({reason})")
 
 
 def _unpad(frame: np.ndarray) -> np.ndarray:
@@ -396,55 +401,16 @@ def _inspect(path: str | os.PathLike, reader: _Reader) -> _Opened:
         raise SlowfastError(f"{path}: not a readable video ({_first_line(exc)})") from None
     if not pts_ok:
         times = np.stack([np.arange(n), np.arange(1, n + 1)], axis=1) / fps
-    info = VideoInfo(str(path), n, n, fps, _duration(times, n, fps), reader.width, reader.height)
+    info = VideoInfo(str(path), n, fps, _duration(times, n, fps), reader.width, reader.height)
     return _Opened(info, times, pts_ok)
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Frame count, rate, duration and size of a video. Cheap: demuxes the file and decodes only frame 0.
 
-    ``num_frames`` is not verified beyond frame 0 here; :func:`load_clip` lowers it when later frames turn out
-    not to decode.
+    Frames after frame 0 are not decoded here; :func:`load_clip` raises when the sampled ones do not decode.
     """
     return _inspect(path, _open(path)).info
-
-
-class _Prober:
-    """Single-frame decode checks that reopen the reader after a failure (decord's state is unreliable then)."""
-
-    def __init__(self, reopen: Callable[[], _Reader]):
-        self.reopen = reopen
-        self.reader: _Reader | None = None
-
-    def ok(self, index: int) -> bool:
-        if self.reader is None:
-            self.reader = self.reopen()
-        try:
-            _decode(self.reader, [index])
-            return True
-        except _Undecodable:
-            self.reader = None
-            return False
-
-
-def _first_undecodable(reopen: Callable[[], _Reader], indices: list[int]) -> int | None:
-    """First frame that does not decode, assuming damage runs to the end, after decoding ``indices`` failed.
-
-    Bisects over the sampled indices, then over the frames between the last good and first bad sample:
-    about log2(num_frames) probes. None when every sampled frame decodes on its own.
-    """
-    prober = _Prober(reopen)
-    good, bad = -1, len(indices)
-    while bad - good > 1:
-        mid = (good + bad) // 2
-        good, bad = (mid, bad) if prober.ok(indices[mid]) else (good, mid)
-    if bad == len(indices):
-        return None
-    lo, hi = (indices[good] if good >= 0 else -1), indices[bad]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if prober.ok(mid) else (lo, mid)
-    return hi
 
 
 def _use_random_access(reader: _Reader, opened: _Opened, indices: list[int]) -> bool:
@@ -469,29 +435,28 @@ def _decode_verified(
     reopen: Callable[[], _Reader],
     opened: _Opened,
     cfg: VideoCfg,
-) -> tuple[np.ndarray, list[int], VideoInfo]:
-    """Decode the sampled frames, shrinking ``num_frames`` to the decodable prefix when frames fail.
+) -> tuple[np.ndarray, list[int]]:
+    """Decode the sampled frames, on a fresh reader again after a failure, up to ``DECODE_ATTEMPTS`` in all.
 
     Returns:
-        (frames uint8 (T, H, W, 3), indices, info).
+        (frames uint8 (T, H, W, 3), indices).
+
+    Raises:
+        SlowfastError: ``"{path}: damaged video data: ..."`` when no attempt decodes every sampled frame.
     """
-    info, reason, seek = opened.info, "", None
-    for _ in range(REPAIR_ROUNDS):
-        indices = sample_indices(info.num_frames, info.fps, cfg.frames, cfg.sample_fps, cfg.max_frames)
+    info = opened.info
+    indices = sample_indices(info.num_frames, info.fps, cfg.frames, cfg.sample_fps, cfg.max_frames)
+    seek, reason = None, ""
+    for attempt in range(DECODE_ATTEMPTS):
+        if attempt:
+            reader = reopen()
         if seek is None:
             seek = _use_random_access(reader, opened, indices)
         try:
-            return (_decode(reader, indices) if seek else _decode_sequential(reader, indices)), indices, info
+            return (_decode(reader, indices) if seek else _decode_sequential(reader, indices)), indices
         except _Undecodable as exc:
             reason = str(exc)
-        usable = _first_undecodable(reopen, indices)
-        if usable is None or usable >= info.num_frames:
-            break
-        if usable == 0:
-            raise SlowfastError(f"{path}: no frame decodes (damaged video data: {reason})")
-        info = dataclasses.replace(info, num_frames=usable, duration=_duration(opened.times, usable, info.fps))
-        reader = reopen()
-    raise SlowfastError(f"{path}: frames do not decode (damaged video data: {reason})")
+    raise SlowfastError(f"{path}: damaged video data: the sampled frames do not decode ({reason})")
 
 
 def load_clip(
@@ -539,7 +504,7 @@ def load_clip(
 
     if size is not None:
         reader = reopen()
-    frames, indices, info = _decode_verified(path, reader, reopen, opened, cfg)
+    frames, indices = _decode_verified(path, reader, reopen, opened, cfg)
     if size is not None:
         frames = center_crop(frames, image_size)
     short = len(indices) == info.num_frames and len(indices) < _requested(info.num_frames, info.fps, cfg)

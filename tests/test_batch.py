@@ -47,7 +47,6 @@ GOOD = {
     "h264.mkv": lambda p: media.make_video(p, frames=12),
     "vp9 in matroska.mkv": lambda p: media.make_video(p, frames=12, codec="vp9"),
     "sub dir/spaces and ünïcødé 視頻.mp4": lambda p: media.make_video(p, frames=12),
-    "half zeros.mp4": lambda p: media.make_truncated(p, moov_front=True, zero_fill=True),
 }
 BAD = {
     "zero.mp4": (media.make_empty, "empty"),
@@ -56,6 +55,7 @@ BAD = {
     "trunc_moov_end.mp4": (lambda p: media.make_truncated(p, moov_front=False), None),
     "trunc_moov_front.mp4": (lambda p: media.make_truncated(p, moov_front=True), None),
     "audio.mp4": (media.make_audio_only, "no_video_stream"),
+    "half zeros.mp4": (lambda p: media.make_truncated(p, moov_front=True, zero_fill=True), "truncated"),
 }
 
 
@@ -119,11 +119,12 @@ class TestMixedFolder:
         cli = json.loads(run("report", out, "--json").stdout)
         assert {k: v for k, v in report.items() if k != "run"} == cli
 
-    def test_damaged_video_warning_in_the_manifest(self, mixed):
+    def test_damaged_video_fails_as_damaged(self, mixed):
+        """An unfinished pre-allocated download (second half zeros): failed, not encoded from a guessed prefix."""
         _, out, _ = mixed
         row = next(r for r in manifest(out) if r["source"] == "half zeros.mp4")
-        assert row["status"] == "ok" and any("frames decode" in w for w in row["warnings"])
-        assert all(not r["warnings"] for r in manifest(out) if r["source"] != "half zeros.mp4")  # model-wide: once
+        assert "damaged video data" in row["error"], row
+        assert not (out / "half zeros.pt").exists()
 
     def test_short_video_meta(self, mixed):
         _, out, _ = mixed

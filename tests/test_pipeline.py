@@ -278,13 +278,12 @@ def test_sample_fps_and_max_frames(small_video, tmp_path):
     assert len(load_tokens(capped)["meta"]["frame_indices"]) == 4
 
 
-def test_damaged_video_is_encoded_from_its_decodable_prefix_with_a_warning(tmp_path):
+def test_damaged_video_fails_with_one_line_and_no_output(tmp_path):
     """An unfinished pre-allocated download: the header promises 32 frames, the second half is zeros."""
     video = media.make_truncated(tmp_path / "half.mp4", moov_front=True, zero_fill=True)
     out = tmp_path / "half.pt"
     r = run("encode", video, "--config", "tiny", "-o", out)
-    assert r.exit_code == 0, r.output
-    m = load_tokens(out)["meta"]
-    assert m["video"]["num_frames"] < m["video"]["header_frames"] == 32
-    assert max(m["frame_indices"]) < m["video"]["num_frames"]
-    assert f"only the first {m['video']['num_frames']} of 32 frames decode" in r.stderr
+    assert r.exit_code == 1, r.output
+    lines = [line for line in r.stderr.splitlines() if not line.startswith("warning:")]
+    assert len(lines) == 1 and f"{video}: damaged video data" in lines[0], r.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == [video]
