@@ -18,9 +18,11 @@ The only module that imports decord; numpy only (no torch), so decode workers st
   (``FFMPEGThreadedDecoder::Pop`` checks the error before and after taking a frame). On a 32-frame clip whose
   first 7 frames are intact, probing frame by frame found 2, 3, 5, 6 or 7 "decodable" frames over 15 runs and
   none in 2 of them; even frame 0 failed at times. A success is always the right frame, so a decode that fails
-  is retried on a fresh reader (``DECODE_ATTEMPTS`` in all) before the file is declared damaged: damage
-  after the sampled frames then does not fail a file that decord can read. Corruption the codec conceals (a
-  damaged packet shown as a copy of the previous frame, or as garbage) passes through.
+  is retried on a fresh reader (``DECODE_ATTEMPTS`` in all) before the file is declared damaged, so damage
+  after the last sampled frame fails a file less often, though not never: with damage 26 frames after the last
+  sample, 60 of 60 runs passed with ``num_threads=0`` and 38 of 60 with ``num_threads=1`` (what batch workers
+  use), on a loaded machine. Corruption the codec conceals (a damaged packet shown as a copy of the previous
+  frame, or as garbage) passes through.
 - **Random access** (``get_batch``) is only right where decord's keyframe positions, which it counts in decode
   order, equal presentation positions: closed GOPs (h264 as most encoders write it, VP9). With open GOPs (x264
   ``open-gop``, many x265 keyframes) and MPEG-2 / MPEG-4 part 2 with B-frames it silently returns other frames.
