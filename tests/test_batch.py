@@ -217,6 +217,30 @@ class TestResumeAndSafety:
         assert len(rows) == 4 and all(row["kind"] == "timeout" for row in rows)
         assert "--timeout 0.001" in rows[0]["error"] and not token_files(out)
 
+    def test_an_encoding_error_fails_that_video_and_the_batch_goes_on(self, folder, tmp_path, monkeypatch):
+        """torch raising while encoding one video (out of memory, say): that video fails, the rest are written.
+
+        The ViT cannot be made to run out of memory here, so the error is injected; decoding, the other videos'
+        encoding and every file written are real."""
+        from slowfast_cli.pipeline import Pipeline
+
+        real = Pipeline.encode_clip
+
+        def encode_clip(self, clip, *args, **kwargs):
+            if Path(clip.info.path).name == "v1.mp4":
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nsecond line of torch's message")
+            return real(self, clip, *args, **kwargs)
+
+        monkeypatch.setattr(Pipeline, "encode_clip", encode_clip)
+        out = tmp_path / "out"
+        r = run("batch", folder, "-o", out, *TINY)
+        assert r.exit_code == 1 and "1 of 4 videos failed" in r.stderr
+        row = {row["source"]: row for row in manifest(out)}["v1.mp4"]
+        assert row["status"] == "failed" and row["kind"] == "encode"
+        assert "v1.mp4: encoding failed (RuntimeError: CUDA out of memory" in row["error"] and "\n" not in row["error"]
+        assert sorted(token_files(out)) == ["v0.pt", "v2.pt", "v3.pt"]
+        assert not [p for p in out.rglob("*") if p.name.startswith(TMP_PREFIX)]
+
     def test_symlink_loop_does_not_stop_the_listing(self, folder):
         (folder / "loop").symlink_to(folder, target_is_directory=True)
         listing = find_videos(folder)
