@@ -68,6 +68,7 @@ DECODE_ATTEMPTS = 3  # fresh readers tried before a decode failure is final (dec
 SEEK_CHECKS = 3  # keyframes (besides the first) whose seeks _seeks_exactly verifies
 SEQUENTIAL_RATIO = 2  # read every frame in order when that decodes at most this many times the frames seeking would
 AVERROR_DECODER_NOT_FOUND = -1128613112  # FFERRTAG(0xF8, 'D', 'E', 'C'), in decord's "cannot find video stream"
+AVERRORS = {-1094995529: "invalid data", -541478725: "end of file", -12: "out of memory"}  # INVALIDDATA, EOF, ENOMEM
 
 decord.logging.set_level(decord.logging.QUIET)
 
@@ -192,10 +193,20 @@ def center_crop(frames: np.ndarray, size: int) -> np.ndarray:
 
 
 def _first_line(exc: BaseException) -> str:
-    """decord's message without its timestamp/source prefix and stack trace, at most 200 characters."""
+    """decord's message without its (repeated) timestamp/source prefixes and stack trace, at most 200 characters.
+
+    Its decoder thread's failure, ``Check failed: avcodec_send_packet(...) >= 0 (-1094995529 vs. 0) Thread
+    worker: Error sending packet.``, becomes ``FFmpeg rejected a packet: invalid data``.
+    """
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = lines[0] if lines else type(exc).__name__
-    text = re.sub(r"^\[[\d:]+\]\s+\S+:\d+:\s*", "", text)
+    text = re.sub(r"^(?:\[[\d:]+\]\s+\S+:\d+:\s*)+", "", text)
+    rejected = re.match(
+        r"Check failed: avcodec_send_packet\(.*\) >= 0 \((-?\d+) vs\. 0\) Thread worker: Error sending", text
+    )
+    if rejected:
+        code = int(rejected[1])
+        text = f"FFmpeg rejected a packet: {AVERRORS.get(code, f'error {code}')}"
     return text[:200]
 
 

@@ -9,6 +9,7 @@ clips, so the tests require exact equality.
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 
@@ -432,7 +433,9 @@ class TestTruncatedAndDamaged:
         assert zeroed & set(sample_indices(32, 10.0, 8))  # a sampled frame is all zeros: it can never decode
         with pytest.raises(SlowfastError, match="damaged video data") as err:
             load_clip(path, VideoCfg(frames=8), image_size=image_size)
-        assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
+        message = str(err.value)
+        assert message.startswith(f"{path}: ") and "\n" not in message
+        assert not re.search(r"\[\d\d:\d\d:\d\d\]|threaded_decoder\.cc", message)  # decord's log prefix is cut
 
     def test_damage_in_the_middle_fails_as_damaged(self, vdir):
         """Frames are read in order here, so decoding the later samples passes through the damaged packets."""
@@ -443,6 +446,16 @@ class TestTruncatedAndDamaged:
         assert zeroed and min(zeroed) < max(sample_indices(32, 10.0, 8))
         with pytest.raises(SlowfastError, match="damaged video data"):
             load_clip(path, VideoCfg(frames=8, decode_resize=False))
+
+    def test_decord_decoder_thread_error_reads_plainly(self):
+        raw = (
+            "[09:53:54] /github/workspace/src/video/ffmpeg/threaded_decoder.cc:292: [09:53:54] "
+            "/github/workspace/src/video/ffmpeg/threaded_decoder.cc:218: Check failed: avcodec_send_packet("
+            "dec_ctx_.get(), pkt.get()) >= 0 (-1094995529 vs. 0) Thread worker: Error sending packet.\nStack trace"
+        )
+        assert video._first_line(RuntimeError(raw)) == "FFmpeg rejected a packet: invalid data"
+        assert video._first_line(RuntimeError(raw.replace("-1094995529", "-5"))) == "FFmpeg rejected a packet: error -5"
+        assert video._first_line(RuntimeError("[10:00:00] src/x.cc:12: something else")) == "something else"
 
     def test_a_failed_decode_is_retried_on_a_fresh_reader(self, vdir, monkeypatch):
         """decord may race into damage after the frames it needs (module docstring); a retry's success counts."""
