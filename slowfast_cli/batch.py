@@ -95,6 +95,7 @@ KINDS = [  # (kind, pattern in the message), first match wins
     ("missing", r"does not exist|no such file"),
     ("empty", r"is empty|zero bytes|0 bytes"),
     ("no_video_stream", r"no video stream|audio only|audio-only"),
+    ("truncated", r"damaged video data"),  # before not_a_video: its decoder's reason may say "invalid data"
     ("not_a_video", r"not a (readable )?video|cannot open|invalid data|not readable|unsupported"),
     ("truncated", r"truncat|decodable|corrupt|damaged"),
     ("timeout", r"--timeout"),

@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from slowfast_cli.batch import find_videos, plan_batch, read_manifest, run_batch
+from slowfast_cli.batch import error_kind, find_videos, plan_batch, read_manifest, run_batch
 from slowfast_cli.cli import app
 from slowfast_cli.config import resolve_config
 from slowfast_cli.header import TMP_PREFIX
@@ -57,6 +57,22 @@ BAD = {
     "audio.mp4": (media.make_audio_only, "no_video_stream"),
     "half zeros.mp4": (lambda p: media.make_truncated(p, moov_front=True, zero_fill=True), "truncated"),
 }
+
+
+@pytest.mark.parametrize(
+    "message, kind",
+    [
+        ("v.mp4: file is empty", "empty"),
+        ("v.mp4: not a readable video (unknown format, or a damaged or truncated container)", "not_a_video"),
+        ("v.mp4: truncated or damaged video data (demuxing failed: x)", "truncated"),
+        ("v.mp4: damaged video data: the sampled frames do not decode (FFmpeg rejected a packet: invalid data)",
+         "truncated"),
+        ("v.mp4: no video stream", "no_video_stream"),
+        ("v.mp4: decoding took longer than --timeout 5 s", "timeout"),
+    ],
+)  # fmt: skip
+def test_error_kind(message, kind):
+    assert error_kind(message) == kind
 
 
 @pytest.fixture(scope="module")
