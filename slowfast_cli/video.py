@@ -15,14 +15,14 @@ The only module that imports decord; numpy only (no torch), so decode workers st
   with decord 0.6 which frames "decode" near damage is decided by thread timing. Its ``VideoReader`` pushes
   packets ahead of the frame it needs while its decoder thread has nothing to hand back, and that thread's error
   on a bad packet is raised by the next pop even when the wanted frame was already decoded
-  (``FFMPEGThreadedDecoder::Pop`` checks the error before and after taking a frame). On a 32-frame clip whose
-  first 7 frames are intact, probing frame by frame found 2, 3, 5, 6 or 7 "decodable" frames over 15 runs and
-  none in 2 of them; even frame 0 failed at times. A success is always the right frame, so a decode that fails
-  is retried on a fresh reader (``DECODE_ATTEMPTS`` in all) before the file is declared damaged, so damage
-  after the last sampled frame fails a file less often, though not never: with damage 26 frames after the last
-  sample, 60 of 60 runs passed with ``num_threads=0`` and 38 of 60 with ``num_threads=1`` (what batch workers
-  use), on a loaded machine. Corruption the codec conceals (a damaged packet shown as a copy of the previous
-  frame, or as garbage) passes through.
+  (``FFMPEGThreadedDecoder::Pop`` checks the error before and after taking a frame). On a 32-frame clip with 8
+  frames wholly before the damage, probing frame by frame found anything from 0 to 7 "decodable" frames over 60
+  runs, even frame 0 failing at times (``benchmarks/bench_damaged.py``, BENCHMARKS.md §8). A success is always
+  the right frame, so a decode that fails is retried on a fresh reader (``DECODE_ATTEMPTS`` in all) before the
+  file is declared damaged. Damage after the last sampled frame then fails a file less often, though not
+  never: with damage 26 frames after the sample, 60 of 60 runs passed with ``num_threads=0`` and 56 of 60 with
+  ``num_threads=1`` (what batch workers use) on a loaded machine. Corruption the codec conceals (a damaged
+  packet shown as a copy of the previous frame, or as garbage) passes through.
 - **Random access** (``get_batch``) is only right where decord's keyframe positions, which it counts in decode
   order, equal presentation positions: closed GOPs (h264 as most encoders write it, VP9). With open GOPs (x264
   ``open-gop``, many x265 keyframes) and MPEG-2 / MPEG-4 part 2 with B-frames it silently returns other frames.
