@@ -68,7 +68,7 @@ DECODE_ATTEMPTS = 3  # fresh readers tried before a decode failure is final (dec
 SEEK_CHECKS = 3  # keyframes (besides the first) whose seeks _seeks_exactly verifies
 SEQUENTIAL_RATIO = 2  # read every frame in order when that decodes at most this many times the frames seeking would
 AVERROR_DECODER_NOT_FOUND = -1128613112  # FFERRTAG(0xF8, 'D', 'E', 'C'), in decord's "cannot find video stream"
-AVERRORS = {-1094995529: "invalid data", -541478725: "end of file", -12: "out of memory"}  # INVALIDDATA, EOF, ENOMEM
+AVERRORS = {-1094995529: "invalid data"}  # AVERROR_INVALIDDATA, what damaged packets give; others show as numbers
 
 decord.logging.set_level(decord.logging.QUIET)
 

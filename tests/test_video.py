@@ -473,6 +473,36 @@ class TestTruncatedAndDamaged:
         assert [read_index(f) for f in clip.frames] == clip.indices == sample_indices(16, 10.0, 4)
         assert len(calls) == 2 and calls[0] is not calls[1]
 
+    @pytest.mark.parametrize("failures", [1, video.DECODE_ATTEMPTS])
+    def test_a_first_frame_that_fails_is_retried_on_a_fresh_reader(self, vdir, monkeypatch, failures):
+        """decord's own error on frame 0 (it raced into damage further on): retried, then a damaged-data line."""
+        path = make_video(vdir / "first.mp4", frames=8)
+        made = []
+
+        class Flaky(video.decord.VideoReader):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                made.append(self)
+
+            def next(self):
+                if len(made) <= failures:
+                    raise video.decord.DECORDError(
+                        "[10:00:00] src/video/ffmpeg/threaded_decoder.cc:218: Check failed: avcodec_send_packet("
+                        "dec_ctx_.get(), pkt.get()) >= 0 (-1094995529 vs. 0) Thread worker: Error sending packet."
+                    )
+                return super().next()
+
+        monkeypatch.setattr(video.decord, "VideoReader", Flaky)
+        if failures < video.DECODE_ATTEMPTS:
+            assert probe(path).num_frames == 8 and len(made) == failures + 1
+        else:
+            expected = (
+                f"{path}: damaged video data: the first frame does not decode (FFmpeg rejected a packet: invalid data)"
+            )
+            with pytest.raises(SlowfastError) as err:
+                probe(path)
+            assert str(err.value) == expected and len(made) == video.DECODE_ATTEMPTS
+
     def test_a_decode_that_always_fails_gives_up_after_the_attempts(self, vdir, monkeypatch):
         path = make_video(vdir / "never.mp4", frames=16)
         calls = []
