@@ -41,7 +41,7 @@ class TestEncodeRealClip:
     @classmethod
     def encoded(cls, bikes, tmp_path_factory):
         out = tmp_path_factory.mktemp("enc") / "bikes.pt"
-        r = run("encode", bikes, "--config", "tiny", "-o", out, "--json")
+        r = run("encode", bikes, "--config", "tiny", "--dtype", "fp32", "-o", out, "--json")
         assert r.exit_code == 0, r.output
         return out, json.loads(r.stdout), r
 
@@ -76,12 +76,45 @@ class TestEncodeRealClip:
 
     def test_same_command_twice_is_bit_identical(self, encoded, bikes, tmp_path):
         again = tmp_path / "again.pt"
-        assert run("encode", bikes, "--config", "tiny", "-o", again).exit_code == 0
+        assert run("encode", bikes, "--config", "tiny", "--dtype", "fp32", "-o", again).exit_code == 0
         assert torch.equal(load_tokens(again)["tokens"], load_tokens(encoded[0])["tokens"])
 
     def test_python_api_matches_cli(self, encoded, bikes):
-        result = encode_video(bikes, "tiny")
+        result = encode_video(bikes, resolve_config("tiny", {"dtype": "fp32"}))
         assert torch.equal(result.tokens, load_tokens(encoded[0])["tokens"])
+
+
+class TestBf16OnTheCpu:
+    """A bf16 run on the CPU, whatever the CPU (slow without native bf16, but it must give the same tokens)."""
+
+    def test_bf16_tokens_are_close_to_fp32(self, encoded_fp32, bikes, tmp_path):
+        out = tmp_path / "bf16.pt"
+        r = run("encode", bikes, "--config", "tiny", "--dtype", "bf16", "-o", out)
+        assert r.exit_code == 0, r.output
+        got, ref = load_tokens(out), load_tokens(encoded_fp32)
+        a, b = got["tokens"], ref["tokens"]
+        assert a.dtype == torch.bfloat16 and b.dtype == torch.float32
+        assert a.shape == b.shape and torch.isfinite(a.float()).all()
+        assert got["meta"]["dtype"] == "bf16" and got["meta"]["config"]["runtime"]["dtype"] == "bf16"
+        assert got["meta"]["frame_indices"] == ref["meta"]["frame_indices"]
+        err = (a.float() - b).norm() / b.norm()
+        assert err < 0.05, f"bf16 tokens are {err:.3f} (relative) away from fp32"
+        cos = torch.nn.functional.cosine_similarity(a.float().flatten(1), b.flatten(1)).item()
+        assert cos > 0.998
+
+    def test_auto_follows_the_cpu(self, bikes, tmp_path):
+        from slowfast_cli.encoder import cpu_has_native_bf16
+
+        out = tmp_path / "auto.pt"
+        assert run("encode", bikes, "--config", "tiny", "--frames", 4, "-o", out).exit_code == 0
+        expected = "bf16" if cpu_has_native_bf16() else "fp32"
+        assert load_tokens(out)["meta"]["dtype"] == expected
+
+    @pytest.fixture
+    def encoded_fp32(self, bikes, tmp_path):
+        out = tmp_path / "fp32.pt"
+        assert run("encode", bikes, "--config", "tiny", "--dtype", "fp32", "-o", out).exit_code == 0
+        return out
 
 
 class TestGeneratedVideo:
@@ -153,10 +186,10 @@ class TestWeights:
         torch.save({"model.mm_projector.0.weight": w0, "model.mm_projector.0.bias": b0,
                     "model.mm_projector.2.weight": w2, "model.mm_projector.2.bias": b2}, proj)  # fmt: skip
         feat, out = tmp_path / "f.pt", tmp_path / "o.pt"
-        assert run("encode", small_video, "--config", "tiny", "--save-features", feat, "-o", tmp_path / "x.pt",
-                   "--slow-pool", "none").exit_code == 0  # fmt: skip
-        r = run("encode", small_video, "--config", "tiny", "--projector", "mlp2x_gelu", "--projector-weights", proj,
-                "--slow-pool", "none", "-o", out)  # fmt: skip
+        assert run("encode", small_video, "--config", "tiny", "--dtype", "fp32", "--save-features", feat, "-o",
+                   tmp_path / "x.pt", "--slow-pool", "none").exit_code == 0  # fmt: skip
+        r = run("encode", small_video, "--config", "tiny", "--dtype", "fp32", "--projector", "mlp2x_gelu",
+                "--projector-weights", proj, "--slow-pool", "none", "-o", out)  # fmt: skip
         assert r.exit_code == 0, r.output
         x = load_features(feat)["features"]  # identity-projected vision features (T, N, 64)
         y = torch.nn.functional.gelu(x @ w0.T + b0) @ w2.T + b2
