@@ -9,10 +9,13 @@ is one line of ``OUT/manifest.jsonl``, and ``OUT/report.json`` summarises the fo
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import fnmatch
 import json
 import os
 import re
+import socket
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -21,13 +24,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .config import Config
-from .errors import SlowfastError, first_line
+from .errors import ConfigError, SlowfastError, first_line
 from .header import TMP_PREFIX, read_token_header
-from .io import atomic_open, write_json
+from .io import json_text, sigint_deferred, write_json
+from .provenance import differences
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp")
 MANIFEST = "manifest.jsonl"
 REPORT = "report.json"
+LOCK = ".slowfast.lock"
 
 
 @dataclass
@@ -44,7 +49,8 @@ class Record:
     time: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False)
+        """One JSON line; file names that are not valid UTF-8 survive as ``\\udcXX`` escapes (``io.json_text``)."""
+        return json_text(asdict(self))
 
 
 @dataclass
@@ -53,11 +59,17 @@ class Listing:
     problems: list[str]  # unreadable folders, symlink loops: reported, never fatal
 
 
+def matches(rel: Path, pattern: str) -> bool:
+    """``pattern`` (a glob) matches the relative path or the file name, in any case, like the extensions do."""
+    pattern = pattern.lower()
+    return fnmatch.fnmatchcase(str(rel).lower(), pattern) or fnmatch.fnmatchcase(rel.name.lower(), pattern)
+
+
 def find_videos(root: Path, pattern: str | None = None) -> Listing:
     """Videos under ``root`` (recursive, following symlinks once per real folder), filtered by ``pattern``.
 
     ``pattern`` is a glob matched against the path relative to ``root`` and against the file name
-    (``*.mp4``, ``clips/**``, ``cam1_*``).
+    (``*.mp4``, ``clips/**``, ``cam1_*``), in any case (``*.mov`` matches ``s2.MOV``), as the extensions are.
     """
     root = Path(root)
     videos, problems, seen = [], [], set()
@@ -80,7 +92,7 @@ def find_videos(root: Path, pattern: str | None = None) -> Listing:
             if name.startswith(TMP_PREFIX) or not name.lower().endswith(VIDEO_EXTENSIONS):
                 continue
             rel = Path(dirpath, name).relative_to(root)
-            if pattern and not (fnmatch.fnmatch(str(rel), pattern) or fnmatch.fnmatch(name, pattern)):
+            if pattern and not matches(rel, pattern):
                 continue
             videos.append(rel)
     return Listing(sorted(videos), problems)
@@ -112,19 +124,78 @@ def error_kind(message: str) -> str:
     return "other"
 
 
-def check_output_dir(out_dir: Path) -> None:
-    """Create ``out_dir`` and prove it is writable, before any work."""
+class OutputLock:
+    """An exclusive ``flock`` on ``OUT_DIR/.slowfast.lock``, held for a whole batch run.
+
+    A second run into the same folder stops at once with a message naming the first (its PID, host, start time
+    and command, which the holder writes into the lock file); stale temporary files are removed only while the
+    lock is held, so a run never deletes another's file in flight. The lock is released when the process ends,
+    however it ends (kill -9 included); the file stays. ``flock`` is local to one machine on many network file
+    systems: two machines writing one OUT_DIR are not protected.
+    """
+
+    def __init__(self, out_dir: Path):
+        self.path = Path(out_dir) / LOCK
+        self._fd: int | None = None
+
+    def acquire(self) -> OutputLock:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise SlowfastError(f"{self.path.parent}: output folder is not writable ({exc.strerror or exc})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 1000, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise SlowfastError(
+                f"{self.path.parent}: another slowfast batch is writing to this folder ({holder}); wait for it to "
+                "finish, or choose another output folder"
+            ) from None
+        try:
+            who = f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now().isoformat(timespec='seconds')}"
+            text = f"{who}: {' '.join(map(os.fsdecode, sys.argv))}"[:900]
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, text.encode("utf-8", "backslashreplace") + b"\n", 0)
+        except OSError as exc:
+            os.close(fd)
+            raise SlowfastError(f"{self.path.parent}: output folder is not writable ({exc.strerror or exc})") from None
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def prepare_output_dir(root: Path, out_dir: Path) -> None:
+    """Create ``out_dir``, refusing what cannot be an output folder: the input folder itself, or a file."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir}: exists and is not a folder; -o must name a folder for the token files")
+    if out_dir.is_dir() and out_dir.resolve() == root.resolve():
+        raise ConfigError(
+            f"{out_dir}: is the input folder; token files need a folder of their own (e.g. -o {out_dir}/tokens)"
+        )
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_open(out_dir / ".slowfast-write-check", "wb") as f:
-            f.write(b"ok")
-        (out_dir / ".slowfast-write-check").unlink()
     except OSError as exc:
-        raise SlowfastError(f"{out_dir}: output folder is not writable ({exc.strerror or exc})") from None
+        raise SlowfastError(f"{out_dir}: cannot create the output folder ({exc.strerror or exc})") from None
+
+
+def case_insensitive(folder: Path) -> bool:
+    """Whether ``folder``'s file system folds case (the lock file is then also found under its upper-case name)."""
+    return (folder / LOCK.upper()).exists()
 
 
 def clean_stale_temp_files(out_dir: Path) -> int:
-    """Delete temporary files left by an interrupted run (only ours, by their prefix)."""
+    """Delete temporary files left by an interrupted run (only ours, by their prefix). Call with the lock held."""
     n = 0
     for p in out_dir.rglob(f"{TMP_PREFIX}*"):
         with contextlib.suppress(OSError):
@@ -133,14 +204,21 @@ def clean_stale_temp_files(out_dir: Path) -> int:
     return n
 
 
-def is_complete(path: Path) -> bool:
-    """An existing output counts as done only if it reads as a complete token file (its header, and tensor data of
-    the right size); a partial or corrupt one is redone."""
+def existing_output(path: Path, current: dict | None) -> tuple[str, str | None]:
+    """What an existing output is for resume: ``("done", None)``, ``("damaged", why)`` or ``("other", what differs)``.
+
+    Done means it reads as a complete token file whose every byte passes the zip's CRC-32 check, and (when
+    ``current`` is given) was made with the same provenance (see ``provenance.py``).
+    """
     try:
-        read_token_header(path)
-        return True
-    except SlowfastError:
-        return False
+        meta = read_token_header(path, verify=True)["meta"]
+    except SlowfastError as exc:
+        return "damaged", str(exc)
+    if current is not None:
+        diff = differences(meta.get("provenance"), current)
+        if diff:
+            return "other", "; ".join(diff)
+    return "done", None
 
 
 @dataclass
@@ -149,54 +227,114 @@ class BatchPlan:
     out_dir: Path
     todo: list[tuple[Path, Path]]  # (relative source, relative output)
     records: list[Record]  # skipped and collisions, known before any decoding
-    problems: list[str]
+    problems: list[str]  # listing problems and damaged outputs that will be redone: reported, never fatal
+    lock: OutputLock | None = None  # held from planning to the end of the run
 
     @property
     def total(self) -> int:
         return len(self.todo) + len(self.records)
 
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
-def plan_batch(root: Path, out_dir: Path, pattern: str | None = None, overwrite: bool = False) -> BatchPlan:
-    """List the videos, map them to outputs, find what is already done and which outputs collide."""
+    def __enter__(self) -> BatchPlan:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def plan_batch(
+    root: Path, out_dir: Path, pattern: str | None = None, overwrite: bool = False, provenance: dict | None = None
+) -> BatchPlan:
+    """Lock ``out_dir``, list the videos, map them to outputs, find what is already done and which outputs collide.
+
+    Resume rules: an existing output is skipped only if it is complete, intact (CRC-32) and made with the same
+    ``provenance`` (when given); a damaged one is redone and reported in ``problems``. Outputs made with other
+    settings are not silently kept nor silently replaced: without ``overwrite`` planning stops with a
+    ``ConfigError`` that names what differs, ``--overwrite`` and a new output folder.
+    The returned plan holds the lock on ``out_dir``; release it (``with plan_batch(...) as plan``) when done.
+    """
     root, out_dir = Path(root), Path(out_dir)
     if not root.is_dir():
         raise SlowfastError(f"{root}: not a folder")
-    check_output_dir(out_dir)
+    prepare_output_dir(root, out_dir)
+    lock = OutputLock(out_dir).acquire()
+    try:
+        plan = _plan(root, out_dir, pattern, overwrite, provenance)
+    except BaseException:
+        lock.release()
+        raise
+    plan.lock = lock
+    return plan
+
+
+def _plan(root: Path, out_dir: Path, pattern: str | None, overwrite: bool, current: dict | None) -> BatchPlan:
     clean_stale_temp_files(out_dir)
     listing = find_videos(root, pattern)
     if out_dir.resolve().is_relative_to(root.resolve()):
         inside = out_dir.resolve().relative_to(root.resolve())
-        listing.videos = [v for v in listing.videos if not v.is_relative_to(inside)] if str(inside) != "." else []
-    todo, records, claimed = [], [], {}
+        listing.videos = [v for v in listing.videos if not v.is_relative_to(inside)]
+    fold = case_insensitive(out_dir)
+    todo, records, claimed, problems, other = [], [], {}, list(listing.problems), []
     for rel in listing.videos:
         out_rel = output_path(rel)
-        key = str(out_rel).lower()  # case-insensitive file systems map A.mp4 and a.mkv to one file too
+        key = str(out_rel).lower() if fold else str(out_rel)  # A.mp4 and a.mkv: one file only where case folds
         if key in claimed:
             msg = f"{rel}: same output {out_rel} as {claimed[key]}; rename one of them"
             records.append(Record(str(rel), str(out_rel), "failed", msg, "collision"))
             continue
         claimed[key] = rel
-        if not overwrite and (out_dir / out_rel).exists() and is_complete(out_dir / out_rel):
-            records.append(Record(str(rel), str(out_rel), "skipped", "already done (use --overwrite to redo)"))
-            continue
+        target = out_dir / out_rel
+        if not overwrite and (target.exists() or target.is_symlink()):
+            state, why = existing_output(target, current)
+            if state == "done":
+                records.append(Record(str(rel), str(out_rel), "skipped", "already done (use --overwrite to redo)"))
+                continue
+            if state == "damaged":
+                problems.append(f"{why}; it is redone")
+            else:
+                other.append((out_rel, why))
         todo.append((rel, out_rel))
-    return BatchPlan(root, out_dir, todo, records, listing.problems)
+    if other:
+        first, why = other[0]
+        raise ConfigError(
+            f"{out_dir}: {len(other)} existing token file(s) were made with other settings than this run's (e.g. "
+            f"{first}: {why}); pass --overwrite to redo them with these settings, or choose a new output folder"
+        )
+    return BatchPlan(root, out_dir, todo, records, problems)
 
 
 class Manifest:
-    """Append-only ``manifest.jsonl``: each record is one complete line written with a single write and fsync."""
+    """Append-only ``manifest.jsonl``: each record is one complete line, written with one append and fsynced.
+
+    A line that cannot be written whole (a full disk) is cut back off, so the file never ends in a torn line,
+    and the failure is a ``SlowfastError`` naming the manifest and the reason: the batch stops there.
+    """
 
     def __init__(self, path: Path):
         self.path = path
-        self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise SlowfastError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
     def write(self, record: Record) -> None:
-        self._f.write(record.to_json() + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        data = (record.to_json() + "\n").encode("utf-8")
+        size = os.fstat(self._fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            os.fsync(self._fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, size)
+            raise SlowfastError(f"{self.path}: cannot write ({exc.strerror or exc}); the batch stopped here") from None
 
     def close(self) -> None:
-        self._f.close()
+        os.close(self._fd)
 
 
 def read_manifest(path: Path) -> list[dict]:
@@ -218,8 +356,12 @@ def run_batch(
     fail_fast: bool = False,
     pipeline=None,
 ) -> Iterator[Record]:
-    """Encode every video of ``plan``; yields a Record per attempt (also appended to the manifest)."""
-    from .pipeline import Pipeline, write_result
+    """Encode every video of ``plan``; yields a Record per attempt (also appended to the manifest).
+
+    Ctrl-C is held while a token file is written and its manifest line appended, so an interrupt leaves either
+    both or neither; the generator then yields that record and raises KeyboardInterrupt.
+    """
+    from .pipeline import Pipeline
     from .workers import DecodePool
 
     manifest = Manifest(plan.out_dir / MANIFEST)
@@ -243,9 +385,15 @@ def run_batch(
             while pool.busy:
                 for done in pool.get():
                     rel, out_rel = done.payload
-                    record = _finish_one(done, rel, out_rel, plan, pipe, write_result)
-                    manifest.write(record)
+                    t0 = time.perf_counter()
+                    encoded = _encode_one(done, rel, out_rel, plan, pipe)
+                    with sigint_deferred(reraise=False) as held:
+                        record = encoded if isinstance(encoded, Record) else _write_one(encoded, rel, out_rel, plan)
+                        record.seconds = done.seconds + (time.perf_counter() - t0 if record.status == "ok" else 0.0)
+                        manifest.write(record)
                     yield record
+                    if held.pending:
+                        raise KeyboardInterrupt
                     if fail_fast and record.status == "failed":
                         return
                     job = next(jobs, None)
@@ -255,36 +403,45 @@ def run_batch(
         manifest.close()
 
 
-def _finish_one(done, rel: Path, out_rel: Path, plan: BatchPlan, pipe, write_result) -> Record:
+def _encode_one(done, rel: Path, out_rel: Path, plan: BatchPlan, pipe):
+    """The EncodeResult of a decoded video, or the failure Record of one that did not decode or encode."""
     if not done.ok:
         msg = done.error if str(rel) in (done.error or "") else f"{rel}: {done.error}"
-        return Record(str(rel), str(out_rel), "failed", msg, done.kind or error_kind(msg), done.seconds)
-    t0 = time.perf_counter()
+        return Record(str(rel), str(out_rel), "failed", msg, done.kind or error_kind(msg))
     try:
         result = pipe.encode_clip(done.clip, timings={"decode": done.seconds})
-        result.meta["source"] = str(plan.root / rel)
-        target = plan.out_dir / out_rel
+    except SlowfastError as exc:
+        return Record(str(rel), str(out_rel), "failed", str(exc), error_kind(str(exc)))
+    except RuntimeError as exc:  # torch's errors (out of memory, a kernel failure): this video fails, the batch goes on
+        msg = f"{rel}: encoding failed ({type(exc).__name__}: {first_line(exc, 200)})"
+        return Record(str(rel), str(out_rel), "failed", msg, "encode")
+    result.meta["source"] = str(plan.root / rel)
+    return result
+
+
+def _write_one(result, rel: Path, out_rel: Path, plan: BatchPlan) -> Record:
+    """Write one token file; a failure of the disk is this video's ``write`` failure."""
+    from .pipeline import write_result
+
+    target = plan.out_dir / out_rel
+    try:
         target.parent.mkdir(parents=True, exist_ok=True)
         write_result(result, target)
     except SlowfastError as exc:
-        msg = str(exc)
-        return Record(str(rel), str(out_rel), "failed", msg, error_kind(msg), done.seconds)
+        return Record(str(rel), str(out_rel), "failed", str(exc), "write")
     except OSError as exc:
         msg = f"{out_rel}: cannot write ({exc.strerror or exc})"
-        return Record(str(rel), str(out_rel), "failed", msg, "write", done.seconds)
-    except RuntimeError as exc:  # torch's errors (out of memory, a kernel failure): this video fails, the batch goes on
-        msg = f"{rel}: encoding failed ({type(exc).__name__}: {first_line(exc, 200)})"
-        return Record(str(rel), str(out_rel), "failed", msg, "encode", done.seconds)
+        return Record(str(rel), str(out_rel), "failed", msg, "write")
     m = result.meta
-    return Record(str(rel), str(out_rel), "ok", None, None, done.seconds + time.perf_counter() - t0, m["frames"],
-                  m["input_tokens"], m["output_tokens"])  # fmt: skip
+    return Record(str(rel), str(out_rel), "ok", None, None, 0.0, m["frames"], m["input_tokens"], m["output_tokens"])
 
 
-def write_report(out_dir: Path, records: list[Record], problems: list[str], interrupted: bool = False) -> dict:
-    """``report.json``: the folder's token statistics (as ``slowfast report --json``) plus this run's counts."""
+def batch_report(out_dir: Path, records: list[Record], problems: list[str], interrupted: bool = False) -> dict:
+    """What ``report.json`` holds: the folder's token statistics (as ``slowfast report --json``) plus this run's
+    counts."""
     from .report import build_report
 
-    report = build_report(out_dir).to_dict()
+    report = build_report(out_dir, verify=False).to_dict()  # outputs were verified when planned, or just written
     report["run"] = {
         "attempts": len(records),
         "ok": sum(r.status == "ok" for r in records),
@@ -295,5 +452,11 @@ def write_report(out_dir: Path, records: list[Record], problems: list[str], inte
         "listing_problems": problems,
         "interrupted": interrupted,
     }
+    return report
+
+
+def write_report(out_dir: Path, records: list[Record], problems: list[str], interrupted: bool = False) -> dict:
+    """Write ``report.json`` atomically (see :func:`batch_report`); a disk error is a ``SlowfastError``."""
+    report = batch_report(out_dir, records, problems, interrupted)
     write_json(out_dir / REPORT, report)
     return report

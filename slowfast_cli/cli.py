@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -20,7 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from . import __version__
-from .budget import Budget, model_grid, plan, token_budget
+from .budget import Budget, model_grid, plan, preflight, token_budget
 from .config import FLAG_KEYS, Config, list_presets, load_preset, parse_hw, resolve_config
 from .errors import ConfigError, SlowfastError
 
@@ -59,10 +60,30 @@ def Table(*args: Any, **kwargs: Any):  # noqa: N802 - stands in for rich.table.T
     return RichTable(*args, **kwargs)
 
 
-def escape(text: str) -> str:
+def printable(text: str) -> str:
+    """``text`` with what a terminal would hide or act on shown as escapes: control characters (a newline in a
+    file name cannot forge a log line: it shows as ``\\n``), and the lone surrogates that stand for bytes of a
+    name that is not valid UTF-8 (shown as ``\\xe9``, the byte itself)."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if 0xDC80 <= o <= 0xDCFF:
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape", "backslashreplace").decode("ascii"))
+    return "".join(out)
+
+
+def shown(text: Any) -> str:
+    """A user string (a path, an error naming one) made safe to print through rich: :func:`printable`, then every
+    ``[`` escaped so that rich never reads it as markup (``[/]`` in a file name, ``[final] take.mp4``)."""
     from rich.markup import escape as rich_escape
 
-    return rich_escape(text)
+    return rich_escape(printable(str(text)))
 
 
 # Not a terminal (a pipe, a file, CliRunner): rich would assume 80 columns and squash the tables.
@@ -72,12 +93,13 @@ _state = {"debug": bool(os.environ.get("SLOWFAST_DEBUG"))}
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    """Print one red error line (``message`` is shown literally, see :func:`shown`); the Exit to raise."""
+    err.print(f"[bold red]error:[/] {shown(message)}", markup=True, highlight=False)
     return typer.Exit(code)
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}")
+    err.print(f"[yellow]warning:[/] {shown(message)}")
 
 
 def handles_errors(fn):
@@ -90,7 +112,7 @@ def handles_errors(fn):
         except SlowfastError as exc:
             if _state["debug"]:
                 traceback.print_exc()
-            raise fail(str(exc).replace("[", r"\["), 2 if isinstance(exc, ConfigError) else 1) from None
+            raise fail(str(exc), 2 if isinstance(exc, ConfigError) else 1) from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
 
@@ -155,16 +177,21 @@ def build_config(preset: str, **flags: Any) -> Config:
     return resolve_config(preset, flags)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"slowfast {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_print_version)
+    ] = False,
 ) -> None:
     """Turn videos into short, fixed-budget SlowFast token sequences for video LLMs."""
     _state["debug"] = debug or bool(os.environ.get("SLOWFAST_DEBUG"))  # per invocation: CliRunner reuses the app
-    if version:
-        typer.echo(f"slowfast {__version__}")
-        raise typer.Exit(0)
 
 
 # --- budget ---------------------------------------------------------------------------------------------------
@@ -210,7 +237,14 @@ def _parse_range(text: str) -> tuple[int, int]:
         lo_i, hi_i = int(lo), int(hi or lo)
     except ValueError:
         raise ConfigError(f"bad --frames-range {text!r}: expected MIN:MAX, e.g. 8:128") from None
+    if not 1 <= lo_i <= hi_i:
+        raise ConfigError(f"bad --frames-range {text!r}: expected 1 <= MIN <= MAX, e.g. 8:128")
     return lo_i, hi_i
+
+
+def _at_least(value: int | None, low: int, flag: str) -> None:
+    if value is not None and value < low:
+        raise ConfigError(f"{flag} must be at least {low}, got {value}")
 
 
 @app.command()
@@ -236,6 +270,9 @@ def budget(
     """
     cfg = build_config(config, model=model, frames=frames, slow_frames=slow_frames, slow_pool=slow_pool,
                        fast_size=fast_size)  # fmt: skip
+    _at_least(context, 1, "--context")
+    _at_least(reserve, 0, "--reserve")
+    _at_least(top, 1, "--top")
     g = parse_hw(grid, "--grid") if grid else model_grid(cfg.encoder.model)
     if plan_:
         if context is None:
@@ -309,10 +346,10 @@ def configs(json_: JsonOpt = False) -> None:
     for col in ("name", "model", "pretrained", "frames", "slow", "pool", "fast", "projector"):
         t.add_column(col, justify="right" if col in ("frames", "slow") else "left")
     for r in rows:
-        t.add_row(r["name"], *[str(v) for v in r["summary"]])
+        t.add_row(shown(r["name"]), *[shown(v) for v in r["summary"]])
     out.print(t)
     for r in rows:
-        out.print(f"[bold]{r['name']}[/]: {r['description']}  [dim]({r['path']})[/]")
+        out.print(f"[bold]{shown(r['name'])}[/]: {shown(r['description'])}  [dim]({shown(r['path'])})[/]")
 
 
 # --- report ---------------------------------------------------------------------------------------------------
@@ -343,6 +380,10 @@ def report_table(r, title: str) -> Table:
 @handles_errors
 def report(
     path: Annotated[Path, typer.Argument(help="A token file or a folder of them.", exists=True)],
+    verify: Annotated[
+        bool,
+        typer.Option("--verify/--no-verify", help="Check every file's bytes against its CRC-32s (reads whole files)."),
+    ] = True,
     json_: JsonOpt = False,
 ) -> None:
     """Summarise token files: counts, token totals, ratio distribution.
@@ -351,11 +392,11 @@ def report(
     """
     from .report import build_report
 
-    r = build_report(path)
+    r = build_report(path, verify)
     if json_:
         print_json(r.to_dict())
     else:
-        out.print(report_table(r, f"report: {path}"))
+        out.print(report_table(r, f"report: {shown(path)}"))
     for s in r.skipped:
         warn(f"skipped {s['error']}")
     if r.files == 0:
@@ -390,7 +431,7 @@ def aggregate(
         print_json({"output": str(output), **{k: m[k] for k in SUMMARY_KEYS if k in m}})
     else:
         out.print(
-            f"{features} -> [bold]{output}[/]: {m['input_tokens']:,} -> {m['output_tokens']:,} tokens "
+            f"{shown(features)} -> [bold]{shown(output)}[/]: {m['input_tokens']:,} -> {m['output_tokens']:,} tokens "
             f"(slow {m['slow_tokens']:,} + fast {m['fast_tokens']:,}), ratio {m['ratio']:.2f}"
         )
 
@@ -434,6 +475,7 @@ def encode(
     Example: slowfast encode clip.mp4 --config tiny -o clip.pt
     """
     cfg = build_config(config, **flags_of(locals()))
+    preflight(cfg)  # settings that cannot work fail here, before the model loads or the video opens
     from .pipeline import default_output, encode_to_file
 
     target = output or default_output(video)
@@ -449,7 +491,7 @@ def encode(
 
 
 def encode_summary(m: dict, target: Path, features: Path | None) -> Table:
-    t = Table(title=f"encoded {m['source']}", show_header=False)
+    t = Table(title=f"encoded {shown(m['source'])}", show_header=False)
     t.add_column("k", style="bold")
     t.add_column("v")
     v = m["video"]
@@ -458,7 +500,7 @@ def encode_summary(m: dict, target: Path, features: Path | None) -> Table:
     )
     note = " (every frame: the video is shorter than --frames)" if m.get("short_video") else ""
     t.add_row("sampled", f"{m['frames']} frames{note}")
-    t.add_row("model", f"{m['model']} ({m['pretrained']}), layer {m['layer']}, {m['dtype']} on {m['device']}")
+    t.add_row("model", shown(f"{m['model']} ({m['pretrained']}), layer {m['layer']}, {m['dtype']} on {m['device']}"))
     t.add_row("grid", f"{m['grid'][0]}x{m['grid'][1]} = {m['tokens_per_frame']} tokens per frame")
     t.add_row(
         "tokens",
@@ -467,7 +509,7 @@ def encode_summary(m: dict, target: Path, features: Path | None) -> Table:
     )
     tm = m.get("timings", {})
     t.add_row("time", ", ".join(f"{k} {v:.2f}s" for k, v in tm.items()))
-    t.add_row("written", str(target) + (f" and features {features}" if features else ""))
+    t.add_row("written", shown(str(target) + (f" and features {features}" if features else "")))
     return t
 
 
@@ -517,14 +559,26 @@ def batch(
 
     Example: slowfast batch videos/ -o tokens/ --config tiny
     """
-    from .batch import plan_batch, run_batch, write_report
+    from .batch import plan_batch
 
     cfg = build_config(config, **flags_of(locals()))
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
-    if timeout <= 0:
-        raise ConfigError(f"--timeout must be positive, got {timeout}")
-    plan = plan_batch(in_dir, output, pattern, overwrite)
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ConfigError(f"--timeout must be a positive number of seconds, got {timeout}")
+    preflight(cfg)
+    from .pipeline import run_provenance
+
+    current = run_provenance(cfg)  # what resume compares existing token files with
+    with plan_batch(in_dir, output, pattern, overwrite, current) as plan:
+        _run_batch(plan, cfg, in_dir, output, pattern, workers, timeout, fail_fast, json_)
+
+
+def _run_batch(plan, cfg: Config, in_dir: Path, output: Path, pattern, workers, timeout, fail_fast, json_) -> None:
+    """The rest of ``batch``, with the output folder locked: run, report, summary, exit code."""
+    from .batch import REPORT, batch_report, run_batch
+    from .io import write_json
+
     for p in plan.problems:
         warn(p)
     if plan.total == 0:
@@ -536,7 +590,7 @@ def batch(
         pipe = Pipeline(cfg)  # built here, before the bar, so its warnings come first
         for w in pipe.warnings:
             warn(w)
-    records, interrupted = [], False
+    records, interrupted, stopped = [], False, []
     show_bar = err.is_terminal and not json_
     try:
         with _progress(show_bar) as progress:
@@ -551,12 +605,18 @@ def batch(
                     rate = frames_done / max(1e-9, time.monotonic() - t0)
                     progress.update(task, advance=1, failed=nfail, fps=rate)
                     if rec.status == "failed":
-                        progress.console.print(f"[red]failed[/] {escape(rec.error or rec.source)}")
+                        progress.console.print(f"[red]failed[/] {shown(rec.error or rec.source)}")
             finally:
                 gen.close()
     except KeyboardInterrupt:
         interrupted = True
-    report = write_report(output, records, plan.problems, interrupted)
+    except SlowfastError as exc:  # the manifest cannot be written (a full disk): stop, but still summarise
+        stopped.append(str(exc))
+    report = batch_report(output, records, plan.problems, interrupted)
+    try:
+        write_json(output / REPORT, report)
+    except SlowfastError as exc:
+        stopped.append(str(exc))
     run = report["run"]
     if json_:
         print_json(report)
@@ -566,9 +626,13 @@ def batch(
             out.print("[bold red]failed files:[/]")
             for r in records:
                 if r.status == "failed":
-                    out.print(f"  {escape(r.error or r.source)}")
+                    out.print(f"  {shown(r.error or r.source)}")
     if interrupted:
         raise fail(f"interrupted after {len(records)} of {plan.total} videos; rerun the same command to resume", 130)
+    if stopped:
+        for msg in stopped[:-1]:
+            err.print(f"[bold red]error:[/] {shown(msg)}")
+        raise fail(f"{stopped[-1]} (after {len(records)} of {plan.total} videos; rerun to resume)", 1)
     if run["failed"]:
         raise fail(f"{run['failed']} of {plan.total} videos failed; see {output / 'manifest.jsonl'}", 1)
 
@@ -598,7 +662,7 @@ def _progress(show: bool):
 
 def batch_table(report: dict, out_dir: Path) -> Table:
     run = report["run"]
-    t = Table(title=f"batch -> {out_dir}")
+    t = Table(title=f"batch -> {shown(out_dir)}")
     t.add_column("")
     t.add_column("count", justify="right")
     t.add_row("encoded", _fmt_int(run["ok"]))

@@ -12,6 +12,8 @@ thousands of files and do not import torch. Anything unusual (an old format, oth
 from __future__ import annotations
 
 import collections
+import io
+import os
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -83,29 +85,58 @@ class _HeaderUnpickler(pickle.Unpickler):
         return _StorageRef(pid[1], str(pid[2]), int(pid[4]))
 
 
-def read_header(path: str | Path, key: str = "tokens", what: str = "token file") -> dict:
+def _check_crc(z: zipfile.ZipFile, name: str, chunk: int = 1 << 20) -> None:
+    """Read one entry to its end; zipfile compares its CRC-32 with the directory's and raises BadZipFile."""
+    with z.open(name) as f:
+        while f.read(chunk):
+            pass
+
+
+def read_header(path: str | Path, key: str = "tokens", what: str = "token file", verify: bool = False) -> dict:
     """``{key: TensorHeader, "meta": dict}`` of a file written by ``torch.save``; the tensor data is not read.
 
+    With ``verify`` every entry of the archive is also read once and checked against the CRC-32 that torch.save
+    stored for it, so damage inside the tensor data (zeros written over it, a bad sector) is caught too. That
+    reads the whole file; it costs about what reading it from the page cache costs (BENCHMARKS.md §9).
+
     Raises:
-        SlowfastError: not a zip archive written by torch.save, other objects inside, ``key`` missing, or a
-            storage entry whose size does not match its tensor (a damaged or cut file).
+        SlowfastError: not a zip archive written by torch.save, other objects inside, ``key`` missing, a
+            storage entry whose size does not match its tensor (a damaged or cut file), or with ``verify`` an
+            entry whose CRC-32 does not match.
     """
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise SlowfastError(f"{path}: dangling symlink (its target {os.readlink(path)} does not exist)")
+    if path.is_dir():
+        raise SlowfastError(f"{path}: is a folder, not a {what}")
     path = require_file(path)
     try:
         with zipfile.ZipFile(path) as z:
             names = {n.split("/", 1)[1]: n for n in z.namelist() if "/" in n}
             if "data.pkl" not in names:
                 raise SlowfastError(f"{path}: not a {what} (no data.pkl in the archive)")
-            obj = _HeaderUnpickler(z.open(names["data.pkl"])).load()
+            obj = _HeaderUnpickler(io.BytesIO(z.read(names["data.pkl"]))).load()
+            if isinstance(obj, TensorHeader):
+                raise SlowfastError(f"{path}: not a {what} (a bare tensor; expected a dict with {key!r} and 'meta')")
             if not isinstance(obj, dict) or not isinstance(obj.get(key), TensorHeader):
-                keys = ", ".join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
-                raise SlowfastError(f"{path}: not a {what} (expected a dict with {key!r}, found {keys})")
+                keys = ", ".join(map(repr, obj)) if isinstance(obj, dict) else f"a {type(obj).__name__}"
+                raise SlowfastError(f"{path}: not a {what} (found {keys or 'an empty dict'}; expected a dict with "
+                                    f"{key!r} and 'meta')")  # fmt: skip
             header = obj[key]
             entry = names.get(f"data/{header.storage}")
             size = z.getinfo(entry).file_size if entry else -1
             if size != header.numel * ITEMSIZE[header.dtype]:
                 raise SlowfastError(f"{path}: damaged {what} (tensor data is {size} bytes, expected "
                                     f"{header.numel * ITEMSIZE[header.dtype]})")  # fmt: skip
+            if verify:
+                for name in z.namelist():
+                    try:
+                        _check_crc(z, name)
+                    except zipfile.BadZipFile as exc:
+                        raise SlowfastError(
+                            f"{path}: damaged {what} ({name.split('/', 1)[-1]} fails its CRC-32 check: the bytes on "
+                            f"disk are not the ones written; {first_line(exc)})"
+                        ) from None
     except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError, TypeError, OSError) as exc:
         raise SlowfastError(f"{path}: not a {what} (cannot be read: {first_line(exc)})") from None
     meta = obj.get("meta", {})
@@ -114,9 +145,9 @@ def read_header(path: str | Path, key: str = "tokens", what: str = "token file")
     return {key: header, "meta": meta}
 
 
-def read_token_header(path: str | Path) -> dict:
+def read_token_header(path: str | Path, verify: bool = False) -> dict:
     """Like :func:`read_header`, and the tokens must be (1, L, D)."""
-    obj = read_header(path)
+    obj = read_header(path, verify=verify)
     shape = obj["tokens"].shape
     if len(shape) != 3 or shape[0] != 1:
         raise SlowfastError(f"{path}: tokens must have shape (1, L, D), got {shape}")

@@ -7,6 +7,7 @@ saved features) needs neither decord nor open_clip.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +17,11 @@ import torch
 
 from . import __version__
 from .aggregate import slow_fast
+from .budget import check_grid
 from .config import Config, config_from_dict, resolve_config
-from .errors import SlowfastError
-from .io import load_features, save_features, save_tokens
+from .errors import ConfigError, SlowfastError
+from .io import features_object, load_features, save_all, save_tokens, token_object
+from .provenance import provenance
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
 
@@ -57,11 +60,30 @@ def aggregation_meta(agg, frame_indices: list[int] | None) -> dict:
     return meta
 
 
-def _check_overwrite(path: Path, overwrite: bool) -> None:
+def _check_overwrite(path: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> None:
+    """Refuse an output that exists (unless ``overwrite``), sits in no folder, or is one of the ``inputs``.
+
+    "Is one of the inputs" is decided by the file system (``os.path.samefile``), so ``-o clip.mp4``, ``-o
+    ./x/../clip.mp4`` and a symlink to the video are all refused, even with ``--overwrite``.
+    """
+    for source in inputs:
+        if path.exists() and os.path.samefile(path, source):
+            raise ConfigError(f"{path}: is the input file {source}; choose another output (-o)")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; give the output file's name (-o FILE.pt)")
     if path.exists() and not overwrite:
         raise SlowfastError(f"{path}: already exists; pass --overwrite to replace it")
     if not path.parent.is_dir():
         raise SlowfastError(f"{path.parent}: output folder does not exist")
+
+
+def run_provenance(config: Config) -> dict:
+    """The provenance (see ``provenance.py``) a Pipeline of ``config`` will stamp on its token files, without
+    building the model: the device and dtype resolved as the Pipeline resolves them, weights hashed."""
+    from .encoder import resolve_device, resolve_dtype
+
+    rt = config.runtime
+    return provenance(config, DTYPE_NAMES[resolve_dtype(rt.dtype, resolve_device(rt.device))])
 
 
 class Pipeline:
@@ -79,6 +101,7 @@ class Pipeline:
         self.projector, self.projector_info = build_projector(
             config.projector, self.encoder.width, self.device, self.dtype
         )
+        self.provenance = provenance(config, DTYPE_NAMES[self.dtype])  # what batch resume compares
         self.warnings: list[str] = []
         if self.encoder.random_weights:
             self.warnings.append(
@@ -140,6 +163,7 @@ class Pipeline:
             "dtype": DTYPE_NAMES.get(self.dtype, str(self.dtype)),
             "device": str(self.device),
             "config": self.config.to_dict(),
+            "provenance": self.provenance,
             "version": __version__,
         }
 
@@ -164,18 +188,19 @@ def encode_video(video: str | Path, config: Config | str | None = None, keep_fea
 
 
 def write_result(result: EncodeResult, out: str | Path, features_out: str | Path | None = None) -> None:
-    """Write the token file (and the features file) atomically."""
+    """Write the token file (and the features file) atomically: both appear, or neither does."""
     t0 = time.perf_counter()
+    files = [(out, token_object(result.tokens, result.meta))]
     if features_out is not None:
         fmeta = {k: v for k, v in result.meta.items() if k in FEATURE_META_KEYS}
-        save_features(features_out, result.features, fmeta)
-    save_tokens(out, result.tokens, result.meta)
+        files.append((features_out, features_object(result.features, fmeta)))
+    save_all(files)
     result.meta["timings"]["write"] = time.perf_counter() - t0
 
 
 FEATURE_META_KEYS = ("source", "video", "short_video", "frame_indices", "timestamps", "model", "pretrained",
                      "random_weights", "layer", "projector", "dtype", "device", "config", "version", "grid",
-                     "tokens_per_frame", "frames", "dim")  # fmt: skip
+                     "tokens_per_frame", "frames", "dim", "provenance")  # fmt: skip
 
 
 def encode_to_file(
@@ -186,13 +211,13 @@ def encode_to_file(
     overwrite: bool = False,
 ) -> EncodeResult:
     """``slowfast encode``: one video to one token file (and optionally a features file), atomically."""
-    out = Path(out)
-    _check_overwrite(out, overwrite)
+    out, video = Path(out), Path(video)
+    _check_overwrite(out, overwrite, (video,))
     if features_out is not None:
         features_out = Path(features_out)
-        _check_overwrite(features_out, overwrite)
-        if features_out.resolve() == out.resolve():
-            raise SlowfastError(f"{out}: the token file and --save-features must be different files")
+        _check_overwrite(features_out, overwrite, (video,))
+        if features_out.resolve() == out.resolve() or (out.exists() and os.path.samefile(out, features_out)):
+            raise ConfigError(f"{out}: the token file and --save-features must be different files")
     pipe = Pipeline(config)
     result = pipe.encode(video, keep_features=features_out is not None)
     write_result(result, out, features_out)
@@ -202,18 +227,16 @@ def encode_to_file(
 def aggregate_file(features_path: str | Path, out: str | Path, config: Config, overwrite: bool = False) -> EncodeResult:
     """``slowfast aggregate``: re-compress a features file with ``config.aggregator``; no model, no video."""
     out = Path(out)
-    _check_overwrite(out, overwrite)
+    _check_overwrite(out, overwrite, (Path(features_path),))
     obj = load_features(features_path)
     x, fmeta = obj["features"], obj["meta"]
     grid = tuple(fmeta["grid"])
     a = config.aggregator
+    check_grid(grid, a.slow_pool, a.fast_size)  # a usage error (exit 2) before any tensor work
     agg = slow_fast(x, grid, a.slow_frames, a.slow_pool, a.fast_size)
     meta: dict[str, Any] = {k: v for k, v in fmeta.items() if k != "config"}
     meta.setdefault("source", str(features_path))
-    try:
-        base = config_from_dict(fmeta["config"]) if isinstance(fmeta.get("config"), dict) else config
-    except SlowfastError:
-        base = config
+    base = config_from_dict(fmeta["config"]) if "config" in fmeta else config  # validated by load_features
     base.aggregator = a
     meta.update(aggregation_meta(agg, fmeta.get("frame_indices")))
     meta.update(
@@ -223,5 +246,8 @@ def aggregate_file(features_path: str | Path, out: str | Path, config: Config, o
         config=base.to_dict(),
         version=__version__,
     )
+    prov = fmeta.get("provenance")
+    if isinstance(prov, dict) and isinstance(prov.get("settings"), dict):  # the features' origin, re-aggregated
+        meta["provenance"] = {**prov, "settings": {**prov["settings"], "aggregator": base.to_dict()["aggregator"]}}
     save_tokens(out, agg.tokens, meta)
     return EncodeResult(tokens=agg.tokens, meta=meta)

@@ -44,19 +44,61 @@ class Report:
         return asdict(self)
 
 
-def file_stats(path: Path) -> FileStats:
-    """Counts of one token file, read from its header (the tensor data is not loaded; see ``header``)."""
-    obj = read_token_header(path)
+def _count(meta: dict, key: str) -> int | None:
+    """``meta[key]`` as a positive int, None when absent; anything else (a bool, a float, 0, a string) is an error."""
+    if key not in meta:
+        return None
+    v = meta[key]
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise SlowfastError(f"meta[{key!r}] must be a positive integer, got {v!r}")
+    return v
+
+
+def check_counts(meta: dict, length: int) -> int | None:
+    """The input token count of a token file whose tensor has ``length`` tokens, checked against its own meta.
+
+    A file made by slowfast records ``frames``, ``tokens_per_frame``, ``input_tokens`` (their product) and
+    ``output_tokens`` (the tensor's length); a report counts ``input_tokens`` only when they agree, so a file
+    whose meta was edited or damaged (``input_tokens: true``, ``10**30``) cannot skew the totals.
+
+    Returns:
+        ``input_tokens``, or None when the meta has no counts at all (a token file from elsewhere).
+
+    Raises:
+        SlowfastError: the counts are not positive integers or do not agree (without the path: the caller adds it).
+    """
+    inp, out = _count(meta, "input_tokens"), _count(meta, "output_tokens")
+    frames, per_frame = _count(meta, "frames"), _count(meta, "tokens_per_frame")
+    if out is not None and out != length:
+        raise SlowfastError(f"meta['output_tokens'] is {out} but the tensor holds {length} tokens")
+    if inp is None:
+        return None
+    if frames is None or per_frame is None:
+        raise SlowfastError("meta['input_tokens'] is given without 'frames' and 'tokens_per_frame' to check it")
+    if inp != frames * per_frame:
+        raise SlowfastError(f"meta['input_tokens'] is {inp} but frames x tokens_per_frame is {frames * per_frame}")
+    return inp
+
+
+def file_stats(path: Path, verify: bool = True) -> FileStats:
+    """Counts of one token file, read from its header (the tensor data is read only for ``verify``'s CRC check)."""
+    obj = read_token_header(path, verify=verify)
     shape, meta = obj["tokens"].shape, obj["meta"]
     out = int(shape[1])
-    inp = meta.get("input_tokens")
-    inp = int(inp) if isinstance(inp, int) and inp > 0 else None
+    try:
+        inp = check_counts(meta, out)
+    except SlowfastError as exc:
+        raise SlowfastError(f"{path}: inconsistent token file ({exc})") from None
     return FileStats(str(path), inp, out, out / inp if inp else None, int(shape[2]))
 
 
 def find_token_files(root: Path) -> list[Path]:
-    """Every ``.pt`` file under ``root`` (recursive, sorted), temporary files of interrupted writes excluded."""
-    return sorted(p for p in root.rglob("*.pt") if p.is_file() and not is_temp_file(p))
+    """Every ``.pt`` entry under ``root`` (recursive, sorted), temporary files of interrupted writes excluded.
+
+    Entries that are not regular files (a dangling symlink, a folder named ``x.pt``) are listed too, so that the
+    report names them as skipped instead of leaving them out silently.
+    """
+    return sorted(p for p in root.rglob("*.pt") if not is_temp_file(p))
 
 
 def summarize(stats: list[FileStats], skipped: list[dict] | None = None) -> Report:
@@ -78,17 +120,21 @@ def summarize(stats: list[FileStats], skipped: list[dict] | None = None) -> Repo
     return r
 
 
-def build_report(path: str | Path) -> Report:
-    """Report over one token file (errors if it is not one) or every token file under a folder."""
+def build_report(path: str | Path, verify: bool = True) -> Report:
+    """Report over one token file (errors if it is not one) or every token file under a folder.
+
+    With ``verify`` (the default) each file's bytes are checked against the CRC-32s in its archive, so a damaged
+    file is listed as skipped, never counted; without it only headers are read (``--no-verify``, for speed).
+    """
     path = Path(path)
     if not path.exists():
         raise SlowfastError(f"{path}: does not exist")
     if path.is_file():
-        return summarize([file_stats(path)])
+        return summarize([file_stats(path, verify)])
     stats, skipped = [], []
     for p in find_token_files(path):
         try:
-            stats.append(file_stats(p))
+            stats.append(file_stats(p, verify))
         except SlowfastError as exc:
             skipped.append({"path": str(p), "error": str(exc)})
     return summarize(stats, skipped)

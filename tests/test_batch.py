@@ -195,7 +195,7 @@ class TestResumeAndSafety:
         blocker = tmp_path / "file"
         blocker.write_text("a file where a folder should be")
         r = run("batch", folder, "-o", blocker / "out", *TINY)
-        assert r.exit_code == 1 and "not writable" in r.stderr and str(blocker) in r.stderr
+        assert r.exit_code == 1 and "cannot create the output folder" in r.stderr and str(blocker) in r.stderr
 
     def test_fail_fast(self, folder, tmp_path):
         media.make_empty(folder / "a_empty.mp4")  # sorts first

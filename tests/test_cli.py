@@ -121,7 +121,8 @@ class TestConfigs:
 
 def token_file(path, length, input_tokens):
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_tokens(path, torch.zeros(1, length, 8), {"input_tokens": input_tokens})
+    meta = {"input_tokens": input_tokens, "frames": 1, "tokens_per_frame": input_tokens, "output_tokens": length}
+    save_tokens(path, torch.zeros(1, length, 8), meta)
 
 
 class TestReport:

@@ -56,7 +56,7 @@ def test_load_garbage(tmp_path, content, match):
 def test_load_wrong_dict_and_rank(tmp_path):
     p = tmp_path / "w.pt"
     torch.save({"weights": torch.zeros(2)}, p)
-    with pytest.raises(SlowfastError, match="expected a dict with 'tokens', found weights"):
+    with pytest.raises(SlowfastError, match="not a token file \\(found 'weights'; expected a dict with 'tokens'"):
         load_tokens(p)
     torch.save({"tokens": torch.zeros(3, 2)}, p)
     with pytest.raises(SlowfastError, match=r"shape \(1, L, D\)"):
@@ -70,8 +70,11 @@ class Evil:
 def test_load_refuses_pickled_objects(tmp_path):
     p = tmp_path / "evil.pt"
     torch.save({"tokens": torch.zeros(1, 1, 1), "meta": {"x": Evil()}}, p)
-    with pytest.raises(SlowfastError, match="cannot be loaded"):
+    with pytest.raises(SlowfastError, match="not a plain tensor file") as info:
         load_tokens(p)
+    message = str(info.value)
+    assert message.startswith(str(p)) and "test_io.Evil" in message and "expected a dict with 'tokens'" in message
+    assert "weights_only" not in message and "\n" not in message  # never advise loading it unsafely
 
 
 def test_features_validation(tmp_path):

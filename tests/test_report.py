@@ -10,7 +10,8 @@ from slowfast_cli.report import build_report
 
 def write(path, length, input_tokens, dim=4):
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_tokens(path, torch.zeros(1, length, dim), {"input_tokens": input_tokens})
+    meta = {"input_tokens": input_tokens, "frames": 1, "tokens_per_frame": input_tokens, "output_tokens": length}
+    save_tokens(path, torch.zeros(1, length, dim), meta)
 
 
 def test_folder_statistics(tmp_path):

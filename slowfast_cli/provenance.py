@@ -1,0 +1,101 @@
+"""What a token file was made with, so that a resumed batch never keeps tokens computed with other settings.
+
+``provenance(config, dtype)`` is stored in every token file's ``meta["provenance"]``; ``slowfast batch`` compares
+it with the current run's before it skips an existing output (``differences``). It holds everything that changes
+the numbers:
+
+- the resolved config's ``video``, ``encoder`` (model, layer), ``projector`` (kind, llm_dim, random_init, seed)
+  and ``aggregator`` sections;
+- the dtype the model ran in (``auto`` resolved: bf16 on one CPU is fp32 on another);
+- the weights by content, not by path: ``none``, ``tag:MODEL/TAG`` for an open_clip tag, or ``sha256:...`` of
+  a local weights or projector file (a moved file is the same weights; a replaced one is not);
+- ``TOKENS_VERSION``, raised whenever a change to slowfast changes the tokens it computes for the same settings.
+
+Left out on purpose, because they change at most the last bits of the same computation: ``batch_frames`` (the
+ViT's batch size), the device, and the preset's name and description.
+No torch here: hashing and comparing plain dicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+
+TOKENS_VERSION = 1  # raise when slowfast's output for the same settings changes
+IGNORED = {"encoder": ("pretrained", "batch_frames"), "projector": ("weights",)}  # replaced by weights / rounding
+_digests: dict[tuple[str, int, int, int], str] = {}  # (resolved path, size, mtime_ns, inode) -> digest
+
+
+def file_digest(path: str | Path) -> str:
+    """``sha256:HEX`` of a file's content, memoised per (path, size, mtime, inode) within this process."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _digests:
+        with p.open("rb") as f:
+            _digests[key] = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+    return _digests[key]
+
+
+def weights_identity(model: str, pretrained: str) -> str:
+    """``none``, ``sha256:...`` of a local weights file, or ``tag:MODEL/TAG`` (the same order encoder.py resolves)."""
+    if pretrained.lower() == "none":
+        return "none"
+    if Path(pretrained).is_file():
+        return file_digest(pretrained)
+    return f"tag:{model}/{pretrained}"
+
+
+def provenance(config: Config, dtype: str) -> dict[str, Any]:
+    """The settings that determine a token file's numbers (see the module docstring), as plain values.
+
+    Args:
+        config: the resolved config of the run.
+        dtype: the dtype the model runs in, resolved (``fp32``, ``bf16``, ``fp16``), never ``auto``.
+    """
+    d = config.to_dict()
+    settings = {s: {k: v for k, v in d[s].items() if k not in IGNORED.get(s, ())} for s in SECTIONS}
+    p = config.projector
+    return {
+        "tokens_version": TOKENS_VERSION,
+        "settings": settings,
+        "dtype": dtype,
+        "weights": weights_identity(config.encoder.model, config.encoder.pretrained),
+        "projector_weights": file_digest(p.weights) if p.weights else None,
+    }
+
+
+SECTIONS = ("video", "encoder", "projector", "aggregator")
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def differences(old: Any, new: dict[str, Any]) -> list[str]:
+    """What differs between a file's stored provenance and the current one, as ``key: old -> new`` strings.
+
+    A file without a provenance (written by another tool or an older slowfast) differs in everything.
+    """
+    if not isinstance(old, dict):
+        return ["no record of the settings it was made with"]
+    a, b = _flatten(old), _flatten(new)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key, "(unset)") != b.get(key, "(unset)"):
+            name = key.removeprefix("settings.")
+            out.append(f"{name}: {_short(a.get(key, '(unset)'))} -> {_short(b.get(key, '(unset)'))}")
+    return out
+
+
+def _short(v: Any) -> str:
+    text = str(v)
+    return text[:19] + "..." if text.startswith("sha256:") else text
