@@ -1,21 +1,28 @@
 """Token arithmetic without tensors: the budget of a config, and the planner that searches for configs.
 
 ``token_budget`` is the single source of the counts; ``aggregate.slow_fast`` asserts against it, and the tests
-prove they agree for every pool mode on many shapes. Nothing here imports torch or open_clip, so
-``slowfast budget`` runs in the time it takes to start Python.
+prove they agree for every pool mode on many shapes. ``preflight`` checks a whole config against its model
+before a run builds anything. Nothing here imports torch or open_clip, so ``slowfast budget`` runs in the time
+it takes to start Python.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from .config import SLOW_POOLS
+from .config import SLOW_POOLS, Config, validate
 from .errors import ConfigError
 
 OWN_MODEL_CONFIGS = Path(__file__).resolve().parent / "model_configs"
+WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors")  # a --pretrained with one of these is a file (encoder.py)
+VISION_DEFAULTS = {"layers": 12, "width": 768}  # open_clip's CLIPVisionCfg defaults for keys a JSON leaves out
+EXAMPLE_MODELS = ("ViT-B-16", "ViT-B-32", "ViT-L-14", "ViT-L-14-336", "slowfast-tiny-vit")
 
 
 def _model_config_dirs() -> list[Path]:
@@ -28,6 +35,8 @@ def _model_config_dirs() -> list[Path]:
 
 def model_config_path(model: str) -> Path | None:
     """The open_clip model-config JSON for ``model`` (ours first, then open_clip's), or None."""
+    if not model or "/" in model or os.sep in model:
+        return None  # open_clip's registry is keyed by file stem: a name with a separator is never in it
     for d in _model_config_dirs():
         p = d / f"{model}.json"
         if p.is_file():
@@ -35,18 +44,89 @@ def model_config_path(model: str) -> Path | None:
     return None
 
 
-def model_grid(model: str) -> tuple[int, int]:
-    """Patch grid (Gh, Gw) of an open_clip ViT: image size // patch size, read from its config JSON."""
-    path = model_config_path(model)
-    if path is None:
-        raise ConfigError(f"unknown model {model!r}: no open_clip config found; pass --grid HxW or a known --model")
-    vision = json.loads(path.read_text())["vision_cfg"]
-    if "patch_size" not in vision:
+def _grid_of(vision: dict[str, Any], model: str) -> tuple[int, int]:
+    if "patch_size" not in vision or "image_size" not in vision:
         raise ConfigError(f"model {model!r} is not an open_clip ViT with a patch size; pass --grid HxW")
     size, patch = vision["image_size"], vision["patch_size"]
     h, w = (size, size) if isinstance(size, int) else size
     ph, pw = (patch, patch) if isinstance(patch, int) else patch
     return h // ph, w // pw
+
+
+def model_grid(model: str) -> tuple[int, int]:
+    """Patch grid (Gh, Gw) of an open_clip ViT: image size // patch size, read from its config JSON."""
+    path = model_config_path(model)
+    if path is None:
+        raise ConfigError(f"unknown model {model!r}: no open_clip config found; pass --grid HxW or a known --model")
+    return _grid_of(_read_vision_cfg(path), model)
+
+
+def _read_vision_cfg(path: Path) -> dict[str, Any]:
+    try:
+        vision = json.loads(path.read_text(encoding="utf-8"))["vision_cfg"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"{path}: not an open_clip model config (no vision_cfg)") from None
+    if not isinstance(vision, dict):
+        raise ConfigError(f"{path}: not an open_clip model config (vision_cfg is not a table)")
+    return vision
+
+
+def _tower_kind(vision: dict[str, Any]) -> str:
+    """``vit`` for open_clip's own VisionTransformer, else what the tower is (as encoder.py tells them apart)."""
+    if "timm_model_name" in vision:
+        return f"a timm tower ({vision['timm_model_name']})"
+    if isinstance(vision.get("layers"), (list, tuple)):
+        return "a ResNet tower"
+    return "vit"
+
+
+def vit_models() -> list[str]:
+    """Names of the models with a native ViT tower whose configs are readable here, sorted."""
+    names = set()
+    for d in _model_config_dirs():
+        for p in d.glob("*.json"):
+            try:
+                if _tower_kind(_read_vision_cfg(p)) == "vit":
+                    names.add(p.stem)
+            except ConfigError:
+                continue
+    return sorted(names)
+
+
+def vision_config(model: str) -> dict[str, Any]:
+    """The ``vision_cfg`` of an open_clip model with a native ViT tower, read from its JSON without open_clip.
+
+    Raises:
+        ConfigError: an hf-hub:/local-dir: name, an unknown model (close matches are listed) or a non-ViT tower.
+    """
+    if ":" in model:
+        raise ConfigError(
+            f"encoder.model (--model) {model!r}: hf-hub: and local-dir: names are not supported; pass a built-in "
+            "--model name and --pretrained PATH to its weights"
+        )
+    path = model_config_path(model)
+    if path is None:
+        vits = vit_models()
+        close = difflib.get_close_matches(model, vits, n=5, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        examples = ", ".join(m for m in EXAMPLE_MODELS if m in vits)
+        raise ConfigError(
+            f"unknown model {model!r}: {hint}open_clip knows {len(vits)} models with a ViT tower, e.g. {examples} "
+            "(encoder.model, --model; all: python -c 'import open_clip; print(open_clip.list_models())')"
+        )
+    vision = _read_vision_cfg(path)
+    kind = _tower_kind(vision)
+    if kind != "vit":
+        raise ConfigError(
+            f"model {model!r} (encoder.model, --model) has {kind}, not an open_clip ViT: slowfast needs ViT patch "
+            "tokens; pick a ViT model such as ViT-B-16 or ViT-L-14-336"
+        )
+    return vision
+
+
+def looks_like_path(pretrained: str) -> bool:
+    """Whether ``--pretrained`` names a weights file rather than an open_clip tag (encoder.py's rule)."""
+    return Path(pretrained).suffix in WEIGHT_SUFFIXES or os.sep in pretrained
 
 
 def slow_tokens_per_frame(grid: tuple[int, int], slow_pool: str) -> int:
@@ -69,17 +149,109 @@ def check_grid(grid: tuple[int, int], slow_pool: str, fast_size: tuple[int, int]
     if slow_pool not in SLOW_POOLS:
         raise ConfigError(f"unknown slow pool {slow_pool!r}; valid: {', '.join(SLOW_POOLS)}")
     if slow_pool.startswith("1d") and (gh * gw) % 2:
+        fits = "none, 2x2_max or 2x2_avg" if gh >= 2 and gw >= 2 else "none"
         raise ConfigError(
-            f"slow pool {slow_pool} pairs tokens but the {gh}x{gw} grid has an odd count ({gh * gw}); "
-            "use none, 2x2_max or 2x2_avg"
+            f"slow pool {slow_pool} (--slow-pool) pairs tokens but the {gh}x{gw} grid has an odd count "
+            f"({gh * gw}); use --slow-pool {fits}"
         )
     if slow_pool.startswith("2x2") and (gh < 2 or gw < 2):
-        raise ConfigError(f"slow pool {slow_pool} needs a grid of at least 2x2, got {gh}x{gw}; use none or 1d_*")
+        fits = "none" if (gh * gw) % 2 else "none, 1d_max or 1d_avg"
+        raise ConfigError(
+            f"slow pool {slow_pool} (--slow-pool) needs a grid of at least 2x2, got {gh}x{gw}; use --slow-pool {fits}"
+        )
     h, w = fast_size
     if h <= 0 or w <= 0:
-        raise ConfigError(f"bad fast size {h}x{w}: both sides must be positive")
+        raise ConfigError(f"bad fast size {h}x{w} (--fast-size): both sides must be positive")
     if h > gh or w > gw:
-        raise ConfigError(f"fast size {h}x{w} is larger than the {gh}x{gw} patch grid; pick at most {gh}x{gw}")
+        raise ConfigError(
+            f"fast size {h}x{w} (--fast-size) is larger than the {gh}x{gw} patch grid; pick at most {gh}x{gw}"
+        )
+
+
+def preflight(cfg: Config) -> tuple[int, int]:
+    """Check everything a run that builds ``cfg``'s model can know without torch; return the patch grid.
+
+    Meant for ``encode`` and ``batch`` right after the config is resolved, before a model is built or a video
+    opened, so that settings that cannot work fail at once with one line instead of after decoding. ``budget``,
+    ``configs`` and ``aggregate`` build no model and do not call it (a preset like ``llava-l14-336``, whose
+    projector weights are given by flag, is valid there). On top of ``config.validate`` it checks:
+
+    - the model is an open_clip model with a native ViT tower (its JSON config, as ``model_grid`` reads it);
+    - the slow pool and the fast size fit its patch grid (``check_grid``, as ``aggregate.slow_fast`` does);
+    - ``encoder.layer`` is a block of the tower: -L..-1 from the end or 0..L-1, L = ``vision_cfg.layers``;
+    - ``encoder.pretrained`` that looks like a path (a path separator, or a .bin/.pt/.pth/.safetensors suffix)
+      is an existing file; tags (``openai``) and ``none`` are left to the encoder, which needs open_clip;
+    - the projector is one ``projector.build_projector`` will build: identity with no weights and with no
+      ``llm_dim`` or one equal to the vision width; linear / mlp2x_gelu with an existing weights file, or with
+      ``random_init`` and ``llm_dim``.
+
+    Not checked here (they need torch or reading the files): the device, pretrained tags, weights' contents.
+
+    Example:
+        >>> preflight(resolve_config("tiny"))  # doctest: +SKIP
+        (8, 8)
+
+    Raises:
+        ConfigError: naming the setting (TOML key and flag) and how to fix it.
+    """
+    validate(cfg)
+    e, a = cfg.encoder, cfg.aggregator
+    vision = vision_config(e.model)
+    grid = _grid_of(vision, e.model)
+    try:
+        check_grid(grid, a.slow_pool, a.fast_size)
+    except ConfigError as exc:
+        raise ConfigError(f"{e.model}: {exc}") from None
+    depth = vision.get("layers", VISION_DEFAULTS["layers"])
+    if not -depth <= e.layer < depth:
+        raise ConfigError(
+            f"layer {e.layer} is out of range for {e.model}, which has {depth} blocks: use -{depth}..-1 "
+            f"(from the end; -2 is LLaVA's) or 0..{depth - 1} (encoder.layer, --layer)"
+        )
+    if looks_like_path(e.pretrained) and not Path(e.pretrained).is_file():  # "none" and tags never look like one
+        raise ConfigError(
+            f"weights file {e.pretrained} does not exist (encoder.pretrained, --pretrained): pass an existing "
+            "file, an open_clip tag such as openai, or none for random weights"
+        )
+    _check_projector(cfg, vision.get("width", VISION_DEFAULTS["width"]))
+    return grid
+
+
+def _check_projector(cfg: Config, width: int) -> None:
+    """Mirror of the combinations ``projector.build_projector`` refuses, without reading any weights."""
+    p, model = cfg.projector, cfg.encoder.model
+    if p.kind == "identity":
+        if p.weights:
+            raise ConfigError(
+                f"projector.weights (--projector-weights) {p.weights} is set but projector.kind (--projector) is "
+                "identity, which takes no weights; pass --projector linear or mlp2x_gelu, or drop the weights"
+            )
+        if p.llm_dim is not None and p.llm_dim != width:
+            raise ConfigError(
+                f"projector.llm_dim (--llm-dim) is {p.llm_dim} but projector.kind (--projector) identity keeps "
+                f"{model}'s vision width {width}; drop --llm-dim or pick --projector linear or mlp2x_gelu"
+            )
+    elif p.weights:
+        if not Path(p.weights).is_file():
+            raise ConfigError(
+                f"projector weights file {p.weights} does not exist (projector.weights, --projector-weights): "
+                f"pass the path to the {p.kind} weights (e.g. a LLaVA mm_projector.bin)"
+            )
+    elif not p.random_init:
+        dry = (
+            f"add --random-projector (projector.random_init) for a dry run with random {p.llm_dim}-wide weights"
+            if p.llm_dim is not None
+            else "--random-projector with --llm-dim N (projector.random_init, projector.llm_dim) for a dry run"
+        )
+        raise ConfigError(
+            f"projector.kind (--projector) {p.kind} needs weights: pass --projector-weights PATH (projector.weights, "
+            f"e.g. a LLaVA mm_projector.bin), or {dry}"
+        )
+    elif p.llm_dim is None:
+        raise ConfigError(
+            f"projector.random_init (--random-projector) with projector.kind {p.kind} needs projector.llm_dim "
+            "(--llm-dim N), the width of the random projector's output; or pass --projector-weights PATH"
+        )
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ This module imports neither torch nor any model library, so ``slowfast budget`` 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +52,7 @@ class ProjectorCfg:
 class AggregatorCfg:
     slow_frames: int = 32  # S frames kept in detail; the seed design's 32 of 64
     slow_pool: str = "1d_max"  # spatial pooling of slow frames, one of SLOW_POOLS
-    fast_size: tuple[int, int] = (4, 4)  # (h, w) grid every frame is average-pooled to in the fast pathway
+    fast_size: tuple[int, int] = (4, 4)  # (h, w) every frame is average-pooled to; integers only (4.0 is refused)
 
 
 @dataclass
@@ -107,27 +109,35 @@ FLAG_KEYS = {
 }
 
 
+HW_PATTERN = re.compile(r"\s*([0-9]+)\s*(?:[x*]\s*([0-9]+)\s*)?")  # "4x4", "4*4", "4"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so that an error stays one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def parse_hw(text: str | int | list | tuple, what: str = "fast size") -> tuple[int, int]:
-    """Parse ``"4x4"``, ``"4"``, ``4`` or ``[4, 4]`` into a positive ``(h, w)``."""
-    try:
-        if isinstance(text, int) and not isinstance(text, bool):
-            h = w = text
-        elif isinstance(text, (list, tuple)) and len(text) == 2:
-            h, w = (int(v) for v in text)
-        elif isinstance(text, str):
-            parts = text.lower().replace("*", "x").split("x")
-            if len(parts) == 1:
-                h = w = int(parts[0])
-            elif len(parts) == 2:
-                h, w = int(parts[0]), int(parts[1])
-            else:
-                raise ValueError
-        else:
-            raise ValueError
-    except (ValueError, TypeError):
-        raise ConfigError(f"bad {what} {text!r}: expected HxW with positive integers, e.g. 4x4") from None
+    """Parse ``"4x4"``, ``"4"``, ``4`` or ``[4, 4]`` into a positive ``(h, w)``.
+
+    Sides are integers: bools and floats are refused, ``4.0`` included, as for every integer setting (TOML
+    writes integers without a point, and a side of 4.5 must not quietly become 4).
+    """
+    if _is_int(text):
+        h = w = text
+    elif isinstance(text, (list, tuple)) and len(text) == 2 and all(_is_int(v) for v in text):
+        h, w = text
+    elif isinstance(text, str) and (m := HW_PATTERN.fullmatch(text.lower())):
+        h, w = int(m[1]), int(m[2] or m[1])
+    else:
+        raise ConfigError(f"bad {what} {_show(text)}: expected HxW with positive integers, e.g. 4x4 or [4, 4]")
     if h <= 0 or w <= 0:
-        raise ConfigError(f"bad {what} {text!r}: both sides must be positive, e.g. 4x4")
+        raise ConfigError(f"bad {what} {_show(text)}: both sides must be positive, e.g. 4x4")
     return h, w
 
 
@@ -139,37 +149,80 @@ def _check_type(section: str, key: str, value: Any, annotation: str) -> Any:
     if "bool" in annotation:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"bad value for {where}: {value!r} (expected true or false)")
+        raise ConfigError(f"bad value for {where}: {_show(value)} (expected true or false)")
     if value is None and "None" in annotation:
         return None
     if "int" in annotation and "float" not in annotation:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"bad value for {where}: {value!r} (expected an integer)")
+        if not _is_int(value):
+            raise ConfigError(f"bad value for {where}: {_show(value)} (expected an integer)")
         return value
     if "float" in annotation:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"bad value for {where}: {value!r} (expected a number)")
-        return float(value)
+            raise ConfigError(f"bad value for {where}: {_show(value)} (expected a number)")
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float range
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"bad value for {where}: {_show(value)} (expected a finite number)")
+        return number
     if "str" in annotation:
         if not isinstance(value, str):
-            raise ConfigError(f"bad value for {where}: {value!r} (expected a string)")
+            raise ConfigError(f"bad value for {where}: {_show(value)} (expected a string)")
         return value
     return value
 
 
-def _apply(cfg: Config, section: str, values: dict[str, Any], source: str) -> None:
+def _apply(cfg: Config, section: str, values: Any) -> None:
+    """Set the keys of one section from a raw table; errors name ``section.key`` (callers add the source)."""
     cls = SECTIONS[section]
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{section}] must be a table of settings ({', '.join(fields)}), got {_show(values)}")
     target = getattr(cfg, section)
     for key, value in values.items():
         if key not in fields:
-            raise ConfigError(f"unknown key {section}.{key!r} in {source}; valid keys: {', '.join(fields)}")
+            raise ConfigError(f"unknown key {section}.{key!r}; valid keys: {', '.join(fields)}")
         f = fields[key]
         setattr(target, key, _check_type(section, key, value, str(f.type)))
 
 
+def _apply_all(cfg: Config, raw: Any) -> Config:
+    """Overlay a whole raw table (a preset file's, or ``Config.to_dict()``'s) on ``cfg``; unknown keys are errors."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a table of settings, got {_show(raw)}")
+    for key, value in raw.items():
+        if key in ("name", "description"):
+            if not isinstance(value, str):
+                raise ConfigError(f"bad value for {key}: {_show(value)} (expected a string)")
+            setattr(cfg, key, value)
+        elif key in SECTIONS:
+            _apply(cfg, key, value)
+        else:
+            valid = ", ".join(["name", "description", *SECTIONS])
+            raise ConfigError(f"unknown key {key!r}; valid top-level keys: {valid}")
+    return cfg
+
+
+def _normalise_types(cfg: Config) -> None:
+    """Run every field through ``_check_type`` (a Config may be built in code, bypassing the parsers)."""
+    for key in ("name", "description"):
+        if not isinstance(getattr(cfg, key), str):
+            raise ConfigError(f"bad value for {key}: {_show(getattr(cfg, key))} (expected a string)")
+    for section, cls in SECTIONS.items():
+        target = getattr(cfg, section)
+        if not isinstance(target, cls):
+            raise ConfigError(f"bad value for {section}: {_show(target)} (expected a {cls.__name__})")
+        for f in dataclasses.fields(cls):
+            setattr(target, f.name, _check_type(section, f.name, getattr(target, f.name), str(f.type)))
+
+
 def validate(cfg: Config) -> Config:
-    """Check values that do not depend on the model's patch grid (see ``check_grid`` for those)."""
+    """Check values that do not depend on the model (see ``budget.preflight`` for those); normalises types in place.
+
+    Types are checked first (so a Config built in code gets the same messages as a preset), then ranges.
+    """
+    _normalise_types(cfg)
     v, e, p, a, r = cfg.video, cfg.encoder, cfg.projector, cfg.aggregator, cfg.runtime
     for where, value in [
         ("video.frames (--frames)", v.frames),
@@ -194,6 +247,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"unknown device {dev!r}; valid: auto, cpu, cuda, cuda:N")
     if not e.model:
         raise ConfigError("encoder.model (--model) must not be empty")
+    if not e.pretrained:
+        raise ConfigError("encoder.pretrained (--pretrained) must not be empty; use none for random weights")
     return cfg
 
 
@@ -225,25 +280,16 @@ def find_preset(name_or_path: str) -> Path:
 
 
 def load_preset(name_or_path: str) -> Config:
-    """Defaults overlaid with one preset file."""
+    """Defaults overlaid with one preset file; every error starts with the file's path."""
     path = find_preset(name_or_path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    cfg = Config(name=path.stem)
-    for key, value in raw.items():
-        if key in ("name", "description"):
-            setattr(cfg, key, str(value))
-        elif key in SECTIONS:
-            if not isinstance(value, dict):
-                raise ConfigError(f"{path}: [{key}] must be a table")
-            _apply(cfg, key, value, str(path))
-        else:
-            valid = ", ".join(["name", "description", *SECTIONS])
-            raise ConfigError(f"{path}: unknown key {key!r}; valid top-level keys: {valid}")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     try:
-        return validate(cfg)
+        return validate(_apply_all(Config(name=path.stem), raw))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
@@ -262,14 +308,21 @@ def resolve_config(preset: str | None = "default", overrides: dict[str, Any] | N
         if key not in FLAG_KEYS:
             raise ConfigError(f"unknown setting {key!r}; valid: {', '.join(FLAG_KEYS)}")
         section, name = FLAG_KEYS[key]
-        _apply(cfg, section, {name: value}, "flags")
+        try:
+            _apply(cfg, section, {name: value})
+        except ConfigError as exc:
+            raise ConfigError(f"--{key.replace('_', '-')}: {exc}") from None
     return validate(cfg)
 
 
 def config_from_dict(d: dict[str, Any]) -> Config:
-    """Rebuild a Config from ``Config.to_dict()`` output (e.g. a token file's ``meta['config']``)."""
-    cfg = Config(name=str(d.get("name", "default")), description=str(d.get("description", "")))
-    for section in SECTIONS:
-        if section in d:
-            _apply(cfg, section, d[section], "meta")
-    return validate(cfg)
+    """Rebuild a Config from ``Config.to_dict()`` output (e.g. a token file's ``meta['config']``).
+
+    Missing keys keep their defaults. The same rules as for a preset file apply: a section that is not a dict,
+    an unknown key or a value of the wrong type raises. ``config_from_dict(cfg.to_dict()) == cfg`` for every
+    valid ``cfg``.
+
+    Raises:
+        ConfigError: the dict is malformed; the message names the key but not the source, which callers add.
+    """
+    return validate(_apply_all(Config(), d))

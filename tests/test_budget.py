@@ -1,8 +1,12 @@
 """Token arithmetic and the planner (tensor-free; agreement with real tensors is in test_aggregate.py)."""
 
+import subprocess
+import sys
+
 import pytest
 
-from slowfast_cli.budget import check_grid, model_grid, plan, token_budget
+from slowfast_cli.budget import check_grid, looks_like_path, model_grid, plan, preflight, token_budget
+from slowfast_cli.config import load_preset, resolve_config
 from slowfast_cli.errors import ConfigError
 
 
@@ -30,9 +34,11 @@ def test_fewer_frames_than_slow_frames():
 @pytest.mark.parametrize(
     "grid,pool,fast,match",
     [
-        ((3, 3), "1d_max", (1, 1), "odd count"),
-        ((1, 4), "2x2_max", (1, 1), "at least 2x2"),
-        ((4, 4), "none", (5, 4), "larger than the 4x4"),
+        ((3, 3), "1d_max", (1, 1), r"odd count \(9\); use --slow-pool none, 2x2_max or 2x2_avg$"),
+        ((1, 3), "1d_avg", (1, 1), r"odd count \(3\); use --slow-pool none$"),  # 2x2 does not fit 1x3 either
+        ((1, 4), "2x2_max", (1, 1), r"at least 2x2, got 1x4; use --slow-pool none, 1d_max or 1d_avg$"),
+        ((1, 3), "2x2_avg", (1, 1), r"at least 2x2, got 1x3; use --slow-pool none$"),
+        ((4, 4), "none", (5, 4), r"fast size 5x4 \(--fast-size\) is larger than the 4x4"),
         ((4, 4), "bogus", (1, 1), "valid: none, 1d_max, 1d_avg, 2x2_max, 2x2_avg"),
     ],
 )
@@ -91,3 +97,142 @@ class TestPlan:
     def test_bad_arguments(self, kw):
         with pytest.raises(ConfigError):
             plan(grid=(14, 14), **kw)
+
+
+def preset(tmp_path, text):
+    """A config from a real preset file (the way users write them), not yet preflighted."""
+    p = tmp_path / "run.toml"
+    p.write_text(text)
+    return resolve_config(str(p))
+
+
+class TestPreflight:
+    """``preflight``: everything about an encode/batch run that is knowable without torch, checked up front."""
+
+    @pytest.mark.parametrize("name,grid", [("default", (14, 14)), ("tiny", (8, 8))])
+    def test_shipped_presets_pass(self, name, grid):
+        assert preflight(load_preset(name)) == grid
+
+    def test_llava_needs_its_projector_weights(self, tmp_path):
+        cfg = load_preset("llava-l14-336")  # valid as a preset: the weights come by flag
+        with pytest.raises(ConfigError, match=r"projector.kind \(--projector\) mlp2x_gelu needs weights: pass "):
+            preflight(cfg)
+        weights = tmp_path / "mm_projector.bin"
+        weights.write_bytes(b"not read by preflight")
+        assert preflight(resolve_config("llava-l14-336", {"projector_weights": str(weights)})) == (24, 24)
+        missing = resolve_config("llava-l14-336", {"projector_weights": str(tmp_path / "nope.bin")})
+        with pytest.raises(
+            ConfigError,
+            match=r"projector weights file .*nope.bin does not exist \(projector.weights, --projector-weights\)",
+        ):
+            preflight(missing)
+
+    def test_odd_grid_with_a_pair_pool_fails_before_any_video(self, tmp_path):
+        # the case of issue 8: ViT-B-32 (7x7 = 49 tokens) with the default 1d_max
+        cfg = preset(tmp_path, '[encoder]\nmodel = "ViT-B-32"\npretrained = "none"\n')
+        with pytest.raises(ConfigError, match=r"^ViT-B-32: slow pool 1d_max \(--slow-pool\) .*odd count \(49\)"):
+            preflight(cfg)
+        assert preflight(resolve_config(None, {"model": "ViT-B-32", "slow_pool": "2x2_max"})) == (7, 7)
+
+    @pytest.mark.parametrize(
+        "text,pattern",
+        [
+            ("[aggregator]\nfast_size = [9, 8]\n", r"^slowfast-tiny-vit: fast size 9x8 \(--fast-size\) .*8x8"),
+            (
+                '[encoder]\nmodel = "ViT-Q-99"\n',
+                r"unknown model 'ViT-Q-99': .*open_clip knows .*ViT-B-16.* \(encoder.model, --model;",
+            ),
+            ('[encoder]\nmodel = "ViT-B-61"\n', r"unknown model 'ViT-B-61': did you mean ViT-B-16"),
+            ('[encoder]\nmodel = "RN50"\n', r"'RN50' \(encoder.model, --model\) has a ResNet tower, not .* ViT"),
+            ('[encoder]\nmodel = "EVA02-B-16"\n', r"has a timm tower \(eva02_base"),
+            ('[encoder]\nmodel = "hf-hub:org/model"\n', r"hf-hub: and local-dir: names are not supported"),
+            ('[encoder]\nmodel = "../model_configs/slowfast-tiny-vit"\n', r"unknown model '../model_configs/"),
+            (
+                "[encoder]\nlayer = 3\n",
+                r"layer 3 is out of range for slowfast-tiny-vit, which has 3 blocks: use -3..-1 .*0..2",
+            ),
+            ("[encoder]\nlayer = -4\n", r"layer -4 is out of range .*\(encoder.layer, --layer\)$"),
+            (
+                '[encoder]\npretrained = "w/vit.bin"\n',
+                r"weights file w/vit.bin does not exist \(encoder.pretrained, --pretrained\)",
+            ),
+            (
+                '[encoder]\npretrained = "vit.safetensors"\n',
+                r"vit.safetensors does not exist .*: pass an existing file, an open_clip tag such as openai, or none",
+            ),
+            ('[encoder]\npretrained = "vit.pth"\n', r"weights file vit.pth does not exist"),
+            ('[encoder]\npretrained = "none.pt"\n', r"weights file none.pt does not exist"),
+            ('[projector]\nkind = "linear"\n', r"linear needs weights: .*--random-projector with --llm-dim N"),
+            ('[projector]\nkind = "linear"\nllm_dim = 32\n', r"linear needs weights: .*random 32-wide weights"),
+            ('[projector]\nkind = "mlp2x_gelu"\nrandom_init = true\n', r"needs projector.llm_dim \(--llm-dim N\)"),
+            ("[projector]\nllm_dim = 4096\n", r"llm_dim \(--llm-dim\) is 4096 but .*identity keeps .* width 64"),
+            ('[projector]\nweights = "mm.bin"\n', r"identity, which takes no weights; pass --projector linear"),
+        ],
+    )
+    def test_rejects_what_the_run_would_reject_later(self, tmp_path, text, pattern):
+        (tmp_path / "mm.bin").write_bytes(b"x")  # identity refuses weights even when the file exists
+        text = text.replace('"mm.bin"', f'"{tmp_path / "mm.bin"}"')
+        if "[encoder]" not in text:
+            text += "[encoder]\n"
+        for key, value in (("model", "slowfast-tiny-vit"), ("pretrained", "none")):  # the tiny ViT unless set
+            if f"{key} =" not in text:
+                text = text.replace("[encoder]\n", f'[encoder]\n{key} = "{value}"\n')
+        cfg = preset(tmp_path, text)  # a valid preset: load_preset, budget and configs accept it
+        with pytest.raises(ConfigError, match=pattern) as info:
+            preflight(cfg)
+        assert "\n" not in str(info.value)
+
+    @pytest.mark.parametrize(
+        "overrides",
+        [
+            {"layer": -3},  # the first block, counted from the end
+            {"layer": 2},  # the last block, counted from the start
+            {"layer": 0},
+            {"pretrained": "None"},  # as the encoder reads it: any case
+            {"pretrained": "openai"},  # a tag: the encoder checks it with open_clip
+            {"pretrained": "no-such-tag"},  # not a path either: left to the encoder's list of tags
+            {"projector": "linear", "random_projector": True, "llm_dim": 32},
+            {"projector": "mlp2x_gelu", "random_projector": True, "llm_dim": 32, "projector_seed": 3},
+            {"llm_dim": 64},  # identity with llm_dim equal to the vision width is what build_projector allows
+            {"random_projector": True},  # ignored by identity
+            {"fast_size": (8, 8), "slow_pool": "2x2_avg"},
+            {"fast_size": (1, 8)},
+        ],
+    )
+    def test_accepts_what_the_run_accepts(self, overrides):
+        assert preflight(resolve_config("tiny", overrides)) == (8, 8)
+
+    def test_existing_weights_files_pass(self, tmp_path):
+        vision, proj = tmp_path / "vit.safetensors", tmp_path / "sub" / "proj.bin"
+        proj.parent.mkdir()
+        vision.write_bytes(b"x")
+        proj.write_bytes(b"x")
+        text = f'[encoder]\npretrained = "{vision}"\n[projector]\nkind = "linear"\nweights = "{proj}"\n'
+        cfg = preset(tmp_path, text)
+        assert preflight(cfg) == (14, 14)
+
+    def test_a_directory_is_not_a_weights_file(self, tmp_path):
+        with pytest.raises(ConfigError, match="does not exist"):
+            preflight(resolve_config("tiny", {"pretrained": str(tmp_path)}))
+
+    def test_validates_configs_built_in_code(self):
+        cfg = load_preset("tiny")
+        cfg.video.sample_fps = float("nan")
+        with pytest.raises(ConfigError, match="finite"):
+            preflight(cfg)
+
+    @pytest.mark.parametrize(
+        "value,is_path",
+        [("openai", False), ("laion2b_s34b_b79k", False), ("none", False), ("a/b", True), ("w.bin", True),
+         ("w.pt", True), ("w.pth", True), ("w.safetensors", True), ("w.ckpt", False)],
+    )  # fmt: skip
+    def test_looks_like_path(self, value, is_path):
+        assert looks_like_path(value) is is_path
+
+    def test_imports_neither_torch_nor_open_clip(self):
+        code = (
+            "import sys; from slowfast_cli.budget import preflight; from slowfast_cli.config import load_preset; "
+            "preflight(load_preset('default')); preflight(load_preset('tiny')); "
+            "assert not {'torch', 'open_clip'} & set(sys.modules), sorted(sys.modules)"
+        )
+        subprocess.run([sys.executable, "-c", code], check=True)

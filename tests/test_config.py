@@ -1,8 +1,25 @@
 """Presets, precedence (defaults < preset < flags) and validation messages."""
 
+import json
+import re
+from pathlib import Path
+
 import pytest
 
-from slowfast_cli.config import SLOW_POOLS, Config, config_from_dict, list_presets, parse_hw, resolve_config
+from slowfast_cli.config import (
+    SLOW_POOLS,
+    AggregatorCfg,
+    Config,
+    EncoderCfg,
+    ProjectorCfg,
+    RuntimeCfg,
+    VideoCfg,
+    config_from_dict,
+    list_presets,
+    parse_hw,
+    resolve_config,
+    validate,
+)
 from slowfast_cli.errors import ConfigError
 
 
@@ -96,3 +113,180 @@ def test_parse_hw(text, expected):
 def test_parse_hw_bad(text):
     with pytest.raises(ConfigError, match="HxW|positive"):
         parse_hw(text)
+
+
+def write_preset(tmp_path, text, name="mine.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+class TestNonFiniteNumbers:
+    @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "+inf"])
+    def test_in_a_preset(self, tmp_path, value):
+        p = write_preset(tmp_path, f"[video]\nsample_fps = {value}\n")
+        with pytest.raises(ConfigError, match=rf"^{re.escape(str(p))}: bad value for video.sample_fps: .*finite"):
+            resolve_config(str(p))
+
+    @pytest.mark.parametrize("value", [float("nan"), float("inf"), 10**400])
+    def test_as_a_flag(self, value):
+        with pytest.raises(ConfigError, match=r"^--sample-fps: bad value for video.sample_fps: .* \(expected a finite"):
+            resolve_config("default", {"sample_fps": value})
+
+    def test_in_a_config_built_in_code(self):
+        cfg = Config(video=VideoCfg(sample_fps=float("nan")))
+        with pytest.raises(ConfigError, match="finite"):
+            validate(cfg)
+
+    def test_finite_rates_still_work(self, tmp_path):
+        p = write_preset(tmp_path, "[video]\nsample_fps = 2\n")
+        assert resolve_config(str(p)).video.sample_fps == 2.0
+        assert resolve_config("default", {"sample_fps": 0.5}).video.sample_fps == 0.5
+
+
+class TestFastSizeTypes:
+    """Sides are integers; 4.0 is refused like ``frames = 4.0`` is, so a typo never rounds silently."""
+
+    @pytest.mark.parametrize("value", ["[4.5, 4]", "[true, 4]", "[4, false]", "[4.0, 4]", '["4", "4"]', "4.0", "true"])
+    def test_non_integer_sides_are_refused(self, tmp_path, value):
+        p = write_preset(tmp_path, f"[aggregator]\nfast_size = {value}\n")
+        with pytest.raises(ConfigError, match=rf"^{re.escape(str(p))}: bad aggregator.fast_size .*HxW"):
+            resolve_config(str(p))
+
+    @pytest.mark.parametrize(
+        "value,expected", [("[2, 3]", (2, 3)), ("4", (4, 4)), ('"2x3"', (2, 3)), ('"3"', (3, 3)), ('"2*1"', (2, 1))]
+    )
+    def test_integers_and_the_string_forms(self, tmp_path, value, expected):
+        p = write_preset(tmp_path, f"[aggregator]\nfast_size = {value}\n")
+        assert resolve_config(str(p)).aggregator.fast_size == expected
+
+    @pytest.mark.parametrize("value", [(4.5, 4), (True, 4), [4.0, 4.0], "1_6x4", "４x4", "+4"])
+    def test_parse_hw_is_strict(self, value):
+        with pytest.raises(ConfigError, match="HxW"):
+            parse_hw(value)
+
+
+class TestPresetErrorsNameTheFile:
+    @pytest.mark.parametrize(
+        "text,pattern",
+        [
+            ("[video]\nframes = 1.5\n", r"bad value for video.frames: 1.5 \(expected an integer\)"),
+            ('[video]\nframes = "x"\n', r"bad value for video.frames: 'x' \(expected an integer\)"),
+            ("[video]\nframes = {a = 1}\n", r"bad value for video.frames: \{'a': 1\} \(expected an integer\)"),
+            ("[video]\ndecode_resize = 1\n", r"bad value for video.decode_resize: 1 \(expected true or false\)"),
+            ("[encoder]\nlayer = true\n", r"bad value for encoder.layer: True \(expected an integer\)"),
+            ("[encoder]\nmodel = 16\n", r"bad value for encoder.model: 16 \(expected a string\)"),
+            ("[projector]\nweights = 5\n", r"bad value for projector.weights: 5 \(expected a string\)"),
+            ('[projector]\nrandom_init = "yes"\n', r"bad value for projector.random_init: 'yes' \(expected true"),
+            ("[video]\nframez = 3\n", r"unknown key video.'framez'; valid keys: frames, sample_fps"),
+            ("[video.sub]\nx = 1\n", r"unknown key video.'sub'; valid keys: frames"),
+            ("video = 5\n", r"\[video\] must be a table of settings \(frames, sample_fps, .*\), got 5"),
+            ("[[video]]\nframes = 8\n", r"\[video\] must be a table of settings .*got \[\{'frames': 8\}\]"),
+            ("name = 5\n", r"bad value for name: 5 \(expected a string\)"),
+            ('description = ["a"]\n', r"bad value for description: \['a'\] \(expected a string\)"),
+        ],
+    )
+    def test_type_errors(self, tmp_path, text, pattern):
+        p = write_preset(tmp_path, text)
+        with pytest.raises(ConfigError, match=rf"^{re.escape(str(p))}: {pattern}") as info:
+            resolve_config(str(p))
+        assert "\n" not in str(info.value)
+
+    def test_long_values_are_cut(self, tmp_path):
+        p = write_preset(tmp_path, f"[video]\nframes = {list(range(200))}\n")
+        with pytest.raises(ConfigError) as info:
+            resolve_config(str(p))
+        assert len(str(info.value)) < len(str(p)) + 120
+
+    def test_unreadable_file(self, tmp_path, monkeypatch):
+        p = write_preset(tmp_path, "[video]\nframes = 8\n")
+
+        def refuse(self, *args, **kwargs):
+            raise PermissionError(13, "Permission denied", str(self))
+
+        monkeypatch.setattr(Path, "read_text", refuse)
+        with pytest.raises(ConfigError, match=rf"^{re.escape(str(p))}: cannot be read \(Permission denied\)"):
+            resolve_config(str(p))
+
+    def test_a_string_name_is_kept(self, tmp_path):
+        p = write_preset(tmp_path, 'name = "other"\ndescription = "d"\n')
+        cfg = resolve_config(str(p))
+        assert (cfg.name, cfg.description) == ("other", "d")
+
+
+def all_changed() -> Config:
+    """A Config with every field away from its default (and a few edge values)."""
+    return Config(
+        name="x y",
+        description='ünïcode, "quotes"',
+        video=VideoCfg(frames=7, sample_fps=2.5, max_frames=9, decode_resize=False),
+        encoder=EncoderCfg(model="ViT-L-14-336", pretrained="/w/vit.safetensors", layer=0, batch_frames=3),
+        projector=ProjectorCfg(kind="mlp2x_gelu", llm_dim=4096, weights="mm.bin", random_init=True, seed=-5),
+        aggregator=AggregatorCfg(slow_frames=1, slow_pool="2x2_avg", fast_size=(1, 3)),
+        runtime=RuntimeCfg(device="cuda:1", dtype="bf16"),
+    )
+
+
+class TestConfigFromDict:
+    @pytest.mark.parametrize(
+        "make",
+        [
+            Config,
+            all_changed,
+            lambda: resolve_config("tiny", {"fast_size": (2, 3)}),
+            lambda: resolve_config("llava-l14-336"),
+            lambda: Config(video=VideoCfg(sample_fps=3)),  # an int rate in code becomes the float it means
+            lambda: Config(aggregator=AggregatorCfg(fast_size=[2, 3])),  # a list in code becomes the tuple
+        ],
+    )
+    def test_round_trip_is_exact(self, make):
+        cfg = validate(make())
+        d = cfg.to_dict()
+        again = config_from_dict(json.loads(json.dumps(d)))  # as stored in a file's meta
+        assert again == cfg and again.to_dict() == d
+        assert json.dumps(again.to_dict()) == json.dumps(d)  # types too (2.0, not 2; lists, not tuples)
+        assert config_from_dict(d) is not cfg and config_from_dict(d) == cfg
+
+    def test_missing_keys_keep_defaults(self):
+        assert config_from_dict({}) == Config()
+        assert config_from_dict({"video": {"frames": 8}}).video == VideoCfg(frames=8)
+
+    @pytest.mark.parametrize(
+        "d,pattern",
+        [
+            ({"video": 5}, r"\[video\] must be a table of settings \(frames, .*\), got 5"),
+            ({"video": [1, 2]}, r"\[video\] must be a table .*got \[1, 2\]"),
+            ({"aggregator": None}, r"\[aggregator\] must be a table .*got None"),
+            ([("video", {})], r"expected a table of settings, got \[\('video', \{\}\)\]"),
+            ("tiny", r"expected a table of settings, got 'tiny'"),
+            (None, r"expected a table of settings, got None"),
+            ({"vidoe": {}}, r"unknown key 'vidoe'; valid top-level keys: name, description, video"),
+            ({"video": {"framez": 1}}, r"unknown key video.'framez'; valid keys: frames"),
+            ({"name": 5}, r"bad value for name: 5 \(expected a string\)"),
+            ({"description": None}, r"bad value for description: None \(expected a string\)"),
+            ({"video": {"frames": "8"}}, r"bad value for video.frames: '8' \(expected an integer\)"),
+            ({"video": {"sample_fps": float("nan")}}, r"video.sample_fps: nan \(expected a finite number\)"),
+            ({"aggregator": {"fast_size": [4.5, 4]}}, r"bad aggregator.fast_size \[4.5, 4\]"),
+            ({"aggregator": {"fast_size": {"h": 4}}}, r"bad aggregator.fast_size"),
+            ({"encoder": {"layer": None}}, r"bad value for encoder.layer: None \(expected an integer\)"),
+        ],
+    )
+    def test_malformed_input_is_a_config_error(self, d, pattern):
+        with pytest.raises(ConfigError, match=pattern):
+            config_from_dict(d)
+
+
+class TestValidateConfigsBuiltInCode:
+    @pytest.mark.parametrize(
+        "cfg,pattern",
+        [
+            (Config(video=VideoCfg(frames="8")), r"bad value for video.frames: '8' \(expected an integer\)"),
+            (Config(video={"frames": 8}), r"bad value for video: \{'frames': 8\} \(expected a VideoCfg\)"),
+            (Config(name=None), r"bad value for name: None \(expected a string\)"),
+            (Config(aggregator=AggregatorCfg(fast_size=(4.5, 4))), r"bad aggregator.fast_size"),
+            (Config(encoder=EncoderCfg(pretrained="")), r"encoder.pretrained \(--pretrained\) must not be empty"),
+        ],
+    )
+    def test_bad_types_are_config_errors(self, cfg, pattern):
+        with pytest.raises(ConfigError, match=pattern):
+            validate(cfg)
