@@ -1,8 +1,10 @@
 """`slowfast batch` on real folders: bad inputs recorded and survived, resume, interruption, accounting."""
 
+import io
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -391,3 +393,234 @@ def test_unreadable_folder_is_reported_not_fatal(tmp_path):
     videos, problems = json.loads(r.stdout)
     assert videos == ["ok.mp4"]
     assert len(problems) == 1 and "locked" in problems[0] and "cannot be listed" in problems[0]
+
+
+# --- names and paths (issue 8 §2) ------------------------------------------------------------------------------
+class TestNames:
+    def test_a_name_that_is_not_utf8_is_encoded_and_the_manifest_stays_valid(self, tmp_path):
+        src, out = tmp_path / "in", tmp_path / "out"
+        src.mkdir()
+        raw = os.fsencode(src) + b"/\xe9t\xe9.mp4"
+        media.make_video(tmp_path / "plain.mp4", frames=12)
+        os.rename(tmp_path / "plain.mp4", raw)
+        media.make_video(src / "other.mp4", frames=12)
+        r = run("batch", src, "-o", out, *TINY)
+        assert r.exit_code == 0, r.output
+        text = (out / "manifest.jsonl").read_bytes().decode("utf-8")  # valid UTF-8 ...
+        rows = [json.loads(line) for line in text.splitlines()]  # ... and valid JSON, one object per line
+        by_source = {os.fsencode(row["source"]): row for row in rows}  # the names round-trip to the bytes
+        assert set(by_source) == {b"\xe9t\xe9.mp4", b"other.mp4"}
+        assert by_source[b"\xe9t\xe9.mp4"]["status"] == "ok"
+        assert os.path.exists(os.fsencode(out) + b"/\xe9t\xe9.pt")
+        report = json.loads((out / "report.json").read_text())
+        assert report["run"]["ok"] == 2 and report["files"] == 2
+        again = run("batch", src, "-o", out, *TINY, "--json")  # and the rerun resumes instead of crashing
+        assert again.exit_code == 0 and json.loads(again.stdout)["run"]["skipped"] == 2
+        enc = run("encode", os.fsdecode(raw), "--config", "tiny", "-o", tmp_path / "one.pt")
+        assert enc.exit_code == 0, enc.output
+        assert "\\xe9t\\xe9.mp4" in enc.stdout  # shown with the bytes escaped, never a UnicodeEncodeError
+
+    def test_names_are_never_read_as_markup_or_forge_log_lines(self, tmp_path):
+        src, out = tmp_path / "in", tmp_path / "out"
+        src.mkdir()
+        media.make_video(src / "[final] take.mp4", frames=12)
+        (src / "a[").mkdir()
+        media.make_text(src / "a[" / "]b.mp4")  # the path a[/]b.mp4 closes a rich markup tag
+        media.make_text(src / "x\nerror: forged.mp4")
+        r = run("batch", src, "-o", out, *TINY)
+        assert r.exit_code == 1, r.output  # two bad files, reported; no MarkupError after the work is done
+        assert "a[/]b.mp4" in r.stderr and "a[/]b.mp4" in r.stdout
+        assert "x\\nerror: forged.mp4" in r.stderr
+        assert not [line for line in r.stderr.splitlines() if line.startswith("error: forged")]
+        assert (out / "[final] take.pt").is_file() and load_tokens(out / "[final] take.pt")
+        rep = run("report", out / "[final] take.pt")
+        assert rep.exit_code == 0 and "[final] take.pt" in rep.stdout
+
+    def test_output_folder_is_the_input_folder(self, folder):
+        r = run("batch", folder, "-o", folder / "." / "", *TINY)
+        assert r.exit_code == 2 and "is the input folder" in r.stderr
+        assert not (folder / "manifest.jsonl").exists()
+
+    def test_output_folder_is_a_file(self, folder, tmp_path):
+        (tmp_path / "out").write_text("a file")
+        r = run("batch", folder, "-o", tmp_path / "out", *TINY)
+        assert r.exit_code == 2 and "exists and is not a folder" in r.stderr
+
+    def test_outputs_get_the_usual_mode(self, folder, tmp_path):
+        old = os.umask(0o022)
+        try:
+            assert run("batch", folder, "-o", tmp_path / "out", *TINY).exit_code == 0
+        finally:
+            os.umask(old)
+        for p in [*token_files(tmp_path / "out").values(), tmp_path / "out" / "report.json"]:
+            assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
+
+    def test_pattern_matches_in_any_case_like_the_extensions(self, tmp_path):
+        media.make_video(tmp_path / "s1.mov", frames=3)
+        media.make_video(tmp_path / "s2.MOV", frames=3)
+        assert [str(v) for v in find_videos(tmp_path, "*.mov").videos] == ["s1.mov", "s2.MOV"]
+        assert [str(v) for v in find_videos(tmp_path, "S2*").videos] == ["s2.MOV"]
+
+    def test_names_differing_in_case_collide_only_where_the_file_system_folds_case(self, tmp_path):
+        src = tmp_path / "in"
+        src.mkdir()
+        media.make_video(src / "A.mp4", frames=5)
+        media.make_video(src / "a.MP4", frames=6)
+        r = run("batch", src, "-o", tmp_path / "out", *TINY, "--json")
+        assert r.exit_code == 0, r.output  # ext4/tmpfs: A.pt and a.pt are two files
+        assert sorted(token_files(tmp_path / "out")) == ["A.pt", "a.pt"]
+        assert load_tokens(tmp_path / "out" / "a.pt")["meta"]["video"]["num_frames"] == 6
+
+
+# --- resume never keeps wrong data (issue 8 §3) ----------------------------------------------------------------
+class TestResumeKeepsNothingWrong:
+    def test_other_settings_are_refused_naming_what_differs(self, folder, tmp_path):
+        out = tmp_path / "out"
+        assert run("batch", folder, "-o", out, *TINY).exit_code == 0
+        before = {n: p.read_bytes() for n, p in token_files(out).items()}
+        r = run("batch", folder, "-o", out, *TINY, "--slow-pool", "none", "--frames", "4")
+        assert r.exit_code == 2, r.output
+        msg = r.stderr
+        assert "4 existing token file(s) were made with other settings" in msg
+        assert "aggregator.slow_pool: 1d_max -> none" in msg and "video.frames: 16 -> 4" in msg
+        assert "--overwrite" in msg and "new output folder" in msg
+        assert {n: p.read_bytes() for n, p in token_files(out).items()} == before  # nothing touched
+        r = run("batch", folder, "-o", out, *TINY, "--slow-pool", "none", "--frames", "4", "--overwrite", "--json")
+        assert r.exit_code == 0 and json.loads(r.stdout)["run"]["ok"] == 4
+        assert {load_tokens(p)["tokens"].shape[1] for p in token_files(out).values()} == {4 * 64 + 4 * 16}
+        again = run("batch", folder, "-o", out, *TINY, "--slow-pool", "none", "--frames", "4", "--json")
+        assert json.loads(again.stdout)["run"]["skipped"] == 4  # the same settings resume as before
+
+    def test_dtype_and_weights_are_part_of_the_settings(self, folder, tmp_path):
+        out = tmp_path / "out"
+        assert run("batch", folder, "-o", out, *TINY, "--dtype", "fp32").exit_code == 0
+        r = run("batch", folder, "-o", out, *TINY, "--dtype", "bf16")
+        assert r.exit_code == 2 and "dtype: fp32 -> bf16" in r.stderr
+        weights = tmp_path / "w.pt"
+        _tiny_checkpoint(weights)
+        r = run("batch", folder, "-o", out, *TINY, "--dtype", "fp32", "--pretrained", weights)
+        assert r.exit_code == 2 and "weights: none -> sha256:" in r.stderr
+        # what does not change the numbers' meaning does not count: the ViT's batch size, the preset's name
+        r = run("batch", folder, "-o", out, *TINY, "--dtype", "fp32", "--batch-frames", "3", "--json")
+        assert r.exit_code == 0 and json.loads(r.stdout)["run"]["skipped"] == 4
+
+    def test_damaged_bytes_inside_a_complete_looking_file_are_redone_and_reported(self, folder, tmp_path):
+        out = tmp_path / "out"
+        assert run("batch", folder, "-o", out, *TINY).exit_code == 0
+        victim = out / "v2.pt"
+        good = victim.read_bytes()
+        data = bytearray(good)
+        mid = len(data) // 2
+        data[mid : mid + 3000] = bytes(3000)  # zeros over the tensor data; the zip directory is intact
+        victim.write_bytes(bytes(data))
+        rep = run("report", out, "--json")
+        assert json.loads(rep.stdout)["files"] == 3 and "CRC-32" in rep.stderr and "v2.pt" in rep.stderr
+        r = run("batch", folder, "-o", out, *TINY, "--json")
+        assert r.exit_code == 0
+        assert json.loads(r.stdout)["run"] == {**json.loads(r.stdout)["run"], "ok": 1, "skipped": 3}
+        assert "v2.pt" in r.stderr and "CRC-32" in r.stderr and "redone" in r.stderr
+        assert torch.equal(load_tokens(victim)["tokens"], torch.load(io.BytesIO(good), weights_only=True)["tokens"])
+
+    def test_a_second_run_into_the_same_folder_is_refused_and_deletes_nothing(self, folder, tmp_path):
+        out = tmp_path / "out"
+        out.mkdir()
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import sys, time; from pathlib import Path; from slowfast_cli.batch import "
+             "OutputLock; OutputLock(Path(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(60)",
+             str(out)], stdout=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            in_flight = out / f"{TMP_PREFIX}inflight.pt"
+            in_flight.write_bytes(b"the first run's file being written")
+            r = run("batch", folder, "-o", out, *TINY)
+            assert r.exit_code == 1 and "another slowfast batch is writing to this folder" in r.stderr
+            assert f"pid {holder.pid}" in r.stderr
+            assert in_flight.exists() and not (out / "manifest.jsonl").exists()
+        finally:
+            holder.kill()
+            holder.wait()
+        r = run("batch", folder, "-o", out, *TINY)  # the holder is gone (killed): its lock went with it
+        assert r.exit_code == 0 and not in_flight.exists()
+
+    def test_two_real_batches_at_once(self, folder, tmp_path):
+        out = tmp_path / "out"
+        cmd = [sys.executable, "-m", "slowfast_cli", "batch", str(folder), "-o", str(out), *TINY]
+        procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+        results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+        codes = sorted(code for code, _ in results)
+        assert codes in ([0, 0], [0, 1]), results  # the second either waited for nothing or was refused
+        for code, stderr in results:
+            if code == 1:
+                assert "another slowfast batch is writing to this folder" in stderr
+        assert sorted(token_files(out)) == ["v0.pt", "v1.pt", "v2.pt", "v3.pt"]
+        assert all(load_tokens(p) for p in token_files(out).values())
+        assert [r["status"] for r in manifest(out)].count("ok") == 4
+
+
+def _tiny_checkpoint(path: Path) -> None:
+    import open_clip
+
+    from slowfast_cli.encoder import register_own_models
+
+    register_own_models()
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("slowfast-tiny-vit").state_dict(), path)
+
+
+# --- faults while writing (issue 8 §4) -------------------------------------------------------------------------
+class TestFaultsWhileWriting:
+    def test_ctrl_c_while_a_token_file_is_written_stops_the_batch(self, folder, tmp_path, monkeypatch):
+        """A real SIGINT in the middle of torch.save: exit 130, interrupted, that video complete and recorded."""
+        real_save, calls = torch.save, []
+
+        class Interrupting:
+            def __init__(self, f):
+                self._f, self._n = f, 0
+
+            def write(self, data):
+                self._n += 1
+                if self._n == 2 and len(calls) == 2:
+                    os.kill(os.getpid(), signal.SIGINT)
+                return self._f.write(data)
+
+            def __getattr__(self, name):
+                return getattr(self._f, name)
+
+        def save(obj, f, *args, **kwargs):
+            calls.append(1)
+            return real_save(obj, Interrupting(f), *args, **kwargs)
+
+        monkeypatch.setattr(torch, "save", save)
+        out = tmp_path / "out"
+        r = run("batch", folder, "-o", out, *TINY)
+        assert r.exit_code == 130, r.output
+        report = json.loads((out / "report.json").read_text())
+        assert report["run"]["interrupted"] is True and report["run"]["failed"] == 0
+        rows = manifest(out)
+        assert [row["status"] for row in rows] == ["ok", "ok"]  # the file being written was finished, and recorded
+        assert sorted(token_files(out)) == ["v0.pt", "v1.pt"]
+        assert not list(out.rglob(f"{TMP_PREFIX}*"))
+
+    def test_a_full_disk_fails_each_video_as_write_and_leaves_nothing_partial(self, folder, small_disk):
+        out = small_disk("48k")  # room for the manifest and the report, not for a 65-130 kB token file
+        r = run("batch", folder, "-o", out, *TINY, "--json")
+        assert r.exit_code == 1
+        rows = manifest(out)
+        assert [row["kind"] for row in rows] == ["write"] * 4
+        assert all("No space left on device" in row["error"] for row in rows)
+        assert not list(out.rglob("*.pt")) and not list(out.rglob(f"{TMP_PREFIX}*"))
+        assert json.loads((out / "report.json").read_text())["run"]["failures_by_kind"] == {"write": 4}
+
+    def test_a_manifest_that_cannot_be_written_stops_the_batch_cleanly(self, folder, small_disk):
+        from disks import fill
+
+        out = small_disk("64k")
+        (out / ".slowfast.lock").write_text("x")  # the lock file's page, allocated before the disk fills
+        (out / "manifest.jsonl").write_bytes(b"")
+        fill(out)
+        r = run("batch", folder, "-o", out, *TINY)
+        assert r.exit_code == 1, r.output
+        assert "manifest.jsonl: cannot write (No space left on device)" in r.stderr
+        assert "Traceback" not in r.output
+        assert (out / "manifest.jsonl").read_bytes() == b""  # no torn line
+        assert not list(out.rglob("*.pt")) and not list(out.rglob(f"{TMP_PREFIX}*"))

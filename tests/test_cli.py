@@ -1,8 +1,12 @@
 """The command line, driven through typer's CliRunner: output, JSON and exit codes, error paths included."""
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -282,3 +286,145 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["tokens"].shape == namespace["saved"]["tokens"].shape == (1, 512, 64)
+
+
+# --- bad values and bad files (issue 8 §5), refusals (§2) --------------------------------------------------------
+class TestUsageErrorsUpFront:
+    def test_version_alone(self):
+        r = run("--version")
+        assert r.exit_code == 0 and r.stdout.startswith("slowfast ")
+
+    @pytest.mark.parametrize(
+        "args, match",
+        [
+            (["--context", "-1"], "--context must be at least 1"),
+            (["--plan", "--context", "4096", "--top", "0"], "--top must be at least 1"),
+            (["--plan", "--context", "4096", "--reserve", "-5"], "--reserve must be at least 0"),
+            (["--plan", "--context", "4096", "--frames-range", "64:8"], "MIN <= MAX"),
+        ],
+    )
+    def test_budget_bounds(self, args, match):
+        r = run("budget", *args)
+        assert r.exit_code == 2 and match in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+    @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0"])
+    def test_non_finite_timeout(self, small_video, tmp_path, value):
+        r = run("batch", small_video.parent, "-o", tmp_path / "out", "--config", "tiny", "--timeout", value)
+        assert r.exit_code == 2 and "--timeout must be a positive number" in r.stderr
+        assert not (tmp_path / "out").exists()
+
+    def test_grid_that_does_not_fit_fails_before_any_video(self, tmp_path):
+        """ViT-B-32 has a 7x7 grid: 1d_max cannot pair 49 tokens. No decoding, no model, no output folder."""
+        src = tmp_path / "in"
+        src.mkdir()
+        (src / "v.mp4").write_bytes(b"never opened")
+        for cmd in (["batch", src, "-o", tmp_path / "out"], ["encode", src / "v.mp4", "-o", tmp_path / "v.pt"]):
+            r = run(*cmd, "--model", "ViT-B-32", "--pretrained", "none")
+            assert r.exit_code == 2, r.output
+            assert "odd count (49)" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "out").exists() and not (tmp_path / "v.pt").exists()
+
+
+class TestSameFile:
+    def test_encode_never_replaces_its_input_video(self, small_video, tmp_path):
+        video = tmp_path / "x.mp4"
+        video.write_bytes(small_video.read_bytes())
+        (tmp_path / "link.pt").symlink_to(video)
+        (tmp_path / "sub").mkdir()
+        for target in (video, tmp_path / "sub" / ".." / "x.mp4", tmp_path / "link.pt"):
+            r = run("encode", video, "--config", "tiny", "-o", target, "--overwrite")
+            assert r.exit_code == 2 and "is the input file" in r.stderr, r.output
+            r = run("encode", video, "--config", "tiny", "--save-features", target, "--overwrite")
+            assert r.exit_code == 2 and "is the input file" in r.stderr, r.output
+        assert video.read_bytes() == small_video.read_bytes()
+
+    def test_aggregate_never_replaces_its_features_file(self, tmp_path):
+        feat = tmp_path / "f.pt"
+        save_features(feat, torch.randn(4, 9, 2), {"grid": [3, 3]})
+        before = feat.read_bytes()
+        r = run("aggregate", feat, "-o", tmp_path / "." / "f.pt", "--overwrite", "--slow-pool", "none")
+        assert r.exit_code == 2 and "is the input file" in r.stderr
+        assert feat.read_bytes() == before
+
+
+class TestMalformedFeatures:
+    @pytest.mark.parametrize(
+        "meta, match",
+        [
+            ({"grid": [3, 3], "x": torch.zeros(1)}, "meta.x holds a Tensor"),
+            ({"grid": [3, 3], "frame_indices": [0, 1]}, r"frame_indices'\] must be a list of 4"),
+            ({"grid": [3, 3], "frame_indices": "0,1,2,3"}, "got a str"),
+            ({"grid": [3, 3], "timestamps": [0.0, 1.0, float("nan"), 2.0]}, "finite numbers"),
+            ({"grid": [3, 3], "config": {"video": 5}}, r"meta\['config'\] is not a slowfast config"),
+            ({"grid": [3, 3], "config": [1, 2]}, r"meta\['config'\] is not a slowfast config"),
+            ({"grid": [True, 9]}, "positive integers"),
+        ],
+    )
+    def test_one_line_exit_1(self, tmp_path, meta, match):
+        feat = tmp_path / "f.pt"
+        torch.save({"features": torch.randn(4, 9, 2), "meta": meta}, feat)
+        r = run("aggregate", feat, "-o", tmp_path / "o.pt", "--slow-pool", "none")
+        assert r.exit_code == 1, r.output
+        assert len(r.stderr.strip().splitlines()) == 1 and str(feat) in r.stderr
+        assert re.search(match, r.stderr), r.stderr
+        assert not (tmp_path / "o.pt").exists()
+
+    def test_no_frames_is_a_bad_file_not_a_usage_error(self, tmp_path):
+        feat = tmp_path / "f.pt"
+        torch.save({"features": torch.randn(0, 9, 2), "meta": {"grid": [3, 3]}}, feat)
+        r = run("aggregate", feat, "-o", tmp_path / "o.pt")
+        assert r.exit_code == 1 and "no frames" in r.stderr
+
+
+class TestReportTrustsNothing:
+    def test_bad_counts_bare_tensors_and_odd_entries_are_listed_not_counted(self, tmp_path):
+        token_file(tmp_path / "good.pt", 10, 100)
+        meta = {"frames": 1, "tokens_per_frame": 1, "output_tokens": 10}
+        save_tokens(tmp_path / "bool.pt", torch.zeros(1, 10, 8), {**meta, "input_tokens": True})
+        save_tokens(tmp_path / "huge.pt", torch.zeros(1, 10, 8), {**meta, "input_tokens": 10**30})
+        save_tokens(tmp_path / "length.pt", torch.zeros(1, 10, 8), {"output_tokens": 11})
+        torch.save(torch.zeros(1, 10, 8), tmp_path / "bare.pt")
+        (tmp_path / "dangling.pt").symlink_to(tmp_path / "gone.pt")
+        (tmp_path / "dir.pt").mkdir()
+        r = run("report", tmp_path, "--json")
+        assert r.exit_code == 0, r.output
+        d = json.loads(r.stdout)
+        assert d["files"] == 1 and d["input_tokens"] == 100 and d["output_tokens"] == 10
+        why = {Path(s["path"]).name: s["error"] for s in d["skipped"]}
+        assert set(why) == {"bool.pt", "huge.pt", "length.pt", "bare.pt", "dangling.pt", "dir.pt"}
+        assert "must be a positive integer, got True" in why["bool.pt"]
+        assert "frames x tokens_per_frame is 1" in why["huge.pt"]
+        assert "the tensor holds 10 tokens" in why["length.pt"]
+        assert "a bare tensor" in why["bare.pt"] and "TensorHeader" not in why["bare.pt"]
+        assert "dangling symlink" in why["dangling.pt"] and "is a folder" in why["dir.pt"]
+
+
+class TestEncodeFaults:
+    def test_full_disk_names_the_problem_and_leaves_neither_file(self, small_video, small_disk):
+        disk = small_disk("160k")  # the token file (~70-130 kB) fits; the features file (~130-260 kB) does not
+        r = run("encode", small_video, "--config", "tiny", "-o", disk / "t.pt", "--save-features", disk / "f.pt")
+        assert r.exit_code == 1, r.output
+        assert "No space left on device" in r.stderr and "Traceback" not in r.output
+        assert len(r.stderr.strip().splitlines()) == 1
+        assert os.listdir(disk) == []
+
+    def test_ctrl_c_while_writing_exits_130_and_leaves_nothing(self, small_video, tmp_path, monkeypatch):
+        real_save = torch.save
+
+        class Interrupting:
+            def __init__(self, f):
+                self._f, self._n = f, 0
+
+            def write(self, data):
+                self._n += 1
+                if self._n == 2:
+                    os.kill(os.getpid(), signal.SIGINT)
+                return self._f.write(data)
+
+            def __getattr__(self, name):
+                return getattr(self._f, name)
+
+        monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: real_save(obj, Interrupting(f), *a, **k))
+        r = run("encode", small_video, "--config", "tiny", "-o", tmp_path / "t.pt")
+        assert r.exit_code == 130 and "interrupted" in r.stderr and "unexpected pos" not in r.output
+        assert os.listdir(tmp_path) == []

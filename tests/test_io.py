@@ -1,10 +1,28 @@
 """Token/feature files: weights_only loading, plain meta, atomic writes, clear errors."""
 
+import json
+import os
+import signal
+import stat
+import time
+
 import pytest
 import torch
 
 from slowfast_cli.errors import SlowfastError
-from slowfast_cli.io import atomic_open, load_features, load_tokens, save_features, save_tokens
+from slowfast_cli.io import (
+    atomic_open,
+    features_object,
+    json_text,
+    load_features,
+    load_tokens,
+    save_all,
+    save_features,
+    save_tokens,
+    sigint_deferred,
+    token_object,
+    write_json,
+)
 
 
 def test_token_file_round_trip_weights_only(tmp_path):
@@ -95,3 +113,97 @@ def test_features_validation(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(SlowfastError, match="does not exist"):
         load_tokens(tmp_path / "nope.pt")
+
+
+# --- faults while writing (issue 8 §4) -------------------------------------------------------------------------
+def test_files_get_the_mode_the_umask_gives(tmp_path):
+    """mkstemp creates 0600; a token file must be readable by a training job under another account (0644)."""
+    old = os.umask(0o022)
+    try:
+        save_tokens(tmp_path / "a.pt", torch.zeros(1, 2, 3), {})
+        write_json(tmp_path / "a.json", {"x": 1})
+        os.umask(0o077)
+        save_tokens(tmp_path / "b.pt", torch.zeros(1, 2, 3), {})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.pt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.pt").stat().st_mode) == 0o600
+
+
+def test_full_disk_is_named_and_leaves_nothing(small_disk):
+    disk = small_disk("256k")
+    with pytest.raises(SlowfastError, match="No space left on device") as info:
+        save_tokens(disk / "big.pt", torch.zeros(1, 1000, 100), {})  # 400 kB
+    assert str(disk / "big.pt") in str(info.value) and "unexpected pos" not in str(info.value)
+    assert os.listdir(disk) == []
+
+
+def test_several_files_appear_together_or_not_at_all(small_disk):
+    """A token file that fits and a features file that does not: neither appears (encode --save-features)."""
+    disk = small_disk("256k")
+    tokens = token_object(torch.zeros(1, 10, 4), {})
+    features = features_object(torch.zeros(100, 10, 100), {"grid": [2, 5]})  # 400 kB
+    with pytest.raises(SlowfastError, match="No space left on device"):
+        save_all([(disk / "t.pt", tokens), (disk / "f.pt", features)])
+    assert os.listdir(disk) == []
+    (disk / "t.pt").write_bytes(b"an older file")  # an existing target stays as it was
+    with pytest.raises(SlowfastError):
+        save_all([(disk / "t.pt", tokens), (disk / "f.pt", features)])
+    assert os.listdir(disk) == ["t.pt"] and (disk / "t.pt").read_bytes() == b"an older file"
+
+
+class _InterruptingFile:
+    """A file whose second write() gets a real SIGINT delivered, as Ctrl-C in the middle of torch.save would."""
+
+    def __init__(self, f):
+        self._f, self.writes = f, 0
+
+    def write(self, data):
+        self.writes += 1
+        if self.writes == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+@pytest.fixture
+def ctrl_c_while_saving(monkeypatch):
+    """torch.save (torch's, not ours) writing through a file that receives Ctrl-C mid-write."""
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        return real_save(obj, _InterruptingFile(f), *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_ctrl_c_inside_torch_save_is_an_interrupt_not_a_runtime_error(tmp_path, ctrl_c_while_saving):
+    """torch's zip writer turns the KeyboardInterrupt of its write callback into "RuntimeError: unexpected pos"."""
+    with pytest.raises(KeyboardInterrupt):
+        save_tokens(tmp_path / "t.pt", torch.zeros(1, 100, 10), {})
+    assert os.listdir(tmp_path) == []
+
+
+def test_sigint_deferred_holds_ctrl_c_to_the_end_of_the_block():
+    done = []
+    with pytest.raises(KeyboardInterrupt), sigint_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        done.append("after the signal")
+    assert done == ["after the signal"]
+    with sigint_deferred(reraise=False) as held:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+    assert held.pending
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_json_text_keeps_names_that_are_not_utf8():
+    name = os.fsdecode(b"\xe9t\xe9 caf\xc3\xa9\n.mp4")
+    text = json_text({"source": name})
+    text.encode("utf-8")  # valid UTF-8, whatever the name
+    assert "café" in text and "\\udce9" in text
+    assert os.fsencode(json.loads(text)["source"]) == b"\xe9t\xe9 caf\xc3\xa9\n.mp4"

@@ -225,8 +225,8 @@ class TestEncodeErrors:
             (["--layer", "7"], 2, "layer 7 is out of range for slowfast-tiny-vit, which has 3 blocks"),
             (["--model", "ViT-B-61"], 2, "unknown model 'ViT-B-61': did you mean"),
             (["--pretrained", "no-such-tag"], 2, "unknown pretrained tag 'no-such-tag'"),
-            (["--pretrained", "missing.safetensors"], 1, "weights file missing.safetensors does not exist"),
-            (["--projector", "linear"], 1, "--projector-weights PATH"),
+            (["--pretrained", "missing.safetensors"], 2, "weights file missing.safetensors does not exist"),
+            (["--projector", "linear"], 2, "--projector-weights PATH"),
             (["--device", "cuda:7"], 1, "--device cuda:7 requested"),
         ],
     )
