@@ -37,4 +37,3 @@ def small_disk(tmp_path):
     yield mount
     for where in reversed(mounted):
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
-
