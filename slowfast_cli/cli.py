@@ -583,16 +583,16 @@ def _run_batch(plan, cfg: Config, in_dir: Path, output: Path, pattern, workers, 
         warn(p)
     if plan.total == 0:
         raise SlowfastError(f"{in_dir}: no videos found" + (f" matching {pattern!r}" if pattern else ""))
-    pipe = None
-    if plan.todo:
-        from .pipeline import Pipeline
-
-        pipe = Pipeline(cfg)  # built here, before the bar, so its warnings come first
-        for w in pipe.warnings:
-            warn(w)
     records, interrupted, stopped = [], False, []
     show_bar = err.is_terminal and not json_
     try:
+        pipe = None
+        if plan.todo:
+            from .pipeline import Pipeline
+
+            pipe = Pipeline(cfg)  # built here, before the bar, so its warnings come first
+            for w in pipe.warnings:
+                warn(w)
         with _progress(show_bar) as progress:
             task = progress.add_task("videos", total=plan.total, failed=0, fps=0.0)
             frames_done, t0 = 0, time.monotonic()

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from slowfast_cli.batch import error_kind, find_videos, plan_batch, read_manifest, run_batch
 from slowfast_cli.cli import app
 from slowfast_cli.config import resolve_config
-from slowfast_cli.header import TMP_PREFIX
+from slowfast_cli.header import TMP_PREFIX, read_token_header
 from slowfast_cli.io import load_tokens
 from slowfast_cli.workers import DecodePool
 
@@ -624,3 +624,36 @@ class TestFaultsWhileWriting:
         assert "Traceback" not in r.output
         assert (out / "manifest.jsonl").read_bytes() == b""  # no torn line
         assert not list(out.rglob("*.pt")) and not list(out.rglob(f"{TMP_PREFIX}*"))
+
+
+@pytest.mark.parametrize("when", ["starting", "first line", "first line + 60 ms"])
+def test_sigint_at_any_moment_exits_130_and_leaves_only_complete_files(folder, tmp_path, when):
+    """A real SIGINT at several moments of a real `slowfast batch`: always exit 130, never a temp file, every
+    output complete and intact, every manifest line whole; `interrupted: true` wherever a report was written."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "slowfast_cli", "batch", str(folder), "-o", str(out), *TINY]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if when == "starting":
+        time.sleep(1.0)
+    else:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not manifest(out) and proc.poll() is None:
+            time.sleep(0.002)
+        time.sleep({"first line": 0.0, "first line + 60 ms": 0.06}[when])
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the batch finished before the signal")  # a fast machine; the other moments still count
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(TMP_PREFIX)]
+    if (out / "report.json").exists():
+        assert json.loads((out / "report.json").read_text())["run"]["interrupted"] is True
+    if (out / "manifest.jsonl").exists():
+        lines = (out / "manifest.jsonl").read_text().splitlines()
+        assert [json.loads(line)["status"] for line in lines] == ["ok"] * len(lines)
+        assert sorted(token_files(out)) == sorted(json.loads(line)["output"] for line in lines)
+    for p in token_files(out).values():
+        read_token_header(p, verify=True)
+    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0  # and a rerun finishes the job
+    assert sorted(token_files(out)) == ["v0.pt", "v1.pt", "v2.pt", "v3.pt"]
