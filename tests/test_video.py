@@ -9,23 +9,31 @@ clips, so the tests require exact equality.
 from __future__ import annotations
 
 import math
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from media import (
+    ffmpeg_frames,
+    frame_pattern,
     has_encoder,
     make_audio_only,
     make_damaged,
     make_empty,
+    make_multi_stream,
     make_random_bytes,
     make_rotated,
     make_text,
     make_truncated,
+    make_vfr,
     make_video,
     packets,
     permission_enforcing_prefix,
@@ -43,6 +51,7 @@ from slowfast_cli.video import Clip, center_crop, decode_size, load_clip, probe,
 
 TS_TOL = 1e-5  # decord keeps timestamps as float32
 OPEN_GOP = "b-adapt=0:bframes=3:open-gop=1:keyint=8:min-keyint=8:scenecut=0"  # x264 encoder options
+VFR_STARTS = [i / 25 for i in range(25)] + [1 + i / 5 for i in range(10)]  # 1 s at 25 fps, then 2 s at 5 fps
 MPEG_BFRAMES = {"qscale": "2", "g": "8", "bf": "2"}  # mpeg2video / mpeg4 with B-frames
 
 
@@ -118,9 +127,52 @@ class TestSampleIndices:
         if n and rate <= fps and math.ceil((n - 0.5) * rate / fps) <= cap:
             assert len(got) == math.ceil((n - 0.5) * rate / fps)
 
+    def test_by_fps_follows_the_clock_on_variable_frame_rate(self):
+        """Targets 0, 1, 2 s map to the frames starting then, not to every (fps / sample_fps)-th frame."""
+        got = sample_indices(35, 35 / 3, 8, sample_fps=1.0, starts=VFR_STARTS, duration=3.0)
+        assert got == [0, 25, 30] and [VFR_STARTS[i] for i in got] == [0, 1, 2]
+        assert sample_indices(35, 35 / 3, 8, sample_fps=1.0) == [0, 12, 23]  # what frame counting gives
+        assert sample_indices(35, 35 / 3, 8, 2.0, starts=VFR_STARTS, duration=3.0) == [0, 13, 25, 28, 30, 33]
+        assert sample_indices(35, 35 / 3, 8, 50.0, starts=VFR_STARTS, duration=3.0) == list(range(35))
+        assert sample_indices(35, 35 / 3, 8, 2.0, 3, starts=VFR_STARTS, duration=3.0) == [13, 28, 33]
+
+    @pytest.mark.parametrize("n, fps, rate", [(100, 25.0, 2.0), (250, 25.0, 2.0), (60, 29.97, 1.0), (40, 10.0, 3.0)])
+    def test_by_fps_timestamps_reproduce_frame_counting_at_constant_rate(self, n, fps, rate):
+        """decord's float32 timestamps of a constant-rate video pick what index / fps does, exact ties included."""
+        starts = np.round(np.float32(np.arange(n) / fps).astype(np.float64), 6)
+        assert sample_indices(n, fps, 8, rate, starts=starts, duration=n / fps) == sample_indices(n, fps, 8, rate)
+
+    @given(
+        gaps=st.lists(st.integers(1, 500), min_size=1, max_size=120),
+        rate=st.floats(0.1, 60.0),
+        cap=st.integers(1, 300),
+    )
+    def test_by_fps_on_timestamps_picks_the_frame_nearest_each_target(self, gaps, rate, cap):
+        """Frames last ``gaps`` ms; a target nearer the video's end than to any frame start has no frame."""
+        ends = np.cumsum(gaps) / 1000
+        starts, duration = np.concatenate([[0.0], ends[:-1]]), float(ends[-1])
+        every = sample_indices(len(gaps), 25.0, 8, rate, 10**9, starts=starts, duration=duration)
+        assert every == sorted(set(every)) and all(0 <= i < len(gaps) for i in every)
+        targets = np.arange(math.ceil(duration * rate) + 1) / rate
+        distance = np.abs(targets[:, None] - np.append(starts, duration)[None, :])  # (K, N + 1) s, the end last
+        nearest = {int(np.argmin(row)) for row in distance if np.sort(row)[1] - row.min() > 1e-5}
+        assert nearest - {len(gaps)} <= set(every)  # each frame clearly nearest to a target is there
+        assert all((distance[:, i] <= distance.min(axis=1) + 1e-5).any() for i in every)  # and only such frames
+        got = sample_indices(len(gaps), 25.0, 8, rate, cap, starts=starts, duration=duration)
+        assert got == (
+            every if len(every) <= cap else [every[math.floor((j + 0.5) * len(every) / cap)] for j in range(cap)]
+        )
+
+    def test_by_fps_target_nearest_the_end_is_dropped(self):
+        """The last frame starts at 0.9 s: a target at 0.95 s or later is nearer the end (1 s) than any frame."""
+        starts = [0.0, 0.9]
+        assert sample_indices(2, 2.0, 8, 1 / 0.94, starts=starts, duration=1.0) == [0, 1]
+        assert sample_indices(2, 2.0, 8, 1 / 0.96, starts=starts, duration=1.0) == [0]
+
     @pytest.mark.parametrize(
         "kwargs",
         [
+            dict(num_frames=10, fps=25.0, frames=8, sample_fps=1.0, starts=[0.0, 0.04]),
             dict(num_frames=-1, fps=25.0, frames=8),
             dict(num_frames=10, fps=25.0, frames=0),
             dict(num_frames=10, fps=25.0, frames=8, sample_fps=0.0),
@@ -244,6 +296,7 @@ class TestLoadClip:
         info = probe(small_video)
         assert (info.num_frames, info.fps, info.width, info.height) == (32, 10.0, 96, 64)
         assert info.duration == pytest.approx(3.2) and info.path == str(small_video)
+        assert (info.stream, info.video_streams) == (0, 1)
 
     @pytest.mark.parametrize("frames", [1, 5])
     def test_fewer_frames_than_requested_uses_all_and_is_short(self, vdir, frames):
@@ -261,6 +314,8 @@ class TestLoadClip:
     def test_fps_faster_than_video_is_short(self, small_video):
         clip = load_clip(small_video, VideoCfg(sample_fps=30.0))
         assert clip.indices == list(range(32)) and clip.short is True
+        clip = load_clip(small_video, VideoCfg(sample_fps=10.0))  # 3.2 s at 10 fps: 32 targets, all met
+        assert clip.indices == list(range(32)) and clip.short is False
 
     @pytest.mark.parametrize("size", [(16, 16), (24, 16), (48, 32), (72, 40)])
     def test_narrow_frames_decord_pads(self, vdir, size):
@@ -294,6 +349,143 @@ class TestLoadClip:
         np.testing.assert_array_equal(clip.frames, np.rot90(stored[clip.indices], k, axes=(1, 2)))
         assert (clip.info.width, clip.info.height) == ((64, 96) if k % 2 else (96, 64))
         assert load_clip(path, VideoCfg(frames=4), image_size=32).frames.shape == (4, 32, 32, 3)
+
+
+MIRRORED = [  # (rotation, hflip, vflip): ffmpeg's -display_* options
+    (0, True, False),
+    (0, False, True),
+    (90, True, False),
+    (180, True, False),
+    (270, False, True),
+    (90, True, True),  # the same as a plain 270 degree rotation: nothing to mirror
+]
+
+
+class TestMirrored:
+    """A mirroring display matrix: decord only turns frames; ffmpeg's autorotate (here 9.0) also mirrors them."""
+
+    @pytest.mark.parametrize("rotation, hflip, vflip", MIRRORED)
+    def test_frames_are_ffmpegs(self, vdir, rotation, hflip, vflip):
+        path = make_rotated(vdir / f"mirror{rotation}{hflip:d}{vflip:d}.mp4", rotation, 6, (96, 64), hflip, vflip)
+        clip = load_clip(path, VideoCfg(frames=6, decode_resize=False))
+        size = (64, 96) if rotation % 180 else (96, 64)
+        assert (clip.info.width, clip.info.height) == size and clip.frames.flags.c_contiguous
+        np.testing.assert_array_equal(clip.frames, ffmpeg_frames(path, size))
+        stored = np.rot90(pyav_frames(path)[0], rotation // 90, axes=(1, 2))  # as ffmpeg documents its options
+        stored = stored[:, :: -1 if vflip else 1, :: -1 if hflip else 1]
+        np.testing.assert_array_equal(clip.frames, stored)
+
+    @pytest.mark.parametrize("rotation, hflip, vflip", MIRRORED[:3])
+    def test_frames_scaled_by_the_decoder_are_mirrored_too(self, vdir, rotation, hflip, vflip):
+        """Scaled and cropped: close to ffmpeg's own scaler (not bit-exact: another FFmpeg), far from unmirrored."""
+        path = make_rotated(vdir / f"mirror_s{rotation}{hflip:d}{vflip:d}.mp4", rotation, 6, (96, 64), hflip, vflip)
+        clip = load_clip(path, VideoCfg(frames=6), image_size=32)
+        width, height = clip.info.width, clip.info.height
+        reference = center_crop(ffmpeg_frames(path, (width, height), decode_size(width, height, 32)), 32)
+        assert clip.frames.shape == reference.shape == (6, 32, 32, 3)
+        error = np.abs(clip.frames.astype(int) - reference).mean()
+        other = clip.frames[:, ::-1] if rotation == 0 else clip.frames[:, :, ::-1]
+        assert error < 4 < 10 * error < np.abs(other.astype(int) - reference).mean()
+        assert [read_index(f) for f in clip.frames] == [read_index(f) for f in reference]
+
+    def test_matroska_display_matrix_is_not_read(self, vdir):
+        """decord's FFmpeg 4.1 reads no orientation from Matroska (ffmpeg 9 does): frames come as stored."""
+        source = make_rotated(vdir / "mirror.mp4", 0, 6, (96, 64), hflip=True)
+        path = remux(source, vdir / "mirror.mkv")
+        clip = load_clip(path, VideoCfg(frames=6, decode_resize=False))
+        np.testing.assert_array_equal(clip.frames, pyav_frames(path)[0])
+        np.testing.assert_array_equal(clip.frames[:, :, ::-1], ffmpeg_frames(path, (96, 64)))
+
+
+def _non_utf8(folder: Path, name: bytes) -> Path:
+    """``folder / name`` for a name of raw bytes, as Python names it (lone surrogates); skips where not allowed."""
+    try:
+        path = Path(os.fsdecode(os.path.join(os.fsencode(folder), name)))
+        path.with_suffix(".probe").write_bytes(b"")
+        path.with_suffix(".probe").unlink()
+    except (OSError, UnicodeError):
+        pytest.skip("this file system does not take names that are not UTF-8")
+    return path
+
+
+class TestFileNames:
+    """decord 0.6 encodes names as strict UTF-8; names that are not are opened through a temporary link."""
+
+    def test_name_that_is_not_utf8_decodes_like_any_other(self, tmp_path, monkeypatch):
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+        (tmp_path / "tmp").mkdir()
+        ascii_name = make_video(tmp_path / "ascii.mp4", frames=12)
+        path = _non_utf8(tmp_path, b"\xe9t\xe9.mp4")
+        shutil.copyfile(ascii_name, path)
+        cfg = VideoCfg(frames=4, decode_resize=False)
+        clip, reference = load_clip(path, cfg), load_clip(ascii_name, cfg)
+        np.testing.assert_array_equal(clip.frames, reference.frames)
+        assert clip.indices == reference.indices and clip.timestamps == reference.timestamps
+        assert clip.info.path == str(path) and "\udce9" in clip.info.path
+        assert probe(path).num_frames == 12 and (clip.info.stream, clip.info.video_streams) == (0, 1)
+        assert load_clip(path, VideoCfg(frames=4), image_size=32).frames.shape == (4, 32, 32, 3)
+        assert os.listdir(tmp_path / "tmp") == []  # every temporary link and its folder are gone
+
+    def test_bad_file_with_such_a_name_reports_its_own_name(self, tmp_path, monkeypatch):
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+        (tmp_path / "tmp").mkdir()
+        text = make_text(_non_utf8(tmp_path, b"\xffnot a video.mp4"))
+        with pytest.raises(SlowfastError) as err:
+            probe(text)
+        assert str(err.value).startswith(f"{text}: not a readable video")
+        assert os.listdir(tmp_path / "tmp") == []
+        missing = _non_utf8(tmp_path, b"\xffmissing.mp4")
+        with pytest.raises(SlowfastError, match="does not exist"):
+            load_clip(missing, VideoCfg(frames=4))
+
+
+@pytest.fixture(scope="module")
+def stream_pair(tmp_path_factory):
+    """A small, low-bit-rate video and a larger, high-bit-rate one with other frame patterns."""
+    folder = tmp_path_factory.mktemp("streams")
+    small = make_video(folder / "small.mp4", frames=12, size=(64, 48), options={"crf": "40", "g": "8"})
+    large = make_video(folder / "large.mp4", frames=20, size=(160, 96), pattern=lambda i, w, h: _noisy(i + 100, w, h))
+    return small, large
+
+
+class TestStreams:
+    """decord 0.6 cannot be told which video stream to decode; VideoInfo says which one it took."""
+
+    @pytest.mark.parametrize("name, stream", [("two.mp4", 1), ("two.mkv", 0)])
+    def test_two_video_streams(self, vdir, stream_pair, name, stream):
+        """mp4: FFmpeg 4.1 prefers the higher bit rate, the second stream here; mkv has none: the first."""
+        path = make_multi_stream(vdir / name, *stream_pair)
+        clip = load_clip(path, VideoCfg(frames=4, decode_resize=False))
+        assert (clip.info.stream, clip.info.video_streams) == (stream, 2)
+        frames, _ = pyav_frames(path, clip.info.stream)
+        assert clip.info.num_frames == len(frames) and clip.frames.shape[1:] == frames.shape[1:]
+        np.testing.assert_array_equal(clip.frames, frames[clip.indices])
+
+    def test_audio_before_video(self, vdir):
+        path = make_multi_stream(
+            vdir / "audio_first.mp4", make_audio_only(vdir / "tone.m4a"), make_video(vdir / "v.mp4")
+        )
+        info = probe(path)
+        assert (info.stream, info.video_streams, info.num_frames) == (1, 1, 32)
+
+
+def _noisy(index: int, width: int, height: int) -> np.ndarray:
+    """frame_pattern with seeded noise added, so that it costs many bits."""
+    noise = np.random.default_rng(index).integers(-24, 24, (height, width, 3))
+    return np.clip(frame_pattern(index, width, height).astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+class TestVariableFrameRate:
+    def test_sample_fps_follows_the_clock(self, vdir):
+        path = make_vfr(vdir / "vfr.mp4", VFR_STARTS)
+        clip = load_clip(path, VideoCfg(sample_fps=1.0, decode_resize=False))
+        assert clip.indices == [0, 25, 30] and [read_index(f) for f in clip.frames] == clip.indices
+        np.testing.assert_allclose(clip.timestamps, [0, 1, 2], atol=TS_TOL)
+        assert_matches_pyav(clip, path)
+        assert clip.short is False
+        every = load_clip(path, VideoCfg(sample_fps=30.0), image_size=32)  # above both rates: every frame, once
+        assert every.indices == list(range(35)) and every.short is True
+        assert load_clip(path, VideoCfg(sample_fps=10.0, max_frames=4)).indices == [5, 18, 27, 32]
 
 
 def _make_av1(path):
