@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import os
+import signal
 import sys
 import time
 import traceback
@@ -678,9 +679,16 @@ def batch_table(report: dict, out_dir: Path) -> Table:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    Once the command has finished (click ends it with SystemExit), Ctrl-C is ignored: there is nothing left to
+    interrupt, and a KeyboardInterrupt during the interpreter's shutdown would kill the process by the signal
+    (exit status -2) instead of giving the command's own exit code.
+    """
     try:
         app()
     except KeyboardInterrupt:  # pragma: no cover - interactive only
         err.print("[red]interrupted[/]")
         sys.exit(130)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

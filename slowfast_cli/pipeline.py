@@ -151,6 +151,8 @@ class Pipeline:
                 "duration": info.duration,
                 "width": info.width,
                 "height": info.height,
+                "stream": info.stream,  # the container's index of the stream decoded (decord picks it)
+                "video_streams": info.video_streams,  # how many video streams the file has
             },
             "short_video": bool(clip.short),
             "frame_indices": [int(i) for i in clip.indices],

@@ -321,3 +321,16 @@ def test_damaged_video_fails_with_one_line_and_no_output(tmp_path):
     lines = [line for line in r.stderr.splitlines() if not line.startswith("warning:")]
     assert len(lines) == 1 and f"{video}: damaged video data" in lines[0], r.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == [video]
+
+
+def test_meta_names_the_video_stream_decoded(small_video, tmp_path):
+    """A file with two video streams: the token file says which one its tokens come from, and how many there were."""
+    other = media.make_video(tmp_path / "other.mp4", frames=20, size=(64, 48))
+    both = media.make_multi_stream(tmp_path / "two.mkv", small_video, other)
+    out = tmp_path / "two.pt"
+    assert run("encode", both, "--config", "tiny", "-o", out).exit_code == 0
+    video = load_tokens(out)["meta"]["video"]
+    assert (video["stream"], video["video_streams"], video["num_frames"]) == (0, 2, 32)
+    single = tmp_path / "one.pt"
+    assert run("encode", small_video, "--config", "tiny", "-o", single).exit_code == 0
+    assert load_tokens(single)["meta"]["video"]["video_streams"] == 1
