@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.utils import get_session
 from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 from open_clip.transformer import VisionTransformer
@@ -37,9 +38,12 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 AVX-512 / AMX; "bf16" is the aarch64 feature name
 FETCH_HINT = "pass --pretrained PATH to a local weights file, or --pretrained none for a dry run"
 EXAMPLE_MODELS = ("ViT-B-16", "ViT-B-32", "ViT-L-14", "ViT-L-14-336", "slowfast-tiny-vit")
+HUB_PREFLIGHT_TIMEOUT_S = 3.0  # one request to the hub before a download, whose retries wait ~50 s offline
 OPENAI_URL_CACHE = "~/.cache/clip"  # where open_clip's download_pretrained_from_url stores files
 TOWER_BUILDER = "_build_vision_tower"  # open_clip.model's private vision-only builder, used when present
 PIXEL_TOLERANCE = 1 / 255  # max |ours - PIL| in pixel units after resizing, measured (see Encoder.preprocess)
+PIECE_ELEMENTS = 1 << 22  # fp32 values per preprocessing temporary (16 MiB), whatever the frame shape
+RESIZE_TAPS = {"bicubic": 4, "bilinear": 2}  # filter width in input pixels at scale 1 (PIL, torch antialias)
 
 
 # --- device and dtype --------------------------------------------------------------------------------------
@@ -196,8 +200,36 @@ def _cached_tag_file(tag_cfg: dict[str, Any]) -> str | None:
     return None
 
 
+def _hub_unreachable() -> str | None:
+    """Why the Hugging Face endpoint does not answer now, or None when it does.
+
+    One HEAD request to ``HF_ENDPOINT`` (huggingface.co by default) through huggingface_hub's own HTTP client, so
+    its proxy, certificate and endpoint settings apply, with a short timeout (``_preflight_timeout``) and no retry.
+    huggingface_hub itself retries an unreachable hub with backoff, for each file open_clip tries (safetensors,
+    then .bin): about 50 s before the same failure. Any HTTP answer, even an error status, counts as reachable.
+    """
+    try:
+        get_session().head(hf_constants.ENDPOINT, timeout=_preflight_timeout())
+    except Exception as exc:  # DNS, refused, timed out, proxy or TLS failure: no answer at all
+        return first_line(exc)
+    return None
+
+
+def _preflight_timeout() -> float:
+    """``HF_HUB_ETAG_TIMEOUT`` when set (huggingface_hub's wait for a file's metadata, for slow links), else
+    ``HUB_PREFLIGHT_TIMEOUT_S``."""
+    try:
+        return float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or HUB_PREFLIGHT_TIMEOUT_S)
+    except ValueError:
+        return HUB_PREFLIGHT_TIMEOUT_S
+
+
 def _fetch_tag(model: str, tag: str, tag_cfg: dict[str, Any]) -> str:
-    """Path of a pretrained tag's weights: the local cache first (only it when offline), else open_clip's download."""
+    """Path of a pretrained tag's weights: the local cache first (only it when offline), else open_clip's download.
+
+    Before downloading, ``_hub_unreachable`` checks within a few seconds that the hub answers at all, so a machine
+    without access gets the error at once instead of after huggingface_hub's retries.
+    """
     what = f"pretrained weights {model}/{tag}"
     found = _cached_tag_file(tag_cfg)
     if found is not None:
@@ -205,6 +237,11 @@ def _fetch_tag(model: str, tag: str, tag_cfg: dict[str, Any]) -> str:
     if _hub_offline():
         raise SlowfastError(
             f"{what} could not be fetched (HF_HUB_OFFLINE is set and they are not cached): {FETCH_HINT}"
+        )
+    unreachable = _hub_unreachable()
+    if unreachable is not None:
+        raise SlowfastError(
+            f"{what} could not be fetched ({hf_constants.ENDPOINT} does not answer: {unreachable}): {FETCH_HINT}"
         )
     try:
         return open_clip.download_pretrained(tag_cfg)
@@ -336,7 +373,7 @@ def build_encoder(cfg: EncoderCfg, device: torch.device, dtype: torch.dtype) -> 
 
     ``cfg.pretrained`` is one of:
     - an open_clip tag: a cached copy is used without touching the network, otherwise open_clip downloads it
-      (unless HF_HUB_OFFLINE is set);
+      (unless HF_HUB_OFFLINE is set), once a request of a few seconds has shown that the hub answers;
     - a local ``.safetensors``/``.bin``/``.pt``/``.pth`` file with a full CLIP state dict (``visual.*``) or the
       vision tower's own, loaded strictly;
     - ``none``: random weights under seed 0, bit-identical from run to run.
@@ -379,36 +416,136 @@ def build_encoder(cfg: EncoderCfg, device: torch.device, dtype: torch.dtype) -> 
 
 
 def _resized_shape(h: int, w: int, target: tuple[int, int], mode: str) -> tuple[int, int]:
-    """(h, w) after open_clip's resize step: torchvision ``Resize`` / ``ResizeKeepRatio`` arithmetic."""
+    """(h, w) after open_clip's resize step: torchvision ``Resize`` / ``ResizeKeepRatio`` arithmetic.
+
+    Each side is at least 1 pixel (``longest`` would round a 4000x2 frame's short side to 0, which PIL refuses).
+    """
     th, tw = target
     if mode == "squash":
         return th, tw
     if mode == "shortest" and th == tw:
         return (int(th * h / w), th) if w <= h else (th, int(th * w / h))
     ratio = max(h / th, w / tw) if mode == "longest" else min(h / th, w / tw)
-    return round(h / ratio), round(w / ratio)
+    return max(1, round(h / ratio)), max(1, round(w / ratio))
 
 
-def _resize_like_pil(x: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.Tensor:
-    """PIL's resize on float pixels (B, C, H, W): width pass then height pass, each rounded to uint8 levels."""
-    h, w = size
-    for shape in ((x.shape[-2], w), (h, w)):
-        if tuple(x.shape[-2:]) != shape:
-            x = F.interpolate(x, size=shape, mode=interpolation, antialias=True, align_corners=False)
-            x = x.round_().clamp_(0, 255)
-    return x
+def _crop_window(n: int, target: int) -> tuple[int, int, int, int]:
+    """(start, stop, pad_before, pad_after) along one axis of ``n`` resized pixels.
+
+    torchvision's ``center_crop`` (open_clip's ``CenterCropOrPad``) keeps pixels [start, stop) of that axis and
+    pads it with the fill colour when it is shorter than ``target``.
+    """
+    if target > n:
+        return 0, n, (target - n) // 2, (target - n + 1) // 2
+    start = int(round((n - target) / 2.0))
+    return start, start + target, 0, 0
 
 
-def _center_crop_or_pad(x: torch.Tensor, size: tuple[int, int], fill: float) -> torch.Tensor:
-    """torchvision's ``center_crop`` (and open_clip's ``CenterCropOrPad``) on (B, C, H, W)."""
-    th, tw = size
-    h, w = x.shape[-2:]
-    if th > h or tw > w:
-        pad_h, pad_w = max(th - h, 0), max(tw - w, 0)
-        x = F.pad(x, (pad_w // 2, (pad_w + 1) // 2, pad_h // 2, (pad_h + 1) // 2), value=fill)
-        h, w = x.shape[-2:]
-    top, left = int(round((h - th) / 2.0)), int(round((w - tw) / 2.0))
-    return x[..., top : top + th, left : left + tw]
+def _aa_filter(x: np.ndarray, interpolation: str) -> np.ndarray:
+    """PIL's resampling filters, which torch's ``antialias=True`` copies: Keys' cubic (a = -0.5) or the triangle."""
+    x = np.abs(x)
+    if interpolation == "bilinear":
+        return np.clip(1.0 - x, 0.0, None)
+    a = -0.5
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return np.where(x < 1, near, np.where(x < 2, far, 0.0))
+
+
+@functools.lru_cache(maxsize=32)
+def _aa_window(n_in: int, n_out: int, start: int, stop: int, interpolation: str) -> tuple[int, int, np.ndarray]:
+    """Outputs ``start..stop-1`` of an antialiased resize from ``n_in`` to ``n_out`` pixels, as a matrix.
+
+    PIL's ``precompute_coeffs`` (which torch's antialiased kernels follow) in float64, for only the outputs asked
+    for. Returns (first, last, weights): the outputs read input pixels [first, last) only, and output ``start + k``
+    is ``weights[k] @ input[first:last]``.
+    """
+    scale = n_in / n_out
+    support = RESIZE_TAPS[interpolation] / 2 * max(scale, 1.0)  # in input pixels; wider when downscaling
+    spans = []
+    for i in range(start, stop):
+        center = scale * (i + 0.5)
+        lo, hi = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), n_in)
+        w = _aa_filter((np.arange(lo, hi) - center + 0.5) / max(scale, 1.0), interpolation)
+        spans.append((lo, w / w.sum()))
+    first, last = spans[0][0], max(lo + len(w) for lo, w in spans)
+    weights = np.zeros((stop - start, last - first))
+    for k, (lo, w) in enumerate(spans):
+        weights[k, lo - first : lo - first + len(w)] = w
+    return first, last, weights
+
+
+def _interpolate(x: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode=interpolation, antialias=True, align_corners=False)
+
+
+def _resize_width(x: torch.Tensor, width: int, cols: tuple[int, int], interpolation: str) -> torch.Tensor:
+    """PIL's horizontal pass, (B, 3, R, W) uint8 -> (B, 3, R, C) fp32 8-bit levels, keeping columns [cols).
+
+    Rows are independent in this pass, so it runs on bands of rows of at most ``PIECE_ELEMENTS`` values each and
+    keeps only the wanted columns of each band: the same numbers as one call on the whole frame.
+    """
+    c0, c1 = cols
+    if x.shape[-1] == width:
+        return x[..., c0:c1].float()
+    band = max(1, PIECE_ELEMENTS // (x.shape[0] * 3 * max(x.shape[-1], width)))
+    parts = [
+        _interpolate(part.float(), (part.shape[-2], width), interpolation)[..., c0:c1].round().clamp_(0, 255)
+        for part in x.split(band, dim=2)
+    ]
+    return torch.cat(parts, dim=2)
+
+
+def _resize_and_crop(
+    frames: torch.Tensor, size: tuple[int, int], target: tuple[int, int], interpolation: str, fill: float
+) -> torch.Tensor:
+    """PIL-like resize of (T, H, W, 3) uint8 frames to ``size``, then centre crop or pad to ``target``.
+
+    The result, (T, 3, Ht, Wt) fp32 8-bit levels, is what resizing whole frames (a width pass, then a height pass,
+    each rounded to 8 bits) and then cropping gives, but only the pixels the crop keeps are kept past each pass,
+    and frames go through in groups, so no temporary is much larger than ``PIECE_ELEMENTS`` values whatever the
+    aspect ratio (a 4000x2 frame resized whole to a 224 short side would be 224 x 448,000 floats).
+
+    - Width pass: rows are independent, so it runs on bands of rows and keeps the cropped columns: bit-identical.
+    - Height pass: columns are independent, so it runs on the cropped columns only. When its whole output for one
+      frame fits in ``PIECE_ELEMENTS`` it is torch's own pass over all rows, cropped: bit-identical. Past that (a
+      frame more than about 28 times taller than wide for a 224 model, 12 times for a 336 one) it computes only
+      the kept rows, from the input rows they read, with PIL's weights in float64 (``_aa_window``), and the width
+      pass runs on those input rows only. torch computes its weights in float32, so the two differ by one 8-bit
+      level on rare values (measured at 224 on 2 x 4000 photos: 6 in 10,000), and these are closer to PIL
+      (there, equal to it, where torch's whole pass is one level off on 3 in 10,000).
+
+    The planes stay channels-last (the layout of a permuted (T, H, W, 3) view, as the whole-frame passes had
+    them): torch's antialiased height pass gives wrong numbers on contiguous (N, C, H, 1) tensors (torch 2.14),
+    and a ``longest``-mode resize of a very tall frame is one pixel wide.
+    """
+    t, h, w, _ = frames.shape
+    (h1, w1), (th, tw) = size, target
+    if t == 0:
+        return frames.new_zeros((0, 3, th, tw), dtype=torch.float32)
+    r0, r1, pad_top, pad_bottom = _crop_window(h1, th)
+    c0, c1, pad_left, pad_right = _crop_window(w1, tw)
+    kw = c1 - c0
+    whole = h != h1 and 3 * h1 * kw <= PIECE_ELEMENTS  # height pass over all rows, then crop
+    windowed = h != h1 and not whole
+    rows = (0, h) if whole else (r0, r1)
+    if windowed:
+        first, last, weights = _aa_window(h, h1, r0, r1, interpolation)
+        rows, matrix = (first, last), torch.from_numpy(weights).to(frames.device)  # (r1 - r0, last - first) fp64
+    per_frame = 3 * max((rows[1] - rows[0]) * max(w, w1), h1 * kw if whole else 0)
+    out = []
+    for part in frames[:, rows[0] : rows[1]].split(max(1, PIECE_ELEMENTS // per_frame)):
+        x = _resize_width(rearrange(part, "t h w c -> t c h w"), w1, (c0, c1), interpolation)  # (t, 3, rows, kw)
+        if whole:
+            x = x.contiguous(memory_format=torch.channels_last)  # already so, normally: see the docstring's end
+            x = _interpolate(x, (h1, kw), interpolation)[:, :, r0:r1].round().clamp_(0, 255)
+        elif windowed:
+            x = torch.matmul(matrix, x.double()).round_().clamp_(0, 255).float()
+        out.append(x)  # (t, 3, r1 - r0, kw)
+    x = torch.cat(out)
+    if pad_top or pad_bottom or pad_left or pad_right:
+        x = F.pad(x, (pad_left, pad_right, pad_top, pad_bottom), value=fill)
+    return x  # (T, 3, Ht, Wt)
 
 
 def _as_frames(frames: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -459,19 +596,21 @@ class Encoder:
         on a small fraction of pixels, and is bit-identical when no resize is needed. Frames whose size already
         matches the resize target (e.g. resized by the decoder) skip the resize.
 
+        Memory does not grow with the aspect ratio: only the pixels the crop keeps are resized, a few frames at a
+        time (``_resize_and_crop``), so a 32-frame chunk of 4000x2 frames costs about what a 640x360 one does.
+
         Returns:
             (T, 3, Hs, Ws) on ``self.device`` in ``self.dtype``.
         """
         cfg = self.preprocess_cfg
-        if cfg["interpolation"] not in ("bicubic", "bilinear"):
+        if cfg["interpolation"] not in RESIZE_TAPS:
             raise SlowfastError(f"unsupported interpolation {cfg['interpolation']!r} (bicubic or bilinear)")
-        x = rearrange(_to_device(_as_frames(frames), self.device), "t h w c -> t c h w").float()  # (T, 3, H, W)
-        shape = _resized_shape(x.shape[-2], x.shape[-1], self.image_size, cfg["resize_mode"])
-        x = _resize_like_pil(x, shape, cfg["interpolation"])
-        x = _center_crop_or_pad(x, self.image_size, float(cfg["fill_color"]))  # (T, 3, Hs, Ws)
+        frames = _to_device(_as_frames(frames), self.device)  # (T, H, W, 3) uint8
+        size = _resized_shape(frames.shape[1], frames.shape[2], self.image_size, cfg["resize_mode"])
+        x = _resize_and_crop(frames, size, self.image_size, cfg["interpolation"], float(cfg["fill_color"]))
         mean = torch.tensor(cfg["mean"], device=self.device).view(3, 1, 1)
         std = torch.tensor(cfg["std"], device=self.device).view(3, 1, 1)
-        return ((x / 255 - mean) / std).to(self.dtype)
+        return ((x / 255 - mean) / std).to(self.dtype)  # (T, 3, Hs, Ws)
 
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, Hs, Ws) -> (B, N, D) output of block ``block_index``, class token dropped."""

@@ -29,10 +29,11 @@ def load_failure(exc: BaseException, expected: str) -> str:
     """
     text = str(exc)
     if "Weights only load failed" in text or "WeightsUnpickler error" in text:
-        found = re.search(r"Unsupported (?:global|operand)[^:]*: (?:GLOBAL )?([\w.]+)", text)
-        what = f" ({found[1]})" if found else ""
+        found = re.search(r"Unsupported global: (?:GLOBAL )?([\w.]+)", text)
+        if found is None:  # an unknown pickle opcode ("Unsupported operand"): bytes, not objects
+            return "damaged, or not a file torch.save wrote (its pickle holds bytes the safe unpickler does not know)"
         return (
-            f"not a plain tensor file: it holds Python objects{what} other than tensors and plain values, "
+            f"not a plain tensor file: it holds Python objects ({found[1]}) other than tensors and plain values, "
             f"which slowfast never loads; expected {expected}"
         )
     return f"cannot be loaded: {first_line(exc)}"

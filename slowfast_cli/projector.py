@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .config import ProjectorCfg
-from .errors import ConfigError, SlowfastError, first_line
+from .errors import ConfigError, SlowfastError, first_line, load_failure
 
 KINDS = ("identity", "linear", "mlp2x_gelu")
 EXPECTED_KEYS = {
@@ -26,6 +26,7 @@ EXPECTED_KEYS = {
     "mlp2x_gelu": ("0.weight", "0.bias", "2.weight", "2.bias"),
 }
 LLAVA_PREFIX = "mm_projector."
+STATE_DICT = "a state dict (a mapping of names to tensors) saved with torch.save or safetensors"
 TORCHSCRIPT_HINT = (
     "it is a TorchScript archive (like OpenAI's original CLIP .pt); convert it once with "
     "python -c \"import torch; torch.save(torch.jit.load('IN.pt', map_location='cpu').state_dict(), 'OUT.pt')\""
@@ -39,6 +40,13 @@ def _is_torchscript(path: Path) -> bool:
         return any(name.split("/")[1:2] == ["code"] for name in zf.namelist())
 
 
+def _unreadable(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` or safetensors refused a file, never with torch's own advice (to load
+    with ``weights_only=False``, which would run code from the file): see ``errors.load_failure``."""
+    reason = load_failure(exc, STATE_DICT)
+    return first_line(exc, 200) if reason.startswith("cannot be loaded") else reason
+
+
 def read_weights(path: str | Path, what: str = "weights") -> dict[str, torch.Tensor]:
     """Read a state dict safely: safetensors by suffix, else ``torch.load(weights_only=True)`` on the CPU.
 
@@ -50,7 +58,8 @@ def read_weights(path: str | Path, what: str = "weights") -> dict[str, torch.Ten
         what: what the file holds, for error messages ("projector weights", "vision weights").
 
     Raises:
-        SlowfastError: the file is missing, unreadable, unsafe to unpickle, or holds no tensors.
+        SlowfastError: the file is missing, unreadable, unsafe to unpickle, or holds no tensors; the message says
+            which (``_unreadable``), never with torch's advice to load it with ``weights_only=False``.
     """
     p = Path(path)
     if not p.is_file():
@@ -60,7 +69,7 @@ def read_weights(path: str | Path, what: str = "weights") -> dict[str, torch.Ten
     try:
         obj = load_file(p) if p.suffix == ".safetensors" else torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch and safetensors raise many types for a bad file
-        raise SlowfastError(f"could not read {what} file {p}: {first_line(exc, 200)}") from None
+        raise SlowfastError(f"could not read {what} file {p}: {_unreadable(exc)}") from None
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     tensors = (
@@ -157,11 +166,11 @@ def _random(cfg: ProjectorCfg, vision_width: int) -> nn.Module:
 
 def _identity(cfg: ProjectorCfg, vision_width: int) -> nn.Module:
     if cfg.weights:
-        raise SlowfastError(
+        raise ConfigError(
             "--projector identity takes no weights; pass --projector linear or mlp2x_gelu with --projector-weights"
         )
     if cfg.llm_dim is not None and cfg.llm_dim != vision_width:
-        raise SlowfastError(
+        raise ConfigError(
             f"--projector identity keeps the vision width {vision_width} but --llm-dim is {cfg.llm_dim}; "
             "drop --llm-dim or pick a linear / mlp2x_gelu projector"
         )
@@ -181,8 +190,10 @@ def build_projector(
         (module, info) where info has kind, in_dim, out_dim, weights (path or None), random, seed (int or None).
 
     Raises:
-        SlowfastError: weights for identity, missing weights without ``random_init`` / ``llm_dim``, unreadable
-            weights, keys of another kind, or widths that disagree with the vision tower or ``llm_dim``.
+        ConfigError: flags that do not go together (exit code 2): weights or another ``llm_dim`` for identity,
+            or linear / mlp2x_gelu without weights and without both ``random_init`` and ``llm_dim``.
+        SlowfastError: unreadable weights, keys of another kind, or widths that disagree with the vision tower or
+            ``llm_dim``.
     """
     if cfg.kind not in KINDS:
         raise ConfigError(f"unknown projector {cfg.kind!r}; valid: {', '.join(KINDS)}")
@@ -194,7 +205,7 @@ def build_projector(
     elif cfg.random_init and cfg.llm_dim is not None:
         module, out_dim, random = _random(cfg, vision_width), cfg.llm_dim, True
     else:
-        raise SlowfastError(
+        raise ConfigError(
             f"--projector {cfg.kind} needs weights: pass --projector-weights PATH (e.g. a LLaVA mm_projector.bin), "
             "or --random-projector with --llm-dim N for a dry run"
         )

@@ -2,18 +2,29 @@
 
 Everything runs on the registered ``slowfast-tiny-vit`` (64x64 input, 8x8 patches, 3 blocks, width 64) on the CPU,
 with the network off: HF_HUB_OFFLINE is set, the caches point at a temporary folder and sockets refuse to connect.
+Tests that measure (peak memory, time to an error) run a fresh Python process, its caches empty too.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fractions
+import http.server
+import json
+import os
 import socket
+import subprocess
+import sys
+import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
 import open_clip
 import pytest
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -21,6 +32,7 @@ from slowfast_cli import encoder as enc_mod
 from slowfast_cli.budget import model_grid
 from slowfast_cli.config import EncoderCfg
 from slowfast_cli.encoder import (
+    FETCH_HINT,
     PIXEL_TOLERANCE,
     build_encoder,
     cpu_has_native_bf16,
@@ -33,6 +45,7 @@ from slowfast_cli.errors import ConfigError, SlowfastError
 TINY = "slowfast-tiny-vit"
 CPU = torch.device("cpu")
 FETCH_HINTS = ("--pretrained PATH", "--pretrained none")
+REAL_CONNECT = socket.socket.connect
 
 
 @pytest.fixture(autouse=True)
@@ -89,6 +102,136 @@ def photo(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 def clip_frames(t: int = 4, h: int = 90, w: int = 120) -> torch.Tensor:
     return torch.from_numpy(np.stack([photo(h, w, seed=i) for i in range(t)]))  # (T, H, W, 3)
+
+
+def with_resize(e, resize_mode: str, interpolation: str):
+    """The encoder with other open_clip resize settings (preprocessing only depends on ``preprocess_cfg``)."""
+    return dataclasses.replace(
+        e, preprocess_cfg={**e.preprocess_cfg, "resize_mode": resize_mode, "interpolation": interpolation}
+    )
+
+
+def whole_frame_pixels(e, frames: torch.Tensor) -> torch.Tensor:
+    """The reference: resize whole frames like PIL (a width pass, then a height pass, each rounded to 8 bits), then
+    centre crop or pad, then normalize, which is what ``preprocess`` computed before it worked in pieces. Its memory
+    grows with the resized frame (224 x 448,000 floats per channel for a 4000x2 frame), so only modest shapes."""
+    cfg = e.preprocess_cfg
+    x = rearrange(frames, "t h w c -> t c h w").float()
+    h, w = enc_mod._resized_shape(x.shape[-2], x.shape[-1], e.image_size, cfg["resize_mode"])
+    for shape in ((x.shape[-2], w), (h, w)):
+        if tuple(x.shape[-2:]) != shape:
+            x = F.interpolate(x, size=shape, mode=cfg["interpolation"], antialias=True, align_corners=False)
+            x = x.round_().clamp_(0, 255)
+    th, tw = e.image_size
+    pad_h, pad_w = max(th - h, 0), max(tw - w, 0)
+    x = F.pad(x, (pad_w // 2, (pad_w + 1) // 2, pad_h // 2, (pad_h + 1) // 2), value=float(cfg["fill_color"]))
+    top, left = int(round((x.shape[-2] - th) / 2.0)), int(round((x.shape[-1] - tw) / 2.0))
+    x = x[..., top : top + th, left : left + tw]
+    mean, std = torch.tensor(cfg["mean"]).view(3, 1, 1), torch.tensor(cfg["std"]).view(3, 1, 1)
+    return (x / 255 - mean) / std
+
+
+MEMORY_PROBE = textwrap.dedent(
+    r"""
+    import json, re, sys
+    import numpy as np, torch
+    from slowfast_cli.config import EncoderCfg
+    from slowfast_cli.encoder import build_encoder
+
+    def kib(key):
+        return int(re.search(key + r":\s+(\d+)", open("/proc/self/status").read())[1])
+
+    e = build_encoder(EncoderCfg(model="slowfast-tiny-vit", pretrained="none"), torch.device("cpu"), torch.float32)
+    e.preprocess(torch.zeros(1, 8, 8, 3, dtype=torch.uint8))  # warm up torch's kernels
+    results = {}
+    for shape in sys.argv[1:]:
+        h, w = map(int, shape.split("x"))
+        frames = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (32, h, w, 3), dtype=np.uint8))
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak resident set size (VmHWM) to the current one
+        before = kib("VmRSS")
+        out = e.preprocess(frames)
+        results[shape] = {"peak_mib": (kib("VmHWM") - before) / 1024, "shape": list(out.shape)}
+        del frames, out
+    print(json.dumps(results))
+    """
+)
+
+
+FETCH_PROBE = textwrap.dedent(
+    """
+    import json, socket, sys, time
+    from urllib.parse import urlsplit
+    from huggingface_hub import constants
+
+    if sys.argv[1] == "probe":  # does this machine reach the endpoint at all?
+        url = urlsplit(constants.ENDPOINT)
+        try:
+            port = url.port or (443 if url.scheme == "https" else 80)
+            socket.create_connection((url.hostname, port), timeout=3).close()
+        except OSError:
+            pass
+        else:
+            print(json.dumps({"reachable": True}))
+            sys.exit()
+    from slowfast_cli.encoder import _resolve_weights
+
+    start = time.monotonic()
+    try:
+        _resolve_weights("ViT-B-16", "openai")
+        error = None
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    print(json.dumps({"reachable": False, "seconds": time.monotonic() - start, "error": error}))
+    """
+)
+
+
+def fetch_without_cache(tmp_path: Path, probe: bool, **env: str) -> dict:
+    """``_resolve_weights("ViT-B-16", "openai")`` in a fresh process, every cache empty under ``tmp_path``."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))}
+    clean.update(HOME=str(tmp_path / "home"), HF_HOME=str(tmp_path / "hf"), XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    clean.update(env)
+    try:
+        r = subprocess.run(
+            [sys.executable, "-c", FETCH_PROBE, "probe" if probe else "go"],
+            env=clean,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("no answer within 90 s")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def answering_hub(monkeypatch):
+    """A real HTTP server on 127.0.0.1 answering 200 to everything, as the hub endpoint; only it may be reached."""
+    from huggingface_hub import constants
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def loopback_only(sock, address):
+        if address[0] != "127.0.0.1":
+            raise AssertionError(f"the encoder tried to reach {address}")
+        return REAL_CONNECT(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", loopback_only)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    yield
+    server.shutdown()
+    server.server_close()
 
 
 class TestBuild:
@@ -217,7 +360,9 @@ class TestPreprocess:
         assert cfg["mean"] == open_clip.OPENAI_DATASET_MEAN and cfg["std"] == open_clip.OPENAI_DATASET_STD
 
     @pytest.mark.parametrize(
-        "hw", [(240, 320), (320, 180), (1080, 1920), (97, 131), (48, 40)], ids=lambda s: f"{s[0]}x{s[1]}"
+        "hw",
+        [(240, 320), (320, 180), (1080, 1920), (97, 131), (48, 40), (5, 7), (1, 1), (2, 4000), (4000, 2)],
+        ids=lambda s: f"{s[0]}x{s[1]}",
     )
     def test_matches_open_clip_within_one_level(self, hw):
         e = tiny()
@@ -246,6 +391,64 @@ class TestPreprocess:
     def test_batched_equals_one_by_one(self):
         e, frames = tiny(), clip_frames(3)
         assert torch.equal(e.preprocess(frames), torch.cat([e.preprocess(f[None]) for f in frames]))
+
+    @pytest.mark.parametrize("mode", ["shortest", "longest", "squash"])
+    @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+    @pytest.mark.parametrize(
+        "hw", [(3, 1000), (1000, 3), (360, 640), (17, 333), (30, 20), (5, 7), (1, 1)], ids=lambda s: f"{s[0]}x{s[1]}"
+    )
+    def test_bit_identical_to_resizing_whole_frames(self, hw, interpolation, mode):
+        """Resizing only what the crop keeps, a few frames at a time, gives exactly the fp32 numbers of resizing
+        whole frames: very wide and very tall frames, upscaling (frames smaller than the model), and several frames
+        per piece (7 frames of 360x640)."""
+        e = with_resize(tiny(), mode, interpolation)
+        frames = clip_frames(7, *hw)
+        assert torch.equal(e.preprocess(frames), whole_frame_pixels(e, frames))
+
+    def test_bit_identical_when_frames_are_cut_into_bands_of_rows(self):
+        """One 1080x1920 frame is more than PIECE_ELEMENTS values (3 planes): its width pass runs in bands of rows."""
+        e, frames = tiny(), clip_frames(2, 1080, 1920)
+        assert enc_mod.PIECE_ELEMENTS < 3 * 1080 * 1920
+        assert torch.equal(e.preprocess(frames), whole_frame_pixels(e, frames))
+
+    @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+    def test_very_tall_frames_are_within_one_level_of_resizing_whole_frames(self, interpolation):
+        """2 wide and 4000 tall resizes to 64 x 128,000: too tall for torch's whole height pass within
+        PIECE_ELEMENTS, so the kept rows are computed with PIL's weights in float64 instead of torch's float32 ones."""
+        e = with_resize(tiny(), "shortest", interpolation)
+        frames = clip_frames(1, 4000, 2)
+        diff = (e.preprocess(frames) - whole_frame_pixels(e, frames)).abs()
+        assert diff.max() <= PIXEL_TOLERANCE / min(e.preprocess_cfg["std"]) + 1e-6
+        assert (diff > 0).float().mean() < 1e-3
+
+    def test_longest_mode_keeps_a_one_pixel_side(self):
+        """open_clip's ``longest`` resize rounds the width of a 3-wide, 1000-tall frame to 0 pixels, which PIL and
+        torch refuse; it becomes 1 pixel, padded like any narrow resize."""
+        e = with_resize(tiny(), "longest", "bicubic")
+        image = photo(1000, 3)
+        pixels = e.preprocess(torch.from_numpy(image)[None])[0]  # (3, 64, 64)
+        column = torch.from_numpy(np.asarray(Image.fromarray(image).resize((1, 64), Image.BICUBIC)).copy())
+        mean, std = torch.tensor(e.preprocess_cfg["mean"]), torch.tensor(e.preprocess_cfg["std"])
+        expected = ((column[:, 0].float() / 255 - mean) / std).T  # (3, 64)
+        assert (pixels[:, :, 31] - expected).abs().max() <= PIXEL_TOLERANCE / std.min() + 1e-6
+        fill = (-mean / std).view(3, 1, 1).expand(3, 64, 63)
+        assert torch.allclose(torch.cat([pixels[:, :, :31], pixels[:, :, 32:]], dim=2), fill)
+
+    def test_no_frames(self):
+        assert tiny().preprocess(torch.zeros(0, 90, 120, 3, dtype=torch.uint8)).shape == (0, 3, 64, 64)
+
+    @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures the peak with Linux's /proc")
+    @pytest.mark.parametrize("shape", ["2x4000", "4000x2"], ids=["4000-wide", "4000-tall"])
+    def test_extreme_aspect_ratio_chunk_has_bounded_peak_memory(self, shape):
+        """A 32-frame chunk of frames 4000 x 2 (either way) was resized whole: 64 x 128,000 floats per channel and
+        frame, a 3.1 GB peak for the tiny model (38 GB at 224), in the batch's main process. Measured now: about
+        +30 MiB wide, +8 MiB tall (+82 / +58 MiB at 224); the bound leaves room for the allocator. One fresh
+        process per shape, so that memory freed by one measurement cannot hide the next one's."""
+        r = subprocess.run([sys.executable, "-c", MEMORY_PROBE, shape], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        result = json.loads(r.stdout.strip().splitlines()[-1])[shape]
+        assert result["shape"] == [32, 3, 64, 64]
+        assert result["peak_mib"] < 400, result
 
 
 class TestLowPrecision:
@@ -358,8 +561,21 @@ class TestWeightFiles:
     def test_unsafe_pickle_is_refused(self, tmp_path):
         path = tmp_path / "pickle.pt"
         torch.save({"conv1.weight": NotATensor()}, path)
-        with pytest.raises(SlowfastError, match="could not read"):
+        with pytest.raises(SlowfastError, match="not a plain tensor file"):
             tiny(pretrained=str(path))
+
+    def test_python_objects_are_named_without_unsafe_advice(self, tmp_path, trained):
+        """torch's refusal advises ``weights_only=False``, which would run code from the file; the message says
+        what the file holds instead."""
+        state = trained.visual.state_dict()
+        state["step"] = fractions.Fraction(1, 3)
+        path = tmp_path / "vision.pt"
+        torch.save(state, path)
+        with pytest.raises(SlowfastError) as err:
+            tiny(pretrained=str(path))
+        message = str(err.value)
+        assert str(path) in message and "not a plain tensor file" in message and "fractions.Fraction" in message
+        assert "weights_only" not in message and "can still be loaded" not in message
 
     def test_missing_and_unexpected_keys_are_named(self, tmp_path, trained):
         state = trained.visual.state_dict()
@@ -388,7 +604,7 @@ class TestPretrainedTags:
         with pytest.raises(SlowfastError, match="unknown pretrained tag 'bogus' for ViT-B-16.*openai.*laion2b"):
             build_encoder(EncoderCfg(model="ViT-B-16", pretrained="bogus"), CPU, torch.float32)
 
-    def test_failed_download_explains_what_to_do(self, monkeypatch):
+    def test_failed_download_explains_what_to_do(self, monkeypatch, answering_hub):
         from huggingface_hub import constants
 
         monkeypatch.setenv("HF_HUB_OFFLINE", "0")
@@ -401,6 +617,40 @@ class TestPretrainedTags:
         with pytest.raises(SlowfastError, match=r"could not be fetched \(no route to host\)") as err:
             build_encoder(EncoderCfg(model="ViT-B-16", pretrained="openai"), CPU, torch.float32)
         assert all(hint in str(err.value) for hint in FETCH_HINTS)
+
+    def test_no_access_to_the_hub_fails_within_seconds(self, tmp_path):
+        """Not cached and no network: one quick request tells, instead of ~50 s of huggingface_hub's retries (for
+        the safetensors file, then the .bin) before the same message. Measured here: 50 s before, under 1 s after."""
+        result = fetch_without_cache(tmp_path, probe=True)
+        if result["reachable"]:
+            pytest.skip("this machine reaches the Hugging Face hub; the test needs it unreachable")
+        assert result["error"].startswith("SlowfastError") and FETCH_HINT in result["error"]
+        assert "does not answer" in result["error"]
+        assert result["seconds"] < 20, result
+
+    def test_a_hub_that_never_answers_fails_within_seconds(self, tmp_path):
+        """HF_ENDPOINT accepts connections (a real listening socket) but never answers, like a black-holed proxy:
+        the preflight times out after HUB_PREFLIGHT_TIMEOUT_S; huggingface_hub alone retries for minutes."""
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", 0))
+            server.listen(8)
+            endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+            result = fetch_without_cache(tmp_path, probe=False, HF_ENDPOINT=endpoint)
+        assert result["error"].startswith("SlowfastError") and FETCH_HINT in result["error"]
+        assert f"{endpoint} does not answer" in result["error"]
+        assert result["seconds"] < 20, result
+
+    @pytest.mark.parametrize(
+        ("env", "seconds"),
+        [(None, enc_mod.HUB_PREFLIGHT_TIMEOUT_S), ("30", 30.0), ("soon", enc_mod.HUB_PREFLIGHT_TIMEOUT_S)],
+    )
+    def test_the_preflight_waits_as_long_as_huggingface_hub_is_told_to(self, monkeypatch, env, seconds):
+        """A slow link that needs HF_HUB_ETAG_TIMEOUT for huggingface_hub gets the same wait in the preflight."""
+        if env is None:
+            monkeypatch.delenv("HF_HUB_ETAG_TIMEOUT", raising=False)
+        else:
+            monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", env)
+        assert enc_mod._preflight_timeout() == seconds
 
     @pytest.fixture
     def tiny_tag(self, monkeypatch, tmp_path):

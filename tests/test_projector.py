@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fractions
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -134,13 +136,29 @@ class TestBadWeights:
     @pytest.mark.parametrize("name", ["corrupt.bin", "corrupt.safetensors"])
     def test_corrupt_file(self, tmp_path, name):
         (tmp_path / name).write_bytes(b"\x00garbage" * 20)
-        with pytest.raises(SlowfastError, match="could not read projector weights"):
+        with pytest.raises(SlowfastError, match="could not read projector weights") as err:
             build(weights=str(tmp_path / name))
+        assert "weights_only" not in str(err.value) and "Python objects" not in str(err.value)
 
     def test_not_a_state_dict(self, tmp_path):
         torch.save([1, 2, 3], tmp_path / "list.pt")
         with pytest.raises(SlowfastError, match="holds no state dict"):
             read_weights(tmp_path / "list.pt")
+
+    @pytest.mark.parametrize("name", ["mm_projector.bin", "plain.pt"])
+    def test_python_objects_are_named_without_unsafe_advice(self, tmp_path, name):
+        """torch's refusal advises ``weights_only=False``, which would run code from the file; the message names
+        the file and says what it holds instead."""
+        state = {f"model.mm_projector.{k}": v for k, v in mlp_weights().items()}
+        state["step"] = fractions.Fraction(1, 3)
+        path = tmp_path / name
+        torch.save(state, path)
+        with pytest.raises(SlowfastError) as err:
+            build(weights=str(path))
+        message = str(err.value)
+        assert message.startswith(f"could not read projector weights file {path}: not a plain tensor file")
+        assert "fractions.Fraction" in message and "expected a state dict" in message
+        assert "weights_only" not in message and "can still be loaded" not in message
 
     @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
     def test_torchscript_archive_gets_a_conversion_hint(self, tmp_path):
@@ -168,10 +186,12 @@ class TestRandomAndIdentity:
         build("linear", random_init=True, llm_dim=8)
         assert torch.equal(torch.rand(2), expected)
 
+    @pytest.mark.parametrize("kind", ["mlp2x_gelu", "linear"])
     @pytest.mark.parametrize("cfg", [{}, {"random_init": True}, {"llm_dim": D_LLM}])
-    def test_no_weights_needs_random_init_and_llm_dim(self, cfg):
-        with pytest.raises(SlowfastError, match="--projector-weights PATH.*--random-projector with --llm-dim"):
-            build(**cfg)
+    def test_no_weights_needs_random_init_and_llm_dim(self, kind, cfg):
+        """A usage error (exit code 2), like the same check that config.py makes before anything is built."""
+        with pytest.raises(ConfigError, match="--projector-weights PATH.*--random-projector with --llm-dim"):
+            build(kind, **cfg)
 
     def test_weights_win_over_random_init(self, tmp_path):
         _, info = build(weights=save(tmp_path, "p.bin", mlp_weights()), random_init=True)
@@ -183,13 +203,19 @@ class TestRandomAndIdentity:
         assert torch.equal(project(x, module), x)
         assert (info["out_dim"], info["weights"], info["random"]) == (D_VISION, None, False)
 
-    def test_identity_with_weights_is_an_error(self, tmp_path):
-        with pytest.raises(SlowfastError, match="identity takes no weights"):
+    def test_identity_with_weights_is_a_usage_error(self, tmp_path):
+        with pytest.raises(ConfigError, match="identity takes no weights"):
             build("identity", weights=save(tmp_path, "p.bin", mlp_weights()))
 
-    def test_identity_with_another_llm_dim_is_an_error(self):
-        with pytest.raises(SlowfastError, match="keeps the vision width 64 but --llm-dim is 4096"):
+    def test_identity_with_another_llm_dim_is_a_usage_error(self):
+        with pytest.raises(ConfigError, match="keeps the vision width 64 but --llm-dim is 4096"):
             build("identity", llm_dim=4096)
+
+    def test_weights_that_do_not_fit_are_runtime_errors(self, tmp_path):
+        """What a weights file holds is not a flag mistake: exit code 1, not 2."""
+        with pytest.raises(SlowfastError) as err:
+            build(weights=save(tmp_path, "x.bin", mlp_weights(d_in=1024)))
+        assert not isinstance(err.value, ConfigError)
 
     def test_unknown_kind(self):
         with pytest.raises(ConfigError, match="identity, linear, mlp2x_gelu"):
