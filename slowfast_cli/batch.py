@@ -9,6 +9,7 @@ is one line of ``OUT/manifest.jsonl``, and ``OUT/report.json`` summarises the fo
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import fnmatch
 import json
@@ -113,6 +114,7 @@ KINDS = [  # (kind, pattern in the message), first match wins
     ("timeout", r"--timeout"),
     ("crash", r"crashed"),
     ("collision", r"same output"),
+    ("encode", r"non-finite tokens"),
     ("write", r"cannot write"),
 ]
 
@@ -140,8 +142,10 @@ class OutputLock:
 
     def acquire(self) -> OutputLock:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise SlowfastError(f"{self.path}: is a symlink; slowfast does not write through it") from None
             raise SlowfastError(f"{self.path.parent}: output folder is not writable ({exc.strerror or exc})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -177,6 +181,10 @@ class OutputLock:
 
 def prepare_output_dir(root: Path, out_dir: Path) -> None:
     """Create ``out_dir``, refusing what cannot be an output folder: the input folder itself, or a file."""
+    try:
+        out_dir.exists()
+    except OSError as exc:  # ENAMETOOLONG and the like: Path.exists raises them on Python 3.11
+        raise ConfigError(f"{out_dir}: not a usable output folder name ({exc.strerror or exc})") from None
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"{out_dir}: exists and is not a folder; -o must name a folder for the token files")
     if out_dir.is_dir() and out_dir.resolve() == root.resolve():
@@ -204,16 +212,30 @@ def clean_stale_temp_files(out_dir: Path) -> int:
     return n
 
 
-def existing_output(path: Path, current: dict | None) -> tuple[str, str | None]:
-    """What an existing output is for resume: ``("done", None)``, ``("damaged", why)`` or ``("other", what differs)``.
+def existing_output(path: Path, current: dict | None, source: Path | None = None) -> tuple[str, str | None]:
+    """What an existing output is for resume: ``("done", None)``, ``("damaged", why)``, ``("stale", why)`` or
+    ``("other", what differs)``.
 
-    Done means it reads as a complete token file whose every byte passes the zip's CRC-32 check, and (when
-    ``current`` is given) was made with the same provenance (see ``provenance.py``).
+    Done means it reads as a complete token file whose every byte passes the zip's CRC-32 check, was made from
+    ``source`` as it is now (same file name, same size in bytes), and (when ``current`` is given) with the same
+    provenance (see ``provenance.py``). Stale means it was made from another video, or from this one before it
+    changed: it is redone.
     """
     try:
         meta = read_token_header(path, verify=True)["meta"]
     except SlowfastError as exc:
         return "damaged", str(exc)
+    if source is not None:
+        made_from = meta.get("source")
+        recorded = meta.get("video", {}).get("bytes") if isinstance(meta.get("video"), dict) else None
+        if not isinstance(made_from, str) or Path(made_from).name != source.name:
+            return "stale", f"{path}: made from another video ({made_from!r}), not {source.name!r}"
+        try:
+            size = source.stat().st_size
+        except OSError:
+            size = None
+        if recorded is not None and size is not None and recorded != size:
+            return "stale", f"{path}: made from an earlier version of {source.name} ({recorded} bytes, now {size})"
     if current is not None:
         diff = differences(meta.get("provenance"), current)
         if diff:
@@ -288,11 +310,11 @@ def _plan(root: Path, out_dir: Path, pattern: str | None, overwrite: bool, curre
         claimed[key] = rel
         target = out_dir / out_rel
         if not overwrite and (target.exists() or target.is_symlink()):
-            state, why = existing_output(target, current)
+            state, why = existing_output(target, current, root / rel)
             if state == "done":
                 records.append(Record(str(rel), str(out_rel), "skipped", "already done (use --overwrite to redo)"))
                 continue
-            if state == "damaged":
+            if state in ("damaged", "stale"):
                 problems.append(f"{why}; it is redone")
             else:
                 other.append((out_rel, why))
@@ -316,9 +338,28 @@ class Manifest:
     def __init__(self, path: Path):
         self.path = path
         try:
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
         except OSError as exc:
+            why = "is a symlink; slowfast does not write through it" if exc.errno == errno.ELOOP else exc.strerror
+            raise SlowfastError(f"{path}: cannot write ({why or exc})") from None
+        try:
+            self._cut_torn_line()
+        except OSError as exc:
+            os.close(self._fd)
             raise SlowfastError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+    def _cut_torn_line(self) -> None:
+        """A run killed mid-append leaves a last line without its newline: cut it off before appending."""
+        size = os.fstat(self._fd).st_size
+        if size == 0 or os.pread(self._fd, 1, size - 1) == b"\n":
+            return
+        start = max(0, size - (1 << 16))
+        tail = os.pread(self._fd, size - start, start)
+        keep = start + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
+        if keep == 0 and start > 0:  # a line longer than 64 KiB: find its start the slow way
+            with open(self.path, "rb") as f:
+                keep = f.read(size).rfind(b"\n") + 1
+        os.ftruncate(self._fd, keep)
 
     def write(self, record: Record) -> None:
         data = (record.to_json() + "\n").encode("utf-8")
@@ -390,7 +431,13 @@ def run_batch(
                     with sigint_deferred(reraise=False) as held:
                         record = encoded if isinstance(encoded, Record) else _write_one(encoded, rel, out_rel, plan)
                         record.seconds = done.seconds + (time.perf_counter() - t0 if record.status == "ok" else 0.0)
-                        manifest.write(record)
+                        try:
+                            manifest.write(record)
+                        except SlowfastError:  # written but not recorded: take it back, a rerun redoes it
+                            if record.status == "ok":
+                                with contextlib.suppress(OSError):
+                                    (plan.out_dir / out_rel).unlink()
+                            raise
                     yield record
                     if held.pending:
                         raise KeyboardInterrupt
@@ -412,7 +459,7 @@ def _encode_one(done, rel: Path, out_rel: Path, plan: BatchPlan, pipe):
         result = pipe.encode_clip(done.clip, timings={"decode": done.seconds})
     except SlowfastError as exc:
         return Record(str(rel), str(out_rel), "failed", str(exc), error_kind(str(exc)))
-    except RuntimeError as exc:  # torch's errors (out of memory, a kernel failure): this video fails, the batch goes on
+    except Exception as exc:  # torch's errors (out of memory, a kernel), any bug: this video fails, the batch goes on
         msg = f"{rel}: encoding failed ({type(exc).__name__}: {first_line(exc, 200)})"
         return Record(str(rel), str(out_rel), "failed", msg, "encode")
     result.meta["source"] = str(plan.root / rel)
@@ -436,12 +483,16 @@ def _write_one(result, rel: Path, out_rel: Path, plan: BatchPlan) -> Record:
     return Record(str(rel), str(out_rel), "ok", None, None, 0.0, m["frames"], m["input_tokens"], m["output_tokens"])
 
 
-def batch_report(out_dir: Path, records: list[Record], problems: list[str], interrupted: bool = False) -> dict:
+def batch_report(
+    out_dir: Path, records: list[Record], problems: list[str], interrupted: bool = False, folder: bool = True
+) -> dict:
     """What ``report.json`` holds: the folder's token statistics (as ``slowfast report --json``) plus this run's
-    counts."""
-    from .report import build_report
+    counts. ``folder=False`` leaves the statistics empty (``run.folder_counted: false``), for a run interrupted while
+    they were being counted."""
+    from .report import Report, build_report
 
-    report = build_report(out_dir, verify=False).to_dict()  # outputs were verified when planned, or just written
+    # outputs were verified when planned, or just written: headers are enough here
+    report = (build_report(out_dir, verify=False) if folder else Report()).to_dict()
     report["run"] = {
         "attempts": len(records),
         "ok": sum(r.status == "ok" for r in records),
@@ -451,6 +502,7 @@ def batch_report(out_dir: Path, records: list[Record], problems: list[str], inte
         "failed_files": [r.source for r in records if r.status == "failed"],
         "listing_problems": problems,
         "interrupted": interrupted,
+        "folder_counted": folder,
     }
     return report
 

@@ -104,7 +104,12 @@ def warn(message: str) -> None:
 
 
 def handles_errors(fn):
-    """Turn SlowfastError into one red line on stderr and exit 1 (ConfigError: exit 2); --debug re-raises."""
+    """Turn SlowfastError into one red line on stderr and exit 1 (ConfigError: exit 2); --debug adds the traceback.
+
+    An OSError that reaches here (a name too long for the file system, a folder that vanished) is reported the
+    same way, as ``FILE: reason``, exit 1: the library names its files in its own errors, and this is the net for
+    the ones it did not foresee.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -114,6 +119,11 @@ def handles_errors(fn):
             if _state["debug"]:
                 traceback.print_exc()
             raise fail(str(exc), 2 if isinstance(exc, ConfigError) else 1) from None
+        except OSError as exc:
+            if _state["debug"]:
+                traceback.print_exc()
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise fail(f"{where}{exc.strerror or exc}", 1) from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
 
@@ -578,7 +588,7 @@ def batch(
 def _run_batch(plan, cfg: Config, in_dir: Path, output: Path, pattern, workers, timeout, fail_fast, json_) -> None:
     """The rest of ``batch``, with the output folder locked: run, report, summary, exit code."""
     from .batch import REPORT, batch_report, run_batch
-    from .io import write_json
+    from .io import sigint_deferred, write_json
 
     for p in plan.problems:
         warn(p)
@@ -613,9 +623,15 @@ def _run_batch(plan, cfg: Config, in_dir: Path, output: Path, pattern, workers, 
         interrupted = True
     except SlowfastError as exc:  # the manifest cannot be written (a full disk): stop, but still summarise
         stopped.append(str(exc))
-    report = batch_report(output, records, plan.problems, interrupted)
     try:
-        write_json(output / REPORT, report)
+        report = batch_report(output, records, plan.problems, interrupted)
+    except KeyboardInterrupt:  # while counting the folder's files: the run's own counts are still known
+        interrupted = True
+        report = batch_report(output, records, plan.problems, interrupted, folder=False)
+    try:
+        with sigint_deferred(reraise=False) as held:
+            write_json(output / REPORT, report)
+        interrupted = interrupted or held.pending
     except SlowfastError as exc:
         stopped.append(str(exc))
     run = report["run"]
@@ -681,10 +697,12 @@ def batch_table(report: dict, out_dir: Path) -> Table:
 def main() -> None:
     """Console-script entry point.
 
-    Once the command has finished (click ends it with SystemExit), Ctrl-C is ignored: there is nothing left to
-    interrupt, and a KeyboardInterrupt during the interpreter's shutdown would kill the process by the signal
-    (exit status -2) instead of giving the command's own exit code.
+    SIGTERM is handled as Ctrl-C (see :func:`_terminated`). Once the command has finished (click ends it with
+    SystemExit), both are ignored: there is nothing left to interrupt, and a KeyboardInterrupt during the
+    interpreter's shutdown would kill the process by the signal (exit status -2) instead of giving the
+    command's own exit code.
     """
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         app()
     except KeyboardInterrupt:  # pragma: no cover - interactive only
@@ -692,3 +710,9 @@ def main() -> None:
         sys.exit(130)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _terminated(signum, frame) -> None:
+    """SIGTERM (``kill PID``, a job scheduler's stop) stops the command as Ctrl-C does: cleanly, exit 130."""
+    raise KeyboardInterrupt

@@ -17,6 +17,7 @@ from typing import Any
 
 from .errors import ConfigError
 
+INT_LIMIT = 2**31  # every integer setting (frames, sizes, widths, seeds) stays far below it; torch takes int64
 SLOW_POOLS = ("none", "1d_max", "1d_avg", "2x2_max", "2x2_avg")
 PROJECTORS = ("identity", "linear", "mlp2x_gelu")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
@@ -155,6 +156,8 @@ def _check_type(section: str, key: str, value: Any, annotation: str) -> Any:
     if "int" in annotation and "float" not in annotation:
         if not _is_int(value):
             raise ConfigError(f"bad value for {where}: {_show(value)} (expected an integer)")
+        if not -INT_LIMIT <= value < INT_LIMIT:
+            raise ConfigError(f"bad value for {where}: {_show(value)} (out of range: |value| < 2**31)")
         return value
     if "float" in annotation:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -76,10 +76,14 @@ class _Held:
 _held: list[_Held] = []  # the active sigint_deferred blocks, outermost first
 
 
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # the CLI turns both into KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def sigint_deferred(reraise: bool = True) -> Iterator[_Held]:
-    """Hold Ctrl-C (SIGINT) until the block ends; then raise KeyboardInterrupt if one came (``reraise``), or leave
-    that to the caller, who reads ``.pending`` of the yielded object.
+    """Hold Ctrl-C (SIGINT, and SIGTERM, which the CLI treats alike) until the block ends; then raise
+    KeyboardInterrupt if one came (``reraise``), or leave that to the caller, who reads ``.pending`` of the
+    yielded object.
 
     Used around "write a file, then record it": an interrupt then finds either nothing done or everything done,
     never a file without its manifest line. Nests (the outermost block decides); a no-op outside the main thread,
@@ -96,14 +100,15 @@ def sigint_deferred(reraise: bool = True) -> Iterator[_Held]:
             for h in _held:
                 h.pending = True
 
-        previous = signal.signal(signal.SIGINT, hold)
+        previous = {sig: signal.signal(sig, hold) for sig in HELD_SIGNALS}
     _held.append(held)
     try:
         yield held
     finally:
         _held.pop()
         if outermost:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     if held.pending and reraise and outermost:
         raise KeyboardInterrupt
 
@@ -148,8 +153,10 @@ def save_all(files: list[tuple[str | Path, dict]]) -> None:
     """Write several ``torch.save`` files so that either all of them appear or none does.
 
     Each goes to a temporary file in its own folder (fsynced); only when every one is written are they renamed
-    into place. A failure (a full disk, Ctrl-C) leaves no temporary file and no new output; an existing file at
-    a target stays as it was. Errors from the disk become ``SlowfastError("PATH: cannot write (REASON)")``.
+    into place, with Ctrl-C held over the renames. A failure while writing (a full disk, Ctrl-C) leaves no
+    temporary file and no new output; an existing file at a target stays as it was. (A rename itself failing
+    after an earlier one succeeded, which needs the folder to change under us, is not rolled back.) Errors from
+    the disk become ``SlowfastError("PATH: cannot write (REASON)")``.
     """
     temps: list[tuple[str, Path]] = []
     try:
@@ -159,11 +166,12 @@ def save_all(files: list[tuple[str | Path, dict]]) -> None:
                 temps.append((_write_temp(path, obj), path))
             except OSError as exc:
                 raise SlowfastError(f"{path}: cannot write ({exc.strerror or exc})") from None
-        for tmp, path in temps:
-            try:
-                os.replace(tmp, path)
-            except OSError as exc:
-                raise SlowfastError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        with sigint_deferred():  # the renames go together: Ctrl-C between two of them waits for the second
+            for tmp, path in temps:
+                try:
+                    os.replace(tmp, path)
+                except OSError as exc:
+                    raise SlowfastError(f"{path}: cannot write ({exc.strerror or exc})") from None
     except BaseException:
         for tmp, _ in temps:
             with contextlib.suppress(FileNotFoundError):
@@ -297,9 +305,12 @@ def check_features_meta(path: str | Path, frames: int, tokens: int, meta: dict) 
         if key not in meta:
             continue
         values = meta[key]
-        if not isinstance(values, list) or len(values) != frames or not all(ok(v) for v in values):
+        if not isinstance(values, list) or len(values) != frames:
             shown = f"a list of {len(values)}" if isinstance(values, list) else f"a {type(values).__name__}"
             raise SlowfastError(f"{path}: meta[{key!r}] must be a list of {frames} {what} (one per frame), got {shown}")
+        bad = next((i for i, v in enumerate(values) if not ok(v)), None)
+        if bad is not None:
+            raise SlowfastError(f"{path}: meta[{key!r}] must hold {what}, got {values[bad]!r} at position {bad}")
     if "config" in meta:
         from .config import config_from_dict
 
@@ -318,6 +329,11 @@ def load_features(path: str | Path) -> dict:
     if not x.is_floating_point():
         raise SlowfastError(f"{path}: features must be floating point, got {x.dtype}")
     check_features_meta(path, x.shape[0], x.shape[1], meta)
+    if x.shape[2] == 0:
+        raise SlowfastError(f"{path}: the features have no channels (D=0)")
+    finite = torch.isfinite(x)
+    if not finite.all():
+        raise SlowfastError(f"{path}: the features hold {int((~finite).sum())} NaN or infinite values")
     return obj
 
 

@@ -66,6 +66,10 @@ def _check_overwrite(path: Path, overwrite: bool, inputs: tuple[Path, ...] = ())
     "Is one of the inputs" is decided by the file system (``os.path.samefile``), so ``-o clip.mp4``, ``-o
     ./x/../clip.mp4`` and a symlink to the video are all refused, even with ``--overwrite``.
     """
+    try:
+        path.exists()
+    except OSError as exc:  # ENAMETOOLONG and the like: Path.exists raises them on Python 3.11
+        raise ConfigError(f"{path}: not a usable output name ({exc.strerror or exc})") from None
     for source in inputs:
         if path.exists() and os.path.samefile(path, source):
             raise ConfigError(f"{path}: is the input file {source}; choose another output (-o)")
@@ -75,6 +79,13 @@ def _check_overwrite(path: Path, overwrite: bool, inputs: tuple[Path, ...] = ())
         raise SlowfastError(f"{path}: already exists; pass --overwrite to replace it")
     if not path.parent.is_dir():
         raise SlowfastError(f"{path.parent}: output folder does not exist")
+
+
+def _size(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
 
 
 def run_provenance(config: Config) -> dict:
@@ -134,6 +145,11 @@ class Pipeline:
             tokens = agg.tokens.cpu()
             features = feats.cpu() if keep_features else None  # .cpu() waits for the device: t3 is honest
         t3 = time.perf_counter()
+        if not torch.isfinite(tokens).all():  # fp16 overflow, bad weights: never write tokens an LLM cannot take
+            raise SlowfastError(
+                f"{clip.info.path}: the model produced non-finite tokens (NaN or inf) in "
+                f"{DTYPE_NAMES.get(self.dtype, self.dtype)}; check the weights, or try --dtype fp32"
+            )
         timings.update(encode=t1 - t0, project=t2 - t1, aggregate=t3 - t2)
         meta = self.clip_meta(clip)
         meta.update(aggregation_meta(agg, clip.indices))
@@ -151,6 +167,7 @@ class Pipeline:
                 "duration": info.duration,
                 "width": info.width,
                 "height": info.height,
+                "bytes": _size(info.path),  # the file's size: resume redoes a token file whose video changed
                 "stream": info.stream,  # the container's index of the stream decoded (decord picks it)
                 "video_streams": info.video_streams,  # how many video streams the file has
             },

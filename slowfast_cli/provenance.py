@@ -12,7 +12,8 @@ the numbers:
 - ``TOKENS_VERSION``, raised whenever a change to slowfast changes the tokens it computes for the same settings.
 
 Left out on purpose, because they change at most the last bits of the same computation: ``batch_frames`` (the
-ViT's batch size), the device, and the preset's name and description.
+ViT's batch size), the device, and the preset's name and description; and ``max_frames`` when frames are not
+sampled by rate (it is unused then).
 No torch here: hashing and comparing plain dicts.
 """
 
@@ -24,6 +25,7 @@ from typing import Any
 
 from .config import Config
 
+SECTIONS = ("video", "encoder", "projector", "aggregator")  # the config sections that change the numbers
 TOKENS_VERSION = 1  # raise when slowfast's output for the same settings changes
 IGNORED = {"encoder": ("pretrained", "batch_frames"), "projector": ("weights",)}  # replaced by weights / rounding
 _digests: dict[tuple[str, int, int, int], str] = {}  # (resolved path, size, mtime_ns, inode) -> digest
@@ -58,6 +60,8 @@ def provenance(config: Config, dtype: str) -> dict[str, Any]:
     """
     d = config.to_dict()
     settings = {s: {k: v for k, v in d[s].items() if k not in IGNORED.get(s, ())} for s in SECTIONS}
+    if config.video.sample_fps is None:
+        del settings["video"]["max_frames"]  # a cap on sampling by rate; unused when T is fixed
     p = config.projector
     return {
         "tokens_version": TOKENS_VERSION,
@@ -66,9 +70,6 @@ def provenance(config: Config, dtype: str) -> dict[str, Any]:
         "weights": weights_identity(config.encoder.model, config.encoder.pretrained),
         "projector_weights": file_digest(p.weights) if p.weights else None,
     }
-
-
-SECTIONS = ("video", "encoder", "projector", "aggregator")
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -7,12 +7,13 @@ the reason, so a report never silently hides a broken file.
 
 from __future__ import annotations
 
+import os
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import SlowfastError
-from .header import is_temp_file, read_token_header
+from .header import TMP_PREFIX, read_token_header
 
 
 @dataclass
@@ -92,13 +93,24 @@ def file_stats(path: Path, verify: bool = True) -> FileStats:
     return FileStats(str(path), inp, out, out / inp if inp else None, int(shape[2]))
 
 
-def find_token_files(root: Path) -> list[Path]:
+def find_token_files(root: Path, problems: list[dict] | None = None) -> list[Path]:
     """Every ``.pt`` entry under ``root`` (recursive, sorted), temporary files of interrupted writes excluded.
 
     Entries that are not regular files (a dangling symlink, a folder named ``x.pt``) are listed too, so that the
-    report names them as skipped instead of leaving them out silently.
+    report names them as skipped instead of leaving them out silently; so is every folder that cannot be listed
+    (appended to ``problems`` as ``{"path", "error"}``).
     """
-    return sorted(p for p in root.rglob("*.pt") if not is_temp_file(p))
+    found = []
+
+    def onerror(exc: OSError) -> None:
+        if problems is not None:
+            problems.append({"path": str(exc.filename), "error": f"{exc.filename}: cannot be listed ({exc.strerror})"})
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
+        for name in [*filenames, *dirnames]:
+            if name.endswith(".pt") and not name.startswith(TMP_PREFIX):
+                found.append(Path(dirpath, name))
+    return sorted(found)
 
 
 def summarize(stats: list[FileStats], skipped: list[dict] | None = None) -> Report:
@@ -132,7 +144,7 @@ def build_report(path: str | Path, verify: bool = True) -> Report:
     if path.is_file():
         return summarize([file_stats(path, verify)])
     stats, skipped = [], []
-    for p in find_token_files(path):
+    for p in find_token_files(path, skipped):
         try:
             stats.append(file_stats(p, verify))
         except SlowfastError as exc:

@@ -657,3 +657,135 @@ def test_sigint_at_any_moment_exits_130_and_leaves_only_complete_files(folder, t
         read_token_header(p, verify=True)
     assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0  # and a rerun finishes the job
     assert sorted(token_files(out)) == ["v0.pt", "v1.pt", "v2.pt", "v3.pt"]
+
+
+# --- found by an adversarial pass over the above ---------------------------------------------------------------
+class TestHostile:
+    def test_names_too_long_for_the_file_system_are_one_line(self, folder, tmp_path):
+        long = tmp_path / ("L" * 300)
+        r = run("batch", folder, "-o", long, *TINY)
+        assert r.exit_code == 2 and "File name too long" in r.stderr and "Traceback" not in r.output
+        r = run("encode", folder / "v0.mp4", "--config", "tiny", "-o", f"{long}.pt")
+        assert r.exit_code == 2 and "File name too long" in r.stderr and "Traceback" not in r.output
+
+    def test_integers_beyond_int32_are_usage_errors_before_any_work(self, folder, tmp_path):
+        r = run("batch", folder, "-o", tmp_path / "out", *TINY, "--batch-frames", "99999999999999999999")
+        assert r.exit_code == 2 and "out of range" in r.stderr
+        assert not (tmp_path / "out").exists()
+
+    def test_a_torn_last_manifest_line_is_cut_before_appending(self, folder, tmp_path):
+        out = tmp_path / "out"
+        assert run("batch", folder, "-o", out, *TINY).exit_code == 0
+        data = (out / "manifest.jsonl").read_bytes()
+        (out / "manifest.jsonl").write_bytes(data[:-40])  # a run killed in the middle of its last append
+        (out / "v1.pt").unlink()
+        assert run("batch", folder, "-o", out, *TINY).exit_code == 0
+        lines = (out / "manifest.jsonl").read_text().splitlines()
+        rows = [json.loads(line) for line in lines]  # every line whole: none glued onto the torn fragment
+        assert len(rows) == 3 + 4 and [r["status"] for r in rows[3:]].count("ok") == 1
+
+    def test_control_files_are_never_written_through_a_symlink(self, folder, tmp_path):
+        precious = tmp_path / "precious.mp4"
+        precious.write_bytes(b"someone's video")
+        for name in (".slowfast.lock", "manifest.jsonl"):
+            out = tmp_path / f"out-{name}"
+            out.mkdir()
+            (out / name).symlink_to(precious)
+            r = run("batch", folder, "-o", out, *TINY)
+            assert r.exit_code == 1 and "is a symlink" in r.stderr, r.output
+            assert precious.read_bytes() == b"someone's video"
+
+    def test_a_token_file_from_another_video_or_an_older_version_of_it_is_redone(self, folder, tmp_path):
+        src = tmp_path / "copy"
+        src.mkdir()
+        for p in folder.iterdir():
+            (src / p.name).write_bytes(p.read_bytes())
+        out = tmp_path / "out"
+        assert run("batch", src, "-o", out, *TINY).exit_code == 0
+        (out / "v0.pt").write_bytes((out / "v1.pt").read_bytes())  # v1's tokens under v0's name
+        media.make_video(src / "v2.mp4", frames=20)  # v2 replaced by another video
+        r = run("batch", src, "-o", out, *TINY, "--json")
+        assert r.exit_code == 0 and json.loads(r.stdout)["run"]["ok"] == 2, r.output
+        assert "made from another video" in r.stderr and "made from an earlier version of v2.mp4" in r.stderr
+        assert load_tokens(out / "v0.pt")["meta"]["source"].endswith("v0.mp4")
+        assert load_tokens(out / "v2.pt")["meta"]["video"]["num_frames"] == 20
+
+    def test_max_frames_without_sample_fps_does_not_count_as_other_settings(self, folder, tmp_path):
+        out = tmp_path / "out"
+        assert run("batch", folder, "-o", out, *TINY).exit_code == 0
+        r = run("batch", folder, "-o", out, *TINY, "--max-frames", "7", "--json")
+        assert r.exit_code == 0 and json.loads(r.stdout)["run"]["skipped"] == 4
+        r = run("batch", folder, "-o", out, *TINY, "--sample-fps", "2", "--max-frames", "7")
+        assert r.exit_code == 2 and "video.sample_fps" in r.stderr
+
+    def test_ctrl_c_while_the_model_loads_still_reports_an_interrupted_run(self, folder, tmp_path, monkeypatch):
+        from slowfast_cli import encoder
+
+        real = encoder.build_encoder
+
+        def build(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, while the model is being built
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(encoder, "build_encoder", build)
+        out = tmp_path / "out"
+        r = run("batch", folder, "-o", out, *TINY)
+        assert r.exit_code == 130
+        report = json.loads((out / "report.json").read_text())
+        assert report["run"]["interrupted"] is True and report["run"]["attempts"] == 0
+
+    def test_sigterm_stops_like_ctrl_c(self, folder, tmp_path):
+        out = tmp_path / "out"
+        cmd = [sys.executable, "-m", "slowfast_cli", "batch", str(folder), "-o", str(out), *TINY]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not manifest(out) and proc.poll() is None:
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+        if proc.returncode == 0:
+            pytest.skip("the batch finished before the signal")
+        assert proc.returncode == 130 and "interrupted" in stderr, stderr
+        assert json.loads((out / "report.json").read_text())["run"]["interrupted"] is True
+        assert not [p for p in out.rglob("*") if p.name.startswith(TMP_PREFIX)]
+
+    def test_a_video_written_but_not_recorded_is_taken_back(self, tmp_path, small_disk):
+        """Room for the token file but then none for its manifest line: neither remains (a rerun redoes it)."""
+        from disks import fill
+
+        src = tmp_path / "in"
+        src.mkdir()
+        media.make_video(src / "v.mp4", frames=12)
+        flags = [*TINY, "--dtype", "fp32"]
+        probe_out = tmp_path / "probe"
+        assert run("batch", src, "-o", probe_out, *flags).exit_code == 0
+        size = (probe_out / "v.pt").stat().st_size
+        out = small_disk("512k")
+        (out / ".slowfast.lock").write_text("x")
+        (out / "manifest.jsonl").write_bytes(b"")
+        fill(out, leave=-(-size // 4096) * 4096)  # the token file (written under a temp name) fits; nothing more
+        r = run("batch", src, "-o", out, *flags)
+        assert r.exit_code == 1 and "manifest.jsonl: cannot write (No space left on device)" in r.stderr, r.output
+        assert not (out / "v.pt").exists() and (out / "manifest.jsonl").read_bytes() == b""
+        assert not list(out.rglob(f"{TMP_PREFIX}*"))
+
+
+def test_report_names_folders_it_cannot_list(tmp_path):
+    prefix = media.permission_enforcing_prefix()
+    if prefix is None:
+        pytest.skip("running as root without setpriv: permissions are not enforced")
+    from slowfast_cli.io import save_tokens
+
+    meta = {"input_tokens": 10, "frames": 1, "tokens_per_frame": 10, "output_tokens": 5}
+    save_tokens(tmp_path / "a.pt", torch.zeros(1, 5, 2), meta)
+    (tmp_path / "locked").mkdir()
+    save_tokens(tmp_path / "locked" / "b.pt", torch.zeros(1, 5, 2), meta)
+    (tmp_path / "locked").chmod(0o000)
+    try:
+        r = subprocess.run([*prefix, sys.executable, "-m", "slowfast_cli", "report", str(tmp_path), "--json"],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["files"] == 1 and any("locked" in s["path"] and "cannot be listed" in s["error"] for s in d["skipped"])

@@ -428,3 +428,34 @@ class TestEncodeFaults:
         r = run("encode", small_video, "--config", "tiny", "-o", tmp_path / "t.pt")
         assert r.exit_code == 130 and "interrupted" in r.stderr and "unexpected pos" not in r.output
         assert os.listdir(tmp_path) == []
+
+
+class TestNonFinite:
+    @pytest.mark.parametrize(
+        "features, match",
+        [
+            (torch.tensor([1.0, float("nan")]).repeat(18).reshape(4, 9, 1), "NaN or infinite"),
+            (torch.full((4, 9, 2), float("inf")), "72 NaN or infinite"),
+            (torch.zeros(4, 9, 0), "no channels"),
+        ],
+    )
+    def test_aggregate_refuses_features_an_llm_cannot_take(self, tmp_path, features, match):
+        feat = tmp_path / "f.pt"
+        save_features(feat, features, {"grid": [3, 3]})
+        r = run("aggregate", feat, "-o", tmp_path / "o.pt", "--slow-pool", "none")
+        assert r.exit_code == 1 and match in r.stderr and not (tmp_path / "o.pt").exists()
+
+    def test_encode_refuses_to_write_non_finite_tokens(self, small_video, tmp_path):
+        import open_clip
+
+        from slowfast_cli.encoder import register_own_models
+
+        register_own_models()
+        model = open_clip.create_model("slowfast-tiny-vit")
+        state = model.state_dict()
+        state["visual.conv1.weight"][0, 0, 0, 0] = float("nan")  # one bad weight poisons every token
+        weights = tmp_path / "bad.pt"
+        torch.save(state, weights)
+        r = run("encode", small_video, "--config", "tiny", "--pretrained", weights, "-o", tmp_path / "o.pt")
+        assert r.exit_code == 1 and "non-finite tokens" in r.stderr, r.output
+        assert not (tmp_path / "o.pt").exists()

@@ -207,3 +207,23 @@ def test_json_text_keeps_names_that_are_not_utf8():
     text.encode("utf-8")  # valid UTF-8, whatever the name
     assert "café" in text and "\\udce9" in text
     assert os.fsencode(json.loads(text)["source"]) == b"\xe9t\xe9 caf\xc3\xa9\n.mp4"
+
+
+def test_ctrl_c_between_two_renames_waits_for_the_second(tmp_path, monkeypatch):
+    """encode --save-features: a real SIGINT while the first file is being renamed into place still gives both."""
+    import slowfast_cli.io as io_mod
+
+    real_replace, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(io_mod.os, "replace", replace)
+    files = [(tmp_path / "t.pt", token_object(torch.zeros(1, 2, 3), {})),
+             (tmp_path / "f.pt", features_object(torch.zeros(2, 4, 3), {"grid": [2, 2]}))]  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        save_all(files)
+    assert sorted(os.listdir(tmp_path)) == ["f.pt", "t.pt"]
