@@ -9,7 +9,6 @@ requested layer, and casts it to the runtime dtype and device. ``Encoder.encode`
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import os
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 from open_clip.transformer import VisionTransformer
 
-from .budget import OWN_MODEL_CONFIGS
+from .budget import OWN_MODEL_CONFIGS, vision_config
 from .config import EncoderCfg
 from .errors import ConfigError, SlowfastError, first_line
 from .projector import read_weights
@@ -37,7 +36,6 @@ from .projector import read_weights
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 AVX-512 / AMX; "bf16" is the aarch64 feature name
 FETCH_HINT = "pass --pretrained PATH to a local weights file, or --pretrained none for a dry run"
-EXAMPLE_MODELS = ("ViT-B-16", "ViT-B-32", "ViT-L-14", "ViT-L-14-336", "slowfast-tiny-vit")
 HUB_PREFLIGHT_TIMEOUT_S = 3.0  # one request to the hub before a download, whose retries wait ~50 s offline
 OPENAI_URL_CACHE = "~/.cache/clip"  # where open_clip's download_pretrained_from_url stores files
 TOWER_BUILDER = "_build_vision_tower"  # open_clip.model's private vision-only builder, used when present
@@ -119,44 +117,15 @@ def register_own_models() -> None:
         open_clip.add_model_config(OWN_MODEL_CONFIGS)
 
 
-def _tower_kind(model_cfg: dict[str, Any]) -> str:
-    vision = model_cfg["vision_cfg"]
-    if "timm_model_name" in vision:
-        return f"a timm tower ({vision['timm_model_name']})"
-    if isinstance(vision.get("layers"), (list, tuple)):
-        return "a ResNet tower"
-    return "vit"
-
-
-def _vit_models() -> list[str]:
-    return [m for m in open_clip.list_models() if _tower_kind(open_clip.get_model_config(m)) == "vit"]
-
-
 def _model_config(name: str) -> dict[str, Any]:
-    """open_clip's config dict for a model name with a native ViT vision tower."""
-    if ":" in name:
-        raise ConfigError(
-            f"model {name!r}: hf-hub: and local-dir: names are not supported; pass a built-in --model name "
-            "and --pretrained PATH to its weights"
-        )
+    """open_clip's config dict for a model name with a native ViT vision tower.
+
+    The checks (hf-hub names, unknown models with close matches, non-ViT towers) are ``budget.vision_config``'s,
+    which reads the same JSON files without open_clip, so ``slowfast budget``/preflight and the encoder agree.
+    """
+    vision_config(name)
     register_own_models()
-    model_cfg = open_clip.get_model_config(name)
-    if model_cfg is None:
-        vits = _vit_models()
-        close = difflib.get_close_matches(name, vits, n=5, cutoff=0.6)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        examples = ", ".join(m for m in EXAMPLE_MODELS if m in vits)
-        raise ConfigError(
-            f"unknown model {name!r}: {hint}open_clip knows {len(vits)} models with a ViT tower, e.g. {examples} "
-            "(all: python -c 'import open_clip; print(open_clip.list_models())')"
-        )
-    kind = _tower_kind(model_cfg)
-    if kind != "vit":
-        raise ConfigError(
-            f"model {name!r} has {kind}, not an open_clip ViT: slowfast needs ViT patch tokens; "
-            "pick a ViT model such as ViT-B-16 or ViT-L-14-336"
-        )
-    return model_cfg
+    return open_clip.get_model_config(name)
 
 
 # --- weights -----------------------------------------------------------------------------------------------
