@@ -271,7 +271,8 @@ def test_report_imports_neither_torch_nor_model_libraries(tmp_path):
 
 
 def test_readme_python_example_runs(tmp_path, monkeypatch):
-    """The README's Python API example, run as written on a real clip."""
+    """The README's Python API example, run as written on a real clip: encode, load, and a (tiny, random) Llama
+    from transformers generating from the token file spliced into its inputs_embeds."""
     import re
     from pathlib import Path
 
@@ -286,6 +287,8 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["tokens"].shape == namespace["saved"]["tokens"].shape == (1, 512, 64)
+    assert namespace["embeds"].shape == (1, 4 + 512, 64)  # the token file went into inputs_embeds ...
+    assert namespace["answer"].shape == (1, 8)  # ... and the LLM generated from it
 
 
 # --- bad values and bad files (issue 8 §5), refusals (§2) --------------------------------------------------------
