@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import SLOW_POOLS, Config, validate
+from .config import SLOW_INDICES, SLOW_POOLS, Config, validate
 from .errors import ConfigError
 
 OWN_MODEL_CONFIGS = Path(__file__).resolve().parent / "model_configs"
@@ -138,7 +138,26 @@ def slow_tokens_per_frame(grid: tuple[int, int], slow_pool: str) -> int:
         return gh * gw // 2
     if slow_pool in ("2x2_max", "2x2_avg"):
         return (gh // 2) * (gw // 2)
+    if slow_pool == "2x2_bilinear":  # LLaVA-NeXT's get_2dPool: resized to ceil(Gh/2) x ceil(Gw/2)
+        return -(-gh // 2) * -(-gw // 2)
     raise ConfigError(f"unknown slow pool {slow_pool!r}; valid: {', '.join(SLOW_POOLS)}")
+
+
+def slow_frame_count(frames: int, slow_frames: int, slow_index: str = "linspace") -> int:
+    """S, the slow frames ``aggregate.slow_indices`` picks among T: min(T, slow_frames) for ``linspace``,
+    ``slow_frames`` for ``segment_start`` (SF-LLaVA's, unclamped: T < slow_frames repeats frames).
+
+    Example:
+        >>> slow_frame_count(6, 10), slow_frame_count(6, 10, "segment_start")
+        (6, 10)
+    """
+    if slow_index == "linspace":
+        return min(frames, slow_frames)
+    if slow_index == "segment_start":
+        return slow_frames
+    raise ConfigError(
+        f"unknown slow index {slow_index!r} (aggregator.slow_index, --slow-index); valid: {', '.join(SLOW_INDICES)}"
+    )
 
 
 def check_grid(grid: tuple[int, int], slow_pool: str, fast_size: tuple[int, int]) -> None:
@@ -149,13 +168,14 @@ def check_grid(grid: tuple[int, int], slow_pool: str, fast_size: tuple[int, int]
     if slow_pool not in SLOW_POOLS:
         raise ConfigError(f"unknown slow pool {slow_pool!r}; valid: {', '.join(SLOW_POOLS)}")
     if slow_pool.startswith("1d") and (gh * gw) % 2:
-        fits = "none, 2x2_max or 2x2_avg" if gh >= 2 and gw >= 2 else "none"
+        fits = "2x2_bilinear, 2x2_max, 2x2_avg or none" if gh >= 2 and gw >= 2 else "2x2_bilinear or none"
         raise ConfigError(
-            f"slow pool {slow_pool} (--slow-pool) pairs tokens but the {gh}x{gw} grid has an odd count "
-            f"({gh * gw}); use --slow-pool {fits}"
+            f"slow pool {slow_pool} (--slow-pool) pairs consecutive tokens and needs an even token count, but the "
+            f"{gh}x{gw} grid has an odd count ({gh * gw}): its last token has no partner (SigLIP towers' 27x27 grids "
+            f"are such; LLaVA-NeXT pools them with 2x2_bilinear); use --slow-pool {fits}"
         )
-    if slow_pool.startswith("2x2") and (gh < 2 or gw < 2):
-        fits = "none" if (gh * gw) % 2 else "none, 1d_max or 1d_avg"
+    if slow_pool in ("2x2_max", "2x2_avg") and (gh < 2 or gw < 2):  # 2x2_bilinear resizes any grid
+        fits = "2x2_bilinear or none" if (gh * gw) % 2 else "2x2_bilinear, none, 1d_max or 1d_avg"
         raise ConfigError(
             f"slow pool {slow_pool} (--slow-pool) needs a grid of at least 2x2, got {gh}x{gw}; use --slow-pool {fits}"
         )
@@ -260,7 +280,7 @@ class Budget:
     grid: tuple[int, int]  # (Gh, Gw) patch grid
     tokens_per_frame: int  # N = Gh * Gw
     input_tokens: int  # T * N
-    slow_frames: int  # S = min(T, slow_frames)
+    slow_frames: int  # S: min(T, slow_frames) for slow_index linspace, slow_frames for segment_start
     slow_pool: str
     slow_tokens_per_frame: int
     slow_tokens: int  # S * slow_tokens_per_frame
@@ -268,6 +288,7 @@ class Budget:
     fast_tokens: int  # T * h * w
     output_tokens: int  # L = slow + fast
     ratio: float  # L / (T * N)
+    slow_index: str = "linspace"  # how the S slow frames are picked (config.SLOW_INDICES)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -276,13 +297,25 @@ class Budget:
 
 
 def token_budget(
-    frames: int, grid: tuple[int, int], slow_frames: int, slow_pool: str, fast_size: tuple[int, int]
+    frames: int,
+    grid: tuple[int, int],
+    slow_frames: int,
+    slow_pool: str,
+    fast_size: tuple[int, int],
+    slow_index: str = "linspace",
 ) -> Budget:
     """Counts of the slow/fast aggregator for T frames of a (Gh, Gw) grid; no tensors involved.
 
-    Example (the seed demo):
+    S is :func:`slow_frame_count` (min(T, slow_frames), or slow_frames with ``segment_start``); L =
+    S * :func:`slow_tokens_per_frame` + T * h * w.
+
+    Example (the seed demo, then SlowFast-LLaVA's 50 frames of a 24x24 grid, and 6 frames of it):
         >>> token_budget(64, (14, 14), 32, "none", (4, 4)).output_tokens
         7296
+        >>> token_budget(50, (24, 24), 10, "1d_max", (4, 4), slow_index="segment_start").output_tokens
+        3680
+        >>> token_budget(6, (24, 24), 10, "1d_max", (4, 4), slow_index="segment_start").output_tokens
+        2976
     """
     if frames <= 0:
         raise ConfigError(f"frames must be a positive integer, got {frames}")
@@ -290,7 +323,7 @@ def token_budget(
         raise ConfigError(f"slow frames must be a positive integer, got {slow_frames}")
     check_grid(grid, slow_pool, fast_size)
     n = grid[0] * grid[1]
-    s = min(frames, slow_frames)
+    s = slow_frame_count(frames, slow_frames, slow_index)
     per = slow_tokens_per_frame(grid, slow_pool)
     fast = frames * fast_size[0] * fast_size[1]
     out = s * per + fast
@@ -307,6 +340,7 @@ def token_budget(
         fast_tokens=fast,
         output_tokens=out,
         ratio=out / (frames * n),
+        slow_index=slow_index,
     )
 
 
@@ -338,19 +372,23 @@ def plan(
     min_frames: int = 1,
     max_frames: int = 256,
     reserve: int = 0,
-    pools: tuple[str, ...] = ("none", "1d_max", "2x2_max"),
+    pools: tuple[str, ...] = ("none", "1d_max", "2x2_max", "2x2_bilinear"),
+    slow_index: str = "linspace",
 ) -> list[PlanEntry]:
     """The Pareto front of aggregator settings whose output fits ``context - reserve`` tokens.
 
     Candidates: T in PLAN_FRAMES (plus the range ends) within [min_frames, max_frames]; S in {1, 2, 4, ..., T}
-    (powers of two and T itself); the slow pools ``pools`` that apply to the grid (the ``*_avg`` twins of the
-    ``*_max`` modes cost exactly the same tokens, so they are not listed separately); fast grids k x k from
+    (powers of two and T itself; S > T only repeats frames, with ``slow_index`` segment_start, so it is never a
+    candidate, and for S <= T both slow-index policies cost the same); the slow pools ``pools`` that apply to the
+    grid (the ``*_avg`` twins of the ``*_max`` modes cost exactly the same tokens, so they are not listed
+    separately; ``2x2_bilinear`` costs what ``2x2_max`` does on even sides, so it is listed where a side is odd,
+    as on SigLIP's 27x27 grid, where it keeps 14x14 and ``1d_*`` do not fit); fast grids k x k from
     PLAN_FAST that fit the grid. A config is kept unless another fits and is at least as good on frames covered
-    (T), slow
-    detail (slow tokens) and fast detail (tokens per frame in the fast pathway) and better on one. Among configs
-    with the same three values the one using fewer tokens is kept. Ranked by frames, then slow detail, then
-    fast detail, all descending.
+    (T), slow detail (slow tokens) and fast detail (tokens per frame in the fast pathway) and better on one.
+    Among configs with the same three values the one using fewer tokens is kept (the earlier pool in ``pools``
+    on a tie). Ranked by frames, then slow detail, then fast detail, all descending.
     """
+    slow_frame_count(1, 1, slow_index)  # an unknown slow_index fails even when nothing would fit
     if context <= 0:
         raise ConfigError(f"context must be a positive integer, got {context}")
     if min_frames <= 0 or max_frames < min_frames:
@@ -371,7 +409,7 @@ def plan(
                 continue
             for s in slow_options:
                 for fast in fast_options:
-                    b = token_budget(t, grid, s, pool, fast)
+                    b = token_budget(t, grid, s, pool, fast, slow_index)
                     if b.output_tokens > limit:
                         continue
                     entry = PlanEntry(b, limit - b.output_tokens)

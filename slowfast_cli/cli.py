@@ -146,9 +146,25 @@ SampleFpsOpt = Annotated[float | None, typer.Option(help="Sample at this rate in
 MaxFramesOpt = Annotated[int | None, typer.Option(help="Cap on frames when sampling with --sample-fps.")]
 SlowFramesOpt = Annotated[int | None, typer.Option(help="Frames S kept in detail by the slow pathway.")]
 SlowPoolOpt = Annotated[
-    str | None, typer.Option(help="Slow pooling: none, 1d_max, 1d_avg, 2x2_max, 2x2_avg.", show_default=False)
+    str | None,
+    typer.Option(help="Slow pooling: none, 1d_max, 1d_avg, 2x2_max, 2x2_avg, 2x2_bilinear.", show_default=False),
 ]
 FastSizeOpt = Annotated[str | None, typer.Option(help="Fast pathway grid per frame, HxW (e.g. 4x4).")]
+SamplingOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Frame sampling: centers (segment centres), sf_llava (SlowFast-LLaVA's), linspace (LLaVA-NeXT's)."
+    ),
+]
+SlowIndexOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Slow frames: linspace (min(T, S) spread over T) or segment_start (SlowFast-LLaVA's, unclamped)."
+    ),
+]
+ResizeOpt = Annotated[
+    str | None, typer.Option(help="Frame resize: shortest (side to the model size, centre crop) or squash (no crop).")
+]
 ProjectorOpt = Annotated[str | None, typer.Option(help="identity, linear or mlp2x_gelu.")]
 ProjectorWeightsOpt = Annotated[
     Path | None, typer.Option(help="LLaVA mm_projector.bin or a plain state dict.", dir_okay=False)
@@ -229,7 +245,8 @@ def budget_table(b: Budget, context: int | None) -> Table:
     t.add_row("patch grid", f"{b.grid[0]}x{b.grid[1]}", "image size / patch size")
     t.add_row("tokens per frame (N)", _fmt_int(b.tokens_per_frame), "Gh * Gw")
     t.add_row("input tokens", _fmt_int(b.input_tokens), "T * N")
-    t.add_row("slow frames (S)", _fmt_int(b.slow_frames), "min(T, slow frames), linspace")
+    how = "min(T, slow frames), linspace" if b.slow_index == "linspace" else "slow frames, segment_start"
+    t.add_row("slow frames (S)", _fmt_int(b.slow_frames), how)
     t.add_row("slow tokens", _fmt_int(b.slow_tokens), f"S * {b.slow_tokens_per_frame} ({b.slow_pool})")
     t.add_row("fast tokens", _fmt_int(b.fast_tokens), f"T * {b.fast_size[0]}x{b.fast_size[1]}")
     t.add_row("output tokens (L)", f"[bold]{_fmt_int(b.output_tokens)}[/]", "slow + fast")
@@ -268,6 +285,7 @@ def budget(
     slow_frames: SlowFramesOpt = None,
     slow_pool: SlowPoolOpt = None,
     fast_size: FastSizeOpt = None,
+    slow_index: SlowIndexOpt = None,
     context: Annotated[int | None, typer.Option(help="LLM context length to check the fit against.")] = None,
     plan_: Annotated[bool, typer.Option("--plan", help="List the best settings that fit --context.")] = False,
     frames_range: Annotated[str, typer.Option(help="Frame range MIN:MAX the planner may use.")] = "8:128",
@@ -280,7 +298,7 @@ def budget(
     Example: slowfast budget --frames 64 --grid 14x14 --slow-pool none --context 8192
     """
     cfg = build_config(config, model=model, frames=frames, slow_frames=slow_frames, slow_pool=slow_pool,
-                       fast_size=fast_size)  # fmt: skip
+                       fast_size=fast_size, slow_index=slow_index)  # fmt: skip
     _at_least(context, 1, "--context")
     _at_least(reserve, 0, "--reserve")
     _at_least(top, 1, "--top")
@@ -289,10 +307,11 @@ def budget(
         if context is None:
             raise ConfigError("--plan needs --context N (the LLM's context length)")
         lo, hi = _parse_range(frames_range)
-        _show_plan(plan(context, g, lo, hi, reserve), context, reserve, g, top, json_)
+        entries = plan(context, g, lo, hi, reserve, slow_index=cfg.aggregator.slow_index)
+        _show_plan(entries, context, reserve, g, top, json_)
         return
     a = cfg.aggregator
-    b = token_budget(cfg.video.frames, g, a.slow_frames, a.slow_pool, a.fast_size)
+    b = token_budget(cfg.video.frames, g, a.slow_frames, a.slow_pool, a.fast_size, slow_index=a.slow_index)
     notes = budget_warnings(b)
     if json_:
         d = b.to_dict()
@@ -329,7 +348,8 @@ def _show_plan(entries, context: int, reserve: int, grid, top: int, as_json: boo
     b = entries[0].budget
     out.print(
         f"use #1 with: --frames {b.frames} --slow-frames {b.slow_frames} --slow-pool {b.slow_pool} "
-        f"--fast-size {b.fast_size[0]}x{b.fast_size[1]}  (the *_avg pools cost the same as *_max)"
+        f"--fast-size {b.fast_size[0]}x{b.fast_size[1]} --slow-index {b.slow_index}  (the *_avg pools cost the "
+        "same as *_max)"
     )
 
 
@@ -426,6 +446,7 @@ def aggregate(
     slow_frames: SlowFramesOpt = None,
     slow_pool: SlowPoolOpt = None,
     fast_size: FastSizeOpt = None,
+    slow_index: SlowIndexOpt = None,
     overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -435,7 +456,7 @@ def aggregate(
     """
     from .pipeline import aggregate_file
 
-    cfg = build_config(config, slow_frames=slow_frames, slow_pool=slow_pool, fast_size=fast_size)
+    cfg = build_config(config, slow_frames=slow_frames, slow_pool=slow_pool, fast_size=fast_size, slow_index=slow_index)
     result = aggregate_file(features, output, cfg, overwrite=overwrite)
     m = result.meta
     if json_:
@@ -470,6 +491,9 @@ def encode(
     slow_frames: SlowFramesOpt = None,
     slow_pool: SlowPoolOpt = None,
     fast_size: FastSizeOpt = None,
+    slow_index: SlowIndexOpt = None,
+    sampling: SamplingOpt = None,
+    resize: ResizeOpt = None,
     projector: ProjectorOpt = None,
     projector_weights: ProjectorWeightsOpt = None,
     llm_dim: LlmDimOpt = None,
@@ -509,7 +533,7 @@ def encode_summary(m: dict, target: Path, features: Path | None) -> Table:
     t.add_row(
         "video", f"{v['num_frames']} frames, {v['fps']:.2f} fps, {v['duration']:.2f} s, {v['width']}x{v['height']}"
     )
-    note = " (every frame: the video is shorter than --frames)" if m.get("short_video") else ""
+    note = " (the video has fewer frames than --frames)" if m.get("short_video") else ""
     t.add_row("sampled", f"{m['frames']} frames{note}")
     t.add_row("model", shown(f"{m['model']} ({m['pretrained']}), layer {m['layer']}, {m['dtype']} on {m['device']}"))
     t.add_row("grid", f"{m['grid'][0]}x{m['grid'][1]} = {m['tokens_per_frame']} tokens per frame")
@@ -555,6 +579,9 @@ def batch(
     slow_frames: SlowFramesOpt = None,
     slow_pool: SlowPoolOpt = None,
     fast_size: FastSizeOpt = None,
+    slow_index: SlowIndexOpt = None,
+    sampling: SamplingOpt = None,
+    resize: ResizeOpt = None,
     projector: ProjectorOpt = None,
     projector_weights: ProjectorWeightsOpt = None,
     llm_dim: LlmDimOpt = None,

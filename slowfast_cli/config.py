@@ -18,7 +18,10 @@ from typing import Any
 from .errors import ConfigError
 
 INT_LIMIT = 2**31  # every integer setting (frames, sizes, widths, seeds) stays far below it; torch takes int64
-SLOW_POOLS = ("none", "1d_max", "1d_avg", "2x2_max", "2x2_avg")
+SLOW_POOLS = ("none", "1d_max", "1d_avg", "2x2_max", "2x2_avg", "2x2_bilinear")
+SAMPLINGS = ("centers", "sf_llava", "linspace")  # frame sampling policies, see video.sample_indices
+SLOW_INDICES = ("linspace", "segment_start")  # slow-frame index policies, see aggregate.slow_indices
+RESIZES = ("shortest", "squash")  # frame resize policies, see encoder
 PROJECTORS = ("identity", "linear", "mlp2x_gelu")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -27,9 +30,10 @@ PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 @dataclass
 class VideoCfg:
     frames: int = 64  # T frames sampled uniformly over the whole video: the seed design's 64
-    sample_fps: float | None = None  # if set, sample at this rate instead of a fixed T (capped by max_frames)
+    sample_fps: float | None = None  # if set, sample at this rate, not a fixed T (capped by max_frames); centers only
     max_frames: int = 256  # upper bound on T when sampling by fps, so a 2-hour video stays bounded
     decode_resize: bool = True  # let the decoder scale to the model's size (fast); False decodes full size
+    sampling: str = "centers"  # centers (segment centres) | sf_llava (SF-LLaVA's dataset.py) | linspace (LLaVA-NeXT)
 
 
 @dataclass
@@ -38,6 +42,7 @@ class EncoderCfg:
     pretrained: str = "openai"  # open_clip tag, a local weights file, or "none" for random weights
     layer: int = -2  # LLaVA takes the penultimate block's patch tokens
     batch_frames: int = 32  # frames per ViT forward pass: large enough to fill a GPU, small enough for a CPU
+    resize: str = "shortest"  # shortest: shortest side to the model size, centre crop | squash: both sides, no crop
 
 
 @dataclass
@@ -54,6 +59,7 @@ class AggregatorCfg:
     slow_frames: int = 32  # S frames kept in detail; the seed design's 32 of 64
     slow_pool: str = "1d_max"  # spatial pooling of slow frames, one of SLOW_POOLS
     fast_size: tuple[int, int] = (4, 4)  # (h, w) every frame is average-pooled to; integers only (4.0 is refused)
+    slow_index: str = "linspace"  # linspace: S = min(T, slow_frames) spread over T | segment_start: SF-LLaVA's
 
 
 @dataclass
@@ -93,10 +99,12 @@ FLAG_KEYS = {
     "sample_fps": ("video", "sample_fps"),
     "max_frames": ("video", "max_frames"),
     "decode_resize": ("video", "decode_resize"),
+    "sampling": ("video", "sampling"),
     "model": ("encoder", "model"),
     "pretrained": ("encoder", "pretrained"),
     "layer": ("encoder", "layer"),
     "batch_frames": ("encoder", "batch_frames"),
+    "resize": ("encoder", "resize"),
     "projector": ("projector", "kind"),
     "llm_dim": ("projector", "llm_dim"),
     "projector_weights": ("projector", "weights"),
@@ -105,6 +113,7 @@ FLAG_KEYS = {
     "slow_frames": ("aggregator", "slow_frames"),
     "slow_pool": ("aggregator", "slow_pool"),
     "fast_size": ("aggregator", "fast_size"),
+    "slow_index": ("aggregator", "slow_index"),
     "device": ("runtime", "device"),
     "dtype": ("runtime", "dtype"),
 }
@@ -237,8 +246,24 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{where} must be a positive integer, got {value}")
     if v.sample_fps is not None and v.sample_fps <= 0:
         raise ConfigError(f"video.sample_fps (--sample-fps) must be positive, got {v.sample_fps}")
+    if v.sampling not in SAMPLINGS:
+        raise ConfigError(
+            f"unknown frame sampling {v.sampling!r} (video.sampling, --sampling); valid: {', '.join(SAMPLINGS)}"
+        )
+    if v.sample_fps is not None and v.sampling != "centers":
+        raise ConfigError(
+            f"video.sample_fps (--sample-fps) works only with sampling centers, not {v.sampling!r}: "
+            f"{v.sampling} takes a fixed number of frames (video.frames, --frames)"
+        )
+    if e.resize not in RESIZES:
+        raise ConfigError(f"unknown resize {e.resize!r} (encoder.resize, --resize); valid: {', '.join(RESIZES)}")
     if a.slow_pool not in SLOW_POOLS:
         raise ConfigError(f"unknown slow pool {a.slow_pool!r}; valid: {', '.join(SLOW_POOLS)}")
+    if a.slow_index not in SLOW_INDICES:
+        raise ConfigError(
+            f"unknown slow index {a.slow_index!r} (aggregator.slow_index, --slow-index); "
+            f"valid: {', '.join(SLOW_INDICES)}"
+        )
     if p.kind not in PROJECTORS:
         raise ConfigError(f"unknown projector {p.kind!r}; valid: {', '.join(PROJECTORS)}")
     if p.llm_dim is not None and p.llm_dim <= 0:

@@ -141,7 +141,8 @@ class Pipeline:
             t1 = time.perf_counter()
             feats = self.projector(feats)  # (T, N, D_llm)
             t2 = time.perf_counter()
-            agg = slow_fast(feats, self.encoder.grid, a.slow_frames, a.slow_pool, a.fast_size)  # (1, L, D)
+            agg = slow_fast(feats, self.encoder.grid, a.slow_frames, a.slow_pool, a.fast_size, a.slow_index)
+            # agg.tokens: (1, L, D)
             tokens = agg.tokens.cpu()
             features = feats.cpu() if keep_features else None  # .cpu() waits for the device: t3 is honest
         t3 = time.perf_counter()
@@ -252,7 +253,7 @@ def aggregate_file(features_path: str | Path, out: str | Path, config: Config, o
     grid = tuple(fmeta["grid"])
     a = config.aggregator
     check_grid(grid, a.slow_pool, a.fast_size)  # a usage error (exit 2) before any tensor work
-    agg = slow_fast(x, grid, a.slow_frames, a.slow_pool, a.fast_size)
+    agg = slow_fast(x, grid, a.slow_frames, a.slow_pool, a.fast_size, a.slow_index)
     meta: dict[str, Any] = {k: v for k, v in fmeta.items() if k != "config"}
     meta.setdefault("source", str(features_path))
     base = config_from_dict(fmeta["config"]) if "config" in fmeta else config  # validated by load_features

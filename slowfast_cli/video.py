@@ -120,10 +120,10 @@ class VideoInfo:
 @dataclass
 class Clip:
     frames: np.ndarray  # uint8 (T, H, W, 3), RGB
-    indices: list[int]  # frame indices into the video, ascending
+    indices: list[int]  # frame indices into the video, ascending; repeated where the sampling policy repeats
     timestamps: list[float]  # seconds, presentation time of each sampled frame
     info: VideoInfo
-    short: bool  # True when the video had fewer frames than requested and every frame was used
+    short: bool  # True when the video had fewer frames than requested (by rate: and every frame was used)
 
 
 class _Undecodable(Exception):
@@ -140,6 +140,59 @@ def _time_tol(t: np.ndarray | float) -> np.ndarray | float:
     return TIME_TOL + np.abs(t) * 2.0**-23
 
 
+def centers_indices(num_frames: int, frames: int) -> list[int]:
+    """``centers`` sampling (the default): every frame if ``num_frames <= frames``, else segment centres.
+
+    Frame ``floor((i + 0.5) * num_frames / frames)`` for ``i < frames``: the centre of each of ``frames`` equal
+    segments, so the first and last frames' neighbourhoods are equally represented. No repeats.
+
+    Example:
+        >>> centers_indices(100, 4)
+        [12, 37, 62, 87]
+    """
+    return list(range(num_frames)) if num_frames <= frames else _centres(num_frames, frames)
+
+
+def sf_llava_indices(num_frames: int, frames: int) -> list[int]:
+    """``sf_llava`` sampling: SlowFast-LLaVA's ``get_seq_frames`` (apple/ml-slowfast-llava bea0f73, dataset.py:61-100).
+
+    ``T = min(num_frames, frames)``, ``s = (num_frames - 1) / T``, frame ``i`` is
+    ``(round(s * i) + round(s * (i + 1))) // 2`` with numpy's round half to even, in float64 as upstream. A video
+    with fewer than ``frames`` frames gives T = num_frames picks with repeats, and its last frame is never picked.
+
+    Example:
+        >>> sf_llava_indices(5, 50)
+        [0, 1, 2, 2, 3]
+    """
+    t = min(num_frames, frames)
+    step = float(num_frames - 1) / t if t else 0.0
+    edges = np.round(step * np.arange(t + 1, dtype=np.float64)).astype(np.int64)  # (T+1,) rounded segment bounds
+    return ((edges[:-1] + edges[1:]) // 2).tolist()
+
+
+def linspace_indices(num_frames: int, frames: int) -> list[int]:
+    """``linspace`` sampling: ``np.linspace(0, num_frames - 1, frames, dtype=int)``, LLaVA-NeXT's video loader.
+
+    As in LLaVA-NeXT (LLaVA-VL/LLaVA-NeXT ``playground/demo/video_demo.py`` ``load_video`` and ``llava/utils.py``
+    ``process_video_with_decord`` with ``force_sample``): always ``frames`` picks from the first to the last frame,
+    truncated towards zero, so a video shorter than ``frames`` gives repeats. Empty for an empty video.
+
+    Example:
+        >>> linspace_indices(10, 4)
+        [0, 3, 6, 9]
+    """
+    if not num_frames:
+        return []
+    return np.linspace(0, num_frames - 1, frames, dtype=int).tolist()
+
+
+SAMPLERS: dict[str, Callable[[int, int], list[int]]] = {
+    "centers": centers_indices,
+    "sf_llava": sf_llava_indices,
+    "linspace": linspace_indices,
+}  # config.SAMPLINGS, in that order
+
+
 def sample_indices(
     num_frames: int,
     fps: float,
@@ -148,15 +201,18 @@ def sample_indices(
     max_frames: int = 256,
     starts: Sequence[float] | np.ndarray | None = None,
     duration: float | None = None,
+    sampling: str = "centers",
 ) -> list[int]:
-    """Frame indices to decode, ascending and without repeats.
+    """Frame indices to decode, ascending; without repeats except where ``sampling`` repeats frames.
 
-    Uniform (``sample_fps`` None): every frame if ``num_frames <= frames``, else the centre of each of ``frames``
-    equal segments, ``floor((i + 0.5) * num_frames / frames)``. Centres rather than segment starts keep the
-    first and last frames' neighbourhoods equally represented. This counts frames, not seconds, so on
-    variable-frame-rate video the picks are even in frames.
+    Uniform (``sample_fps`` None): T = ``frames`` picks by the ``sampling`` policy (``SAMPLERS``):
+    ``centers`` (:func:`centers_indices`, segment centres, every frame of a short video, no repeats);
+    ``sf_llava`` (:func:`sf_llava_indices`, SlowFast-LLaVA's, min(n, T) picks, repeats on short videos);
+    ``linspace`` (:func:`linspace_indices`, LLaVA-NeXT's, always T picks, repeats on short videos). All count
+    frames, not seconds, so on variable-frame-rate video the picks are even in frames.
 
-    By rate: target times ``k / sample_fps`` seconds for k = 0, 1, ..., each mapped to the frame whose start is
+    By rate (only with ``sampling="centers"``; the other policies reproduce models that take a fixed T): target
+    times ``k / sample_fps`` seconds for k = 0, 1, ..., each mapped to the frame whose start is
     nearest (a tie goes to the later frame, as round half up does), so the picks follow the clock on
     variable-frame-rate video too. A target nearer to the end of the video (``duration``) than to the last
     frame's start is dropped, and a frame nearest to several targets (``sample_fps`` above the local frame rate)
@@ -177,10 +233,16 @@ def sample_indices(
         starts: (num_frames,) presentation start of each frame in seconds, ascending; None for ``index / fps``.
             Used only when sampling by rate.
         duration: seconds from 0 to the end of the last frame; None for ``starts[-1] + 1 / fps``.
+        sampling: one of ``SAMPLERS`` (config.SAMPLINGS).
+
+    Raises:
+        ValueError: bad counts, an unknown ``sampling``, or ``sample_fps`` with a sampling other than centers.
 
     Example:
         >>> sample_indices(100, 25.0, 4)
         [12, 37, 62, 87]
+        >>> sample_indices(100, 25.0, 4, sampling="sf_llava")
+        [12, 37, 62, 86]
         >>> sample_indices(100, 25.0, 4, sample_fps=2.0)
         [0, 13, 25, 38, 50, 63, 75, 88]
         >>> vfr = [i / 25 for i in range(25)] + [1 + i / 5 for i in range(10)]  # 1 s at 25 fps, 2 s at 5 fps
@@ -191,10 +253,12 @@ def sample_indices(
         raise ValueError(f"num_frames must be >= 0, got {num_frames}")
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
+    if sampling not in SAMPLERS:
+        raise ValueError(f"unknown sampling {sampling!r}; valid: {', '.join(SAMPLERS)}")
     if sample_fps is None:
-        if num_frames <= frames:
-            return list(range(num_frames))
-        return _centres(num_frames, frames)
+        return SAMPLERS[sampling](num_frames, frames)
+    if sampling != "centers":
+        raise ValueError(f"sampling by rate (sample_fps) works only with sampling centers, not {sampling!r}")
     if sample_fps <= 0 or not fps > 0:
         raise ValueError(f"sampling by rate needs positive fps and sample_fps, got fps={fps}, sample_fps={sample_fps}")
     if max_frames < 1:
@@ -226,9 +290,15 @@ def _thin(picked: list[int], max_frames: int) -> list[int]:
 
 
 def _requested(info: VideoInfo, cfg: VideoCfg) -> int:
-    """How many frames ``cfg`` asks for from this video: T, or one per ``1 / sample_fps`` s of it, capped."""
+    """How many frames ``cfg`` asks for from this video: T, or one per ``1 / sample_fps`` s of it, capped.
+
+    T for every ``cfg.sampling`` policy (``sf_llava`` then takes min(n, T) and ``linspace`` T with repeats); by
+    rate only with ``centers`` (``config.validate`` refuses the others).
+    """
     if cfg.sample_fps is None:
         return cfg.frames
+    if cfg.sampling != "centers":
+        raise ValueError(f"sampling by rate (sample_fps) works only with sampling centers, not {cfg.sampling!r}")
     targets = math.ceil(info.duration * cfg.sample_fps - _time_tol(info.duration) * cfg.sample_fps)
     return min(cfg.max_frames, max(targets, 1))
 
@@ -730,18 +800,23 @@ def _decode_verified(
     info = opened.info
     starts = opened.times[:, 0]
     indices = sample_indices(
-        info.num_frames, info.fps, cfg.frames, cfg.sample_fps, cfg.max_frames, starts, info.duration
+        info.num_frames, info.fps, cfg.frames, cfg.sample_fps, cfg.max_frames, starts, info.duration, cfg.sampling
     )
+    unique = sorted(set(indices))  # a policy may repeat frames (sf_llava, linspace): each is decoded once
     seek, reason = None, ""
     for attempt in range(DECODE_ATTEMPTS):
         if attempt:
             reader = reopen()
         if seek is None:
-            seek = _use_random_access(reader, opened, indices)
+            seek = _use_random_access(reader, opened, unique)
         try:
-            return (_decode(reader, indices) if seek else _decode_sequential(reader, indices)), indices
+            frames = _decode(reader, unique) if seek else _decode_sequential(reader, unique)  # (U, H, W, 3)
         except _Undecodable as exc:
             reason = str(exc)
+            continue
+        if len(unique) != len(indices):
+            frames = frames[np.searchsorted(unique, indices)]  # (T, H, W, 3), repeats copied
+        return frames, indices
     raise SlowfastError(f"{path}: damaged video data: the sampled frames do not decode ({reason})")
 
 
@@ -768,7 +843,9 @@ def load_clip(
 
     Args:
         path: video file.
-        cfg: sampling settings (``frames`` or ``sample_fps`` / ``max_frames``, ``decode_resize``).
+        cfg: sampling settings (``frames`` and ``sampling``, or ``sample_fps`` / ``max_frames``; ``decode_resize``).
+            Frames a ``sampling`` policy repeats are decoded once and repeated in ``Clip.frames``, ``indices`` and
+            ``timestamps``.
         image_size: the model's input side, or None.
         num_threads: decoder threads; 0 lets FFmpeg choose.
         min_scale: resize at decode time only if the shorter side is at least this many times ``image_size``.
@@ -794,6 +871,9 @@ def load_clip(
     frames = _mirror(frames, opened.fix)  # before the crop: its offsets round, so they are not mirror-symmetric
     if size is not None:
         frames = center_crop(frames, image_size)
-    short = len(indices) == info.num_frames and len(indices) < _requested(info, cfg)
+    if cfg.sample_fps is None:  # T frames: short when the video has fewer (sf_llava takes them all, repeating some)
+        short = info.num_frames < cfg.frames
+    else:
+        short = len(indices) == info.num_frames and len(indices) < _requested(info, cfg)
     timestamps = [round(float(t), 6) for t in opened.times[indices, 0]]
     return Clip(frames, indices, timestamps, info, short)

@@ -4,10 +4,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sf_llava_reference import get_2d_pool_bilinear, prepare_slowfast, slowpath_indices
 
-from slowfast_cli.aggregate import SlowFastAggregator, slow_fast, slow_indices
+from slowfast_cli.aggregate import SlowFastAggregator, pool_slow, slow_fast, slow_indices
 from slowfast_cli.budget import token_budget
-from slowfast_cli.config import SLOW_POOLS
+from slowfast_cli.config import SLOW_INDICES, SLOW_POOLS
 from slowfast_cli.errors import ConfigError
 
 
@@ -53,7 +54,7 @@ def ref_fast_frame(frame, gh, gw, h, w):
             for r in range(r0, r1):
                 for c in range(c0, c1):
                     acc = acc + frame[r * gw + c]
-            out.append(acc / ((r1 - r0) * (c1 - c0)))
+            out.append(acc / (r1 - r0) / (c1 - c0))  # as nn.AdaptiveAvgPool2d divides (by rows, then columns)
     return out
 
 
@@ -88,8 +89,89 @@ class TestSlowIndices:
         assert slow_indices(t, s).tolist() == ref_slow_indices(t, s)
 
 
+class TestSegmentStart:
+    """``slow_index="segment_start"``: SlowFast-LLaVA's slow frames (llava_arch.py:208-210), unclamped."""
+
+    def test_sf_llava_example(self):
+        assert slow_indices(50, 10, "segment_start").tolist() == list(range(0, 50, 5))
+
+    def test_fewer_frames_than_slow_frames_repeats(self):
+        assert slow_indices(6, 10, "segment_start").tolist() == [0, 0, 1, 1, 2, 3, 3, 4, 4, 5]
+
+    @pytest.mark.parametrize("t", range(1, 201))
+    @pytest.mark.parametrize("s", [1, 4, 10, 32, 64])
+    def test_matches_upstream(self, t, s):
+        assert slow_indices(t, s, "segment_start").tolist() == slowpath_indices(t, s)
+
+    def test_unknown_policy_lists_valid(self):
+        with pytest.raises(ConfigError, match="valid: linspace, segment_start"):
+            slow_indices(10, 4, "middle")
+
+
+class TestSfLlava:
+    """slow_fast with segment_start, 1d_max and 4x4 is prepare_slowfast, bit for bit (tests/sf_llava_reference.py)."""
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+    @pytest.mark.parametrize("side,d", [(24, 32), (4, 5)])  # ViT-L/14-336's grid, and a small one
+    @pytest.mark.parametrize("t,s", [(50, 10), (37, 10), (7, 10), (1, 10), (5, 8), (50, 64), (7, 3)])
+    def test_bit_exact(self, t, s, side, d, dtype):
+        torch.manual_seed(1000 * t + 10 * s + side)
+        x = torch.randn(t, side * side, d).to(dtype)
+        out = slow_fast(x, (side, side), s, "1d_max", (4, 4), slow_index="segment_start")
+        ref = prepare_slowfast(x, f"slowfast-slow_{s}frms_spatial_1d_max_pool-fast_4x4")
+        assert out.tokens.dtype == ref.dtype == dtype
+        assert out.tokens.shape == ref.shape and torch.equal(out.tokens, ref)
+        assert out.slow_indices == slowpath_indices(t, s)
+        assert out.budget.output_tokens == s * side * side // 2 + t * 16  # S slow frames even when T < S
+
+    def test_seven_b_counts(self):
+        out = slow_fast(torch.randn(50, 576, 4), (24, 24), 10, "1d_max", (4, 4), slow_index="segment_start")
+        assert out.tokens.shape == (1, 3680, 4)
+        short = slow_fast(torch.randn(6, 576, 4), (24, 24), 10, "1d_max", (4, 4), slow_index="segment_start")
+        assert short.tokens.shape == (1, 2976, 4)  # 10 * 288 + 6 * 16: upstream repeats frames, unclamped
+
+    def test_default_is_the_seed_linspace(self):
+        x = torch.randn(50, 576, 4)
+        assert torch.equal(slow_fast(x, (24, 24), 10).tokens, slow_fast(x, (24, 24), 10, slow_index="linspace").tokens)
+        assert slow_fast(x, (24, 24), 10).slow_indices == ref_slow_indices(50, 10)
+
+    def test_module_passes_slow_index(self):
+        x = torch.randn(6, 16, 3)
+        mod = SlowFastAggregator(10, "1d_max", (2, 2), slow_index="segment_start")
+        assert torch.equal(mod(x, (4, 4)), slow_fast(x, (4, 4), 10, "1d_max", (2, 2), "segment_start").tokens)
+        assert "slow_index=segment_start" in repr(mod)
+
+
+class TestBilinear:
+    """``2x2_bilinear``: LLaVA-NeXT's get_2dPool, bilinear mode (tests/sf_llava_reference.py)."""
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+    @pytest.mark.parametrize("side", [27, 24, 7, 3, 2, 1])  # SigLIP-384's 27x27, CLIP-336's 24x24, odd and tiny
+    def test_equals_get_2dpool(self, side, dtype):
+        torch.manual_seed(side)
+        x = torch.randn(3, side * side, 16).to(dtype)
+        got = pool_slow(x, (side, side), "2x2_bilinear")
+        ref = get_2d_pool_bilinear(x, side)
+        assert got.dtype == dtype and torch.equal(got, ref)
+
+    def test_siglip_grid_keeps_196(self):
+        out = slow_fast(torch.randn(8, 729, 4), (27, 27), 4, "2x2_bilinear", (4, 4))
+        assert out.budget.slow_tokens_per_frame == 196 and out.tokens.shape == (1, 4 * 196 + 8 * 16, 4)
+
+    def test_non_square_grid_halves_each_side_up(self):
+        x = torch.randn(2, 5 * 8, 3)
+        got = pool_slow(x, (5, 8), "2x2_bilinear")  # 5x8 -> 3x4
+        img = x.reshape(2, 5, 8, 3).permute(0, 3, 1, 2)
+        ref = torch.nn.functional.interpolate(img, size=(3, 4), mode="bilinear").permute(0, 2, 3, 1).reshape(2, 12, 3)
+        assert torch.equal(got, ref)
+
+    def test_constant_grid_stays_constant(self):
+        x = torch.full((1, 27 * 27, 2), 0.25)
+        torch.testing.assert_close(pool_slow(x, (27, 27), "2x2_bilinear"), torch.full((1, 196, 2), 0.25))
+
+
 class TestAgainstReference:
-    @pytest.mark.parametrize("pool", SLOW_POOLS)
+    @pytest.mark.parametrize("pool", [p for p in SLOW_POOLS if p != "2x2_bilinear"])  # bilinear: TestBilinear
     @pytest.mark.parametrize("t,grid,slow,fast", CASES)
     def test_bit_exact_fp32(self, pool, t, grid, slow, fast):
         if pool.startswith("1d") and grid[0] * grid[1] % 2:
@@ -146,16 +228,17 @@ class TestBudgetAgreement:
         pool=st.sampled_from(SLOW_POOLS),
         fh=st.integers(1, 6),
         fw=st.integers(1, 6),
+        policy=st.sampled_from(SLOW_INDICES),
     )
-    def test_counts_match_tensor_output(self, t, gh, gw, s, pool, fh, fw):
+    def test_counts_match_tensor_output(self, t, gh, gw, s, pool, fh, fw, policy):
         x = torch.randn(t, gh * gw, 2)
         try:
-            b = token_budget(t, (gh, gw), s, pool, (fh, fw))
+            b = token_budget(t, (gh, gw), s, pool, (fh, fw), policy)
         except ConfigError:
             with pytest.raises(ConfigError):
-                slow_fast(x, (gh, gw), s, pool, (fh, fw))
+                slow_fast(x, (gh, gw), s, pool, (fh, fw), policy)
             return
-        out = slow_fast(x, (gh, gw), s, pool, (fh, fw))
+        out = slow_fast(x, (gh, gw), s, pool, (fh, fw), policy)
         assert out.tokens.shape == (1, b.output_tokens, 2)
         assert out.budget == b
         assert b.slow_tokens + b.fast_tokens == b.output_tokens

@@ -5,7 +5,16 @@ import sys
 
 import pytest
 
-from slowfast_cli.budget import check_grid, looks_like_path, model_grid, plan, preflight, token_budget
+from slowfast_cli.budget import (
+    check_grid,
+    looks_like_path,
+    model_grid,
+    plan,
+    preflight,
+    slow_frame_count,
+    slow_tokens_per_frame,
+    token_budget,
+)
 from slowfast_cli.config import load_preset, resolve_config
 from slowfast_cli.errors import ConfigError
 
@@ -31,15 +40,61 @@ def test_fewer_frames_than_slow_frames():
     assert b.slow_frames == 4 and b.ratio > 1
 
 
+class TestSfLlava:
+    """SlowFast-LLaVA: 50 frames of CLIP-L/14-336's 24x24 grid, 10 slow frames at segment starts, 1d_max, 4x4."""
+
+    def test_fifty_frames(self):
+        b = token_budget(50, (24, 24), 10, "1d_max", (4, 4), slow_index="segment_start")
+        assert (b.slow_frames, b.slow_tokens, b.fast_tokens, b.output_tokens) == (10, 2880, 800, 3680)
+        assert b.slow_index == "segment_start" and b.to_dict()["slow_index"] == "segment_start"
+
+    def test_fewer_frames_than_slow_frames_keeps_s(self):
+        b = token_budget(6, (24, 24), 10, "1d_max", (4, 4), slow_index="segment_start")
+        assert (b.slow_frames, b.output_tokens) == (10, 2976)  # 10 * 288 + 6 * 16: upstream does not clamp
+        assert token_budget(6, (24, 24), 10, "1d_max", (4, 4)).output_tokens == 1824  # linspace: min(T, S) = 6
+
+    @pytest.mark.parametrize("t,s", [(1, 1), (6, 10), (10, 10), (50, 10), (7, 64)])
+    def test_slow_frame_count(self, t, s):
+        assert slow_frame_count(t, s) == min(t, s) and slow_frame_count(t, s, "segment_start") == s
+
+    def test_default_and_json_keys(self):
+        d = token_budget(64, (14, 14), 32, "1d_max", (4, 4)).to_dict()
+        assert d["slow_index"] == "linspace"
+        for key in ("frames", "grid", "tokens_per_frame", "input_tokens", "slow_frames", "slow_tokens",
+                    "fast_tokens", "output_tokens", "ratio"):  # fmt: skip
+            assert key in d
+
+    def test_unknown_slow_index(self):
+        pattern = r"unknown slow index 'middle' \(aggregator.slow_index, --slow-index\); valid: linspace, segment_st"
+        with pytest.raises(ConfigError, match=pattern):
+            token_budget(6, (24, 24), 10, "1d_max", (4, 4), slow_index="middle")
+
+
+@pytest.mark.parametrize(
+    "grid,per_frame",
+    [((27, 27), 196), ((24, 24), 144), ((5, 8), 12), ((1, 1), 1), ((1, 5), 3)],  # ceil(Gh/2) * ceil(Gw/2)
+)
+def test_bilinear_tokens_per_frame(grid, per_frame):
+    assert slow_tokens_per_frame(grid, "2x2_bilinear") == per_frame
+    assert token_budget(4, grid, 2, "2x2_bilinear", (1, 1)).slow_tokens == 2 * per_frame
+
+
 @pytest.mark.parametrize(
     "grid,pool,fast,match",
     [
-        ((3, 3), "1d_max", (1, 1), r"odd count \(9\); use --slow-pool none, 2x2_max or 2x2_avg$"),
-        ((1, 3), "1d_avg", (1, 1), r"odd count \(3\); use --slow-pool none$"),  # 2x2 does not fit 1x3 either
-        ((1, 4), "2x2_max", (1, 1), r"at least 2x2, got 1x4; use --slow-pool none, 1d_max or 1d_avg$"),
-        ((1, 3), "2x2_avg", (1, 1), r"at least 2x2, got 1x3; use --slow-pool none$"),
+        (
+            (27, 27),
+            "1d_max",
+            (4, 4),
+            r"pairs consecutive tokens and needs an even token count, but the 27x27 grid has an odd count \(729\): "
+            r"its last token has no partner .*; use --slow-pool 2x2_bilinear, 2x2_max, 2x2_avg or none$",
+        ),
+        ((3, 3), "1d_max", (1, 1), r"odd count \(9\).*; use --slow-pool 2x2_bilinear, 2x2_max, 2x2_avg or none$"),
+        ((1, 3), "1d_avg", (1, 1), r"odd count \(3\).*; use --slow-pool 2x2_bilinear or none$"),  # 2x2_max needs 2x2
+        ((1, 4), "2x2_max", (1, 1), r"at least 2x2, got 1x4; use --slow-pool 2x2_bilinear, none, 1d_max or 1d_avg$"),
+        ((1, 3), "2x2_avg", (1, 1), r"at least 2x2, got 1x3; use --slow-pool 2x2_bilinear or none$"),
         ((4, 4), "none", (5, 4), r"fast size 5x4 \(--fast-size\) is larger than the 4x4"),
-        ((4, 4), "bogus", (1, 1), "valid: none, 1d_max, 1d_avg, 2x2_max, 2x2_avg"),
+        ((4, 4), "bogus", (1, 1), "valid: none, 1d_max, 1d_avg, 2x2_max, 2x2_avg, 2x2_bilinear"),
     ],
 )
 def test_impossible_settings(grid, pool, fast, match):
@@ -92,6 +147,22 @@ class TestPlan:
 
     def test_nothing_fits(self):
         assert plan(10, (14, 14), 8, 64) == []
+
+    def test_siglip_grid_gets_bilinear_not_1d(self):
+        entries = plan(16384, (27, 27), 8, 64)
+        pools = {e.budget.slow_pool for e in entries}
+        assert "2x2_bilinear" in pools and not pools & {"1d_max", "1d_avg"}
+        assert all(e.budget.slow_tokens % 196 == 0 for e in entries if e.budget.slow_pool == "2x2_bilinear")
+
+    def test_even_grid_lists_2x2_max_for_the_same_cost(self):
+        assert "2x2_bilinear" not in {e.budget.slow_pool for e in plan(16384, (24, 24), 8, 64)}
+
+    def test_slow_index_is_carried(self):
+        entries = plan(8192, (24, 24), 8, 64, slow_index="segment_start")
+        assert entries and all(e.budget.slow_index == "segment_start" for e in entries)
+        assert [e.key for e in entries] == [e.key for e in plan(8192, (24, 24), 8, 64)]  # S <= T: same counts
+        with pytest.raises(ConfigError, match="unknown slow index"):
+            plan(10, (24, 24), slow_index="middle")
 
     @pytest.mark.parametrize("kw", [{"context": 0}, {"context": 100, "reserve": 100}])
     def test_bad_arguments(self, kw):

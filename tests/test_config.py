@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from slowfast_cli.config import (
+    FLAG_KEYS,
     SLOW_POOLS,
     AggregatorCfg,
     Config,
@@ -100,6 +101,65 @@ def test_unknown_flag():
 @pytest.mark.parametrize("pool", SLOW_POOLS)
 def test_every_pool_accepted(pool):
     assert resolve_config("default", {"slow_pool": pool}).aggregator.slow_pool == pool
+
+
+class TestPolicies:
+    """Sampling, slow-index and resize policies: the seed's behaviour by default, the others by name."""
+
+    def test_defaults_keep_todays_behaviour(self):
+        cfg = resolve_config("default")
+        v, a, e = cfg.video, cfg.aggregator, cfg.encoder
+        assert (v.sampling, a.slow_index, e.resize) == ("centers", "linspace", "shortest")
+        assert "2x2_bilinear" in SLOW_POOLS
+
+    @pytest.mark.parametrize(
+        "flag,section,values",
+        [
+            ("sampling", "video", ("centers", "sf_llava", "linspace")),
+            ("slow_index", "aggregator", ("linspace", "segment_start")),
+            ("resize", "encoder", ("shortest", "squash")),
+        ],
+    )
+    def test_every_choice_by_flag_and_preset(self, tmp_path, flag, section, values):
+        assert FLAG_KEYS[flag] == (section, flag)
+        for value in values:
+            assert getattr(getattr(resolve_config("default", {flag: value}), section), flag) == value
+            p = tmp_path / f"{value}.toml"
+            p.write_text(f'[{section}]\n{flag} = "{value}"\n')
+            assert getattr(getattr(resolve_config(str(p)), section), flag) == value
+
+    @pytest.mark.parametrize(
+        "flag,value,pattern",
+        [
+            (
+                "sampling",
+                "uniform",
+                r"^unknown frame sampling 'uniform' \(video.sampling, --sampling\); valid: centers, sf_llava, linspa",
+            ),
+            (
+                "slow_index",
+                "middle",
+                r"^unknown slow index 'middle' \(aggregator.slow_index, --slow-index\); valid: linspace, segment_st",
+            ),
+            ("resize", "crop", r"^unknown resize 'crop' \(encoder.resize, --resize\); valid: shortest, squash$"),
+            ("sampling", 3, r"^--sampling: bad value for video.sampling: 3 \(expected a string\)$"),
+        ],
+    )
+    def test_unknown_choice_lists_the_valid_ones(self, flag, value, pattern):
+        with pytest.raises(ConfigError, match=pattern):
+            resolve_config("default", {flag: value})
+
+    @pytest.mark.parametrize("sampling", ["sf_llava", "linspace"])
+    def test_sample_fps_only_with_centers(self, tmp_path, sampling):
+        with pytest.raises(
+            ConfigError, match=rf"sample_fps \(--sample-fps\) works only with sampling centers, not '{sampling}'"
+        ):
+            resolve_config("default", {"sampling": sampling, "sample_fps": 2.0})
+        p = tmp_path / "fps.toml"
+        p.write_text(f'[video]\nsampling = "{sampling}"\nsample_fps = 1.0\n')
+        with pytest.raises(ConfigError, match=r"fps.toml: video.sample_fps"):
+            resolve_config(str(p))
+        assert resolve_config("default", {"sample_fps": 2.0}).video.sampling == "centers"
 
 
 @pytest.mark.parametrize(
@@ -215,14 +275,16 @@ class TestPresetErrorsNameTheFile:
 
 
 def all_changed() -> Config:
-    """A Config with every field away from its default (and a few edge values)."""
+    """A Config with every field away from its default (and a few edge values); sampling: see sf_llava_like."""
     return Config(
         name="x y",
         description='ünïcode, "quotes"',
         video=VideoCfg(frames=7, sample_fps=2.5, max_frames=9, decode_resize=False),
-        encoder=EncoderCfg(model="ViT-L-14-336", pretrained="/w/vit.safetensors", layer=0, batch_frames=3),
+        encoder=EncoderCfg(
+            model="ViT-L-14-336", pretrained="/w/vit.safetensors", layer=0, batch_frames=3, resize="squash"
+        ),
         projector=ProjectorCfg(kind="mlp2x_gelu", llm_dim=4096, weights="mm.bin", random_init=True, seed=-5),
-        aggregator=AggregatorCfg(slow_frames=1, slow_pool="2x2_avg", fast_size=(1, 3)),
+        aggregator=AggregatorCfg(slow_frames=1, slow_pool="2x2_avg", fast_size=(1, 3), slow_index="segment_start"),
         runtime=RuntimeCfg(device="cuda:1", dtype="bf16"),
     )
 
@@ -237,6 +299,9 @@ class TestConfigFromDict:
             lambda: resolve_config("llava-l14-336"),
             lambda: Config(video=VideoCfg(sample_fps=3)),  # an int rate in code becomes the float it means
             lambda: Config(aggregator=AggregatorCfg(fast_size=[2, 3])),  # a list in code becomes the tuple
+            lambda: Config(
+                video=VideoCfg(frames=50, sampling="sf_llava"), aggregator=AggregatorCfg(10, "2x2_bilinear")
+            ),
         ],
     )
     def test_round_trip_is_exact(self, make):

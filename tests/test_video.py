@@ -43,11 +43,21 @@ from media import (
     sample_clip,
     square_pattern,
 )
+from sf_llava_reference import llava_next_frame_indices, sf_llava_frame_indices
 
 from slowfast_cli import video
 from slowfast_cli.config import VideoCfg
 from slowfast_cli.errors import SlowfastError
-from slowfast_cli.video import Clip, center_crop, decode_size, load_clip, probe, sample_indices
+from slowfast_cli.video import (
+    Clip,
+    center_crop,
+    decode_size,
+    linspace_indices,
+    load_clip,
+    probe,
+    sample_indices,
+    sf_llava_indices,
+)
 
 TS_TOL = 1e-5  # decord keeps timestamps as float32
 OPEN_GOP = "b-adapt=0:bframes=3:open-gop=1:keyint=8:min-keyint=8:scenecut=0"  # x264 encoder options
@@ -183,6 +193,84 @@ class TestSampleIndices:
     def test_bad_arguments(self, kwargs):
         with pytest.raises(ValueError):
             sample_indices(**kwargs)
+
+
+class TestSamplingPolicies:
+    """``sampling``: SlowFast-LLaVA's and LLaVA-NeXT's frame choices, against transcriptions of their code."""
+
+    def test_sf_llava_matches_upstream_for_every_length_up_to_1000(self):
+        repeats = 0
+        for n in range(5, 1001):
+            got = sample_indices(n, 30.0, 50, sampling="sf_llava")
+            assert got == sf_llava_frame_indices(n, 50), n
+            assert len(got) == min(n, 50) and got == sorted(got) and got[0] >= 0 and got[-1] < n
+            repeats += len(got) != len(set(got))
+        assert repeats == 46  # every n < 50 repeats frames (n=5: 0, 1, 2, 2, 3), and n = 50 (s = 0.98) too
+
+    def test_sf_llava_examples(self):
+        assert sf_llava_indices(5, 50) == [0, 1, 2, 2, 3]  # the last frame is never taken when n <= T
+        assert sf_llava_indices(300, 50)[:4] == [3, 9, 15, 21] and sf_llava_indices(0, 50) == []
+        assert sf_llava_indices(1, 50) == [0]
+
+    @given(n=st.integers(1, 5000), t=st.integers(1, 300))
+    def test_sf_llava_formula_any_t(self, n, t):
+        assert sample_indices(n, 30.0, t, sampling="sf_llava") == sf_llava_frame_indices(n, t)
+
+    @given(n=st.integers(1, 5000), t=st.integers(1, 300))
+    def test_linspace_is_numpys_truncated(self, n, t):
+        got = sample_indices(n, 30.0, t, sampling="linspace")
+        assert got == np.linspace(0, n - 1, t).astype(int).tolist() == llava_next_frame_indices(n, t)
+        assert len(got) == t and got[0] == 0 and got[-1] == (n - 1 if t > 1 else 0)
+
+    def test_linspace_short_video_repeats(self):
+        assert linspace_indices(3, 5) == [0, 0, 1, 1, 2] and linspace_indices(0, 5) == []
+
+    def test_centers_is_the_default(self):
+        assert sample_indices(100, 25.0, 4, sampling="centers") == sample_indices(100, 25.0, 4) == [12, 37, 62, 87]
+
+    @pytest.mark.parametrize("sampling", ["sf_llava", "linspace"])
+    def test_sample_fps_only_with_centers(self, sampling):
+        with pytest.raises(ValueError, match="only with sampling centers"):
+            sample_indices(100, 25.0, 4, sample_fps=2.0, sampling=sampling)
+
+    def test_unknown_sampling(self):
+        with pytest.raises(ValueError, match="valid: centers, sf_llava, linspace"):
+            sample_indices(100, 25.0, 4, sampling="random")
+
+
+class TestLoadClipPolicies:
+    """load_clip decodes what the policy picks, repeated frames included, on real generated videos."""
+
+    @pytest.mark.parametrize("size", [None, 32])  # full size, and resized by the decoder
+    def test_sf_llava_short_video_repeats_frames(self, small_video, size):
+        cfg = VideoCfg(frames=50, sampling="sf_llava")
+        clip = load_clip(small_video, cfg, image_size=size)
+        want = sf_llava_frame_indices(32, 50)  # 32 picks among 32 frames, some twice, frame 31 never
+        assert clip.indices == want and len(set(want)) < len(want) == 32
+        assert [read_index(f) for f in clip.frames] == want
+        np.testing.assert_allclose(clip.timestamps, np.array(want) / 10, atol=TS_TOL)
+        assert clip.frames.shape[0] == 32 and clip.frames.flags.c_contiguous and clip.short is True
+
+    def test_sf_llava_long_video_matches_upstream(self, vdir):
+        path = make_video(vdir / "sf_llava_130.mp4", frames=130)
+        clip = load_clip(path, VideoCfg(frames=50, sampling="sf_llava", decode_resize=False))
+        assert clip.indices == sf_llava_frame_indices(130, 50) and clip.short is False
+        assert [read_index(f) for f in clip.frames] == clip.indices
+        np.testing.assert_array_equal(clip.frames, pyav_frames(path)[0][clip.indices])
+
+    def test_linspace_short_video_repeats_frames(self, small_video):
+        clip = load_clip(small_video, VideoCfg(frames=50, sampling="linspace", decode_resize=False))
+        assert clip.indices == np.linspace(0, 31, 50).astype(int).tolist()
+        assert [read_index(f) for f in clip.frames] == clip.indices and clip.short is True
+
+    def test_random_access_decodes_each_repeated_frame_once(self, small_video, monkeypatch):
+        decoded = []
+        original = video._decode
+        monkeypatch.setattr(video, "_use_random_access", lambda reader, opened, indices: True)
+        monkeypatch.setattr(video, "_decode", lambda r, i: decoded.append(list(i)) or original(r, i))
+        clip = load_clip(small_video, VideoCfg(frames=50, sampling="sf_llava", decode_resize=False))
+        assert [read_index(f) for f in clip.frames] == clip.indices == sf_llava_frame_indices(32, 50)
+        assert decoded[-1] == sorted(set(clip.indices))
 
 
 class TestDecodeSize:
