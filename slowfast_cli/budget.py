@@ -12,6 +12,7 @@ import difflib
 import importlib.util
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,33 @@ from .errors import ConfigError
 OWN_MODEL_CONFIGS = Path(__file__).resolve().parent / "model_configs"
 WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors")  # a --pretrained with one of these is a file (encoder.py)
 VISION_DEFAULTS = {"layers": 12, "width": 768}  # open_clip's CLIPVisionCfg defaults for keys a JSON leaves out
-EXAMPLE_MODELS = ("ViT-B-16", "ViT-B-32", "ViT-L-14", "ViT-L-14-336", "slowfast-tiny-vit")
+EXAMPLE_MODELS = ("ViT-B-16", "ViT-B-32", "ViT-L-14", "ViT-L-14-336", "ViT-SO400M-14-SigLIP-384", "slowfast-tiny-vit")
+# The timm ViTs that open_clip configs use as vision towers (SigLIP, SigLIP 2, EVA, PE-Core, ...), keyed by the timm
+# model name without its trailing input size: (blocks, width), from timm's model definitions. An open_clip JSON
+# names only ``timm_model_name``; patch and input size come from that name (TIMM_VIT_NAME: timm's names spell them
+# out, ``vit_so400m_patch14_siglip_384`` is 14-px patches at 384 px, a 27x27 grid), so budget needs neither timm nor
+# torch. tests/test_siglip.py builds every open_clip model that names one and checks all four numbers against timm.
+TIMM_VITS = {
+    "vit_base_patch16_siglip": (12, 768),
+    "vit_base_patch32_siglip": (12, 768),
+    "vit_large_patch16_siglip": (24, 1024),
+    "vit_so400m_patch14_siglip": (27, 1152),
+    "vit_so400m_patch16_siglip": (27, 1152),
+    "vit_giantopt_patch16_siglip": (40, 1536),
+    "vit_large_patch14_clip": (24, 1024),
+    "vit_medium_patch16_gap": (12, 512),
+    "vit_relpos_medium_patch16_cls": (12, 512),
+    "eva_giant_patch14": (40, 1408),
+    "eva02_base_patch16_clip": (12, 768),
+    "eva02_large_patch14_clip": (24, 1024),
+    "eva02_enormous_patch14_clip": (64, 1792),
+    "vit_pe_core_tiny_patch16": (12, 192),
+    "vit_pe_core_small_patch16": (12, 384),
+    "vit_pe_core_base_patch16": (12, 768),
+    "vit_pe_core_large_patch14": (24, 1024),
+    "vit_pe_core_gigantic_patch14": (50, 1536),
+}
+TIMM_VIT_NAME = re.compile(r"(?P<base>.+_patch(?P<patch>\d+)(?:_.+)?)_(?P<size>\d+)")  # base name, patch, input size
 
 
 def _model_config_dirs() -> list[Path]:
@@ -54,11 +81,12 @@ def _grid_of(vision: dict[str, Any], model: str) -> tuple[int, int]:
 
 
 def model_grid(model: str) -> tuple[int, int]:
-    """Patch grid (Gh, Gw) of an open_clip ViT: image size // patch size, read from its config JSON."""
+    """Patch grid (Gh, Gw) of an open_clip ViT: image size // patch size, read from its config JSON (for a timm
+    tower, from its timm model name: ``ViT-SO400M-14-SigLIP-384`` is (27, 27))."""
     path = model_config_path(model)
     if path is None:
         raise ConfigError(f"unknown model {model!r}: no open_clip config found; pass --grid HxW or a known --model")
-    return _grid_of(_read_vision_cfg(path), model)
+    return _grid_of(_with_timm_geometry(_read_vision_cfg(path)), model)
 
 
 def _read_vision_cfg(path: Path) -> dict[str, Any]:
@@ -71,22 +99,40 @@ def _read_vision_cfg(path: Path) -> dict[str, Any]:
     return vision
 
 
+def _timm_geometry(timm_name: str) -> dict[str, int] | None:
+    """``image_size``, ``patch_size``, ``layers`` and ``width`` of a timm ViT in TIMM_VITS, from its name; else None."""
+    m = TIMM_VIT_NAME.fullmatch(timm_name)
+    if m is None or m["base"] not in TIMM_VITS:
+        return None
+    layers, width = TIMM_VITS[m["base"]]
+    return {"image_size": int(m["size"]), "patch_size": int(m["patch"]), "layers": layers, "width": width}
+
+
+def _with_timm_geometry(vision: dict[str, Any]) -> dict[str, Any]:
+    """``vision`` with the geometry of its timm ViT filled in (timm builds it at its name's size, whatever the
+    JSON's ``image_size``); other towers' as they are."""
+    geometry = _timm_geometry(str(vision.get("timm_model_name", "")))
+    return {**vision, **geometry} if geometry else vision
+
+
 def _tower_kind(vision: dict[str, Any]) -> str:
-    """``vit`` for open_clip's own VisionTransformer, else what the tower is (as encoder.py tells them apart)."""
+    """``vit`` for open_clip's own VisionTransformer, ``timm-vit`` for a timm ViT in TIMM_VITS (SigLIP, EVA, ...),
+    else what the tower is (encoder.py builds both kinds of ViT and refuses the others)."""
     if "timm_model_name" in vision:
-        return f"a timm tower ({vision['timm_model_name']})"
+        name = vision["timm_model_name"]
+        return "timm-vit" if _timm_geometry(str(name)) else f"a timm tower ({name})"
     if isinstance(vision.get("layers"), (list, tuple)):
         return "a ResNet tower"
     return "vit"
 
 
 def vit_models() -> list[str]:
-    """Names of the models with a native ViT tower whose configs are readable here, sorted."""
+    """Names of the models with a ViT tower (open_clip's own or a timm ViT) whose configs are readable here, sorted."""
     names = set()
     for d in _model_config_dirs():
         for p in d.glob("*.json"):
             try:
-                if _tower_kind(_read_vision_cfg(p)) == "vit":
+                if _tower_kind(_read_vision_cfg(p)) in ("vit", "timm-vit"):
                     names.add(p.stem)
             except ConfigError:
                 continue
@@ -94,7 +140,10 @@ def vit_models() -> list[str]:
 
 
 def vision_config(model: str) -> dict[str, Any]:
-    """The ``vision_cfg`` of an open_clip model with a native ViT tower, read from its JSON without open_clip.
+    """The ``vision_cfg`` of an open_clip model with a ViT tower, read from its JSON without open_clip.
+
+    Towers: open_clip's own VisionTransformer, or a timm ViT (SigLIP, SigLIP 2, EVA, PE-Core: TIMM_VITS), whose
+    ``image_size``, ``patch_size``, ``layers`` and ``width`` are filled in from its timm model name.
 
     Raises:
         ConfigError: an hf-hub:/local-dir: name, an unknown model (close matches are listed) or a non-ViT tower.
@@ -116,12 +165,13 @@ def vision_config(model: str) -> dict[str, Any]:
         )
     vision = _read_vision_cfg(path)
     kind = _tower_kind(vision)
-    if kind != "vit":
+    if kind not in ("vit", "timm-vit"):
         raise ConfigError(
             f"model {model!r} (encoder.model, --model) has {kind}, not an open_clip ViT: slowfast needs ViT patch "
-            "tokens; pick a ViT model such as ViT-B-16 or ViT-L-14-336"
+            "tokens (open_clip's own ViTs, or the timm SigLIP, EVA and PE-Core ViTs); pick a ViT model such as "
+            "ViT-B-16, ViT-L-14-336 or ViT-SO400M-14-SigLIP-384"
         )
-    return vision
+    return _with_timm_geometry(vision)
 
 
 def looks_like_path(pretrained: str) -> bool:
@@ -196,9 +246,11 @@ def preflight(cfg: Config) -> tuple[int, int]:
     ``configs`` and ``aggregate`` build no model and do not call it (a preset like ``llava-l14-336``, whose
     projector weights are given by flag, is valid there). On top of ``config.validate`` it checks:
 
-    - the model is an open_clip model with a native ViT tower (its JSON config, as ``model_grid`` reads it);
+    - the model is an open_clip model with a ViT tower, open_clip's own or a timm ViT such as SigLIP's (its JSON
+      config, as ``model_grid`` reads it; a timm tower's geometry from its timm model name, see TIMM_VITS);
     - the slow pool and the fast size fit its patch grid (``check_grid``, as ``aggregate.slow_fast`` does);
-    - ``encoder.layer`` is a block of the tower: -L..-1 from the end or 0..L-1, L = ``vision_cfg.layers``;
+    - ``encoder.layer`` is a block of the tower: -L..-1 from the end or 0..L-1, L = ``vision_cfg.layers`` (for
+      a timm tower, its TIMM_VITS entry: 27 for SO400M);
     - ``encoder.pretrained`` that looks like a path (a path separator, or a .bin/.pt/.pth/.safetensors suffix)
       is an existing file; tags (``openai``) and ``none`` are left to the encoder, which needs open_clip;
     - the projector is one ``projector.build_projector`` will build: identity with no weights and with no
@@ -228,10 +280,10 @@ def preflight(cfg: Config) -> tuple[int, int]:
             f"layer {e.layer} is out of range for {e.model}, which has {depth} blocks: use -{depth}..-1 "
             f"(from the end; -2 is LLaVA's) or 0..{depth - 1} (encoder.layer, --layer)"
         )
-    if looks_like_path(e.pretrained) and not Path(e.pretrained).is_file():  # "none" and tags never look like one
+    if looks_like_path(e.pretrained) and not Path(e.pretrained).exists():  # "none" and tags never look like one
         raise ConfigError(
             f"weights file {e.pretrained} does not exist (encoder.pretrained, --pretrained): pass an existing "
-            "file, an open_clip tag such as openai, or none for random weights"
+            "file or checkpoint folder, an open_clip tag such as openai, or none for random weights"
         )
     _check_projector(cfg, vision.get("width", VISION_DEFAULTS["width"]))
     return grid
@@ -252,10 +304,10 @@ def _check_projector(cfg: Config, width: int) -> None:
                 f"{model}'s vision width {width}; drop --llm-dim or pick --projector linear or mlp2x_gelu"
             )
     elif p.weights:
-        if not Path(p.weights).is_file():
+        if not Path(p.weights).exists():
             raise ConfigError(
                 f"projector weights file {p.weights} does not exist (projector.weights, --projector-weights): "
-                f"pass the path to the {p.kind} weights (e.g. a LLaVA mm_projector.bin)"
+                f"pass the path to the {p.kind} weights (a LLaVA mm_projector.bin, or its checkpoint folder)"
             )
     elif not p.random_init:
         dry = (

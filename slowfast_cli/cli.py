@@ -138,7 +138,11 @@ def print_json(obj: Any) -> None:
 ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="Preset name (see `slowfast configs`) or a TOML file.")]
 ModelOpt = Annotated[str | None, typer.Option(help="open_clip model name, e.g. ViT-B-16, ViT-L-14-336.")]
 PretrainedOpt = Annotated[
-    str | None, typer.Option(help="open_clip tag (openai), a local weights file, or 'none' for random weights.")
+    str | None,
+    typer.Option(
+        help="open_clip tag (openai), a weights file (open_clip or Hugging Face CLIP), a Hugging Face or LLaVA "
+        "checkpoint folder or *.index.json, or 'none' for random weights."
+    ),
 ]
 LayerOpt = Annotated[int | None, typer.Option(help="ViT block whose patch tokens are taken; -2 = penultimate.")]
 FramesOpt = Annotated[int | None, typer.Option("--frames", "-t", help="Frames T sampled uniformly from the video.")]
@@ -167,7 +171,8 @@ ResizeOpt = Annotated[
 ]
 ProjectorOpt = Annotated[str | None, typer.Option(help="identity, linear or mlp2x_gelu.")]
 ProjectorWeightsOpt = Annotated[
-    Path | None, typer.Option(help="LLaVA mm_projector.bin or a plain state dict.", dir_okay=False)
+    Path | None,
+    typer.Option(help="LLaVA mm_projector.bin, a plain state dict, or a (sharded) LLaVA checkpoint folder or index."),
 ]
 LlmDimOpt = Annotated[int | None, typer.Option(help="Output width of a linear / mlp2x_gelu projector.")]
 RandomProjectorOpt = Annotated[

@@ -42,7 +42,7 @@ class EncoderCfg:
     pretrained: str = "openai"  # open_clip tag, a local weights file, or "none" for random weights
     layer: int = -2  # LLaVA takes the penultimate block's patch tokens
     batch_frames: int = 32  # frames per ViT forward pass: large enough to fill a GPU, small enough for a CPU
-    resize: str = "shortest"  # shortest: shortest side to the model size, centre crop | squash: both sides, no crop
+    resize: str = "shortest"  # shortest: the model's own (CLIP: short side + centre crop; SigLIP: squash) | squash
 
 
 @dataclass

@@ -4,6 +4,7 @@
 open_clip pretrained tag, a local weights file, or seeded random weights (``none``), keeps the blocks up to the
 requested layer, and casts it to the runtime dtype and device. ``Encoder.encode`` maps uint8 frames
 (T, H, W, 3) to the patch tokens (T, N, D) of one block, the class token dropped (LLaVA takes block -2).
+The tower is open_clip's own ViT or a timm ViT that open_clip wraps (SigLIP, EVA, ...), tapped the same way.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 import functools
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,13 +27,24 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.utils import get_session
 from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+from open_clip.timm_model import TimmModel
 from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 from open_clip.transformer import VisionTransformer
+from PIL import Image
 
-from .budget import OWN_MODEL_CONFIGS, vision_config
+from .budget import OWN_MODEL_CONFIGS, VISION_DEFAULTS, model_grid, vision_config
+from .checkpoints import (
+    UNUSED_BY_TOKENS,
+    WEIGHT_SUFFIXES,
+    Checkpoint,
+    HFTower,
+    describe_tower,
+    find_hf_tower,
+    hf_clip_to_open_clip,
+    open_checkpoint,
+)
 from .config import EncoderCfg
 from .errors import ConfigError, SlowfastError, first_line
-from .projector import read_weights
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 AVX-512 / AMX; "bf16" is the aarch64 feature name
@@ -39,7 +52,9 @@ FETCH_HINT = "pass --pretrained PATH to a local weights file, or --pretrained no
 HUB_PREFLIGHT_TIMEOUT_S = 3.0  # one request to the hub before a download, whose retries wait ~50 s offline
 OPENAI_URL_CACHE = "~/.cache/clip"  # where open_clip's download_pretrained_from_url stores files
 TOWER_BUILDER = "_build_vision_tower"  # open_clip.model's private vision-only builder, used when present
-PIXEL_TOLERANCE = 1 / 255  # max |ours - PIL| in pixel units after resizing, measured (see Encoder.preprocess)
+PIXEL_TOLERANCE = 2 / 255  # max |ours - PIL| in pixel units after a shortest/longest resize, measured (preprocess)
+PIL_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+SQUASH_THREADS = 8  # at most this many frames squashed by PIL at once (it lets go of the GIL while it resizes)
 PIECE_ELEMENTS = 1 << 22  # fp32 values per preprocessing temporary (16 MiB), whatever the frame shape
 RESIZE_TAPS = {"bicubic": 4, "bilinear": 2}  # filter width in input pixels at scale 1 (PIL, torch antialias)
 
@@ -118,7 +133,7 @@ def register_own_models() -> None:
 
 
 def _model_config(name: str) -> dict[str, Any]:
-    """open_clip's config dict for a model name with a native ViT vision tower.
+    """open_clip's config dict for a model name with a ViT vision tower (open_clip's own, or a timm ViT).
 
     The checks (hf-hub names, unknown models with close matches, non-ViT towers) are ``budget.vision_config``'s,
     which reads the same JSON files without open_clip, so ``slowfast budget``/preflight and the encoder agree.
@@ -135,7 +150,9 @@ def _model_config(name: str) -> dict[str, Any]:
 class _Weights:
     kind: str  # "none" | "file" | "tag"
     tag: str | None = None  # the open_clip pretrained tag, for kind "tag"
-    path: str | None = None  # the file to load, for kinds "file" and "tag"
+    path: str | None = None  # the file, checkpoint folder or *.index.json to load, for kinds "file" and "tag"
+    source: Checkpoint | None = dataclasses.field(default=None, compare=False, repr=False)  # opened once, for "file"
+    hf: HFTower | None = None  # a Hugging Face CLIP tower (CLIPVisionModel, LLaVA) to map; None: open_clip names
 
 
 def _hub_offline() -> bool:
@@ -219,15 +236,21 @@ def _fetch_tag(model: str, tag: str, tag_cfg: dict[str, Any]) -> str:
 
 
 def _resolve_weights(model: str, pretrained: str) -> _Weights:
-    """Classify ``--pretrained``: ``none``, an open_clip tag (fetched now), or a local file."""
+    """Classify ``--pretrained``: ``none``, an open_clip tag (fetched now), or a local checkpoint.
+
+    A local checkpoint is a file, a folder or a sharded checkpoint's ``*.index.json`` (``checkpoints.py``), opened
+    now and its naming told from its keys: open_clip's, or a Hugging Face CLIP tower's (a ``CLIPVisionModel``, or
+    the tower inside a LLaVA checkpoint), which decides the activation before the tower is built.
+    """
     if pretrained.lower() == "none":
         return _Weights("none")
     tag_cfg = open_clip.get_pretrained_cfg(model, pretrained)
     if tag_cfg:
         return _Weights("tag", tag=pretrained, path=_fetch_tag(model, pretrained, tag_cfg))
-    if Path(pretrained).is_file():
-        return _Weights("file", path=pretrained)
-    looks_like_path = Path(pretrained).suffix in (".bin", ".pt", ".pth", ".safetensors") or os.sep in pretrained
+    if Path(pretrained).is_file() or Path(pretrained).is_dir():
+        source = open_checkpoint(pretrained, "vision weights")
+        return _Weights("file", path=pretrained, source=source, hf=find_hf_tower(source))
+    looks_like_path = Path(pretrained).suffix in (*WEIGHT_SUFFIXES, ".json") or os.sep in pretrained
     if looks_like_path:
         raise SlowfastError(f"weights file {pretrained} does not exist; {FETCH_HINT}")
     tags = open_clip.list_pretrained_tags_by_model(model)
@@ -245,24 +268,39 @@ def _few(keys: list[str], n: int = 5) -> str:
     return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
-def _load_visual(visual: VisionTransformer, path: str, model: str) -> None:
-    """Load a checkpoint strictly into the vision tower."""
-    state = _vision_state(read_weights(path, "vision weights"))
+def _load_visual(visual: VisionTransformer, weights: _Weights, model: str) -> None:
+    """Load a checkpoint strictly into the vision tower.
+
+    open_clip names load as they are (``visual.*`` or the tower's own); a Hugging Face CLIP tower is mapped by
+    ``checkpoints.hf_clip_to_open_clip`` and may lack ``ln_post``/``proj``, which patch tokens never use (they are
+    pruned before the first forward pass).
+    """
+    path = str(weights.path)
+    source = weights.source or open_checkpoint(path, "vision weights")
+    if weights.hf is not None:
+        block = visual.transformer.resblocks[0]
+        heads = getattr(block.attn, "num_heads", weights.hf.heads)
+        weights.hf.check(heads, getattr(visual.ln_pre, "eps", weights.hf.eps), path, model)
+        state = hf_clip_to_open_clip(source.read(weights.hf.keys), weights.hf, path)
+        optional, expected = UNUSED_BY_TOKENS, f"a Hugging Face CLIP vision tower of {model}'s shape"
+    else:
+        state = _vision_state(source.read_all())
+        optional, expected = (), f"an open_clip state dict of {model} (keys visual.* or the vision tower's own)"
+    ours, theirs = describe_tower(visual.state_dict()), describe_tower(state)
+    shapes = f" (the weights' tower: {theirs}; {model}'s: {ours})" if theirs and ours and theirs != ours else ""
     try:
         result = visual.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches raise even when strict=False
         detail = " ".join(line.strip() for line in str(exc).splitlines()[1:4])
-        raise SlowfastError(f"weights {path} do not fit {model}: {detail}") from None
+        raise SlowfastError(f"weights {path} do not fit {model}: {detail}{shapes}") from None
     problems = []
-    if result.missing_keys:
-        problems.append(f"missing {_few(result.missing_keys)}")
+    missing = [k for k in result.missing_keys if k not in optional]
+    if missing:
+        problems.append(f"missing {_few(missing)}")
     if result.unexpected_keys:
         problems.append(f"unexpected {_few(result.unexpected_keys)}")
     if problems:
-        raise SlowfastError(
-            f"weights {path} do not fit {model}: {'; '.join(problems)}. Expected an open_clip state dict of {model} "
-            "(keys visual.* or the vision tower's own)"
-        )
+        raise SlowfastError(f"weights {path} do not fit {model}: {'; '.join(problems)}. Expected {expected}{shapes}")
 
 
 # --- building ----------------------------------------------------------------------------------------------
@@ -290,7 +328,13 @@ def _preprocess_cfg(model: str, weights: _Weights, image_size: tuple[int, int]) 
 
 
 def _quick_gelu(model: str, model_cfg: dict[str, Any], weights: _Weights) -> bool:
-    """QuickGELU when the config says so or the weights were trained with it (open_clip only warns)."""
+    """QuickGELU when the config says so or the weights were trained with it (open_clip only warns).
+
+    A Hugging Face CLIP tower says itself: its ``hidden_act`` (``config.json``), QuickGELU when no config is there
+    (CLIPVisionConfig's default, and OpenAI's CLIP, which LLaVA's towers are).
+    """
+    if weights.hf is not None:
+        return weights.hf.quick_gelu
     if model_cfg.get("quick_gelu", False):
         return True
     if weights.kind == "tag":
@@ -308,15 +352,72 @@ def _vision_tower(name: str, model_cfg: dict[str, Any], quick_gelu: bool, cast_d
     return clip.visual.float()
 
 
-def _seeded_tower(name: str, model_cfg: dict[str, Any], quick_gelu: bool, dtype: torch.dtype) -> VisionTransformer:
-    """The fp32 tower with its random init under ``manual_seed(0)``, so ``--pretrained none`` is reproducible."""
+def _seeded_tower(name: str, model_cfg: dict[str, Any], quick_gelu: bool, dtype: torch.dtype) -> torch.nn.Module:
+    """The fp32 tower with its random init under ``manual_seed(0)``, so ``--pretrained none`` is reproducible:
+    an open_clip ``VisionTransformer``, or a ``TimmModel`` around a timm ViT (SigLIP, EVA, ...), whose random
+    init is timm's, under the same seed."""
     low_precision = dtype if dtype in (torch.bfloat16, torch.float16) else None  # selects fp32 LayerNorms
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         visual = _vision_tower(name, model_cfg, quick_gelu, low_precision)
-    if not isinstance(visual, VisionTransformer):
-        raise SlowfastError(f"model {name!r} did not build an open_clip VisionTransformer ({type(visual).__name__})")
+    _geometry(visual, name)  # refuses any other tower
     return visual
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    blocks: int  # transformer blocks
+    image_size: tuple[int, int]  # (Hs, Ws) the tower takes
+    patch_size: tuple[int, int]
+    grid: tuple[int, int]  # (Gh, Gw) = image_size // patch_size
+    width: int  # D_vision
+    timm_model: str | None  # the timm model inside a TimmModel, None for open_clip's own ViT
+
+
+def _geometry(visual: torch.nn.Module, name: str) -> _Geometry:
+    """Blocks, sizes and width of a tower whose patch tokens ``forward_intermediates`` gives.
+
+    open_clip's own ``VisionTransformer`` (one class token, which its ``forward_intermediates`` drops), or a
+    ``TimmModel`` whose trunk is a timm ViT with a plain patch embedding: timm's ``forward_intermediates`` drops its
+    ``num_prefix_tokens`` (0 for SigLIP, which has no class token; 1 for EVA's class token).
+
+    Raises:
+        SlowfastError: any other tower (ResNet, ConvNeXt, a hybrid conv stem): they have no patch grid to tap.
+    """
+    if isinstance(visual, VisionTransformer):
+        gh, gw = visual.grid_size
+        image, patch = tuple(visual.image_size), tuple(visual.patch_size)
+        return _Geometry(len(visual.transformer.resblocks), image, patch, (gh, gw), visual.transformer.width, None)
+    trunk = getattr(visual, "trunk", None)
+    embed = getattr(trunk, "patch_embed", None)
+    grid = tuple(getattr(embed, "grid_size", None) or ())
+    if isinstance(visual, TimmModel) and grid and hasattr(trunk, "forward_intermediates"):
+        image, patch = tuple(embed.img_size), tuple(embed.patch_size)
+        if grid == (image[0] // patch[0], image[1] // patch[1]):  # a hybrid stem's 1x1 "patches" are not a grid
+            timm_name = getattr(trunk, "default_cfg", {}).get("architecture") or type(trunk).__name__
+            return _Geometry(len(trunk.blocks), image, patch, grid, trunk.embed_dim, timm_name)
+    raise SlowfastError(f"model {name!r} did not build a ViT with a patch grid ({type(visual).__name__})")
+
+
+def _check_geometry(name: str, geometry: _Geometry) -> None:
+    """The built tower against ``budget``'s numbers for it, which ``slowfast budget`` and preflight report (for a
+    timm tower they come from the timm model name and ``budget.TIMM_VITS``, without timm)."""
+    vision = {**VISION_DEFAULTS, **vision_config(name)}
+    expected = (model_grid(name), vision["layers"], vision["width"])
+    if (geometry.grid, geometry.blocks, geometry.width) != expected:
+        raise SlowfastError(
+            f"model {name!r} built a tower with grid {geometry.grid}, {geometry.blocks} blocks and width "
+            f"{geometry.width}, but slowfast's budget says grid, blocks, width = {expected}: update budget.TIMM_VITS"
+        )
+
+
+def _prune(visual: torch.nn.Module, block: int) -> None:
+    """Keep blocks 0..``block``; drop the final norm, the pooling and the head, which patch tokens never use."""
+    if isinstance(visual, TimmModel):
+        visual.trunk.prune_intermediate_layers([block], prune_norm=True, prune_head=True)
+        visual.head = torch.nn.Identity()
+    else:
+        visual.prune_intermediate_layers([block], prune_norm=True, prune_head=True)
 
 
 def _block_index(layer: int, depth: int, model: str) -> int:
@@ -329,11 +430,16 @@ def _block_index(layer: int, depth: int, model: str) -> int:
     return layer % depth
 
 
-def _cast(visual: VisionTransformer, device: torch.device, dtype: torch.dtype) -> VisionTransformer:
-    """Move to ``device``; in bf16/fp16 cast weights like open_clip's ``precision`` (LayerNorms stay fp32)."""
-    visual = visual.to(device)
-    if dtype in (torch.bfloat16, torch.float16):
-        open_clip.convert_weights_to_lp(visual, dtype=dtype)
+def _cast(visual: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Move to ``device``; in bf16/fp16 cast weights like open_clip's ``precision``: for open_clip's own ViT all
+    but the LayerNorms (they stay fp32), for a timm tower everything (open_clip casts the whole timm model)."""
+    low = dtype in (torch.bfloat16, torch.float16)
+    if isinstance(visual, TimmModel):
+        visual = visual.to(device=device, dtype=dtype) if low else visual.to(device)
+    else:
+        visual = visual.to(device)
+        if low:
+            open_clip.convert_weights_to_lp(visual, dtype=dtype)
     return visual.eval().requires_grad_(False)
 
 
@@ -347,7 +453,14 @@ def build_encoder(cfg: EncoderCfg, device: torch.device, dtype: torch.dtype) -> 
       vision tower's own, loaded strictly;
     - ``none``: random weights under seed 0, bit-identical from run to run.
     The activation follows the weights: QuickGELU when the tag (for a file: every tag of the model) was trained
-    with it, which open_clip itself only warns about. Mean, std and resize mode follow the tag the same way.
+    with it, which open_clip itself only warns about. Mean, std and resize mode follow the tag the same way;
+    ``cfg.resize`` ``squash`` overrides the resize mode (see ``Encoder.preprocess``).
+
+    Towers: open_clip's own ViT, or a timm ViT inside open_clip (SigLIP, SigLIP 2, EVA, PE-Core; always GELU, as
+    open_clip builds them), whose layers count the same way: -1 is the last block's output, -2 the penultimate's
+    (what LLaVA-NeXT's SigLIP tower takes: it deletes the last of the 27 layers and keeps the new last hidden
+    state, i.e. block 25 of 0..26, before the post-layernorm), 0..L-1 from the first. The grid is the timm model's
+    (27x27 for SO400M/14 at 384) and agrees with ``budget``'s, which is checked here.
 
     Raises:
         SlowfastError: unknown model, a non-ViT tower, weights that cannot be fetched or read or do not fit, or a
@@ -358,26 +471,31 @@ def build_encoder(cfg: EncoderCfg, device: torch.device, dtype: torch.dtype) -> 
     quick_gelu = _quick_gelu(cfg.model, model_cfg, weights)
     visual = _seeded_tower(cfg.model, model_cfg, quick_gelu, dtype)
     if weights.path is not None:
-        _load_visual(visual, weights.path, cfg.model)
-    block = _block_index(cfg.layer, len(visual.transformer.resblocks), cfg.model)
-    visual.prune_intermediate_layers([block], prune_norm=True, prune_head=True)
+        _load_visual(visual, weights, cfg.model)
+    geometry = _geometry(visual, cfg.model)
+    _check_geometry(cfg.model, geometry)
+    block = _block_index(cfg.layer, geometry.blocks, cfg.model)
+    _prune(visual, block)
     visual = _cast(visual, device, dtype)
-    image_size = tuple(visual.image_size)
+    preprocess_cfg = _preprocess_cfg(cfg.model, weights, geometry.image_size)
+    if cfg.resize == "squash":  # "shortest" keeps the model's own mode (SigLIP's tags already squash)
+        preprocess_cfg["resize_mode"] = "squash"
     return Encoder(
         visual=visual,
         model_name=cfg.model,
         pretrained=cfg.pretrained,
         layer=cfg.layer,
         block_index=block,
-        image_size=image_size,
-        patch_size=tuple(visual.patch_size),
-        grid=tuple(visual.grid_size),
-        width=visual.transformer.width,
+        image_size=geometry.image_size,
+        patch_size=geometry.patch_size,
+        grid=geometry.grid,
+        width=geometry.width,
         device=device,
         dtype=dtype,
         random_weights=weights.kind == "none",
-        quick_gelu=quick_gelu,
-        preprocess_cfg=_preprocess_cfg(cfg.model, weights, image_size),
+        quick_gelu=quick_gelu and geometry.timm_model is None,  # timm towers ignore it (always GELU)
+        preprocess_cfg=preprocess_cfg,
+        timm_model=geometry.timm_model,
     )
 
 
@@ -517,6 +635,34 @@ def _resize_and_crop(
     return x  # (T, 3, Ht, Wt)
 
 
+def _squash(frames: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.Tensor:
+    """Each uint8 frame (T, H, W, 3) resized to exactly ``size`` (Hs, Ws), no crop, by PIL itself, on the CPU.
+
+    PIL is what the references run: open_clip's squash transform (``Resize((Hs, Ws))`` on a PIL image), LLaVA's
+    ``image.resize((336, 336))`` before ``CLIPImageProcessor``, LLaVA-NeXT's SigLIP processor. A torch copy of its
+    fixed-point passes is exact too, but PIL changes the order of its two passes between versions (Pillow 13 runs
+    the vertical one first for some portrait shapes; 12.2 for frames over 100 times taller than wide; earlier
+    ones never), which changes up to a few levels; so the pixels are PIL's own, those of the Pillow installed,
+    as upstream code in the same environment computes them. PIL lets go of the GIL while it resizes, so up to
+    ``SQUASH_THREADS`` frames go at once. Frames already of that size are returned as they are (PIL copies them).
+
+    Returns:
+        (T, Hs, Ws, 3) uint8 on the CPU (or ``frames`` itself when no resize is needed).
+    """
+    h, w = size
+    if tuple(frames.shape[1:3]) == (h, w):
+        return frames
+    if len(frames) == 0:
+        return frames.new_zeros((0, h, w, 3), device="cpu")
+    resample = PIL_FILTERS[interpolation]
+
+    def one(frame: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(frame).resize((w, h), resample))
+
+    with ThreadPoolExecutor(max_workers=min(SQUASH_THREADS, len(frames))) as pool:
+        return torch.from_numpy(np.stack(list(pool.map(one, frames.cpu().numpy()))))  # (T, Hs, Ws, 3)
+
+
 def _as_frames(frames: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Check and wrap uint8 frames (T, H, W, 3)."""
     if isinstance(frames, np.ndarray):
@@ -538,9 +684,10 @@ def _to_device(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 @dataclass(eq=False)
 class Encoder:
-    """An open_clip VisionTransformer cut after block ``block_index``, with its preprocessing."""
+    """An open_clip ViT tower (its own VisionTransformer or a timm ViT) cut after block ``block_index``, with its
+    preprocessing."""
 
-    visual: VisionTransformer  # blocks after block_index, ln_post and proj pruned
+    visual: torch.nn.Module  # VisionTransformer or TimmModel; blocks after block_index, final norm and head pruned
     model_name: str
     pretrained: str  # as given: a tag, a path or "none"
     layer: int  # as given, e.g. -2
@@ -554,19 +701,32 @@ class Encoder:
     random_weights: bool  # pretrained == "none"
     quick_gelu: bool  # the activation the tower was built with
     preprocess_cfg: dict[str, Any] = dataclasses.field(default_factory=dict)  # open_clip PreprocessCfg fields
+    timm_model: str | None = None  # the timm model of a timm tower (vit_so400m_patch14_siglip_384), else None
+
+    @property
+    def resize_mode(self) -> str:
+        """``shortest`` / ``longest`` (resize, then centre crop or pad) or ``squash`` (both sides, no crop)."""
+        return self.preprocess_cfg["resize_mode"]
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """open_clip's eval preprocessing, batched on tensors: (T, H, W, 3) uint8 -> (T, 3, Hs, Ws) normalized.
 
         The same steps as ``open_clip.image_transform(..., is_train=False)`` for ``preprocess_cfg`` (resize by
-        ``resize_mode`` with antialiasing, center crop or pad, ``/255``, mean/std), computed on ``self.device``.
-        The resize mimics PIL (a width pass and a height pass, each rounded to 8 bits), so the result differs from
-        open_clip's PIL pipeline by at most 1/255 in pixel units (<= 0.0151 after dividing by OpenAI's std),
-        on a small fraction of pixels, and is bit-identical when no resize is needed. Frames whose size already
-        matches the resize target (e.g. resized by the decoder) skip the resize.
+        ``resize_mode`` with antialiasing, center crop or pad, ``/255``, mean/std in fp32).
 
-        Memory does not grow with the aspect ratio: only the pixels the crop keeps are resized, a few frames at a
-        time (``_resize_and_crop``), so a 32-frame chunk of 4000x2 frames costs about what a 640x360 one does.
+        - ``squash`` (SigLIP's tags, ``encoder.resize = squash``): PIL resizes each frame to (Hs, Ws) on the CPU
+          (``_squash``), so the result is bit-identical in fp32 to open_clip's own transform, and to LLaVA's PIL
+          squash followed by ``CLIPImageProcessor`` (transformers' PIL backend: ``x * (1/255)`` in float64, then
+          float32 mean/std; its default torchvision backend folds the 1/255 into mean and std, 1 ulp away).
+        - ``shortest`` / ``longest``: computed on ``self.device``; the resize mimics PIL (a width pass and a height
+          pass, each rounded to 8 bits) in floating point where PIL uses fixed point, so it differs from open_clip's
+          PIL pipeline by at most 1/255 in pixel units when frames are scaled down, 2/255 measured when they are
+          scaled up (a 160x120 frame to 336: 0.13% of values), ``PIXEL_TOLERANCE``; bit-identical when no resize
+          is needed. Memory does not grow with the aspect ratio: only the pixels the crop keeps are resized, a few
+          frames at a time (``_resize_and_crop``), so a 32-frame chunk of 4000x2 frames costs about what a 640x360
+          one does.
+
+        Frames whose size already matches the resize target (e.g. resized by the decoder) skip the resize.
 
         Returns:
             (T, 3, Hs, Ws) on ``self.device`` in ``self.dtype``.
@@ -574,15 +734,24 @@ class Encoder:
         cfg = self.preprocess_cfg
         if cfg["interpolation"] not in RESIZE_TAPS:
             raise SlowfastError(f"unsupported interpolation {cfg['interpolation']!r} (bicubic or bilinear)")
-        frames = _to_device(_as_frames(frames), self.device)  # (T, H, W, 3) uint8
-        size = _resized_shape(frames.shape[1], frames.shape[2], self.image_size, cfg["resize_mode"])
-        x = _resize_and_crop(frames, size, self.image_size, cfg["interpolation"], float(cfg["fill_color"]))
+        frames = _as_frames(frames)  # (T, H, W, 3) uint8
+        if cfg["resize_mode"] == "squash":
+            squashed = _to_device(_squash(frames, self.image_size, cfg["interpolation"]), self.device)
+            x = rearrange(squashed, "t h w c -> t c h w").float()  # (T, 3, Hs, Ws) 8-bit levels
+        else:
+            frames = _to_device(frames, self.device)
+            size = _resized_shape(frames.shape[1], frames.shape[2], self.image_size, cfg["resize_mode"])
+            x = _resize_and_crop(frames, size, self.image_size, cfg["interpolation"], float(cfg["fill_color"]))
         mean = torch.tensor(cfg["mean"], device=self.device).view(3, 1, 1)
         std = torch.tensor(cfg["std"], device=self.device).view(3, 1, 1)
         return ((x / 255 - mean) / std).to(self.dtype)  # (T, 3, Hs, Ws)
 
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, Hs, Ws) -> (B, N, D) output of block ``block_index``, class token dropped."""
+        """(B, 3, Hs, Ws) -> (B, N, D) output of block ``block_index``, prefix tokens (a class token) dropped.
+
+        Both towers' ``forward_intermediates`` (open_clip's, and timm's under ``TimmModel``) return the raw block
+        output, before any final norm, without the prefix tokens: open_clip's class token, timm's
+        ``num_prefix_tokens`` (none for SigLIP)."""
         out = self.visual.forward_intermediates(
             x, indices=[self.block_index], stop_early=True, intermediates_only=True, output_fmt="NLC"
         )

@@ -122,8 +122,12 @@ class Pipeline:
             self.warnings.append("the projector has random weights (--random-projector): the tokens carry no meaning")
 
     @property
-    def image_size(self) -> int:
-        return max(self.encoder.image_size)
+    def image_size(self) -> int | None:
+        """The side the decoder may scale frames to (``video.load_clip``'s ``image_size``), or None: decode-time
+        scaling makes the shortest side that size and crops the centre, which is only what the encoder would do
+        for the ``shortest`` resize mode; a ``squash`` (``--resize squash``, SigLIP's tags) or ``longest`` model
+        gets full-size frames and resizes them itself."""
+        return max(self.encoder.image_size) if self.encoder.resize_mode == "shortest" else None
 
     def load(self, video: str | Path):
         """Decode the sampled frames of one video (uint8, at the model's size when decode_resize)."""

@@ -1,85 +1,28 @@
 """Vision-to-LLM projectors: identity, linear, or LLaVA-1.5's ``mlp2x_gelu``, loaded from a LLaVA checkpoint.
 
 The modules are exactly LLaVA's (``nn.Linear``; ``nn.Sequential(Linear, GELU, Linear)``), so a LLaVA
-``mm_projector.bin`` loads once its ``model.mm_projector.`` prefix is stripped. Shapes: (T, N, D_vision) in,
-(T, N, D_llm) out. ``read_weights`` is the one safe checkpoint reader (``weights_only`` / safetensors); the
-encoder uses it too.
+``mm_projector.bin`` loads once its ``model.mm_projector.`` prefix is stripped; so does the projector inside a whole
+(sharded) LLaVA checkpoint, read from its shards alone (``checkpoints.py`` reads and names them). Shapes:
+(T, N, D_vision) in, (T, N, D_llm) out.
 """
 
 from __future__ import annotations
 
-import zipfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
+from .checkpoints import open_checkpoint, projector_keys
 from .config import ProjectorCfg
-from .errors import ConfigError, SlowfastError, first_line, load_failure
+from .errors import ConfigError, SlowfastError
 
 KINDS = ("identity", "linear", "mlp2x_gelu")
 EXPECTED_KEYS = {
     "linear": ("weight", "bias"),
     "mlp2x_gelu": ("0.weight", "0.bias", "2.weight", "2.bias"),
 }
-LLAVA_PREFIX = "mm_projector."
-STATE_DICT = "a state dict (a mapping of names to tensors) saved with torch.save or safetensors"
-TORCHSCRIPT_HINT = (
-    "it is a TorchScript archive (like OpenAI's original CLIP .pt); convert it once with "
-    "python -c \"import torch; torch.save(torch.jit.load('IN.pt', map_location='cpu').state_dict(), 'OUT.pt')\""
-)
-
-
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any(name.split("/")[1:2] == ["code"] for name in zf.namelist())
-
-
-def _unreadable(exc: BaseException) -> str:
-    """Why ``torch.load(weights_only=True)`` or safetensors refused a file, never with torch's own advice (to load
-    with ``weights_only=False``, which would run code from the file): see ``errors.load_failure``."""
-    reason = load_failure(exc, STATE_DICT)
-    return first_line(exc, 200) if reason.startswith("cannot be loaded") else reason
-
-
-def read_weights(path: str | Path, what: str = "weights") -> dict[str, torch.Tensor]:
-    """Read a state dict safely: safetensors by suffix, else ``torch.load(weights_only=True)`` on the CPU.
-
-    A ``{"state_dict": ...}`` wrapper is unwrapped, ``module.`` prefixes (DataParallel) are stripped and
-    non-tensor entries dropped.
-
-    Args:
-        path: a ``.safetensors``, ``.bin``, ``.pt`` or ``.pth`` file.
-        what: what the file holds, for error messages ("projector weights", "vision weights").
-
-    Raises:
-        SlowfastError: the file is missing, unreadable, unsafe to unpickle, or holds no tensors; the message says
-            which (``_unreadable``), never with torch's advice to load it with ``weights_only=False``.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise SlowfastError(f"{what} file {p} does not exist")
-    if p.suffix != ".safetensors" and _is_torchscript(p):
-        raise SlowfastError(f"could not read {what} file {p}: {TORCHSCRIPT_HINT}")
-    try:
-        obj = load_file(p) if p.suffix == ".safetensors" else torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch and safetensors raise many types for a bad file
-        raise SlowfastError(f"could not read {what} file {p}: {_unreadable(exc)}") from None
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    tensors = (
-        {str(k).removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-        if isinstance(obj, Mapping)
-        else {}
-    )
-    if not tensors:
-        raise SlowfastError(f"{what} file {p} holds no state dict (a mapping of names to tensors)")
-    return tensors
 
 
 def load_projector_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -87,11 +30,23 @@ def load_projector_state(path: str | Path) -> dict[str, torch.Tensor]:
 
     Accepts a LLaVA ``mm_projector.bin`` (``model.mm_projector.0.weight``...; other keys such as
     ``model.embed_tokens.weight`` are ignored), the same with a bare ``mm_projector.`` prefix, or a plain state
-    dict of the module; ``.safetensors`` too.
+    dict of the module; ``.safetensors`` too. Also a whole LLaVA checkpoint, as a folder or its ``*.index.json``
+    (sharded or not): only the shards holding ``mm_projector.*`` (or llava-hf's ``multi_modal_projector.*``) are
+    read.
+
+    Raises:
+        SlowfastError: unreadable files, or a checkpoint folder without a projector.
     """
-    state = read_weights(path, "projector weights")
-    llava = {k.rsplit(LLAVA_PREFIX, 1)[1]: v for k, v in state.items() if LLAVA_PREFIX in k}
-    return llava or state
+    checkpoint = open_checkpoint(path, "projector weights")
+    names = projector_keys(checkpoint.keys, f"projector weights {path}")
+    if names:
+        return {names[k]: v for k, v in checkpoint.read(names).items()}
+    if checkpoint.model_folder:
+        raise SlowfastError(
+            f"projector weights {path}: the checkpoint has no mm_projector.* (LLaVA) or multi_modal_projector.* "
+            "(llava-hf) keys"
+        )
+    return checkpoint.read_all()
 
 
 def make_projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:

@@ -7,8 +7,9 @@ the numbers:
 - the resolved config's ``video``, ``encoder`` (model, layer), ``projector`` (kind, llm_dim, random_init, seed)
   and ``aggregator`` sections;
 - the dtype the model ran in (``auto`` resolved: bf16 on one CPU is fp32 on another);
-- the weights by content, not by path: ``none``, ``tag:MODEL/TAG`` for an open_clip tag, or ``sha256:...`` of
-  a local weights or projector file (a moved file is the same weights; a replaced one is not);
+- the weights by content, not by path: ``none``, ``tag:MODEL/TAG`` for an open_clip tag, ``sha256:...`` of a
+  local weights or projector file (a moved file is the same weights; a replaced one is not), or for a sharded
+  checkpoint its index and shard sizes (:func:`checkpoint_identity`);
 - ``TOKENS_VERSION``, raised whenever a change to slowfast changes the tokens it computes for the same settings.
 
 Left out on purpose, because they change at most the last bits of the same computation: ``batch_frames`` (the
@@ -20,6 +21,7 @@ No torch here: hashing and comparing plain dicts.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +46,51 @@ def file_digest(path: str | Path) -> str:
     return _digests[key]
 
 
+FOLDER_FILES = (
+    "model.safetensors.index.json",
+    "model.safetensors",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.bin",
+)  # checkpoints.py's
+
+
+def checkpoint_identity(path: str | Path) -> str:
+    """The identity of weights given as a file, a checkpoint folder or a sharded checkpoint's ``*.index.json``.
+
+    A single file is hashed whole (``sha256:``). A sharded checkpoint (a LLaVA folder holds 14 GB or more, most of
+    it the LLM's) is identified by its index (``index:sha256:``): the index file's bytes and the name and size of
+    every shard it lists, so a re-sharded, swapped or truncated checkpoint differs; weights replaced in place by
+    others of exactly the same sizes would not be noticed.
+    """
+    p = Path(path)
+    if p.is_dir():
+        found = next((p / name for name in FOLDER_FILES if (p / name).is_file()), None)
+        if found is None:
+            return f"folder:{p.resolve()}"  # checkpoints.py refuses it when loading
+        p = found
+    if not p.name.endswith(".index.json"):
+        return file_digest(p)
+    h = hashlib.sha256(p.read_bytes())
+    try:
+        shards = sorted(set(json.loads(p.read_text(encoding="utf-8")).get("weight_map", {}).values()))
+    except (ValueError, AttributeError, OSError):
+        shards = []
+    for name in shards:
+        shard = p.parent / str(name)
+        size = shard.stat().st_size if shard.is_file() else -1
+        h.update(f"\0{name}\0{size}".encode())
+    return "index:sha256:" + h.hexdigest()
+
+
 def weights_identity(model: str, pretrained: str) -> str:
-    """``none``, ``sha256:...`` of a local weights file, or ``tag:MODEL/TAG`` (the same order encoder.py resolves)."""
+    """``none``, the :func:`checkpoint_identity` of a local file or folder, or ``tag:MODEL/TAG`` (encoder.py's
+    order: a tag is resolved before a path of the same name, which is checked here by the path existing)."""
     if pretrained.lower() == "none":
         return "none"
-    if Path(pretrained).is_file():
-        return file_digest(pretrained)
+    if Path(pretrained).exists():
+        return checkpoint_identity(pretrained)
     return f"tag:{model}/{pretrained}"
 
 
@@ -70,7 +111,7 @@ def provenance(config: Config, dtype: str) -> dict[str, Any]:
         "settings": settings,
         "dtype": dtype,
         "weights": weights_identity(config.encoder.model, config.encoder.pretrained),
-        "projector_weights": file_digest(p.weights) if p.weights else None,
+        "projector_weights": checkpoint_identity(p.weights) if p.weights else None,
     }
 
 

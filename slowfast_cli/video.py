@@ -307,17 +307,21 @@ def decode_size(width: int, height: int, target: int) -> tuple[int, int]:
     """Size to decode at so the shorter side is ``target`` and the aspect ratio is kept.
 
     Returns:
-        (w, h), each >= target, the longer side rounded half up.
+        (w, h), each >= target, the longer side truncated, ``int(long * target / short)``, as torchvision's
+        ``Resize``, open_clip and Hugging Face's processors compute it (1280x800 at 336 gives 537, not 538), so
+        the centre crop starts where theirs does.
 
     Example:
         >>> decode_size(640, 272, 224)
         (527, 224)
+        >>> decode_size(1280, 800, 336)
+        (537, 336)
     """
     if min(width, height, target) < 1:
         raise ValueError(f"sizes must be positive, got {width}x{height} -> {target}")
     if width <= height:
-        return target, max(target, math.floor(height * target / width + 0.5))
-    return max(target, math.floor(width * target / height + 0.5)), target
+        return target, max(target, int(height * target / width))
+    return max(target, int(width * target / height)), target
 
 
 def center_crop(frames: np.ndarray, size: int) -> np.ndarray:

@@ -215,7 +215,7 @@ class TestPreflight:
             ),
             ('[encoder]\nmodel = "ViT-B-61"\n', r"unknown model 'ViT-B-61': did you mean ViT-B-16"),
             ('[encoder]\nmodel = "RN50"\n', r"'RN50' \(encoder.model, --model\) has a ResNet tower, not .* ViT"),
-            ('[encoder]\nmodel = "EVA02-B-16"\n', r"has a timm tower \(eva02_base"),
+            ('[encoder]\nmodel = "convnext_base"\n', r"has a timm tower \(convnext_base\)"),
             ('[encoder]\nmodel = "hf-hub:org/model"\n', r"hf-hub: and local-dir: names are not supported"),
             ('[encoder]\nmodel = "../model_configs/slowfast-tiny-vit"\n', r"unknown model '../model_configs/"),
             (
@@ -229,7 +229,7 @@ class TestPreflight:
             ),
             (
                 '[encoder]\npretrained = "vit.safetensors"\n',
-                r"vit.safetensors does not exist .*: pass an existing file, an open_clip tag such as openai, or none",
+                r"vit.safetensors does not exist .*: pass an existing file or checkpoint folder, an open_clip tag",
             ),
             ('[encoder]\npretrained = "vit.pth"\n', r"weights file vit.pth does not exist"),
             ('[encoder]\npretrained = "none.pt"\n', r"weights file none.pt does not exist"),
@@ -282,9 +282,12 @@ class TestPreflight:
         cfg = preset(tmp_path, text)
         assert preflight(cfg) == (14, 14)
 
-    def test_a_directory_is_not_a_weights_file(self, tmp_path):
+    def test_a_directory_is_taken_as_a_checkpoint_folder(self, tmp_path):
+        """A Hugging Face / LLaVA checkpoint is a folder; whether it holds one is the loader's check
+        (tests/test_checkpoints.py), not preflight's."""
+        assert preflight(resolve_config("tiny", {"pretrained": str(tmp_path)})) == (8, 8)
         with pytest.raises(ConfigError, match="does not exist"):
-            preflight(resolve_config("tiny", {"pretrained": str(tmp_path)}))
+            preflight(resolve_config("tiny", {"pretrained": str(tmp_path / "gone")}))
 
     def test_validates_configs_built_in_code(self):
         cfg = load_preset("tiny")

@@ -334,3 +334,40 @@ def test_meta_names_the_video_stream_decoded(small_video, tmp_path):
     single = tmp_path / "one.pt"
     assert run("encode", small_video, "--config", "tiny", "-o", single).exit_code == 0
     assert load_tokens(single)["meta"]["video"]["video_streams"] == 1
+
+
+def test_squash_is_never_replaced_by_a_decode_time_crop(tmp_path):
+    """--resize squash on a video large enough for decode-time scaling: the decoder must hand over full frames
+    (its scaling keeps the aspect and crops), so the tokens equal those of an explicitly full-size decode."""
+    video = media.make_video(tmp_path / "wide.mp4", frames=8, size=(320, 144))  # short side >= 2x the tiny 64
+    flags = ["--config", "tiny", "--dtype", "fp32", "--resize", "squash"]
+    a, b, c = tmp_path / "a.pt", tmp_path / "b.pt", tmp_path / "c.pt"
+    assert run("encode", video, *flags, "-o", a).exit_code == 0
+    assert run("encode", video, *flags, "--no-decode-resize", "-o", b).exit_code == 0
+    assert torch.equal(load_tokens(a)["tokens"], load_tokens(b)["tokens"])
+    assert run("encode", video, "--config", "tiny", "--dtype", "fp32", "-o", c).exit_code == 0  # shortest + crop
+    assert not torch.equal(load_tokens(a)["tokens"], load_tokens(c)["tokens"])
+
+
+class TestReproducingPresets:
+    def test_budgets(self):
+        assert budget_of("--config", "sf-llava-7b")["output_tokens"] == 3680
+        assert budget_of("--config", "sf-llava-34b")["output_tokens"] == 3680
+        siglip = budget_of("--config", "llava-video-siglip")
+        assert siglip["grid"] == [27, 27] and siglip["output_tokens"] == 16 * 196 + 64 * 16
+
+    def test_listed(self):
+        r = run("configs", "--json")
+        names = {c["name"] for c in json.loads(r.stdout)}
+        assert {"sf-llava-7b", "sf-llava-34b", "llava-video-siglip"} <= names
+
+    def test_sf_llava_settings_reach_the_token_file(self, tmp_path):
+        """sf-llava-7b's policies on the tiny tower: its frames, slow indices and squash reach the token file."""
+        video = media.make_video(tmp_path / "v.mp4", frames=30)
+        out = tmp_path / "v.pt"
+        flags = ["--model", "slowfast-tiny-vit", "--pretrained", "none", "--random-projector", "--llm-dim", "32"]
+        r = run("encode", video, "--config", "sf-llava-7b", *flags, "--dtype", "fp32", "-o", out)
+        assert r.exit_code == 0, r.output
+        m = load_tokens(out)["meta"]
+        assert len(m["frame_indices"]) == 30 and m["slow_frame_indices"] == [0, 3, 6, 9, 12, 15, 18, 21, 24, 27]
+        assert m["config"]["encoder"]["resize"] == "squash" and m["output_tokens"] == 10 * 32 + 30 * 16

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import fractions
+import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from slowfast_cli.checkpoints import read_weights
 from slowfast_cli.config import ProjectorCfg
 from slowfast_cli.errors import ConfigError, SlowfastError
-from slowfast_cli.projector import build_projector, load_projector_state, make_projector, project, read_weights
+from slowfast_cli.projector import build_projector, load_projector_state, make_projector, project
 
 CPU = torch.device("cpu")
 D_VISION, D_LLM = 64, 96
@@ -96,6 +98,78 @@ class TestLlavaCheckpoints:
         module, _ = build(weights=save(tmp_path, "p.bin", mlp_weights()), dtype=torch.bfloat16)
         out = project(features(), module)
         assert out.dtype == torch.bfloat16 and module[0].weight.dtype == torch.bfloat16
+
+
+def llava_checkpoint(folder, w: dict[str, torch.Tensor], shards=None, suffix=".safetensors", absent=()):
+    """A whole LLaVA checkpoint as Hugging Face shards it: the LLM's keys, the vision tower's, the projector's
+    (``model.mm_projector.*``), in ``shards`` (key lists; by default the projector shares a shard with the LLM), and
+    the index naming each key's shard. Shards numbered (from 1) in ``absent`` are named but never written."""
+    folder.mkdir()
+    llm = {"model.embed_tokens.weight": torch.randn(10, D_LLM), "model.layers.0.mlp.up_proj.weight": torch.randn(4, 4),
+           "lm_head.weight": torch.randn(10, D_LLM)}  # fmt: skip
+    tower = {"model.vision_tower.vision_tower.vision_model.embeddings.class_embedding": torch.randn(D_VISION)}
+    projector = {f"model.mm_projector.{k}": v for k, v in w.items()}
+    state = llm | tower | projector
+    shards = shards or [list(llm)[:1], list(llm)[1:] + list(projector), list(tower)]
+    weight_map = {}
+    for i, keys in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}{suffix}"
+        weight_map |= dict.fromkeys(keys, name)
+        if i + 1 not in absent:
+            save(folder, name, {k: state[k] for k in keys})
+    index = "model.safetensors.index.json" if suffix == ".safetensors" else "pytorch_model.bin.index.json"
+    (folder / index).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (folder / "config.json").write_text(json.dumps({"model_type": "llava_llama", "mm_projector_type": "mlp2x_gelu"}))
+    return folder
+
+
+class TestWholeLlavaCheckpoints:
+    """``--projector-weights`` takes the checkpoint folder users download (or its index), not only the
+    ``mm_projector.bin`` that LLaVA's pretraining stage writes."""
+
+    def test_sharded_folder_equals_mm_projector_bin(self, tmp_path):
+        w = mlp_weights()
+        single = save(tmp_path, "mm_projector.bin", {f"model.mm_projector.{k}": v for k, v in w.items()})
+        folder = llava_checkpoint(tmp_path / "llava-v1.6", w)
+        (a, _), (b, info_b) = build(weights=single), build(weights=str(folder))
+        assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in w)
+        x = features()
+        assert torch.equal(project(x, a), project(x, b))
+        assert (info_b["in_dim"], info_b["out_dim"], info_b["weights"]) == (D_VISION, D_LLM, str(folder))
+
+    def test_the_index_and_bin_shards(self, tmp_path):
+        w = mlp_weights()
+        folder = llava_checkpoint(tmp_path / "llava", w, suffix=".bin")
+        state = load_projector_state(folder / "pytorch_model.bin.index.json")
+        assert set(state) == set(w) and all(torch.equal(state[k], w[k]) for k in w)
+
+    def test_only_the_projectors_shard_is_read(self, tmp_path):
+        w = mlp_weights()
+        keys = [f"model.mm_projector.{k}" for k in w]
+        shards = [["model.embed_tokens.weight", "lm_head.weight", "model.layers.0.mlp.up_proj.weight"], keys,
+                  ["model.vision_tower.vision_tower.vision_model.embeddings.class_embedding"]]  # fmt: skip
+        folder = llava_checkpoint(tmp_path / "llava", w, shards=shards, absent=(1, 3))
+        state = load_projector_state(folder)
+        assert set(state) == set(w)
+
+    def test_llava_hf_names(self, tmp_path):
+        w = mlp_weights()
+        names = {"0.weight": "linear_1.weight", "0.bias": "linear_1.bias", "2.weight": "linear_2.weight",
+                 "2.bias": "linear_2.bias"}  # fmt: skip
+        path = save(tmp_path, "model.safetensors", {f"model.multi_modal_projector.{names[k]}": v for k, v in w.items()})
+        module, _ = build(weights=path)
+        assert all(torch.equal(module.state_dict()[k], w[k]) for k in w)
+
+    def test_a_folder_without_a_projector(self, tmp_path):
+        (tmp_path / "tower").mkdir()
+        save(tmp_path / "tower", "model.safetensors", {"vision_model.embeddings.class_embedding": torch.zeros(4)})
+        with pytest.raises(SlowfastError, match="has no mm_projector.* \\(LLaVA\\) or multi_modal_projector"):
+            build(weights=str(tmp_path / "tower"))
+
+    def test_a_missing_projector_shard_is_named(self, tmp_path):
+        folder = llava_checkpoint(tmp_path / "llava", mlp_weights(), absent=(2,))
+        with pytest.raises(SlowfastError, match="model-00002-of-00003.safetensors, which holds .* does not exist"):
+            build(weights=str(folder))
 
 
 class TestBadWeights:
