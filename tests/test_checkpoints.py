@@ -290,6 +290,23 @@ class TestCommandLine:
         saved = torch.load(tmp_path / "out.pt", weights_only=True)
         assert saved["tokens"].shape[-1] == 48 and saved["meta"]["pretrained"] == str(index)
 
+    def test_encode_with_the_checkpoint_folder_as_the_readme_says(self, tmp_path, small_video):
+        """`--pretrained FOLDER/ --projector-weights FOLDER/`, and the token file's provenance names the checkpoint
+        by its index (a swapped shard is other weights)."""
+        from typer.testing import CliRunner
+
+        from slowfast_cli.cli import app
+        from slowfast_cli.header import read_token_header
+
+        folder = save_sharded(tmp_path / "llava-v1.6-vicuna-7b", llava_state(hf_tower(projection=False), d_llm=48))
+        weights = ["--pretrained", f"{folder}/", "--projector", "mlp2x_gelu", "--projector-weights", f"{folder}/"]
+        out = tmp_path / "o.pt"
+        args = ["encode", str(small_video), "--config", "tiny", *weights, "--dtype", "fp32", "-o", str(out)]
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 0, r.output
+        prov = read_token_header(out)["meta"]["provenance"]
+        assert prov["weights"].startswith("index:sha256:") and prov["projector_weights"] == prov["weights"]
+
 
 class TestWhatDoesNotMap:
     def test_an_unknown_key_is_named(self, tmp_path):
