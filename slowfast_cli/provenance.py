@@ -30,7 +30,8 @@ from .config import Config
 SECTIONS = ("video", "encoder", "projector", "aggregator")  # the config sections that change the numbers
 TOKENS_VERSION = 2  # raise when slowfast's output for the same settings changes
 # 2: the fast pathway averages as nn.AdaptiveAvgPool2d does on contiguous features (height, then width), as
-#    SlowFast-LLaVA computes it; version 1 divided by the window's area once (up to one float bit apart)
+#    SlowFast-LLaVA computes it (version 1 divided by the window's area once: up to one float bit apart), and the
+#    decode-time size truncates the long side as PIL/HF do (version 1 rounded it half up: a 1-pixel shift)
 IGNORED = {"encoder": ("pretrained", "batch_frames"), "projector": ("weights",)}  # replaced by weights / rounding
 _digests: dict[tuple[str, int, int, int], str] = {}  # (resolved path, size, mtime_ns, inode) -> digest
 
