@@ -15,7 +15,7 @@ the numbers:
 Left out on purpose, because they change at most the last bits of the same computation: ``batch_frames`` (the
 ViT's batch size), the device, and the preset's name and description; and ``max_frames`` when frames are not
 sampled by rate (it is unused then).
-No torch here: hashing and comparing plain dicts.
+No torch here, but for checkpoint folders (``checkpoints.FOLDER_FILES``): hashing and comparing plain dicts.
 """
 
 from __future__ import annotations
@@ -47,16 +47,6 @@ def file_digest(path: str | Path) -> str:
     return _digests[key]
 
 
-FOLDER_FILES = (
-    "model.safetensors.index.json",
-    "model.safetensors",
-    "pytorch_model.bin.index.json",
-    "pytorch_model.bin",
-    "open_clip_model.safetensors",
-    "open_clip_pytorch_model.bin",
-)  # checkpoints.py's
-
-
 def checkpoint_identity(path: str | Path) -> str:
     """The identity of weights given as a file, a checkpoint folder or a sharded checkpoint's ``*.index.json``.
 
@@ -65,6 +55,8 @@ def checkpoint_identity(path: str | Path) -> str:
     every shard it lists, so a re-sharded, swapped or truncated checkpoint differs; weights replaced in place by
     others of exactly the same sizes would not be noticed.
     """
+    from .checkpoints import FOLDER_FILES  # what a checkpoint folder is read from (imports torch: only here)
+
     p = Path(path)
     if p.is_dir():
         found = next((p / name for name in FOLDER_FILES if (p / name).is_file()), None)
