@@ -27,7 +27,7 @@ from pathlib import Path
 from .config import Config
 from .errors import ConfigError, SlowfastError, first_line
 from .header import TMP_PREFIX, read_token_header
-from .io import json_text, sigint_deferred, write_json
+from .io import json_text, sigint_deferred
 from .provenance import differences
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp")
@@ -504,11 +504,4 @@ def batch_report(
         "interrupted": interrupted,
         "folder_counted": folder,
     }
-    return report
-
-
-def write_report(out_dir: Path, records: list[Record], problems: list[str], interrupted: bool = False) -> dict:
-    """Write ``report.json`` atomically (see :func:`batch_report`); a disk error is a ``SlowfastError``."""
-    report = batch_report(out_dir, records, problems, interrupted)
-    write_json(out_dir / REPORT, report)
     return report

@@ -52,15 +52,28 @@ def _temp_beside(path: Path) -> tuple[int, str]:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file beside ``path``; on success fsync and rename it over ``path``, else delete it."""
-    path = Path(path)
+def _temp_file(path: Path, mode: str = "wb") -> Iterator[tuple[IO, str]]:
+    """``(file, name)`` of a new temporary file beside ``path``, flushed and fsynced when the block ends; deleted
+    if the block fails."""
     fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, mode) as f:
-            yield f
+            yield f, tmp
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on success fsync and rename it over ``path``, else delete it."""
+    path = Path(path)
+    with _temp_file(path, mode) as (f, tmp):
+        yield f
+    try:
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -130,22 +143,14 @@ def _underlying(exc: BaseException) -> BaseException | None:
 
 def _write_temp(path: Path, obj: dict) -> str:
     """torch.save ``obj`` into a temporary file beside ``path``, fsynced; returns its name (removed on failure)."""
-    fd, tmp = _temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            try:
-                torch.save(obj, f)
-            except RuntimeError as exc:
-                cause = _underlying(exc)
-                if cause is None:
-                    raise
-                raise cause from None
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with _temp_file(path) as (f, tmp):
+        try:
+            torch.save(obj, f)
+        except RuntimeError as exc:
+            cause = _underlying(exc)
+            if cause is None:
+                raise
+            raise cause from None
     return tmp
 
 

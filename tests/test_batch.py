@@ -13,6 +13,7 @@ from pathlib import Path
 import media
 import pytest
 import torch
+from faults import ctrl_c_inside_torch_save
 from typer.testing import CliRunner
 
 from slowfast_cli.batch import error_kind, find_videos, plan_batch, read_manifest, run_batch
@@ -571,26 +572,7 @@ def _tiny_checkpoint(path: Path) -> None:
 class TestFaultsWhileWriting:
     def test_ctrl_c_while_a_token_file_is_written_stops_the_batch(self, folder, tmp_path, monkeypatch):
         """A real SIGINT in the middle of torch.save: exit 130, interrupted, that video complete and recorded."""
-        real_save, calls = torch.save, []
-
-        class Interrupting:
-            def __init__(self, f):
-                self._f, self._n = f, 0
-
-            def write(self, data):
-                self._n += 1
-                if self._n == 2 and len(calls) == 2:
-                    os.kill(os.getpid(), signal.SIGINT)
-                return self._f.write(data)
-
-            def __getattr__(self, name):
-                return getattr(self._f, name)
-
-        def save(obj, f, *args, **kwargs):
-            calls.append(1)
-            return real_save(obj, Interrupting(f), *args, **kwargs)
-
-        monkeypatch.setattr(torch, "save", save)
+        ctrl_c_inside_torch_save(monkeypatch, on_save=2)  # while the second video's token file is written
         out = tmp_path / "out"
         r = run("batch", folder, "-o", out, *TINY)
         assert r.exit_code == 130, r.output

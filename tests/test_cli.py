@@ -3,13 +3,13 @@
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from faults import ctrl_c_inside_torch_save
 from typer.testing import CliRunner
 
 from slowfast_cli.cli import app
@@ -412,22 +412,7 @@ class TestEncodeFaults:
         assert os.listdir(disk) == []
 
     def test_ctrl_c_while_writing_exits_130_and_leaves_nothing(self, small_video, tmp_path, monkeypatch):
-        real_save = torch.save
-
-        class Interrupting:
-            def __init__(self, f):
-                self._f, self._n = f, 0
-
-            def write(self, data):
-                self._n += 1
-                if self._n == 2:
-                    os.kill(os.getpid(), signal.SIGINT)
-                return self._f.write(data)
-
-            def __getattr__(self, name):
-                return getattr(self._f, name)
-
-        monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: real_save(obj, Interrupting(f), *a, **k))
+        ctrl_c_inside_torch_save(monkeypatch)
         r = run("encode", small_video, "--config", "tiny", "-o", tmp_path / "t.pt")
         assert r.exit_code == 130 and "interrupted" in r.stderr and "unexpected pos" not in r.output
         assert os.listdir(tmp_path) == []

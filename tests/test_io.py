@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from faults import ctrl_c_inside_torch_save
 
 from slowfast_cli.errors import SlowfastError
 from slowfast_cli.io import (
@@ -153,31 +154,10 @@ def test_several_files_appear_together_or_not_at_all(small_disk):
     assert os.listdir(disk) == ["t.pt"] and (disk / "t.pt").read_bytes() == b"an older file"
 
 
-class _InterruptingFile:
-    """A file whose second write() gets a real SIGINT delivered, as Ctrl-C in the middle of torch.save would."""
-
-    def __init__(self, f):
-        self._f, self.writes = f, 0
-
-    def write(self, data):
-        self.writes += 1
-        if self.writes == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return self._f.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._f, name)
-
-
 @pytest.fixture
 def ctrl_c_while_saving(monkeypatch):
     """torch.save (torch's, not ours) writing through a file that receives Ctrl-C mid-write."""
-    real_save = torch.save
-
-    def save(obj, f, *args, **kwargs):
-        return real_save(obj, _InterruptingFile(f), *args, **kwargs)
-
-    monkeypatch.setattr(torch, "save", save)
+    ctrl_c_inside_torch_save(monkeypatch)
 
 
 def test_ctrl_c_inside_torch_save_is_an_interrupt_not_a_runtime_error(tmp_path, ctrl_c_while_saving):
