@@ -17,7 +17,6 @@ import os
 import re
 import socket
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -212,17 +211,20 @@ def clean_stale_temp_files(out_dir: Path) -> int:
     return n
 
 
-def existing_output(path: Path, current: dict | None, source: Path | None = None) -> tuple[str, str | None]:
+def existing_output(
+    path: Path, current: dict | None, source: Path | None = None, verify: bool = True
+) -> tuple[str, str | None]:
     """What an existing output is for resume: ``("done", None)``, ``("damaged", why)``, ``("stale", why)`` or
     ``("other", what differs)``.
 
     Done means it reads as a complete token file whose every byte passes the zip's CRC-32 check, was made from
     ``source`` as it is now (same file name, same size in bytes), and (when ``current`` is given) with the same
     provenance (see ``provenance.py``). Stale means it was made from another video, or from this one before it
-    changed: it is redone.
+    changed: it is redone. ``verify=False`` reads the header only and skips the CRC-32 check of every byte (the
+    Ray engine runs that check in its tasks, on the nodes, not on the driver).
     """
     try:
-        meta = read_token_header(path, verify=True)["meta"]
+        meta = read_token_header(path, verify=verify)["meta"]
     except SlowfastError as exc:
         return "damaged", str(exc)
     if source is not None:
@@ -251,6 +253,7 @@ class BatchPlan:
     records: list[Record]  # skipped and collisions, known before any decoding
     problems: list[str]  # listing problems and damaged outputs that will be redone: reported, never fatal
     lock: OutputLock | None = None  # held from planning to the end of the run
+    unverified: set[Path] = field(default_factory=set)  # sources in todo whose existing output awaits its CRC check
 
     @property
     def total(self) -> int:
@@ -268,7 +271,13 @@ class BatchPlan:
 
 
 def plan_batch(
-    root: Path, out_dir: Path, pattern: str | None = None, overwrite: bool = False, provenance: dict | None = None
+    root: Path,
+    out_dir: Path,
+    pattern: str | None = None,
+    overwrite: bool = False,
+    provenance: dict | None = None,
+    files_from: Path | None = None,
+    verify: bool = True,
 ) -> BatchPlan:
     """Lock ``out_dir``, list the videos, map them to outputs, find what is already done and which outputs collide.
 
@@ -277,14 +286,19 @@ def plan_batch(
     settings are not silently kept nor silently replaced: without ``overwrite`` planning stops with a
     ``ConfigError`` that names what differs, ``--overwrite`` and a new output folder.
     The returned plan holds the lock on ``out_dir``; release it (``with plan_batch(...) as plan``) when done.
+
+    ``files_from`` names a list of inputs (see :func:`read_files_from`) used instead of walking ``root``.
+    ``verify=False`` leaves the CRC-32 check of outputs that look done to the engine: they stay in ``todo``, listed
+    in ``plan.unverified``, and the engine skips each one that passes (the Ray engine checks them on the nodes).
     """
     root, out_dir = Path(root), Path(out_dir)
     if not root.is_dir():
         raise SlowfastError(f"{root}: not a folder")
+    listing = read_files_from(files_from, root) if files_from is not None else None  # its errors come first
     prepare_output_dir(root, out_dir)
     lock = OutputLock(out_dir).acquire()
     try:
-        plan = _plan(root, out_dir, pattern, overwrite, provenance)
+        plan = _plan(root, out_dir, pattern, overwrite, provenance, listing, verify)
     except BaseException:
         lock.release()
         raise
@@ -292,14 +306,25 @@ def plan_batch(
     return plan
 
 
-def _plan(root: Path, out_dir: Path, pattern: str | None, overwrite: bool, current: dict | None) -> BatchPlan:
+def _plan(
+    root: Path,
+    out_dir: Path,
+    pattern: str | None,
+    overwrite: bool,
+    current: dict | None,
+    listing: Listing | None = None,
+    verify: bool = True,
+) -> BatchPlan:
     clean_stale_temp_files(out_dir)
-    listing = find_videos(root, pattern)
+    if listing is None:
+        listing = find_videos(root, pattern)
+    elif pattern:
+        listing.videos = [v for v in listing.videos if matches(v, pattern)]
     if out_dir.resolve().is_relative_to(root.resolve()):
         inside = out_dir.resolve().relative_to(root.resolve())
         listing.videos = [v for v in listing.videos if not v.is_relative_to(inside)]
     fold = case_insensitive(out_dir)
-    todo, records, claimed, problems, other = [], [], {}, list(listing.problems), []
+    todo, records, claimed, problems, other, unverified = [], [], {}, list(listing.problems), [], set()
     for rel in listing.videos:
         out_rel = output_path(rel)
         key = str(out_rel).lower() if fold else str(out_rel)  # A.mp4 and a.mkv: one file only where case folds
@@ -310,11 +335,13 @@ def _plan(root: Path, out_dir: Path, pattern: str | None, overwrite: bool, curre
         claimed[key] = rel
         target = out_dir / out_rel
         if not overwrite and (target.exists() or target.is_symlink()):
-            state, why = existing_output(target, current, root / rel)
-            if state == "done":
-                records.append(Record(str(rel), str(out_rel), "skipped", "already done (use --overwrite to redo)"))
+            state, why = existing_output(target, current, root / rel, verify)
+            if state == "done" and verify:
+                records.append(skipped_record(rel, out_rel))
                 continue
-            if state in ("damaged", "stale"):
+            if state == "done":
+                unverified.add(rel)  # the engine checks it and skips it
+            elif state in ("damaged", "stale"):
                 problems.append(f"{why}; it is redone")
             else:
                 other.append((out_rel, why))
@@ -325,7 +352,45 @@ def _plan(root: Path, out_dir: Path, pattern: str | None, overwrite: bool, curre
             f"{out_dir}: {len(other)} existing token file(s) were made with other settings than this run's (e.g. "
             f"{first}: {why}); pass --overwrite to redo them with these settings, or choose a new output folder"
         )
-    return BatchPlan(root, out_dir, todo, records, problems)
+    return BatchPlan(root, out_dir, todo, records, problems, unverified=unverified)
+
+
+def skipped_record(rel: Path, out_rel: Path) -> Record:
+    return Record(str(rel), str(out_rel), "skipped", "already done (use --overwrite to redo)")
+
+
+def read_files_from(path: Path, root: Path) -> Listing:
+    """``--files-from``: the inputs listed in a file, one path per line, relative to ``root`` (absolute paths
+    inside ``root`` are accepted too), instead of walking the folder, which is how a list of millions is given.
+
+    Lines are taken as bytes, so any file name the file system allows works (non-UTF-8 ones included); only the
+    line end (``\n`` or ``\r\n``) is cut, not spaces. Empty lines and lines starting with ``#`` are skipped,
+    a path listed twice counts once, and the list's order does not matter (outputs are planned sorted). A listed
+    file that does not exist is that video's ``missing`` failure, as any unreadable video is; its extension is
+    not checked (a listed file is meant). A path outside ``root`` is a usage error naming its line.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read --files-from ({exc.strerror or exc})") from None
+    root_abs = Path(os.path.abspath(root))
+    videos: set[Path] = set()
+    for n, raw in enumerate(data.split(b"\n"), 1):
+        raw = raw[:-1] if raw.endswith(b"\r") else raw
+        if not raw or raw.startswith(b"#"):
+            continue
+        name = os.fsdecode(raw)
+        p = Path(name)
+        if p.is_absolute():
+            absolute = Path(os.path.abspath(p))
+            if not absolute.is_relative_to(root_abs):
+                raise ConfigError(f"{path}:{n}: {name!r} is not inside {root}; list paths relative to IN_DIR")
+            p = absolute.relative_to(root_abs)
+        if ".." in p.parts or not p.parts or p == Path("."):
+            raise ConfigError(f"{path}:{n}: {name!r} is not a file inside {root}; list paths relative to IN_DIR")
+        videos.add(p)
+    return Listing(sorted(videos), [])
 
 
 class Manifest:
@@ -396,15 +461,31 @@ def run_batch(
     timeout: float = 120.0,
     fail_fast: bool = False,
     pipeline=None,
+    engine=None,
 ) -> Iterator[Record]:
     """Encode every video of ``plan``; yields a Record per attempt (also appended to the manifest).
 
-    Ctrl-C is held while a token file is written and its manifest line appended, so an interrupt leaves either
-    both or neither; the generator then yields that record and raises KeyboardInterrupt.
+    ``engine`` is None for the local engine (``engine_local``: decoding processes here, the model in this
+    process) or a connected ``engine_ray.RayEngine``. Both give the same records and files; see
+    :func:`record_all` for what an interrupt leaves.
     """
-    from .pipeline import Pipeline
-    from .workers import DecodePool
+    if engine is None:
+        from .engine_local import local_outcomes
 
+        outcomes = local_outcomes(plan, config, workers, timeout, pipeline)
+    else:
+        outcomes = engine.outcomes(plan, config, timeout)
+    return record_all(plan, outcomes, fail_fast)
+
+
+def record_all(plan: BatchPlan, outcomes: Iterator, fail_fast: bool = False) -> Iterator[Record]:
+    """Write the plan's known records, then finish each engine outcome; yield every record once it is recorded.
+
+    An outcome is a callable that puts its video's token file in place (or does nothing, for a failure) and
+    returns its Record. Ctrl-C is held while an outcome is finished and its manifest line appended, so an
+    interrupt leaves either both or neither; the generator then yields that record and raises KeyboardInterrupt.
+    A manifest line that cannot be written takes its token file back (a rerun redoes it) and stops the batch.
+    """
     manifest = Manifest(plan.out_dir / MANIFEST)
     try:
         for r in plan.records:
@@ -412,49 +493,40 @@ def run_batch(
             yield r
             if fail_fast and r.status == "failed":
                 return
-        if not plan.todo:
-            return
-        pipe = pipeline or Pipeline(config)
-        threads = 1 if workers > 1 else 0
-        with DecodePool(config.video, pipe.image_size, workers, timeout, threads) as pool:
-            jobs = iter(plan.todo)
-            for _ in range(max(1, workers) * 2):  # keep every worker busy plus one clip ready per worker
-                job = next(jobs, None)
-                if job is None:
-                    break
-                pool.submit(job, str(plan.root / job[0]))
-            while pool.busy:
-                for done in pool.get():
-                    rel, out_rel = done.payload
-                    t0 = time.perf_counter()
-                    encoded = _encode_one(done, rel, out_rel, plan, pipe)
-                    with sigint_deferred(reraise=False) as held:
-                        record = encoded if isinstance(encoded, Record) else _write_one(encoded, rel, out_rel, plan)
-                        record.seconds = done.seconds + (time.perf_counter() - t0 if record.status == "ok" else 0.0)
-                        try:
-                            manifest.write(record)
-                        except SlowfastError:  # written but not recorded: take it back, a rerun redoes it
-                            if record.status == "ok":
-                                with contextlib.suppress(OSError):
-                                    (plan.out_dir / out_rel).unlink()
-                            raise
-                    yield record
-                    if held.pending:
-                        raise KeyboardInterrupt
-                    if fail_fast and record.status == "failed":
-                        return
-                    job = next(jobs, None)
-                    if job is not None:
-                        pool.submit(job, str(plan.root / job[0]))
+        for finish in outcomes:
+            with sigint_deferred(reraise=False) as held:
+                record = finish()
+                try:
+                    manifest.write(record)
+                except SlowfastError:  # written but not recorded: take it back, a rerun redoes it
+                    if record.status == "ok":
+                        with contextlib.suppress(OSError):
+                            (plan.out_dir / record.output).unlink()
+                    raise
+            yield record
+            if held.pending:
+                raise KeyboardInterrupt
+            if fail_fast and record.status == "failed":
+                return
     finally:
-        manifest.close()
+        close = getattr(outcomes, "close", None)
+        try:
+            if close is not None:
+                close()  # the engine stops its workers
+        finally:
+            manifest.close()
 
 
-def _encode_one(done, rel: Path, out_rel: Path, plan: BatchPlan, pipe):
+def decode_failure(done, rel: Path, out_rel: Path) -> Record:
+    """The failure Record of a video that did not decode (``workers.Done`` with ``ok`` False)."""
+    msg = done.error if str(rel) in (done.error or "") else f"{rel}: {done.error}"
+    return Record(str(rel), str(out_rel), "failed", msg, done.kind or error_kind(msg), done.seconds)
+
+
+def encode_one(done, rel: Path, out_rel: Path, root: Path, pipe):
     """The EncodeResult of a decoded video, or the failure Record of one that did not decode or encode."""
     if not done.ok:
-        msg = done.error if str(rel) in (done.error or "") else f"{rel}: {done.error}"
-        return Record(str(rel), str(out_rel), "failed", msg, done.kind or error_kind(msg))
+        return decode_failure(done, rel, out_rel)
     try:
         result = pipe.encode_clip(done.clip, timings={"decode": done.seconds})
     except SlowfastError as exc:
@@ -462,33 +534,44 @@ def _encode_one(done, rel: Path, out_rel: Path, plan: BatchPlan, pipe):
     except Exception as exc:  # torch's errors (out of memory, a kernel), any bug: this video fails, the batch goes on
         msg = f"{rel}: encoding failed ({type(exc).__name__}: {first_line(exc, 200)})"
         return Record(str(rel), str(out_rel), "failed", msg, "encode")
-    result.meta["source"] = str(plan.root / rel)
+    result.meta["source"] = str(root / rel)
     return result
 
 
-def _write_one(result, rel: Path, out_rel: Path, plan: BatchPlan) -> Record:
-    """Write one token file; a failure of the disk is this video's ``write`` failure."""
-    from .pipeline import write_result
+def write_failure(exc: BaseException, rel: Path, out_rel: Path) -> Record:
+    msg = str(exc) if isinstance(exc, SlowfastError) else f"{out_rel}: cannot write ({exc.strerror or exc})"
+    return Record(str(rel), str(out_rel), "failed", msg, "write")
 
-    target = plan.out_dir / out_rel
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_result(result, target)
-    except SlowfastError as exc:
-        return Record(str(rel), str(out_rel), "failed", str(exc), "write")
-    except OSError as exc:
-        msg = f"{out_rel}: cannot write ({exc.strerror or exc})"
-        return Record(str(rel), str(out_rel), "failed", msg, "write")
-    m = result.meta
+
+def ok_record(meta: dict, rel: Path, out_rel: Path) -> Record:
+    m = meta
     return Record(str(rel), str(out_rel), "ok", None, None, 0.0, m["frames"], m["input_tokens"], m["output_tokens"])
 
 
+def write_one(result, rel: Path, out_rel: Path, out_dir: Path) -> Record:
+    """Write one token file in place; a failure of the disk is this video's ``write`` failure."""
+    from .pipeline import write_result
+
+    target = out_dir / out_rel
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_result(result, target)
+    except (SlowfastError, OSError) as exc:
+        return write_failure(exc, rel, out_rel)
+    return ok_record(result.meta, rel, out_rel)
+
+
 def batch_report(
-    out_dir: Path, records: list[Record], problems: list[str], interrupted: bool = False, folder: bool = True
+    out_dir: Path,
+    records: list[Record],
+    problems: list[str],
+    interrupted: bool = False,
+    folder: bool = True,
+    engine: dict | None = None,
 ) -> dict:
     """What ``report.json`` holds: the folder's token statistics (as ``slowfast report --json``) plus this run's
     counts. ``folder=False`` leaves the statistics empty (``run.folder_counted: false``), for a run interrupted while
-    they were being counted."""
+    they were being counted. ``engine`` describes the engine (``run.engine``)."""
     from .report import Report, build_report
 
     # outputs were verified when planned, or just written: headers are enough here
@@ -503,5 +586,6 @@ def batch_report(
         "listing_problems": problems,
         "interrupted": interrupted,
         "folder_counted": folder,
+        "engine": engine or {"name": "local"},  # which engine ran, and for Ray the work done per node
     }
     return report

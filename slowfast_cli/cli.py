@@ -569,7 +569,36 @@ def batch(
     pattern: Annotated[
         str | None, typer.Option(help="Only videos whose relative path or name match this glob.")
     ] = None,
-    workers: Annotated[int | None, typer.Option(help="Decoding processes (default: cores - 1).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Decoding processes of the local engine (default: cores - 1).")
+    ] = None,
+    files_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--files-from",
+            help="Encode the videos listed in this file (one path per line, relative to IN_DIR) instead of "
+            "searching IN_DIR.",
+            dir_okay=False,
+        ),
+    ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="local (this machine) or ray (a Ray cluster; needs the ray extra: pip install 'slowfast[ray]'). "
+            "With ray, IN_DIR and OUT_DIR must be on a file system every node sees at the same path."
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster: auto, or HOST:PORT (default: RAY_ADDRESS, else a cluster on this machine, else a "
+            "new local one). Not ray://: Ray Data does not run over Ray Client."
+        ),
+    ] = None,
+    decoders: Annotated[
+        int | None, typer.Option(help="Ray decode tasks at once (default: the cluster's CPUs minus the encoders).")
+    ] = None,
+    encoders: Annotated[int | None, typer.Option(help="Ray encoder actors (default: one per GPU, else 1).")] = None,
     timeout: Annotated[
         float, typer.Option(help="Seconds one video may take to decode before it counts as failed.")
     ] = 300.0,
@@ -602,44 +631,93 @@ def batch(
 
     Example: slowfast batch videos/ -o tokens/ --config tiny
     """
-    from .batch import plan_batch
+    from .batch import plan_batch, prepare_output_dir
 
     cfg = build_config(config, **flags_of(locals()))
-    if workers is not None and workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    for flag, value in (("--workers", workers), ("--decoders", decoders), ("--encoders", encoders)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
     if not (math.isfinite(timeout) and timeout > 0):
         raise ConfigError(f"--timeout must be a positive number of seconds, got {timeout}")
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "local" and (address or decoders or encoders):
+        raise ConfigError("--address, --decoders and --encoders are for --engine ray")
     preflight(cfg)
+    if engine == "ray":
+        with _ray_engine(address, decoders, encoders) as ray_engine:
+            prepare_output_dir(in_dir, output)
+            cfg, current, warnings = ray_engine.probe(cfg, in_dir, output)
+            # outputs that look done are CRC-checked in the Ray tasks, on the nodes, not here (verify=False)
+            with plan_batch(in_dir, output, pattern, overwrite, current, files_from, verify=False) as plan:
+                _run_batch(plan, cfg, in_dir, output, pattern, workers, timeout, fail_fast, json_, ray_engine, warnings)
+        return
     from .pipeline import run_provenance
 
     current = run_provenance(cfg)  # what resume compares existing token files with
-    with plan_batch(in_dir, output, pattern, overwrite, current) as plan:
+    with plan_batch(in_dir, output, pattern, overwrite, current, files_from) as plan:
         _run_batch(plan, cfg, in_dir, output, pattern, workers, timeout, fail_fast, json_)
 
 
-def _run_batch(plan, cfg: Config, in_dir: Path, output: Path, pattern, workers, timeout, fail_fast, json_) -> None:
+ENGINES = ("local", "ray")
+
+
+def _ray_engine(address: str | None, decoders: int | None, encoders: int | None):
+    """A ``RayEngine`` (not yet connected), or the usage error that says why not."""
+    if address and address.strip().lower().startswith("ray://"):
+        raise ConfigError(
+            f"--address {address}: Ray Client (ray://) is not supported by Ray Data (ray-project/ray#48682: "
+            "'Worker' object has no attribute 'core_worker'); run slowfast on a cluster node with --address auto, "
+            "or through ray job submit"
+        )
+    try:
+        from .engine_ray import RayEngine
+    except ImportError as exc:
+        raise ConfigError(
+            f"--engine ray needs Ray Data, which is not installed ({exc}); install the ray extra: "
+            "pip install 'slowfast[ray]' (or pip install -e '.[ray]' in a checkout)"
+        ) from None
+    return RayEngine(address, decoders, encoders)
+
+
+def _run_batch(
+    plan,
+    cfg: Config,
+    in_dir: Path,
+    output: Path,
+    pattern,
+    workers,
+    timeout,
+    fail_fast,
+    json_,
+    ray_engine=None,
+    warnings: list[str] | None = None,
+) -> None:
     """The rest of ``batch``, with the output folder locked: run, report, summary, exit code."""
     from .batch import REPORT, batch_report, run_batch
     from .io import sigint_deferred, write_json
 
     for p in plan.problems:
         warn(p)
+    warned = len(plan.problems)
     if plan.total == 0:
         raise SlowfastError(f"{in_dir}: no videos found" + (f" matching {pattern!r}" if pattern else ""))
     records, interrupted, stopped = [], False, []
     show_bar = err.is_terminal and not json_
     try:
         pipe = None
-        if plan.todo:
+        if plan.todo and ray_engine is None:
             from .pipeline import Pipeline
 
             pipe = Pipeline(cfg)  # built here, before the bar, so its warnings come first
-            for w in pipe.warnings:
-                warn(w)
+            warnings = pipe.warnings
+        for w in (warnings or []) if plan.todo else []:
+            warn(w)
         with _progress(show_bar) as progress:
             task = progress.add_task("videos", total=plan.total, failed=0, fps=0.0)
             frames_done, t0 = 0, time.monotonic()
-            gen = run_batch(plan, cfg, workers or default_workers(), timeout, fail_fast, pipeline=pipe)
+            nworkers = workers or default_workers()
+            gen = run_batch(plan, cfg, nworkers, timeout, fail_fast, pipeline=pipe, engine=ray_engine)
             try:
                 for rec in gen:
                     records.append(rec)
@@ -649,17 +727,21 @@ def _run_batch(plan, cfg: Config, in_dir: Path, output: Path, pattern, workers, 
                     progress.update(task, advance=1, failed=nfail, fps=rate)
                     if rec.status == "failed":
                         progress.console.print(f"[red]failed[/] {shown(rec.error or rec.source)}")
+                    while warned < len(plan.problems):  # the Ray engine finds damaged outputs as it goes
+                        progress.console.print(f"[yellow]warning:[/] {shown(plan.problems[warned])}")
+                        warned += 1
             finally:
                 gen.close()
     except KeyboardInterrupt:
         interrupted = True
     except SlowfastError as exc:  # the manifest cannot be written (a full disk): stop, but still summarise
         stopped.append(str(exc))
+    engine = ray_engine.summary() if ray_engine else {"name": "local", "workers": workers or default_workers()}
     try:
-        report = batch_report(output, records, plan.problems, interrupted)
+        report = batch_report(output, records, plan.problems, interrupted, engine=engine)
     except KeyboardInterrupt:  # while counting the folder's files: the run's own counts are still known
         interrupted = True
-        report = batch_report(output, records, plan.problems, interrupted, folder=False)
+        report = batch_report(output, records, plan.problems, interrupted, folder=False, engine=engine)
     try:
         with sigint_deferred(reraise=False) as held:
             write_json(output / REPORT, report)

@@ -184,6 +184,17 @@ def save_all(files: list[tuple[str | Path, dict]]) -> None:
         raise
 
 
+def save_pending(path: str | Path, obj: dict) -> str:
+    """``torch.save`` ``obj`` into a new temporary file beside ``path`` (fsynced) and return its name; renaming it
+    over ``path`` is left to the caller (the Ray engine's driver, which records it at the same time). Errors from
+    the disk become ``SlowfastError("PATH: cannot write (REASON)")``; nothing is left behind then."""
+    path = Path(path)
+    try:
+        return _write_temp(path, obj)
+    except OSError as exc:
+        raise SlowfastError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
 def _check_plain(value: Any, where: str = "meta") -> None:
     """Meta may hold only str, int, float, bool, None, lists and dicts of those (weights_only-loadable)."""
     if value is None or isinstance(value, (str, int, float, bool)):

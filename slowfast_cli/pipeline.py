@@ -20,7 +20,7 @@ from .aggregate import slow_fast
 from .budget import check_grid
 from .config import Config, config_from_dict, resolve_config
 from .errors import ConfigError, SlowfastError
-from .io import features_object, load_features, save_all, save_tokens, token_object
+from .io import features_object, load_features, save_all, save_pending, save_tokens, token_object
 from .provenance import provenance
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
@@ -220,6 +220,11 @@ def write_result(result: EncodeResult, out: str | Path, features_out: str | Path
         files.append((features_out, features_object(result.features, fmeta)))
     save_all(files)
     result.meta["timings"]["write"] = time.perf_counter() - t0
+
+
+def write_pending(result: EncodeResult, out: str | Path) -> str:
+    """Write the token file to a temporary file beside ``out``; returns its name, for the caller to rename."""
+    return save_pending(out, token_object(result.tokens, result.meta))
 
 
 FEATURE_META_KEYS = ("source", "video", "short_video", "frame_indices", "timestamps", "model", "pretrained",

@@ -12,6 +12,7 @@ SIGINT: Ctrl-C reaches the main process, which stops them. This module imports n
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import multiprocessing as mp
 import os
 import signal
@@ -21,6 +22,26 @@ from multiprocessing.connection import wait as wait_any
 from typing import Any
 
 from .errors import SlowfastError
+
+FAULTS = "SLOWFAST_TEST_FAULTS"
+
+
+def test_fault(stage: str, path: str) -> None:
+    """A testing hook: the tests of crash and hang handling set ``SLOWFAST_TEST_FAULTS`` (never set otherwise) to
+    ``STAGE-crash:GLOB`` or ``STAGE-hang:GLOB`` items, comma-separated; a file whose name matches then kills the
+    process (SIGKILL) or hangs it where ``stage`` runs (``decode``: the decoding child; ``decode-task`` and
+    ``encode``: the Ray engine's task and actor)."""
+    spec = os.environ.get(FAULTS)
+    if not spec:
+        return
+    name = os.path.basename(path)
+    for item in spec.split(","):
+        what, _, pattern = item.partition(":")
+        if what.rpartition("-")[0] == stage and fnmatch.fnmatch(name, pattern):
+            if what.endswith("-crash"):
+                os.kill(os.getpid(), signal.SIGKILL)
+            if what.endswith("-hang"):
+                time.sleep(1e6)
 
 
 def _worker_main(inbox, outbox, video_cfg, image_size: int | None, threads: int) -> None:
@@ -38,6 +59,7 @@ def _worker_main(inbox, outbox, video_cfg, image_size: int | None, threads: int)
             return
         job_id, path = job
         t0 = time.perf_counter()
+        test_fault("decode", path)
         try:
             clip = load_clip(path, video_cfg, image_size, num_threads=threads, min_scale=DECODE_RESIZE_MIN)
             outbox.send((job_id, "ok", clip, time.perf_counter() - t0))

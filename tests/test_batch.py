@@ -780,3 +780,40 @@ def test_report_names_folders_it_cannot_list(tmp_path):
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["files"] == 1 and any("locked" in s["path"] and "cannot be listed" in s["error"] for s in d["skipped"])
+
+
+# --- --files-from (issue 10) -------------------------------------------------------------------------------------
+class TestFilesFrom:
+    def test_only_the_listed_videos_are_encoded_and_a_missing_one_is_a_failure(self, folder, tmp_path):
+        listing = tmp_path / "list.txt"
+        raw = b"# a comment\nv2.mp4\r\n\n" + os.fsencode(folder / "v0.mp4") + b"\nv2.mp4\ngone.mp4\n"
+        listing.write_bytes(raw)  # CRLF, blank lines, an absolute path, a repeat, a file that is not there
+        out = tmp_path / "out"
+        r = run("batch", folder, "-o", out, *TINY, "--files-from", listing, "--json")
+        assert r.exit_code == 1
+        rows = {row["source"]: row for row in manifest(out)}
+        assert sorted(rows) == ["gone.mp4", "v0.mp4", "v2.mp4"]
+        assert rows["gone.mp4"]["kind"] == "missing" and rows["v2.mp4"]["status"] == "ok"
+        assert sorted(token_files(out)) == ["v0.pt", "v2.pt"]
+
+    def test_a_non_utf8_name_in_the_list_works(self, tmp_path):
+        src = tmp_path / "in"
+        src.mkdir()
+        media.make_video(tmp_path / "plain.mp4", frames=12)
+        os.rename(tmp_path / "plain.mp4", os.fsencode(src) + b"/\xe9.mp4")
+        (tmp_path / "list").write_bytes(b"\xe9.mp4\n")
+        r = run("batch", src, "-o", tmp_path / "out", *TINY, "--files-from", tmp_path / "list")
+        assert r.exit_code == 0, r.output
+        assert os.path.exists(os.fsencode(tmp_path / "out") + b"/\xe9.pt")
+
+    @pytest.mark.parametrize("line", ["../outside.mp4", "/etc/passwd", "a/../../x.mp4", "."])
+    def test_a_path_outside_in_dir_is_a_usage_error_naming_its_line(self, folder, tmp_path, line):
+        (tmp_path / "list").write_text(f"v1.mp4\n{line}\n")
+        r = run("batch", folder, "-o", tmp_path / "out", *TINY, "--files-from", tmp_path / "list")
+        assert r.exit_code == 2 and "list:2:" in r.output
+        assert not (tmp_path / "out").exists()  # refused before anything was written
+
+    def test_pattern_filters_the_list_too(self, folder, tmp_path):
+        (tmp_path / "list").write_text("v1.mp4\nv3.mp4\n")
+        r = run("batch", folder, "-o", tmp_path / "out", *TINY, "--files-from", tmp_path / "list", "--pattern", "v3*")
+        assert r.exit_code == 0 and [row["source"] for row in manifest(tmp_path / "out")] == ["v3.mp4"]

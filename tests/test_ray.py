@@ -1,0 +1,320 @@
+"""``slowfast batch --engine ray`` against the local engine, on real Ray clusters started here on loopback.
+
+One head node (2 CPUs) serves the module; the two-node test starts its own head (with the dashboard, for
+``ray job submit``) and a second node. Every Ray run is a real ``slowfast`` subprocess, as users run it. Crashes
+and hangs come from ``workers.test_fault`` (``SLOWFAST_TEST_FAULTS``, set in the clusters' environment only).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import media
+import pytest
+import raycluster
+import torch
+from typer.testing import CliRunner
+
+from slowfast_cli.batch import read_manifest
+from slowfast_cli.cli import app
+from slowfast_cli.header import TMP_PREFIX
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs the ray extra")
+
+TINY = ["--config", "tiny", "--dtype", "fp32"]
+FAULTS = (
+    "decode-crash:*crash_decode*,decode-hang:*hang_decode*,decode-task-crash:*crash_task*,encode-crash:*crash_encode*"
+)
+NON_UTF8 = os.fsdecode(b"caf\xe9 [bold]x.mp4")  # not UTF-8, and rich markup
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = raycluster.make_cluster(tmp_path_factory.mktemp("rc"), {"SLOWFAST_TEST_FAULTS": FAULTS})
+    try:
+        c.start_head(num_cpus=2)
+        yield c
+    finally:
+        c.stop()
+
+
+def slowfast(cluster, *args, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "slowfast_cli", *map(str, args)]
+    return subprocess.run(cmd, env=env or cluster.env, capture_output=True, timeout=timeout)
+
+
+def ray_batch(cluster, src, out, *args, **kw) -> subprocess.CompletedProcess:
+    args = ["-o", out, "--engine", "ray", "--address", cluster.address, *TINY, *args]
+    return slowfast(cluster, "batch", src, *args, **kw)
+
+
+def local_batch(src, out, *args, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "slowfast_cli", "batch", str(src), "-o", str(out), *TINY, *map(str, args)]
+    return subprocess.run(cmd, env=env or os.environ, capture_output=True, timeout=300)
+
+
+def lines(out: Path) -> list[dict]:
+    """The manifest's records without what differs from run to run (time, seconds), in a fixed order."""
+    rows = [{k: v for k, v in r.items() if k not in ("time", "seconds")} for r in read_manifest(out / "manifest.jsonl")]
+    return sorted(rows, key=lambda r: json.dumps(r, sort_keys=True))
+
+
+def summary(out: Path) -> dict:
+    report = json.loads((out / "report.json").read_text())
+    run = dict(report.pop("run"))
+    run.pop("engine")
+    run["failed_files"] = sorted(run["failed_files"])
+    return {**report, "run": run}
+
+
+def token_files(out: Path) -> dict[str, dict]:
+    return {
+        os.fsdecode(p.relative_to(out)): torch.load(p, weights_only=True)
+        for p in sorted(out.rglob("*.pt"))
+        if not p.name.startswith(TMP_PREFIX)
+    }
+
+
+def assert_same_files(a: Path, b: Path) -> None:
+    fa, fb = token_files(a), token_files(b)
+    assert sorted(fa) == sorted(fb) and fa
+    for name in fa:
+        assert torch.equal(fa[name]["tokens"], fb[name]["tokens"]), name  # bit for bit
+        ma, mb = ({k: v for k, v in f["meta"].items() if k != "timings"} for f in (fa[name], fb[name]))
+        assert ma == mb, name
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Good videos (nested, odd names) and the bad-input corpus of the local engine's tests, plus a decoder that
+    hangs and one that crashes."""
+    src = tmp_path_factory.mktemp("corpus") / "in"
+    (src / "a").mkdir(parents=True)
+    (src / "b" / "deep").mkdir(parents=True)
+    media.make_video(src / "a" / "v0.mp4", frames=48, size=(160, 120))
+    media.make_video(src / "a" / "v1.mp4", frames=30)
+    media.make_video(src / "b" / "deep" / "v2.mkv", frames=20)
+    media.make_video(src / "short.mp4", frames=5)
+    media.make_video(src / "plain.mp4", frames=12)
+    os.rename(src / "plain.mp4", os.fsencode(src / NON_UTF8))  # PyAV cannot open a name that is not UTF-8
+    media.make_empty(src / "empty.mp4")
+    media.make_random_bytes(src / "garbage.mp4")
+    media.make_text(src / "notes.mov")
+    media.make_truncated(src / "truncated.mp4", moov_front=False)
+    media.make_audio_only(src / "audio.mp4")
+    media.make_video(src / "hang_decode.mp4", frames=10)
+    media.make_video(src / "crash_decode.mp4", frames=10)
+    return src
+
+
+@pytest.fixture(scope="module")
+def both(corpus, cluster, tmp_path_factory):
+    """The corpus through both engines (same fault settings), once for the module."""
+    work = tmp_path_factory.mktemp("both")
+    local = local_batch(corpus, work / "local", "--workers", "1", "--timeout", "8", env=cluster.env)
+    ray = ray_batch(cluster, corpus, work / "ray", "--timeout", "8")
+    return local, ray, work / "local", work / "ray"
+
+
+class TestSameAsLocal:
+    def test_exit_codes_and_summary(self, both):
+        local, ray, lout, rout = both
+        assert local.returncode == ray.returncode == 1, ray.stderr.decode()
+        assert summary(lout) == summary(rout)
+        run = summary(rout)["run"]
+        assert run["ok"] == 5 and run["failed"] == 7
+        kinds = run["failures_by_kind"]
+        assert kinds["timeout"] == 1 and kinds["crash"] == 1 and kinds["empty"] == 1, kinds
+        engine = json.loads((rout / "report.json").read_text())["run"]["engine"]
+        assert engine["name"] == "ray" and engine["encoders"] == 1 and engine["decoders"] == 1
+
+    def test_manifest_has_the_same_lines(self, both):
+        _, _, lout, rout = both
+        assert lines(lout) == lines(rout)
+        assert len(lines(rout)) == 12
+
+    def test_token_files_are_bit_identical(self, both):
+        _, _, lout, rout = both
+        assert_same_files(lout, rout)
+        assert NON_UTF8.replace(".mp4", ".pt") in token_files(rout)
+
+    def test_one_line_per_failure_and_nothing_left_over(self, both):
+        _, ray, _, rout = both
+        err = ray.stderr.decode("utf-8", "replace")
+        assert "hang_decode.mp4: decoding took longer than --timeout 8s" in err
+        assert "crash_decode.mp4: decoder process crashed (signal 9)" in err
+        assert "Traceback" not in err and "core_worker" not in err
+        assert not [p for p in rout.rglob("*") if p.name.startswith(TMP_PREFIX) or "attempts" in p.name]
+
+
+class TestResume:
+    def test_rerun_skips_what_is_done_and_retries_the_failures(self, both, cluster, tmp_path):
+        _, _, _, rout = both
+        out = tmp_path / "out"
+        shutil.copytree(rout, out)
+        r = ray_batch(cluster, both_src(rout), out, "--timeout", "8", "--json")
+        run = json.loads(r.stdout)["run"]
+        assert r.returncode == 1 and (run["ok"], run["skipped"], run["failed"]) == (0, 5, 7)
+
+    def test_damaged_output_is_redone_and_other_settings_refused(self, both, cluster, tmp_path):
+        _, _, _, rout = both
+        out = tmp_path / "out"
+        shutil.copytree(rout, out)
+        good = token_files(rout)["a/v0.pt"]["tokens"]
+        data = bytearray((out / "a" / "v0.pt").read_bytes())
+        data[len(data) // 2] ^= 0xFF  # one flipped byte: only the CRC check of the whole file sees it
+        (out / "a" / "v0.pt").write_bytes(bytes(data))
+        src = both_src(rout)
+        r = ray_batch(cluster, src, out, "--pattern", "a/*", "--json")
+        assert r.returncode == 0, r.stderr.decode()
+        run = json.loads(r.stdout)["run"]
+        assert (run["ok"], run["skipped"]) == (1, 1)
+        assert "a/v0.pt" in r.stderr.decode() and "it is redone" in r.stderr.decode()
+        assert torch.equal(token_files(out)["a/v0.pt"]["tokens"], good)
+
+        r = ray_batch(cluster, src, out, "--pattern", "a/*", "--dtype", "bf16")
+        assert r.returncode == 2 and b"dtype: fp32 -> bf16" in r.stderr and b"--overwrite" in r.stderr
+        r = ray_batch(cluster, src, out, "--pattern", "a/*", "--dtype", "bf16", "--overwrite", "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)["run"]["ok"] == 2
+
+
+def both_src(rout: Path) -> Path:
+    """The corpus folder the ``both`` fixture encoded (from a token file's meta)."""
+    meta = token_files(rout)["a/v0.pt"]["meta"]
+    return Path(meta["source"]).parent.parent
+
+
+def test_dead_workers_are_retried_a_bounded_number_of_times(cluster, tmp_path):
+    """A Ray task process or an encoder actor killed on a video: Ray retries it, and slowfast gives up on the
+    video after MAX_ATTEMPTS deaths with a crash record; the other videos are encoded."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("ok.mp4", "crash_task.mp4", "crash_encode.mp4"):
+        media.make_video(src / name, frames=10)
+    r = ray_batch(cluster, src, tmp_path / "out", "--json", timeout=600)
+    assert r.returncode == 1, r.stderr.decode()
+    d = json.loads(r.stdout)
+    assert d["run"]["ok"] == 1 and d["run"]["failures_by_kind"] == {"crash": 2}
+    errors = {row["source"]: row["error"] for row in read_manifest(tmp_path / "out" / "manifest.jsonl")}
+    assert "Ray decode worker died 3 times" in errors["crash_task.mp4"]
+    assert "Ray encode worker died 3 times" in errors["crash_encode.mp4"]
+    assert not (tmp_path / "out" / ".slowfast-attempts").exists()
+
+
+def test_ctrl_c_leaves_files_and_lines_together_and_resumes(cluster, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(12):
+        media.make_video(src / f"clip{i:02d}.mp4", frames=48, size=(160, 120))
+    full = tmp_path / "full"
+    assert local_batch(src, full).returncode == 0
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "slowfast_cli", "batch", src, "-o", out, "--engine", "ray"]
+    cmd += ["--address", cluster.address, *TINY]
+    proc = subprocess.Popen(list(map(str, cmd)), env=cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if sum(r["status"] == "ok" for r in read_manifest(out / "manifest.jsonl")) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()
+    recorded = {r["output"] for r in read_manifest(out / "manifest.jsonl") if r["status"] == "ok"}
+    assert recorded == set(token_files(out)) and 2 <= len(recorded) < 12  # every file has its line, and back
+    assert json.loads((out / "report.json").read_text())["run"]["interrupted"] is True
+    again = ray_batch(cluster, src, out)
+    assert again.returncode == 0, again.stderr.decode()
+    assert_same_files(full, out)
+    assert not [p for p in out.rglob("*") if p.name.startswith(TMP_PREFIX)]
+
+
+def test_the_plan_has_a_decode_and_an_encode_operator(cluster, tmp_path, monkeypatch):
+    """Ray Data fuses two map stages with the same resources into one (decode would run inside the actor)."""
+    for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.setenv(key, cluster.env[key])
+    from slowfast_cli.batch import plan_batch
+    from slowfast_cli.config import resolve_config
+    from slowfast_cli.engine_ray import RayEngine
+
+    src = tmp_path / "in"
+    src.mkdir()
+    media.make_video(src / "v.mp4", frames=10)
+    with RayEngine(cluster.address) as engine:
+        cfg, current, _ = engine.probe(resolve_config("tiny", {"dtype": "fp32"}), src, tmp_path)
+        assert (cfg.runtime.device, cfg.runtime.dtype) == ("auto", "fp32")
+        with plan_batch(src, tmp_path / "out", provenance=current, verify=False) as plan:
+            job = {"config": cfg.to_dict(), "root": str(src), "out_dir": str(plan.out_dir), "timeout": 60.0}
+            plan.out_dir.joinpath(".slowfast-attempts").mkdir()
+            ds = engine.dataset(plan, {**job, "image_size": engine.image_size})
+            rows = list(ds.iter_rows())
+            text = ds.stats()
+    assert len(rows) == 1
+    assert "MapBatches(_decode_batch)" in text and "MapBatches(SlowfastEncoder)" in text
+    assert "MapBatches(_decode_batch)->MapBatches" not in text  # not fused into one operator
+
+
+class TestUsage:
+    def test_ray_client_address_is_refused_with_the_reason(self, tmp_path, small_video):
+        r = CliRunner().invoke(
+            app, ["batch", str(small_video.parent), "-o", str(tmp_path), "--engine", "ray", "--address", "ray://h:1"]
+        )
+        assert r.exit_code == 2 and "Ray Client" in r.output and "48682" in r.output
+
+    def test_ray_flags_need_the_ray_engine(self, tmp_path, small_video):
+        r = CliRunner().invoke(app, ["batch", str(small_video.parent), "-o", str(tmp_path), "--decoders", "2"])
+        assert r.exit_code == 2 and "--engine ray" in r.output
+
+    def test_without_the_extra_it_is_one_usage_line_naming_it(self, tmp_path, small_video):
+        code = (
+            "import sys; sys.modules['ray'] = None; from slowfast_cli.cli import main; "
+            "sys.argv = ['slowfast', *sys.argv[1:]]; main()"
+        )
+        args = ["batch", str(small_video.parent), "-o", str(tmp_path / "o"), "--engine", "ray", *TINY]
+        r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, timeout=120)
+        err = r.stderr.decode()
+        assert r.returncode == 2 and "slowfast[ray]" in err and len(err.strip().splitlines()) == 1, err
+
+    @pytest.mark.parametrize("args", [["--help"], ["budget", "--config", "tiny"], ["report", "."], ["batch", "--help"]])
+    def test_help_budget_and_report_never_import_ray(self, args, tmp_path):
+        code = (
+            "import sys; from typer.testing import CliRunner; from slowfast_cli.cli import app; "
+            "r = CliRunner().invoke(app, sys.argv[1:]); print(r.exit_code); print('ray' in sys.modules)"
+        )
+        r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, timeout=120, cwd=tmp_path)
+        assert r.stdout.split()[-1] == b"False", r.stdout
+
+
+def test_two_node_cluster_through_ray_job_submit(tmp_path):
+    """A head and a second node on loopback; the batch runs as a Ray job; both nodes work; the files equal the
+    local engine's."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(6):
+        media.make_video(src / f"v{i}.mp4", frames=24, size=(128, 96))
+    c = raycluster.make_cluster(tmp_path / "rc")
+    try:
+        c.start_head(num_cpus=1, dashboard=True)
+        c.add_node(num_cpus=1)
+        out = tmp_path / "out"
+        cmd = [raycluster.ray_exe(), "job", "submit", "--address", c.dashboard, "--"]
+        cmd += [sys.executable, "-m", "slowfast_cli", "batch", str(src), "-o", str(out), "--engine", "ray", *TINY]
+        r = subprocess.run(cmd, env=c.env, capture_output=True, timeout=600)
+        assert r.returncode == 0, (r.stdout + r.stderr).decode()[-3000:]
+    finally:
+        c.stop()
+    assert not c.ours()
+    nodes = json.loads((out / "report.json").read_text())["run"]["engine"]["nodes"]
+    assert len(nodes) == 2, nodes  # one decodes, the other encodes (one CPU each)
+    assert sum(n.get("decoded", 0) for n in nodes.values()) == sum(n.get("encoded", 0) for n in nodes.values()) == 6
+    assert local_batch(src, tmp_path / "local").returncode == 0
+    assert_same_files(tmp_path / "local", out)
+    assert lines(tmp_path / "local") == lines(out)
