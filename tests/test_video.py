@@ -751,7 +751,7 @@ class TestTruncatedAndDamaged:
         monkeypatch.setattr(video, "_decode", flaky)
         clip = load_clip(path, VideoCfg(frames=4, decode_resize=False))
         assert [read_index(f) for f in clip.frames] == clip.indices == sample_indices(16, 10.0, 4)
-        assert len(calls) == 2 and calls[0] is not calls[1]
+        assert len({id(r) for r in calls}) == 2 and calls[0] is not calls[-1]  # the first reader, then a fresh one
 
     @pytest.mark.parametrize("failures", [1, video.DECODE_ATTEMPTS])
     def test_a_first_frame_that_fails_is_retried_on_a_fresh_reader(self, vdir, monkeypatch, failures):
