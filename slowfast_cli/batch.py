@@ -95,7 +95,7 @@ def find_videos(root: Path, pattern: str | None = None) -> Listing:
             if pattern and not matches(rel, pattern):
                 continue
             videos.append(rel)
-    return Listing(sorted(videos), problems)
+    return Listing(sorted(videos, key=lambda p: p.parts), problems)  # as Path order, compared in C
 
 
 def output_path(rel: Path) -> Path:
@@ -390,7 +390,7 @@ def read_files_from(path: Path, root: Path) -> Listing:
         if ".." in p.parts or not p.parts or p == Path("."):
             raise ConfigError(f"{path}:{n}: {name!r} is not a file inside {root}; list paths relative to IN_DIR")
         videos.add(p)
-    return Listing(sorted(videos), [])
+    return Listing(sorted(videos, key=lambda p: p.parts), [])
 
 
 class Manifest:

@@ -198,6 +198,10 @@ class RayEngine:
                 for row in ds.iter_rows():
                     out = pickle.loads(row["item"])
                     rel = Path(os.fsdecode(out["source"]))
+                    if rel in received:  # a retried task whose first answer had come back already
+                        with contextlib.suppress(OSError, KeyError):
+                            os.unlink(out["tmp"])
+                        continue
                     received.add(rel)
                     for stage in ("decoded", "encoded"):
                         if out.get(stage):
