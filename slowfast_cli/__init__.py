@@ -17,7 +17,7 @@ def __getattr__(name: str) -> Any:
 
         return encode_video
     if name == "load_tokens":
-        from .io import load_tokens
+        from .tokenfile import load_tokens
 
         return load_tokens
     if name == "resolve_config":

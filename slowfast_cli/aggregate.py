@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .budget import Budget, check_grid, slow_frame_count, token_budget
+from .budget import Budget, token_budget
 from .errors import ConfigError
+from .policies import check_grid, slow_frame_count
 
 
 @dataclass

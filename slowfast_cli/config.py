@@ -16,12 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .policies import RESIZES, SAMPLINGS, SLOW_INDICES, SLOW_POOLS
 
 INT_LIMIT = 2**31  # every integer setting (frames, sizes, widths, seeds) stays far below it; torch takes int64
-SLOW_POOLS = ("none", "1d_max", "1d_avg", "2x2_max", "2x2_avg", "2x2_bilinear")
-SAMPLINGS = ("centers", "sf_llava", "linspace")  # frame sampling policies, see video.sample_indices
-SLOW_INDICES = ("linspace", "segment_start")  # slow-frame index policies, see aggregate.slow_indices
-RESIZES = ("shortest", "squash")  # frame resize policies, see encoder
 PROJECTORS = ("identity", "linear", "mlp2x_gelu")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"

@@ -17,13 +17,12 @@ import torch
 
 from . import __version__
 from .aggregate import slow_fast
-from .budget import check_grid
 from .config import Config, config_from_dict, resolve_config
+from .encoder.device import DTYPE_NAMES
 from .errors import ConfigError, SlowfastError
-from .io import features_object, load_features, save_all, save_pending, save_tokens, token_object
+from .policies import check_grid
 from .provenance import provenance
-
-DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
+from .tokenfile import features_object, load_features, save_all, save_pending, save_tokens, token_object
 
 
 @dataclass
@@ -91,7 +90,7 @@ def _size(path: str) -> int | None:
 def run_provenance(config: Config) -> dict:
     """The provenance (see ``provenance.py``) a Pipeline of ``config`` will stamp on its token files, without
     building the model: the device and dtype resolved as the Pipeline resolves them, weights hashed."""
-    from .encoder import resolve_device, resolve_dtype
+    from .encoder.device import resolve_device, resolve_dtype
 
     rt = config.runtime
     return provenance(config, DTYPE_NAMES[resolve_dtype(rt.dtype, resolve_device(rt.device))])
@@ -101,7 +100,8 @@ class Pipeline:
     """The loaded model stages for one config; call :meth:`encode` per video."""
 
     def __init__(self, config: Config):
-        from .encoder import build_encoder, resolve_device, resolve_dtype
+        from .encoder.device import resolve_device, resolve_dtype
+        from .encoder.encoder import build_encoder
         from .projector import build_projector
 
         self.config = config
@@ -110,7 +110,7 @@ class Pipeline:
         self.dtype = resolve_dtype(rt.dtype, self.device)
         self.encoder = build_encoder(config.encoder, self.device, self.dtype)
         self.projector, self.projector_info = build_projector(
-            config.projector, self.encoder.width, self.device, self.dtype
+            config.projector, self.encoder.width, self.device, self.dtype, config.encoder.model
         )
         self.provenance = provenance(config, DTYPE_NAMES[self.dtype])  # what batch resume compares
         self.warnings: list[str] = []
@@ -131,7 +131,7 @@ class Pipeline:
 
     def load(self, video: str | Path):
         """Decode the sampled frames of one video (uint8, at the model's size when decode_resize)."""
-        from .video import DECODE_RESIZE_MIN, load_clip
+        from .video.decode import DECODE_RESIZE_MIN, load_clip
 
         return load_clip(video, self.config.video, self.image_size, min_scale=DECODE_RESIZE_MIN)
 

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from .checkpoints import open_checkpoint, projector_keys
-from .config import ProjectorCfg
+from .config import PROJECTORS, ProjectorCfg
 from .errors import ConfigError, SlowfastError
+from .preflight import check_projector
 
-KINDS = ("identity", "linear", "mlp2x_gelu")
 EXPECTED_KEYS = {
     "linear": ("weight", "bias"),
     "mlp2x_gelu": ("0.weight", "0.bias", "2.weight", "2.bias"),
@@ -57,7 +57,7 @@ def make_projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:
         return nn.Linear(in_dim, out_dim)
     if kind == "mlp2x_gelu":
         return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
-    raise ConfigError(f"unknown projector {kind!r}; valid: {', '.join(KINDS)}")
+    raise ConfigError(f"unknown projector {kind!r}; valid: {', '.join(PROJECTORS)}")
 
 
 def _kind_of(keys: set[str]) -> str | None:
@@ -119,21 +119,8 @@ def _random(cfg: ProjectorCfg, vision_width: int) -> nn.Module:
         return make_projector(cfg.kind, vision_width, cfg.llm_dim)
 
 
-def _identity(cfg: ProjectorCfg, vision_width: int) -> nn.Module:
-    if cfg.weights:
-        raise ConfigError(
-            "--projector identity takes no weights; pass --projector linear or mlp2x_gelu with --projector-weights"
-        )
-    if cfg.llm_dim is not None and cfg.llm_dim != vision_width:
-        raise ConfigError(
-            f"--projector identity keeps the vision width {vision_width} but --llm-dim is {cfg.llm_dim}; "
-            "drop --llm-dim or pick a linear / mlp2x_gelu projector"
-        )
-    return nn.Identity()
-
-
 def build_projector(
-    cfg: ProjectorCfg, vision_width: int, device: torch.device, dtype: torch.dtype
+    cfg: ProjectorCfg, vision_width: int, device: torch.device, dtype: torch.dtype, tower: str = "the vision tower"
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The projector for ``cfg``, in eval mode on ``device`` in ``dtype``, and plain-value info for ``meta``.
 
@@ -150,20 +137,16 @@ def build_projector(
         SlowfastError: unreadable weights, keys of another kind, or widths that disagree with the vision tower or
             ``llm_dim``.
     """
-    if cfg.kind not in KINDS:
-        raise ConfigError(f"unknown projector {cfg.kind!r}; valid: {', '.join(KINDS)}")
+    if cfg.kind not in PROJECTORS:
+        raise ConfigError(f"unknown projector {cfg.kind!r}; valid: {', '.join(PROJECTORS)}")
+    check_projector(cfg, vision_width, tower)  # the combinations preflight refuses, refused here the same way
     random = False
     if cfg.kind == "identity":
-        module, out_dim = _identity(cfg, vision_width), vision_width
+        module, out_dim = nn.Identity(), vision_width
     elif cfg.weights:
         module, out_dim = _from_weights(cfg, vision_width)
-    elif cfg.random_init and cfg.llm_dim is not None:
-        module, out_dim, random = _random(cfg, vision_width), cfg.llm_dim, True
     else:
-        raise ConfigError(
-            f"--projector {cfg.kind} needs weights: pass --projector-weights PATH (e.g. a LLaVA mm_projector.bin), "
-            "or --random-projector with --llm-dim N for a dry run"
-        )
+        module, out_dim, random = _random(cfg, vision_width), cfg.llm_dim, True
     module = module.to(device=device, dtype=dtype).eval().requires_grad_(False)
     info = {
         "kind": cfg.kind,

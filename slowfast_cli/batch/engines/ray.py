@@ -7,7 +7,7 @@ The driver (the ``slowfast batch`` process) plans as the local engine does, then
       -> encode:  map_batches(encoder actor, ActorPoolStrategy(size=encoders), num_cpus=1 [num_gpus=1], batch_size=1)
       -> iter_rows() on the driver: one small record per video
 
-- **Decode** runs in a child process of the Ray task (``workers.DecodePool``, the local engine's worker, one per
+- **Decode** runs in a child process of the Ray task (``batch.workers.DecodePool``, the local engine's worker, one per
   task process), under the same ``--timeout``: a hung or crashing decoder costs its video, never the task.
   A resumed output that still awaits its CRC-32 check is checked here, on the node, not on the driver.
 - **Encode**: each actor loads the model once and encodes one video per forward pass (tokens never depend on which
@@ -25,23 +25,21 @@ The driver (the ``slowfast batch`` process) plans as the local engine does, then
   (:meth:`RayEngine.probe`), never a preset name: ``configs/`` need not exist on the nodes.
 
 IN_DIR and OUT_DIR must be on a file system that every node sees at the same path. Ray Client (``ray://``) is
-not supported by Ray Data (ray-project/ray#48682); the CLI refuses it. ray is imported in this module only.
+not supported by Ray Data (ray-project/ray#48682); it is refused. ray is imported in this module and in
+``ray_tasks.py`` (what runs on the nodes) only.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import pickle
 import shutil
 import signal
-import socket
-import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -49,33 +47,14 @@ from typing import Any
 import ray
 import ray.data
 
-from .batch import (
-    BatchPlan,
-    Record,
-    decode_failure,
-    encode_one,
-    error_kind,
-    existing_output,
-    ok_record,
-    skipped_record,
-    write_failure,
-)
-from .config import Config, config_from_dict
-from .errors import SlowfastError, first_line
+from ...config import Config, config_from_dict
+from ...errors import ConfigError, SlowfastError, first_line
+from ..plan import BatchPlan, prepare_output_dir
+from ..records import Record
+from ..run import EngineOptions, Outcome, Prepared
+from .ray_tasks import ATTEMPTS, SHARED, RayRow, decode_batch, encoder_class, probe_task
 
-ATTEMPTS = ".slowfast-attempts"  # per-video attempt counters of a running Ray batch, in OUT_DIR
-MAX_ATTEMPTS = 3  # a video whose worker died this many times is given up (a ``crash`` record)
 DECODE_MEMORY = 1 << 30  # logical memory a decode task asks for: one decoder and one clip, with room
-SHARED = "IN_DIR and OUT_DIR must be on a file system that every node sees at the same path"
-
-
-def node_name() -> str:
-    """``host/node-id-prefix`` of the Ray node this runs on (two nodes on one host differ by their ids)."""
-    try:
-        node = ray.get_runtime_context().get_node_id()[:8]
-    except Exception:  # outside a Ray worker
-        node = "driver"
-    return f"{socket.gethostname()}/{node}"
 
 
 class RayEngine:
@@ -87,10 +66,22 @@ class RayEngine:
     encoder, at least 1) decode tasks and ``encoders`` (default: one per GPU, else 1) model actors.
     """
 
-    def __init__(self, address: str | None = None, decoders: int | None = None, encoders: int | None = None):
+    name = "ray"
+    verifies_outputs = False  # outputs that look done are CRC-checked in the decode tasks, on the nodes
+
+    def __init__(self, options: EngineOptions):
+        address = options.address
+        if address and address.strip().lower().startswith("ray://"):
+            raise ConfigError(
+                f"--address {address}: Ray Client (ray://) is not supported by Ray Data (ray-project/ray#48682: "
+                "'Worker' object has no attribute 'core_worker'); run slowfast on a cluster node with --address "
+                "auto, or through ray job submit"
+            )
         self.address = address
-        self.decoders = decoders
-        self.encoders = encoders
+        self.decoders = options.decoders
+        self.encoders = options.encoders
+        self.timeout = options.timeout
+        self.warnings: list[str] = []  # the probe's Pipeline warnings
         self.num_gpus = 0
         self.image_size: int | None = None  # the decode-time size (``Pipeline.image_size``), from the probe
         self.nodes: dict[str, Counter] = {}
@@ -139,6 +130,16 @@ class RayEngine:
         return ray.cluster_resources()
 
     # --- probe: what the workers will compute ----------------------------------------------------------------
+    def prepare(self, config: Config, root: Path, out_dir: Path) -> Prepared:
+        """Create OUT_DIR and :meth:`probe` the cluster: the config pinned for it and the provenance to resume by."""
+        prepare_output_dir(root, out_dir)
+        pinned, provenance, self.warnings = self.probe(config, root, out_dir)
+        return Prepared(pinned, provenance)
+
+    def start(self, plan: BatchPlan, config: Config) -> list[str]:
+        """Nothing to load here (each actor loads the model); the probe's warnings."""
+        return self.warnings
+
     def probe(self, config: Config, root: Path, out_dir: Path) -> tuple[Config, dict, list[str]]:
         """Build the model once on a worker (as the encoder actors will), with device and dtype resolved there.
 
@@ -163,7 +164,7 @@ class RayEngine:
         mark = out_dir / f".slowfast-probe-{token}"
         mark.write_text(token, encoding="ascii")
         try:
-            task = ray.remote(_probe).options(num_cpus=1, num_gpus=self.num_gpus, max_retries=0)
+            task = ray.remote(probe_task).options(num_cpus=1, num_gpus=self.num_gpus, max_retries=0)
             info = _get(task.remote(config.to_dict(), str(root), str(mark), token))
         finally:
             with contextlib.suppress(OSError):
@@ -177,8 +178,8 @@ class RayEngine:
         return pinned, info["provenance"], info["warnings"]
 
     # --- the run ---------------------------------------------------------------------------------------------
-    def outcomes(self, plan: BatchPlan, config: Config, timeout: float) -> Iterator[Callable[[], Record]]:
-        """One outcome per video of ``plan.todo`` (see ``batch.record_all``), as rows arrive from the cluster."""
+    def outcomes(self, plan: BatchPlan, config: Config) -> Iterator[Outcome]:
+        """One outcome per video of ``plan.todo`` (see ``run.record_all``), as rows arrive from the cluster."""
         if not plan.todo:
             return
         attempts = plan.out_dir / ATTEMPTS
@@ -189,26 +190,27 @@ class RayEngine:
                 "config": config.to_dict(),
                 "root": str(plan.root),
                 "out_dir": str(plan.out_dir),
-                "timeout": timeout,
+                "timeout": self.timeout,
                 "image_size": self.image_size,  # the decode-time size, as the probe's Pipeline gave it
             }
             ds = self.dataset(plan, job)
             received: set[Path] = set()
             try:
                 for row in ds.iter_rows():
-                    out = pickle.loads(row["item"])
-                    rel = Path(os.fsdecode(out["source"]))
+                    out: RayRow = pickle.loads(row["item"])
+                    rel = out.rel
                     if rel in received:  # a retried task whose first answer had come back already
-                        with contextlib.suppress(OSError, KeyError):
-                            os.unlink(out["tmp"])
+                        if out.tmp:
+                            with contextlib.suppress(OSError):
+                                os.unlink(out.tmp)
                         continue
                     received.add(rel)
-                    for stage in ("decoded", "encoded"):
-                        if out.get(stage):
-                            self.nodes.setdefault(out[stage], Counter())[stage] += 1
-                    if out.get("problem"):
-                        plan.problems.append(out["problem"])
-                    yield _outcome(out, rel, Path(os.fsdecode(out["output"])), plan.out_dir)
+                    for stage, node in (("decoded", out.decoded), ("encoded", out.encoded)):
+                        if node:
+                            self.nodes.setdefault(node, Counter())[stage] += 1
+                    if out.problem:
+                        plan.problems.append(out.problem)
+                    yield _outcome(out, plan.out_dir)
             except (KeyboardInterrupt, GeneratorExit):
                 raise
             except Exception as exc:  # the pipeline as a whole failed (an actor that cannot start): stop here
@@ -216,7 +218,7 @@ class RayEngine:
             for rel, out_rel in plan.todo:
                 if rel not in received:
                     msg = f"{rel}: no result came back from the Ray cluster (a worker or node was lost); rerun to retry"
-                    yield (lambda r=Record(str(rel), str(out_rel), "failed", msg, "crash"): r)
+                    yield (lambda r=Record.failed(rel, out_rel, msg, "crash"): r)
         finally:
             shutil.rmtree(attempts, ignore_errors=True)
 
@@ -228,7 +230,7 @@ class RayEngine:
         ]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(
-            _decode_batch,
+            decode_batch,
             batch_size=1,
             compute=ray.data.TaskPoolStrategy(size=self.decoders),
             num_cpus=1,
@@ -236,7 +238,7 @@ class RayEngine:
             fn_kwargs={"job": job},
         )
         return ds.map_batches(
-            _encoder_class(job),
+            encoder_class(job),
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=self.encoders),
             num_cpus=1,
@@ -313,184 +315,26 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first_line(exc, 300)}"
 
 
-def _key(d: dict) -> str:
-    return hashlib.sha256(repr(sorted(d.items())).encode()).hexdigest()
-
-
-# --- what runs on the nodes ----------------------------------------------------------------------------------
-def _probe(config_dict: dict, root: str, mark: str, token: str) -> dict:
-    from .pipeline import DTYPE_NAMES, Pipeline
-
-    where = node_name()
-    if not Path(root).is_dir():
-        raise SlowfastError(f"{root}: not visible on Ray node {where}; {SHARED}")
-    try:
-        seen = Path(mark).read_text(encoding="ascii")
-    except OSError:
-        seen = None
-    if seen != token:
-        raise SlowfastError(f"{Path(mark).parent}: not the same folder on Ray node {where}; {SHARED}")
-    pipe = Pipeline(config_from_dict(config_dict))
-    return {
-        "dtype": DTYPE_NAMES[pipe.dtype],
-        "provenance": pipe.provenance,
-        "warnings": pipe.warnings,
-        "image_size": pipe.image_size,
-    }
-
-
-def _attempt(out_dir: str, rel: bytes, stage: str) -> int:
-    """Count one more attempt of ``stage`` on a video; returns the count (1 for the first)."""
-    name = hashlib.sha1(rel).hexdigest() + "." + stage
-    fd = os.open(os.path.join(out_dir, ATTEMPTS, name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, b".")
-        return os.fstat(fd).st_size
-    finally:
-        os.close(fd)
-
-
-def _given_up(rel: bytes, out_rel: bytes, stage: str) -> dict:
-    msg = (
-        f"{os.fsdecode(rel)}: its Ray {stage} worker died {MAX_ATTEMPTS} times while on it (a crash, an "
-        "out-of-memory kill or a lost node); not retried again"
-    )
-    return _failed(rel, out_rel, msg, "crash")
-
-
-def _failed(rel: bytes, out_rel: bytes, msg: str, kind: str | None = None, seconds: float = 0.0) -> dict:
-    record = Record(os.fsdecode(rel), os.fsdecode(out_rel), "failed", msg, kind or error_kind(msg), seconds)
-    return {"source": rel, "output": out_rel, "status": "failed", "record": asdict(record)}
-
-
-_pools: dict[tuple, Any] = {}  # one decoding child process per Ray task process, kept between tasks
-
-
-def _decode_pool(job: dict):
-    from .workers import DecodePool
-
-    key = (_key(job["config"]), job["image_size"], job["timeout"])
-    if key not in _pools:
-        for old in _pools.values():
-            old.close()
-        _pools.clear()
-        video = config_from_dict(job["config"]).video
-        _pools[key] = DecodePool(video, job["image_size"], workers=1, timeout=job["timeout"], threads=1)
-    return _pools[key]
-
-
-def _decode_batch(batch: dict, job: dict) -> dict:
-    return {"item": [pickle.dumps(_decode_row(*pickle.loads(item), job)) for item in batch["item"]]}
-
-
-def _decode_row(rel: bytes, out_rel: bytes, unverified: bool, job: dict) -> dict:
-    from .workers import test_fault
-
-    root, out_dir = Path(job["root"]), Path(job["out_dir"])
-    where = node_name()
-    src = root / os.fsdecode(rel)
-    try:
-        if not root.is_dir():
-            return _failed(rel, out_rel, f"{root}: not visible on Ray node {where}; {SHARED}", "missing")
-        problem = None
-        if unverified:
-            state, why = existing_output(out_dir / os.fsdecode(out_rel), None, src)
-            if state == "done":
-                return {"source": rel, "output": out_rel, "status": "skipped", "decoded": where}
-            problem = f"{why}; it is redone"
-        if _attempt(str(out_dir), rel, "decode") > MAX_ATTEMPTS:
-            return _given_up(rel, out_rel, "decode")
-        test_fault("decode-task", str(src))
-        pool = _decode_pool(job)
-        pool.submit(None, str(src))
-        done = []
-        while pool.busy:
-            done += pool.get()
-        d = done[0]
-        row = {"source": rel, "output": out_rel, "decoded": where, "problem": problem, "seconds": d.seconds}
-        if not d.ok:
-            record = decode_failure(d, Path(os.fsdecode(rel)), Path(os.fsdecode(out_rel)))
-            return {**row, "status": "failed", "record": asdict(record)}
-        return {**row, "status": "decoded", "clip": pickle.dumps(d.clip, protocol=5)}
-    except Exception as exc:  # a bug here must cost one video, never the Dataset
-        return _failed(rel, out_rel, f"{src}: decoding failed on Ray node {where} ({type(exc).__name__}: {exc})")
-
-
-def _encoder_class(job: dict) -> type:
-    """The encoder actor class, with the job in the class itself: no constructor arguments in the object store."""
-
-    class SlowfastEncoder:
-        def __init__(self) -> None:
-            from .pipeline import Pipeline
-
-            self.pipe = Pipeline(config_from_dict(job["config"]))
-            self.where = node_name()
-
-        def __call__(self, batch: dict) -> dict:
-            return {"item": [pickle.dumps(self.encode(pickle.loads(item))) for item in batch["item"]]}
-
-        def encode(self, row: dict) -> dict:
-            if row["status"] != "decoded":
-                return row
-            rel, out_rel = row["source"], row["output"]
-            try:
-                return {**self._encode(row, rel, out_rel), "decoded": row["decoded"], "problem": row["problem"]}
-            except Exception as exc:  # any bug: this video fails, the batch goes on
-                msg = f"{os.fsdecode(rel)}: encoding failed ({type(exc).__name__}: {first_line(exc, 200)})"
-                return {**_failed(rel, out_rel, msg, "encode"), "decoded": row["decoded"]}
-
-        def _encode(self, row: dict, rel: bytes, out_rel: bytes) -> dict:
-            from .pipeline import write_pending
-            from .workers import Done, test_fault
-
-            if _attempt(job["out_dir"], rel, "encode") > MAX_ATTEMPTS:
-                return {**_given_up(rel, out_rel, "encode"), "encoded": self.where}
-            test_fault("encode", os.fsdecode(rel))
-            relp, out_relp = Path(os.fsdecode(rel)), Path(os.fsdecode(out_rel))
-            done = Done(0, None, True, clip=pickle.loads(row["clip"]), seconds=row["seconds"])
-            t0 = time.perf_counter()
-            encoded = encode_one(done, relp, out_relp, Path(job["root"]), self.pipe)
-            base = {"source": rel, "output": out_rel, "encoded": self.where}
-            if isinstance(encoded, Record):
-                encoded.seconds = row["seconds"]
-                return {**base, "status": "failed", "record": asdict(encoded)}
-            target = Path(job["out_dir"]) / out_relp
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = write_pending(encoded, target)
-            except (SlowfastError, OSError) as exc:
-                record = write_failure(exc, relp, out_relp)
-                record.seconds = row["seconds"]
-                return {**base, "status": "failed", "record": asdict(record)}
-            record = ok_record(encoded.meta, relp, out_relp)
-            record.seconds = row["seconds"] + time.perf_counter() - t0
-            return {**base, "status": "written", "record": asdict(record), "tmp": tmp}
-
-    return SlowfastEncoder
-
-
-# --- back on the driver --------------------------------------------------------------------------------------
-def _outcome(out: dict, rel: Path, out_rel: Path, out_dir: Path) -> Callable[[], Record]:
-    status = out["status"]
-    if status == "skipped":
-        return lambda: skipped_record(rel, out_rel)
-    record = Record(**{k: v for k, v in out["record"].items() if k != "time"})
-    if status == "failed":
+def _outcome(out: RayRow, out_dir: Path) -> Outcome:
+    rel, out_rel = out.rel, out.out_rel
+    if out.status == "skipped":
+        return lambda: Record.skipped(rel, out_rel)
+    record = Record(**{k: v for k, v in asdict(out.record).items() if k != "time"})  # recorded now, here
+    if out.status == "failed":
         return lambda: record
 
     def finish() -> Record:  # status "written": put the worker's temporary file in place
         try:
-            os.replace(out["tmp"], out_dir / out_rel)
+            os.replace(out.tmp, out_dir / out_rel)
         except FileNotFoundError:
             msg = (
-                f"{out_rel}: the token file written on Ray node {out.get('encoded')} is not visible here "
-                f"({out['tmp']}); {SHARED}"
+                f"{out_rel}: the token file written on Ray node {out.encoded} is not visible here ({out.tmp}); {SHARED}"
             )
-            return Record(str(rel), str(out_rel), "failed", msg, "write")
+            return Record.failed(rel, out_rel, msg, "write")
         except OSError as exc:
             with contextlib.suppress(OSError):
-                os.unlink(out["tmp"])
-            return write_failure(exc, rel, out_rel)
+                os.unlink(out.tmp)
+            return Record.write_failed(exc, rel, out_rel)
         return record
 
     return finish

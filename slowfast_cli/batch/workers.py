@@ -1,4 +1,4 @@
-"""Decoding worker processes for ``slowfast batch``.
+"""Decoding worker processes for ``slowfast batch`` (both engines: the Ray engine runs one inside each task).
 
 Design: the main process owns the model; N worker processes (spawned, so none inherits torch's threads) each
 decode one video at a time and send back uint8 frames (not floats: 4x less to copy). Every worker has its own
@@ -12,7 +12,6 @@ SIGINT: Ctrl-C reaches the main process, which stops them. This module imports n
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import multiprocessing as mp
 import os
 import signal
@@ -21,34 +20,15 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait as wait_any
 from typing import Any
 
-from .errors import SlowfastError
-
-FAULTS = "SLOWFAST_TEST_FAULTS"
-
-
-def test_fault(stage: str, path: str) -> None:
-    """A testing hook: the tests of crash and hang handling set ``SLOWFAST_TEST_FAULTS`` (never set otherwise) to
-    ``STAGE-crash:GLOB`` or ``STAGE-hang:GLOB`` items, comma-separated; a file whose name matches then kills the
-    process (SIGKILL) or hangs it where ``stage`` runs (``decode``: the decoding child; ``decode-task`` and
-    ``encode``: the Ray engine's task and actor)."""
-    spec = os.environ.get(FAULTS)
-    if not spec:
-        return
-    name = os.path.basename(path)
-    for item in spec.split(","):
-        what, _, pattern = item.partition(":")
-        if what.rpartition("-")[0] == stage and fnmatch.fnmatch(name, pattern):
-            if what.endswith("-crash"):
-                os.kill(os.getpid(), signal.SIGKILL)
-            if what.endswith("-hang"):
-                time.sleep(1e6)
+from ..errors import SlowfastError
+from .faults import test_fault
 
 
 def _worker_main(inbox, outbox, video_cfg, image_size: int | None, threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)  # decord's C++ logs "ERROR opening ..." itself; the error we send back says it once
-    from .video import DECODE_RESIZE_MIN, load_clip
+    from ..video.decode import DECODE_RESIZE_MIN, load_clip
 
     while True:
         try:

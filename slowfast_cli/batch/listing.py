@@ -1,0 +1,97 @@
+"""Which videos a batch encodes: a recursive walk of IN_DIR, or ``--files-from``, and where each one's output goes."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..header import TMP_PREFIX
+
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp")
+
+
+@dataclass
+class Listing:
+    videos: list[Path]  # relative to the root, sorted
+    problems: list[str]  # unreadable folders, symlink loops: reported, never fatal
+
+
+def matches(rel: Path, pattern: str) -> bool:
+    """``pattern`` (a glob) matches the relative path or the file name, in any case, like the extensions do."""
+    pattern = pattern.lower()
+    return fnmatch.fnmatchcase(str(rel).lower(), pattern) or fnmatch.fnmatchcase(rel.name.lower(), pattern)
+
+
+def find_videos(root: Path, pattern: str | None = None) -> Listing:
+    """Videos under ``root`` (recursive, following symlinks once per real folder), filtered by ``pattern``.
+
+    ``pattern`` is a glob matched against the path relative to ``root`` and against the file name
+    (``*.mp4``, ``clips/**``, ``cam1_*``), in any case (``*.mov`` matches ``s2.MOV``), as the extensions are.
+    """
+    root = Path(root)
+    videos, problems, seen = [], [], set()
+
+    def onerror(exc: OSError) -> None:
+        problems.append(f"{exc.filename}: cannot be listed ({exc.strerror})")
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            problems.append(f"{dirpath}: already visited (symlink loop), skipped")
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.startswith(TMP_PREFIX) or not name.lower().endswith(VIDEO_EXTENSIONS):
+                continue
+            rel = Path(dirpath, name).relative_to(root)
+            if pattern and not matches(rel, pattern):
+                continue
+            videos.append(rel)
+    return Listing(sorted(videos, key=lambda p: p.parts), problems)  # as Path order, compared in C
+
+
+def output_path(rel: Path) -> Path:
+    """``a/b.mp4`` -> ``a/b.pt``."""
+    return rel.with_suffix(".pt")
+
+
+def read_files_from(path: Path, root: Path) -> Listing:
+    """``--files-from``: the inputs listed in a file, one path per line, relative to ``root`` (absolute paths
+    inside ``root`` are accepted too), instead of walking the folder, which is how a list of millions is given.
+
+    Lines are taken as bytes, so any file name the file system allows works (non-UTF-8 ones included); only the
+    line end (``\n`` or ``\r\n``) is cut, not spaces. Empty lines and lines starting with ``#`` are skipped,
+    a path listed twice counts once, and the list's order does not matter (outputs are planned sorted). A listed
+    file that does not exist is that video's ``missing`` failure, as any unreadable video is; its extension is
+    not checked (a listed file is meant). A path outside ``root`` is a usage error naming its line.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read --files-from ({exc.strerror or exc})") from None
+    root_abs = Path(os.path.abspath(root))
+    videos: set[Path] = set()
+    for n, raw in enumerate(data.split(b"\n"), 1):
+        raw = raw[:-1] if raw.endswith(b"\r") else raw
+        if not raw or raw.startswith(b"#"):
+            continue
+        name = os.fsdecode(raw)
+        p = Path(name)
+        if p.is_absolute():
+            absolute = Path(os.path.abspath(p))
+            if not absolute.is_relative_to(root_abs):
+                raise ConfigError(f"{path}:{n}: {name!r} is not inside {root}; list paths relative to IN_DIR")
+            p = absolute.relative_to(root_abs)
+        if ".." in p.parts or not p.parts or p == Path("."):
+            raise ConfigError(f"{path}:{n}: {name!r} is not a file inside {root}; list paths relative to IN_DIR")
+        videos.add(p)
+    return Listing(sorted(videos, key=lambda p: p.parts), [])

@@ -1,0 +1,255 @@
+"""Planning a batch: the output folder and its lock, the resume rules, and the plan both engines run.
+
+An existing output is skipped only when it is complete, intact (CRC-32) and made from the same video with the same
+settings (``provenance``); what differs is reported, never silently kept or replaced. See ``plan_batch``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from ..errors import ConfigError, SlowfastError
+from ..header import TMP_PREFIX, read_token_header
+from ..provenance import differences
+from .listing import Listing, find_videos, matches, output_path, read_files_from
+from .records import Record
+
+LOCK = ".slowfast.lock"
+
+
+class OutputLock:
+    """An exclusive ``flock`` on ``OUT_DIR/.slowfast.lock``, held for a whole batch run.
+
+    A second run into the same folder stops at once with a message naming the first (its PID, host, start time
+    and command, which the holder writes into the lock file); stale temporary files are removed only while the
+    lock is held, so a run never deletes another's file in flight. The lock is released when the process ends,
+    however it ends (kill -9 included); the file stays. ``flock`` is local to one machine on many network file
+    systems: two machines writing one OUT_DIR are not protected.
+    """
+
+    def __init__(self, out_dir: Path):
+        self.path = Path(out_dir) / LOCK
+        self._fd: int | None = None
+
+    def acquire(self) -> OutputLock:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise SlowfastError(f"{self.path}: is a symlink; slowfast does not write through it") from None
+            raise SlowfastError(f"{self.path.parent}: output folder is not writable ({exc.strerror or exc})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 1000, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise SlowfastError(
+                f"{self.path.parent}: another slowfast batch is writing to this folder ({holder}); wait for it to "
+                "finish, or choose another output folder"
+            ) from None
+        try:
+            who = f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now().isoformat(timespec='seconds')}"
+            text = f"{who}: {' '.join(map(os.fsdecode, sys.argv))}"[:900]
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, text.encode("utf-8", "backslashreplace") + b"\n", 0)
+        except OSError as exc:
+            os.close(fd)
+            raise SlowfastError(f"{self.path.parent}: output folder is not writable ({exc.strerror or exc})") from None
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def prepare_output_dir(root: Path, out_dir: Path) -> None:
+    """Create ``out_dir``, refusing what cannot be an output folder: the input folder itself, or a file."""
+    try:
+        out_dir.exists()
+    except OSError as exc:  # ENAMETOOLONG and the like: Path.exists raises them on Python 3.11
+        raise ConfigError(f"{out_dir}: not a usable output folder name ({exc.strerror or exc})") from None
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir}: exists and is not a folder; -o must name a folder for the token files")
+    if out_dir.is_dir() and out_dir.resolve() == root.resolve():
+        raise ConfigError(
+            f"{out_dir}: is the input folder; token files need a folder of their own (e.g. -o {out_dir}/tokens)"
+        )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SlowfastError(f"{out_dir}: cannot create the output folder ({exc.strerror or exc})") from None
+
+
+def case_insensitive(folder: Path) -> bool:
+    """Whether ``folder``'s file system folds case (the lock file is then also found under its upper-case name)."""
+    return (folder / LOCK.upper()).exists()
+
+
+def clean_stale_temp_files(out_dir: Path) -> int:
+    """Delete temporary files left by an interrupted run (only ours, by their prefix). Call with the lock held."""
+    n = 0
+    for p in out_dir.rglob(f"{TMP_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+            n += 1
+    return n
+
+
+def existing_output(
+    path: Path, current: dict | None, source: Path | None = None, verify: bool = True
+) -> tuple[str, str | None]:
+    """What an existing output is for resume: ``("done", None)``, ``("damaged", why)``, ``("stale", why)`` or
+    ``("other", what differs)``.
+
+    Done means it reads as a complete token file whose every byte passes the zip's CRC-32 check, was made from
+    ``source`` as it is now (same file name, same size in bytes), and (when ``current`` is given) with the same
+    provenance (see ``provenance.py``). Stale means it was made from another video, or from this one before it
+    changed: it is redone. ``verify=False`` reads the header only and skips the CRC-32 check of every byte (the
+    Ray engine runs that check in its tasks, on the nodes, not on the driver).
+    """
+    try:
+        meta = read_token_header(path, verify=verify)["meta"]
+    except SlowfastError as exc:
+        return "damaged", str(exc)
+    if source is not None:
+        made_from = meta.get("source")
+        recorded = meta.get("video", {}).get("bytes") if isinstance(meta.get("video"), dict) else None
+        if not isinstance(made_from, str) or Path(made_from).name != source.name:
+            return "stale", f"{path}: made from another video ({made_from!r}), not {source.name!r}"
+        try:
+            size = source.stat().st_size
+        except OSError:
+            size = None
+        if recorded is not None and size is not None and recorded != size:
+            return "stale", f"{path}: made from an earlier version of {source.name} ({recorded} bytes, now {size})"
+    if current is not None:
+        diff = differences(meta.get("provenance"), current)
+        if diff:
+            return "other", "; ".join(diff)
+    return "done", None
+
+
+@dataclass
+class BatchPlan:
+    root: Path
+    out_dir: Path
+    todo: list[tuple[Path, Path]]  # (relative source, relative output)
+    records: list[Record]  # skipped and collisions, known before any decoding
+    problems: list[str]  # listing problems and damaged outputs that will be redone: reported, never fatal
+    lock: OutputLock | None = None  # held from planning to the end of the run
+    unverified: set[Path] = field(default_factory=set)  # sources in todo whose existing output awaits its CRC check
+
+    @property
+    def total(self) -> int:
+        return len(self.todo) + len(self.records)
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> BatchPlan:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def plan_batch(
+    root: Path,
+    out_dir: Path,
+    pattern: str | None = None,
+    overwrite: bool = False,
+    provenance: dict | None = None,
+    files_from: Path | None = None,
+    verify: bool = True,
+) -> BatchPlan:
+    """Lock ``out_dir``, list the videos, map them to outputs, find what is already done and which outputs collide.
+
+    Resume rules: an existing output is skipped only if it is complete, intact (CRC-32) and made with the same
+    ``provenance`` (when given); a damaged one is redone and reported in ``problems``. Outputs made with other
+    settings are not silently kept nor silently replaced: without ``overwrite`` planning stops with a
+    ``ConfigError`` that names what differs, ``--overwrite`` and a new output folder.
+    The returned plan holds the lock on ``out_dir``; release it (``with plan_batch(...) as plan``) when done.
+
+    ``files_from`` names a list of inputs (see :func:`read_files_from`) used instead of walking ``root``.
+    ``verify=False`` leaves the CRC-32 check of outputs that look done to the engine: they stay in ``todo``, listed
+    in ``plan.unverified``, and the engine skips each one that passes (the Ray engine checks them on the nodes).
+    """
+    root, out_dir = Path(root), Path(out_dir)
+    if not root.is_dir():
+        raise SlowfastError(f"{root}: not a folder")
+    listing = read_files_from(files_from, root) if files_from is not None else None  # its errors come first
+    prepare_output_dir(root, out_dir)
+    lock = OutputLock(out_dir).acquire()
+    try:
+        plan = _plan(root, out_dir, pattern, overwrite, provenance, listing, verify)
+    except BaseException:
+        lock.release()
+        raise
+    plan.lock = lock
+    return plan
+
+
+def _plan(
+    root: Path,
+    out_dir: Path,
+    pattern: str | None,
+    overwrite: bool,
+    current: dict | None,
+    listing: Listing | None = None,
+    verify: bool = True,
+) -> BatchPlan:
+    clean_stale_temp_files(out_dir)
+    if listing is None:
+        listing = find_videos(root, pattern)
+    elif pattern:
+        listing.videos = [v for v in listing.videos if matches(v, pattern)]
+    if out_dir.resolve().is_relative_to(root.resolve()):
+        inside = out_dir.resolve().relative_to(root.resolve())
+        listing.videos = [v for v in listing.videos if not v.is_relative_to(inside)]
+    fold = case_insensitive(out_dir)
+    todo, records, claimed, problems, other, unverified = [], [], {}, list(listing.problems), [], set()
+    for rel in listing.videos:
+        out_rel = output_path(rel)
+        key = str(out_rel).lower() if fold else str(out_rel)  # A.mp4 and a.mkv: one file only where case folds
+        if key in claimed:
+            msg = f"{rel}: same output {out_rel} as {claimed[key]}; rename one of them"
+            records.append(Record.failed(rel, out_rel, msg, "collision"))
+            continue
+        claimed[key] = rel
+        target = out_dir / out_rel
+        if not overwrite and (target.exists() or target.is_symlink()):
+            state, why = existing_output(target, current, root / rel, verify)
+            if state == "done" and verify:
+                records.append(Record.skipped(rel, out_rel))
+                continue
+            if state == "done":
+                unverified.add(rel)  # the engine checks it and skips it
+            elif state in ("damaged", "stale"):
+                problems.append(f"{why}; it is redone")
+            else:
+                other.append((out_rel, why))
+        todo.append((rel, out_rel))
+    if other:
+        first, why = other[0]
+        raise ConfigError(
+            f"{out_dir}: {len(other)} existing token file(s) were made with other settings than this run's (e.g. "
+            f"{first}: {why}); pass --overwrite to redo them with these settings, or choose a new output folder"
+        )
+    return BatchPlan(root, out_dir, todo, records, problems, unverified=unverified)

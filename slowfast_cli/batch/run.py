@@ -1,0 +1,173 @@
+"""Running a plan: the ``Engine`` protocol every engine implements, the recording loop they share, the report.
+
+An engine only moves videos through decode -> encode -> write and hands back *outcomes*; planning, records, the
+manifest, the report and atomic writes are shared here and in ``plan``/``records``, so the engines' outputs are
+bit-identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..atomic import sigint_deferred
+from ..config import Config
+from ..errors import SlowfastError, first_line
+from .plan import BatchPlan
+from .records import MANIFEST, Manifest, Record
+
+REPORT = "report.json"
+Outcome = Callable[[], Record]  # puts one video's token file in place (or does nothing) and returns its Record
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """The engine settings ``slowfast batch`` takes; each engine refuses the ones that are not its own."""
+
+    workers: int | None = None  # local: decoding processes (default: cores - 1)
+    address: str | None = None  # ray: the cluster
+    decoders: int | None = None  # ray: decode tasks at once
+    encoders: int | None = None  # ray: model actors
+    timeout: float = 300.0  # both: seconds one video may take to decode
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What an engine settled before planning."""
+
+    config: Config  # the config the run computes with (the Ray engine pins dtype and device for the cluster)
+    provenance: dict  # what resume compares existing token files with (``provenance.provenance``)
+
+
+class Engine(Protocol):
+    """What ``slowfast batch`` calls, the same way for every engine (see ``engines.ENGINES``).
+
+    Used as a context manager around the whole run (a connection to a cluster, say); then ``prepare`` before
+    planning, ``start`` once a plan has work (loads what the run needs, such as the model, and returns the warnings
+    to show first), ``outcomes`` of the plan, in the order videos finish, and ``summary`` for ``report.json``'s
+    ``run.engine``.
+    """
+
+    name: str
+    verifies_outputs: bool  # plan_batch CRC-checks outputs that look done (True), or leaves plan.unverified to it
+
+    def __enter__(self) -> Engine: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def prepare(self, config: Config, root: Path, out_dir: Path) -> Prepared: ...
+
+    def start(self, plan: BatchPlan, config: Config) -> list[str]: ...
+
+    def outcomes(self, plan: BatchPlan, config: Config) -> Iterator[Outcome]: ...
+
+    def summary(self) -> dict[str, Any]: ...
+
+
+def run_batch(plan: BatchPlan, engine: Engine, config: Config, fail_fast: bool = False) -> Iterator[Record]:
+    """Encode every video of ``plan`` with ``engine``; yields a Record per attempt (also appended to the manifest).
+
+    Every engine gives the same records and files; see :func:`record_all` for what an interrupt leaves.
+    """
+    return record_all(plan, engine.outcomes(plan, config), fail_fast)
+
+
+def record_all(plan: BatchPlan, outcomes: Iterator[Outcome], fail_fast: bool = False) -> Iterator[Record]:
+    """Write the plan's known records, then finish each engine outcome; yield every record once it is recorded.
+
+    An outcome is a callable that puts its video's token file in place (or does nothing, for a failure) and
+    returns its Record. Ctrl-C is held while an outcome is finished and its manifest line appended, so an
+    interrupt leaves either both or neither; the generator then yields that record and raises KeyboardInterrupt.
+    A manifest line that cannot be written takes its token file back (a rerun redoes it) and stops the batch.
+    """
+    manifest = Manifest(plan.out_dir / MANIFEST)
+    try:
+        for r in plan.records:
+            manifest.write(r)
+            yield r
+            if fail_fast and r.status == "failed":
+                return
+        for finish in outcomes:
+            with sigint_deferred(reraise=False) as held:
+                record = finish()
+                try:
+                    manifest.write(record)
+                except SlowfastError:  # written but not recorded: take it back, a rerun redoes it
+                    if record.status == "ok":
+                        with contextlib.suppress(OSError):
+                            (plan.out_dir / record.output).unlink()
+                    raise
+            yield record
+            if held.pending:
+                raise KeyboardInterrupt
+            if fail_fast and record.status == "failed":
+                return
+    finally:
+        close = getattr(outcomes, "close", None)
+        try:
+            if close is not None:
+                close()  # the engine stops its workers
+        finally:
+            manifest.close()
+
+
+def encode_one(done, rel: Path, out_rel: Path, root: Path, pipe):
+    """The EncodeResult of a decoded video, or the failure Record of one that did not decode or encode."""
+    if not done.ok:
+        return Record.decode_failed(done, rel, out_rel)
+    try:
+        result = pipe.encode_clip(done.clip, timings={"decode": done.seconds})
+    except SlowfastError as exc:
+        return Record.failed(rel, out_rel, str(exc))
+    except Exception as exc:  # torch's errors (out of memory, a kernel), any bug: this video fails, the batch goes on
+        msg = f"{rel}: encoding failed ({type(exc).__name__}: {first_line(exc, 200)})"
+        return Record.failed(rel, out_rel, msg, "encode")
+    result.meta["source"] = str(root / rel)
+    return result
+
+
+def write_one(result, rel: Path, out_rel: Path, out_dir: Path) -> Record:
+    """Write one token file in place; a failure of the disk is this video's ``write`` failure."""
+    from ..pipeline import write_result
+
+    target = out_dir / out_rel
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_result(result, target)
+    except (SlowfastError, OSError) as exc:
+        return Record.write_failed(exc, rel, out_rel)
+    return Record.ok(result.meta, rel, out_rel)
+
+
+def batch_report(
+    out_dir: Path,
+    records: list[Record],
+    problems: list[str],
+    interrupted: bool = False,
+    folder: bool = True,
+    engine: dict | None = None,
+) -> dict:
+    """What ``report.json`` holds: the folder's token statistics (as ``slowfast report --json``) plus this run's
+    counts. ``folder=False`` leaves the statistics empty (``run.folder_counted: false``), for a run interrupted while
+    they were being counted. ``engine`` describes the engine (``run.engine``)."""
+    from ..report import Report, build_report
+
+    # outputs were verified when planned, or just written: headers are enough here
+    report = (build_report(out_dir, verify=False) if folder else Report()).to_dict()
+    report["run"] = {
+        "attempts": len(records),
+        "ok": sum(r.status == "ok" for r in records),
+        "failed": sum(r.status == "failed" for r in records),
+        "skipped": sum(r.status == "skipped" for r in records),
+        "failures_by_kind": dict(Counter(r.kind or "other" for r in records if r.status == "failed")),
+        "failed_files": [r.source for r in records if r.status == "failed"],
+        "listing_problems": problems,
+        "interrupted": interrupted,
+        "folder_counted": folder,
+        "engine": engine or {"name": "local"},  # which engine ran, and for Ray the work done per node
+    }
+    return report

@@ -1,0 +1,230 @@
+"""``slowfast batch``: the command, and the run it drives the same way for every engine (progress, report, exit).
+
+The engine is chosen by name (``batch.engines.make_engine``); this module knows no engine. Exit code 1 when any
+video failed, 130 when interrupted (the report is still written), 2 for a usage error before any work.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..config import Config
+from ..errors import ConfigError, SlowfastError
+from ..preflight import preflight
+from .options import (
+    BatchFramesOpt,
+    ConfigOpt,
+    DecodeResizeOpt,
+    DeviceOpt,
+    DtypeOpt,
+    FastSizeOpt,
+    FramesOpt,
+    JsonOpt,
+    LayerOpt,
+    LlmDimOpt,
+    MaxFramesOpt,
+    ModelOpt,
+    OverwriteOpt,
+    PretrainedOpt,
+    ProjectorOpt,
+    ProjectorWeightsOpt,
+    RandomProjectorOpt,
+    ResizeOpt,
+    SampleFpsOpt,
+    SamplingOpt,
+    SlowFramesOpt,
+    SlowIndexOpt,
+    SlowPoolOpt,
+    build_config,
+    flags_of,
+)
+from .output import err, fail, handles_errors, out, print_json, shown, warn
+from .tables import batch_table
+
+
+@handles_errors
+def batch(
+    in_dir: Annotated[
+        Path, typer.Argument(help="Folder of videos (searched recursively).", exists=True, file_okay=False)
+    ],  # fmt: skip
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the token files.")],
+    pattern: Annotated[
+        str | None, typer.Option(help="Only videos whose relative path or name match this glob.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Decoding processes of the local engine (default: cores - 1).")
+    ] = None,
+    files_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--files-from",
+            help="Encode the videos listed in this file (one path per line, relative to IN_DIR) instead of "
+            "searching IN_DIR.",
+            dir_okay=False,
+        ),
+    ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="local (this machine) or ray (a Ray cluster; needs the ray extra: pip install 'slowfast[ray]'). "
+            "With ray, IN_DIR and OUT_DIR must be on a file system every node sees at the same path."
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster: auto, or HOST:PORT (default: RAY_ADDRESS, else a cluster on this machine, else a "
+            "new local one). Not ray://: Ray Data does not run over Ray Client."
+        ),
+    ] = None,
+    decoders: Annotated[
+        int | None, typer.Option(help="Ray decode tasks at once (default: the cluster's CPUs minus the encoders).")
+    ] = None,
+    encoders: Annotated[int | None, typer.Option(help="Ray encoder actors (default: one per GPU, else 1).")] = None,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds one video may take to decode before it counts as failed.")
+    ] = 300.0,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed video.")] = False,
+    config: ConfigOpt = "default",
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    layer: LayerOpt = None,
+    frames: FramesOpt = None,
+    sample_fps: SampleFpsOpt = None,
+    max_frames: MaxFramesOpt = None,
+    slow_frames: SlowFramesOpt = None,
+    slow_pool: SlowPoolOpt = None,
+    fast_size: FastSizeOpt = None,
+    slow_index: SlowIndexOpt = None,
+    sampling: SamplingOpt = None,
+    resize: ResizeOpt = None,
+    projector: ProjectorOpt = None,
+    projector_weights: ProjectorWeightsOpt = None,
+    llm_dim: LlmDimOpt = None,
+    random_projector: RandomProjectorOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    batch_frames: BatchFramesOpt = None,
+    decode_resize: DecodeResizeOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Encode every video under a folder into token files, resumably.
+
+    Example: slowfast batch videos/ -o tokens/ --config tiny
+    """
+    from ..batch.engines import make_engine
+    from ..batch.plan import plan_batch
+    from ..batch.run import EngineOptions
+
+    cfg = build_config(config, **flags_of(locals()))
+    for flag, value in (("--workers", workers), ("--decoders", decoders), ("--encoders", encoders)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ConfigError(f"--timeout must be a positive number of seconds, got {timeout}")
+    options = EngineOptions(workers=workers, address=address, decoders=decoders, encoders=encoders, timeout=timeout)
+    runner = make_engine(engine, options)
+    preflight(cfg)
+    with runner:
+        prepared = runner.prepare(cfg, in_dir, output)
+        verify = runner.verifies_outputs  # else outputs that look done are CRC-checked by the engine, as it goes
+        with plan_batch(in_dir, output, pattern, overwrite, prepared.provenance, files_from, verify=verify) as plan:
+            _run_batch(plan, prepared.config, runner, in_dir, output, pattern, fail_fast, json_)
+
+
+def _run_batch(plan, cfg: Config, engine, in_dir: Path, output: Path, pattern, fail_fast, json_) -> None:
+    """The rest of ``batch``, with the output folder locked: run, report, summary, exit code."""
+    from ..atomic import sigint_deferred, write_json
+    from ..batch.run import REPORT, batch_report, run_batch
+
+    for p in plan.problems:
+        warn(p)
+    warned = len(plan.problems)
+    if plan.total == 0:
+        raise SlowfastError(f"{in_dir}: no videos found" + (f" matching {pattern!r}" if pattern else ""))
+    records, interrupted, stopped = [], False, []
+    show_bar = err.is_terminal and not json_
+    try:
+        for w in engine.start(plan, cfg) if plan.todo else []:  # loads the model, before the bar
+            warn(w)
+        with _progress(show_bar) as progress:
+            task = progress.add_task("videos", total=plan.total, failed=0, fps=0.0)
+            frames_done, t0 = 0, time.monotonic()
+            gen = run_batch(plan, engine, cfg, fail_fast)
+            try:
+                for rec in gen:
+                    records.append(rec)
+                    frames_done += rec.frames or 0
+                    nfail = sum(r.status == "failed" for r in records)
+                    rate = frames_done / max(1e-9, time.monotonic() - t0)
+                    progress.update(task, advance=1, failed=nfail, fps=rate)
+                    if rec.status == "failed":
+                        progress.console.print(f"[red]failed[/] {shown(rec.error or rec.source)}")
+                    while warned < len(plan.problems):  # the Ray engine finds damaged outputs as it goes
+                        progress.console.print(f"[yellow]warning:[/] {shown(plan.problems[warned])}")
+                        warned += 1
+            finally:
+                gen.close()
+    except KeyboardInterrupt:
+        interrupted = True
+    except SlowfastError as exc:  # the manifest cannot be written (a full disk): stop, but still summarise
+        stopped.append(str(exc))
+    summary = engine.summary()
+    try:
+        report = batch_report(output, records, plan.problems, interrupted, engine=summary)
+    except KeyboardInterrupt:  # while counting the folder's files: the run's own counts are still known
+        interrupted = True
+        report = batch_report(output, records, plan.problems, interrupted, folder=False, engine=summary)
+    try:
+        with sigint_deferred(reraise=False) as held:
+            write_json(output / REPORT, report)
+        interrupted = interrupted or held.pending
+    except SlowfastError as exc:
+        stopped.append(str(exc))
+    run = report["run"]
+    if json_:
+        print_json(report)
+    else:
+        out.print(batch_table(report, output))
+        if run["failed_files"]:
+            out.print("[bold red]failed files:[/]")
+            for r in records:
+                if r.status == "failed":
+                    out.print(f"  {shown(r.error or r.source)}")
+    if interrupted:
+        raise fail(f"interrupted after {len(records)} of {plan.total} videos; rerun the same command to resume", 130)
+    if stopped:
+        for msg in stopped[:-1]:
+            err.print(f"[bold red]error:[/] {shown(msg)}")
+        raise fail(f"{stopped[-1]} (after {len(records)} of {plan.total} videos; rerun to resume)", 1)
+    if run["failed"]:
+        raise fail(f"{run['failed']} of {plan.total} videos failed; see {output / 'manifest.jsonl'}", 1)
+
+
+def _progress(show: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[fps]:.1f} frames/s"),
+        TextColumn("[red]{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err.get(),
+        disable=not show,
+    )

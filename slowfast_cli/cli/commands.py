@@ -1,0 +1,262 @@
+"""The commands other than ``batch``: ``budget``, ``configs``, ``report``, ``aggregate``, ``encode``.
+
+Each builds a config, calls one library function and shows the result; heavy libraries (torch, open_clip, decord)
+are imported inside the commands that need them, so ``--help`` and ``budget`` start in the time typer takes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..budget import token_budget
+from ..config import list_presets, load_preset, parse_hw
+from ..errors import ConfigError, SlowfastError
+from ..models import model_grid
+from ..planner import plan
+from ..preflight import preflight
+from .options import (
+    BatchFramesOpt,
+    ConfigOpt,
+    DecodeResizeOpt,
+    DeviceOpt,
+    DtypeOpt,
+    FastSizeOpt,
+    FramesOpt,
+    JsonOpt,
+    LayerOpt,
+    LlmDimOpt,
+    MaxFramesOpt,
+    ModelOpt,
+    OverwriteOpt,
+    PretrainedOpt,
+    ProjectorOpt,
+    ProjectorWeightsOpt,
+    RandomProjectorOpt,
+    ResizeOpt,
+    SampleFpsOpt,
+    SamplingOpt,
+    SlowFramesOpt,
+    SlowIndexOpt,
+    SlowPoolOpt,
+    at_least,
+    build_config,
+    flags_of,
+)
+from .output import Table, handles_errors, out, print_json, shown, warn
+from .tables import budget_table, budget_warnings, encode_summary, plan_hint, plan_table, report_table
+
+
+def _parse_range(text: str) -> tuple[int, int]:
+    try:
+        lo, _, hi = text.partition(":")
+        lo_i, hi_i = int(lo), int(hi or lo)
+    except ValueError:
+        raise ConfigError(f"bad --frames-range {text!r}: expected MIN:MAX, e.g. 8:128") from None
+    if not 1 <= lo_i <= hi_i:
+        raise ConfigError(f"bad --frames-range {text!r}: expected 1 <= MIN <= MAX, e.g. 8:128")
+    return lo_i, hi_i
+
+
+@handles_errors
+def budget(
+    config: ConfigOpt = "default",
+    model: ModelOpt = None,
+    grid: Annotated[str | None, typer.Option(help="Patch grid HxW (default: from the model).")] = None,
+    frames: FramesOpt = None,
+    slow_frames: SlowFramesOpt = None,
+    slow_pool: SlowPoolOpt = None,
+    fast_size: FastSizeOpt = None,
+    slow_index: SlowIndexOpt = None,
+    context: Annotated[int | None, typer.Option(help="LLM context length to check the fit against.")] = None,
+    plan_: Annotated[bool, typer.Option("--plan", help="List the best settings that fit --context.")] = False,
+    frames_range: Annotated[str, typer.Option(help="Frame range MIN:MAX the planner may use.")] = "8:128",
+    reserve: Annotated[int, typer.Option(help="Tokens the planner keeps free for the prompt and answer.")] = 0,
+    top: Annotated[int, typer.Option(help="Rows the planner shows.")] = 20,
+    json_: JsonOpt = False,
+) -> None:
+    """Compute the token budget of a config, without a model or a video.
+
+    Example: slowfast budget --frames 64 --grid 14x14 --slow-pool none --context 8192
+    """
+    cfg = build_config(config, model=model, frames=frames, slow_frames=slow_frames, slow_pool=slow_pool,
+                       fast_size=fast_size, slow_index=slow_index)  # fmt: skip
+    at_least(context, 1, "--context")
+    at_least(reserve, 0, "--reserve")
+    at_least(top, 1, "--top")
+    g = parse_hw(grid, "--grid") if grid else model_grid(cfg.encoder.model)
+    if plan_:
+        if context is None:
+            raise ConfigError("--plan needs --context N (the LLM's context length)")
+        lo, hi = _parse_range(frames_range)
+        entries = plan(context, g, lo, hi, reserve, slow_index=cfg.aggregator.slow_index)
+        show_plan(entries, context, reserve, g, top, json_)
+        return
+    a = cfg.aggregator
+    b = token_budget(cfg.video.frames, g, a.slow_frames, a.slow_pool, a.fast_size, slow_index=a.slow_index)
+    notes = budget_warnings(b)
+    if json_:
+        d = b.to_dict()
+        if context is not None:
+            d.update(context=context, fits=b.output_tokens <= context, spare=context - b.output_tokens)
+        d["warnings"] = notes
+        print_json(d)
+    else:
+        out.print(budget_table(b, context))
+    for n in notes:
+        warn(n)
+
+
+def show_plan(entries, context: int, reserve: int, grid, top: int, as_json: bool) -> None:
+    if as_json:
+        print_json([{**e.budget.to_dict(), "spare": e.spare, "rank": i + 1} for i, e in enumerate(entries)])
+        return
+    if not entries:
+        raise SlowfastError(
+            f"nothing fits a context of {context} tokens (reserve {reserve}) on a {grid[0]}x{grid[1]} grid"
+        )
+    out.print(plan_table(entries, context, reserve, grid, top))
+    out.print(plan_hint(entries))
+
+
+@handles_errors
+def configs(json_: JsonOpt = False) -> None:
+    """List the presets in configs/ with their key settings.
+
+    Example: slowfast configs
+    """
+    rows = []
+    for name, path in list_presets().items():
+        c = load_preset(str(path))
+        a = c.aggregator
+        rows.append({"name": name, "path": str(path), "description": c.description, **c.to_dict()})
+        rows[-1]["summary"] = (c.encoder.model, c.encoder.pretrained, c.video.frames, a.slow_frames, a.slow_pool,
+                               f"{a.fast_size[0]}x{a.fast_size[1]}", c.projector.kind)  # fmt: skip
+    if json_:
+        for r in rows:
+            r.pop("summary")
+        print_json(rows)
+        return
+    t = Table(title="presets (--config NAME)")
+    for col in ("name", "model", "pretrained", "frames", "slow", "pool", "fast", "projector"):
+        t.add_column(col, justify="right" if col in ("frames", "slow") else "left")
+    for r in rows:
+        t.add_row(shown(r["name"]), *[shown(v) for v in r["summary"]])
+    out.print(t)
+    for r in rows:
+        out.print(f"[bold]{shown(r['name'])}[/]: {shown(r['description'])}  [dim]({shown(r['path'])})[/]")
+
+
+@handles_errors
+def report(
+    path: Annotated[Path, typer.Argument(help="A token file or a folder of them.", exists=True)],
+    verify: Annotated[
+        bool,
+        typer.Option("--verify/--no-verify", help="Check every file's bytes against its CRC-32s (reads whole files)."),
+    ] = True,
+    json_: JsonOpt = False,
+) -> None:
+    """Summarise token files: counts, token totals, ratio distribution.
+
+    Example: slowfast report tokens/
+    """
+    from .report import build_report
+
+    r = build_report(path, verify)
+    if json_:
+        print_json(r.to_dict())
+    else:
+        out.print(report_table(r, f"report: {shown(path)}"))
+    for s in r.skipped:
+        warn(f"skipped {s['error']}")
+    if r.files == 0:
+        raise SlowfastError(f"{path}: no token files found")
+
+
+@handles_errors
+def aggregate(
+    features: Annotated[
+        Path, typer.Argument(help="Features file from `encode --save-features`.", exists=True, dir_okay=False)
+    ],  # fmt: skip
+    output: Annotated[Path, typer.Option("--output", "-o", help="Token file to write.")],
+    config: ConfigOpt = "default",
+    slow_frames: SlowFramesOpt = None,
+    slow_pool: SlowPoolOpt = None,
+    fast_size: FastSizeOpt = None,
+    slow_index: SlowIndexOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Re-compress saved features with other slow/fast settings; no video or model needed.
+
+    Example: slowfast aggregate clip.features.pt -o clip.2x2.pt --slow-pool 2x2_max
+    """
+    from .pipeline import aggregate_file
+
+    cfg = build_config(config, slow_frames=slow_frames, slow_pool=slow_pool, fast_size=fast_size, slow_index=slow_index)
+    result = aggregate_file(features, output, cfg, overwrite=overwrite)
+    m = result.meta
+    if json_:
+        print_json({"output": str(output), **{k: m[k] for k in SUMMARY_KEYS if k in m}})
+    else:
+        out.print(
+            f"{shown(features)} -> [bold]{shown(output)}[/]: {m['input_tokens']:,} -> {m['output_tokens']:,} tokens "
+            f"(slow {m['slow_tokens']:,} + fast {m['fast_tokens']:,}), ratio {m['ratio']:.2f}"
+        )
+
+
+SUMMARY_KEYS = ("source", "frames", "grid", "input_tokens", "slow_tokens", "fast_tokens", "output_tokens", "ratio",
+                "dim", "dtype", "device", "model", "pretrained", "layer", "projector", "timings")  # fmt: skip
+
+
+@handles_errors
+def encode(
+    video: Annotated[Path, typer.Argument(help="Video file.", exists=True, dir_okay=False)],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Token file (default: VIDEO.tokens.pt).")
+    ] = None,
+    save_features: Annotated[Path | None, typer.Option(help="Also write pre-aggregation features here.")] = None,
+    config: ConfigOpt = "default",
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    layer: LayerOpt = None,
+    frames: FramesOpt = None,
+    sample_fps: SampleFpsOpt = None,
+    max_frames: MaxFramesOpt = None,
+    slow_frames: SlowFramesOpt = None,
+    slow_pool: SlowPoolOpt = None,
+    fast_size: FastSizeOpt = None,
+    slow_index: SlowIndexOpt = None,
+    sampling: SamplingOpt = None,
+    resize: ResizeOpt = None,
+    projector: ProjectorOpt = None,
+    projector_weights: ProjectorWeightsOpt = None,
+    llm_dim: LlmDimOpt = None,
+    random_projector: RandomProjectorOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    batch_frames: BatchFramesOpt = None,
+    decode_resize: DecodeResizeOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Encode one video into a token file.
+
+    Example: slowfast encode clip.mp4 --config tiny -o clip.pt
+    """
+    cfg = build_config(config, **flags_of(locals()))
+    preflight(cfg)  # settings that cannot work fail here, before the model loads or the video opens
+    from .pipeline import default_output, encode_to_file
+
+    target = output or default_output(video)
+    result = encode_to_file(video, target, cfg, features_out=save_features, overwrite=overwrite)
+    for w in result.warnings:
+        warn(w)
+    m = result.meta
+    if json_:
+        print_json({"output": str(target), "features": str(save_features) if save_features else None,
+                    **{k: m[k] for k in SUMMARY_KEYS if k in m}})  # fmt: skip
+        return
+    out.print(encode_summary(m, target, save_features))

@@ -1,0 +1,117 @@
+"""The options the commands share (flags override the preset, which overrides the defaults in code)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..config import FLAG_KEYS, Config, parse_hw, resolve_config
+from ..errors import ConfigError
+
+ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="Preset name (see `slowfast configs`) or a TOML file.")]
+ModelOpt = Annotated[str | None, typer.Option(help="open_clip model name, e.g. ViT-B-16, ViT-L-14-336.")]
+
+
+PretrainedOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="open_clip tag (openai), a weights file (open_clip or Hugging Face CLIP), a Hugging Face or LLaVA "
+        "checkpoint folder or *.index.json, or 'none' for random weights."
+    ),
+]
+
+
+LayerOpt = Annotated[int | None, typer.Option(help="ViT block whose patch tokens are taken; -2 = penultimate.")]
+FramesOpt = Annotated[int | None, typer.Option("--frames", "-t", help="Frames T sampled uniformly from the video.")]
+SampleFpsOpt = Annotated[float | None, typer.Option(help="Sample at this rate instead of a fixed --frames.")]
+MaxFramesOpt = Annotated[int | None, typer.Option(help="Cap on frames when sampling with --sample-fps.")]
+SlowFramesOpt = Annotated[int | None, typer.Option(help="Frames S kept in detail by the slow pathway.")]
+
+
+SlowPoolOpt = Annotated[
+    str | None,
+    typer.Option(help="Slow pooling: none, 1d_max, 1d_avg, 2x2_max, 2x2_avg, 2x2_bilinear.", show_default=False),
+]
+
+
+FastSizeOpt = Annotated[str | None, typer.Option(help="Fast pathway grid per frame, HxW (e.g. 4x4).")]
+
+
+SamplingOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Frame sampling: centers (segment centres), sf_llava (SlowFast-LLaVA's), linspace (LLaVA-NeXT's)."
+    ),
+]
+
+
+SlowIndexOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Slow frames: linspace (min(T, S) spread over T) or segment_start (SlowFast-LLaVA's, unclamped)."
+    ),
+]
+
+
+ResizeOpt = Annotated[
+    str | None, typer.Option(help="Frame resize: shortest (side to the model size, centre crop) or squash (no crop).")
+]
+
+
+ProjectorOpt = Annotated[str | None, typer.Option(help="identity, linear or mlp2x_gelu.")]
+
+
+ProjectorWeightsOpt = Annotated[
+    Path | None,
+    typer.Option(help="LLaVA mm_projector.bin, a plain state dict, or a (sharded) LLaVA checkpoint folder or index."),
+]
+
+
+LlmDimOpt = Annotated[int | None, typer.Option(help="Output width of a linear / mlp2x_gelu projector.")]
+
+
+RandomProjectorOpt = Annotated[
+    bool | None, typer.Option("--random-projector", help="Allow seeded random projector weights (testing only).")
+]
+
+
+DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+DtypeOpt = Annotated[str | None, typer.Option(help="auto, fp32, bf16 or fp16.")]
+BatchFramesOpt = Annotated[int | None, typer.Option(help="Frames per ViT forward pass.")]
+
+
+DecodeResizeOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--decode-resize/--no-decode-resize",
+        help="Let the decoder scale large videos to the model's size (fast) or preprocess exactly like open_clip.",
+        show_default=False,
+    ),
+]
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
+
+
+def flags_of(values: dict[str, Any]) -> dict[str, Any]:
+    """The command's arguments that are config settings (see ``config.FLAG_KEYS``), from its ``locals()``."""
+    return {k: v for k, v in values.items() if k in FLAG_KEYS}
+
+
+def build_config(preset: str, **flags: Any) -> Config:
+    """defaults < preset < flags; flags that are None were not given."""
+    if flags.get("fast_size") is not None:
+        flags["fast_size"] = parse_hw(flags["fast_size"], "--fast-size")
+    if flags.get("projector_weights") is not None:
+        flags["projector_weights"] = str(flags["projector_weights"])
+    unknown = set(flags) - set(FLAG_KEYS)
+    assert not unknown, unknown
+    return resolve_config(preset, flags)
+
+
+def at_least(value: int | None, low: int, flag: str) -> None:
+    if value is not None and value < low:
+        raise ConfigError(f"{flag} must be at least {low}, got {value}")

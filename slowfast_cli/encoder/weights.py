@@ -1,0 +1,193 @@
+"""``--pretrained``: an open_clip tag (from the local cache, else downloaded after a quick reachability check), a
+local checkpoint (file, folder or sharded index), or ``none``; and loading a checkpoint strictly into a tower.
+
+The only module that imports huggingface_hub. The checkpoint's naming (open_clip's, or a Hugging Face CLIP tower's)
+is told from its keys by ``checkpoints``; a Hugging Face tower decides the activation before the tower is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.utils import get_session
+
+from ..checkpoints import (
+    UNUSED_BY_TOKENS,
+    Checkpoint,
+    HFTower,
+    describe_tower,
+    find_hf_tower,
+    hf_clip_to_open_clip,
+    open_checkpoint,
+)
+from ..errors import ConfigError, SlowfastError, first_line
+from ..models import looks_like_path
+from . import towers
+
+FETCH_HINT = "pass --pretrained PATH to a local weights file, or --pretrained none for a dry run"
+HUB_PREFLIGHT_TIMEOUT_S = 3.0  # one request to the hub before a download, whose retries wait ~50 s offline
+OPENAI_URL_CACHE = "~/.cache/clip"  # where open_clip's download_pretrained_from_url stores files
+
+
+@dataclass(frozen=True)
+class Weights:
+    kind: str  # "none" | "file" | "tag"
+    tag: str | None = None  # the open_clip pretrained tag, for kind "tag"
+    path: str | None = None  # the file, checkpoint folder or *.index.json to load, for kinds "file" and "tag"
+    source: Checkpoint | None = dataclasses.field(default=None, compare=False, repr=False)  # opened once, for "file"
+    hf: HFTower | None = None  # a Hugging Face CLIP tower (CLIPVisionModel, LLaVA) to map; None: open_clip names
+
+
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE as set now (huggingface_hub itself reads it once, at import)."""
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    return env in ("1", "ON", "YES", "TRUE") or bool(hf_constants.HF_HUB_OFFLINE)
+
+
+def _hub_candidates(hf_hub: str) -> tuple[str, list[str]]:
+    """(repo id, file names open_clip would try, safetensors first) for a pretrained cfg's ``hf_hub`` entry."""
+    repo, filename = os.path.split(hf_hub)
+    if not filename:
+        return repo, list(towers.HUB_WEIGHT_NAMES)
+    if filename.endswith((".bin", ".pth")):
+        return repo, [filename[:-4] + ".safetensors", filename]
+    return repo, [filename]
+
+
+def _cached_tag_file(tag_cfg: dict[str, Any]) -> str | None:
+    """The local copy of a pretrained tag's weights in the Hugging Face or open_clip URL cache, or None."""
+    if tag_cfg.get("hf_hub"):
+        repo, names = _hub_candidates(tag_cfg["hf_hub"])
+        for filename in names:
+            found = try_to_load_from_cache(repo, filename)
+            if isinstance(found, str):
+                return found
+    if tag_cfg.get("url"):
+        found = Path(OPENAI_URL_CACHE).expanduser() / os.path.basename(tag_cfg["url"])
+        if found.is_file():
+            return str(found)
+    return None
+
+
+def _hub_unreachable() -> str | None:
+    """Why the Hugging Face endpoint does not answer now, or None when it does.
+
+    One HEAD request to ``HF_ENDPOINT`` (huggingface.co by default) through huggingface_hub's own HTTP client, so
+    its proxy, certificate and endpoint settings apply, with a short timeout (``_preflight_timeout``) and no retry.
+    huggingface_hub itself retries an unreachable hub with backoff, for each file open_clip tries (safetensors,
+    then .bin): about 50 s before the same failure. Any HTTP answer, even an error status, counts as reachable.
+    """
+    try:
+        get_session().head(hf_constants.ENDPOINT, timeout=_preflight_timeout())
+    except Exception as exc:  # DNS, refused, timed out, proxy or TLS failure: no answer at all
+        return first_line(exc)
+    return None
+
+
+def _preflight_timeout() -> float:
+    """``HF_HUB_ETAG_TIMEOUT`` when set (huggingface_hub's wait for a file's metadata, for slow links), else
+    ``HUB_PREFLIGHT_TIMEOUT_S``."""
+    try:
+        return float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or HUB_PREFLIGHT_TIMEOUT_S)
+    except ValueError:
+        return HUB_PREFLIGHT_TIMEOUT_S
+
+
+def _fetch_tag(model: str, tag: str, tag_cfg: dict[str, Any]) -> str:
+    """Path of a pretrained tag's weights: the local cache first (only it when offline), else open_clip's download.
+
+    Before downloading, ``_hub_unreachable`` checks within a few seconds that the hub answers at all, so a machine
+    without access gets the error at once instead of after huggingface_hub's retries.
+    """
+    what = f"pretrained weights {model}/{tag}"
+    found = _cached_tag_file(tag_cfg)
+    if found is not None:
+        return found
+    if _hub_offline():
+        raise SlowfastError(
+            f"{what} could not be fetched (HF_HUB_OFFLINE is set and they are not cached): {FETCH_HINT}"
+        )
+    unreachable = _hub_unreachable()
+    if unreachable is not None:
+        raise SlowfastError(
+            f"{what} could not be fetched ({hf_constants.ENDPOINT} does not answer: {unreachable}): {FETCH_HINT}"
+        )
+    try:
+        return towers.download(tag_cfg)
+    except Exception as exc:  # network, hub and file errors all mean the same to the user
+        raise SlowfastError(f"{what} could not be fetched ({first_line(exc)}): {FETCH_HINT}") from None
+
+
+def resolve_weights(model: str, pretrained: str) -> Weights:
+    """Classify ``--pretrained``: ``none``, an open_clip tag (fetched now), or a local checkpoint.
+
+    A local checkpoint is a file, a folder or a sharded checkpoint's ``*.index.json`` (``checkpoints.py``), opened
+    now and its naming told from its keys: open_clip's, or a Hugging Face CLIP tower's (a ``CLIPVisionModel``, or
+    the tower inside a LLaVA checkpoint), which decides the activation before the tower is built.
+    """
+    if pretrained.lower() == "none":
+        return Weights("none")
+    tag_cfg = towers.pretrained_cfg(model, pretrained)
+    if tag_cfg:
+        return Weights("tag", tag=pretrained, path=_fetch_tag(model, pretrained, tag_cfg))
+    if Path(pretrained).is_file() or Path(pretrained).is_dir():
+        source = open_checkpoint(pretrained, "vision weights")
+        return Weights("file", path=pretrained, source=source, hf=find_hf_tower(source))
+    if looks_like_path(pretrained):
+        raise SlowfastError(f"weights file {pretrained} does not exist; {FETCH_HINT}")
+    tags = towers.pretrained_tags(model)
+    valid = f"valid tags: {', '.join(tags)}" if tags else "open_clip has no pretrained tags for it"
+    raise ConfigError(f"unknown pretrained tag {pretrained!r} for {model} ({valid}); {FETCH_HINT}")
+
+
+def _vision_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The vision tower's entries of a full CLIP state dict (``visual.*``), or a vision-only one as is."""
+    visual = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+    return visual or state
+
+
+def _few(keys: list[str], n: int = 5) -> str:
+    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def load_weights(visual: torch.nn.Module, adapter: type[towers.TowerAdapter], weights: Weights, model: str) -> None:
+    """Load a checkpoint strictly into the vision tower.
+
+    open_clip names load as they are (``visual.*`` or the tower's own); a Hugging Face CLIP tower is mapped by
+    ``checkpoints.hf_clip_to_open_clip`` and may lack ``ln_post``/``proj``, which patch tokens never use (they are
+    pruned before the first forward pass).
+    """
+    path = str(weights.path)
+    source = weights.source or open_checkpoint(path, "vision weights")
+    if weights.hf is not None:
+        heads, eps = adapter.checkpoint_settings(visual)
+        weights.hf.check(
+            weights.hf.heads if heads is None else heads, weights.hf.eps if eps is None else eps, path, model
+        )
+        state = hf_clip_to_open_clip(source.read(weights.hf.keys), weights.hf, path)
+        optional, expected = UNUSED_BY_TOKENS, f"a Hugging Face CLIP vision tower of {model}'s shape"
+    else:
+        state = _vision_state(source.read_all())
+        optional, expected = (), f"an open_clip state dict of {model} (keys visual.* or the vision tower's own)"
+    ours, theirs = describe_tower(visual.state_dict()), describe_tower(state)
+    shapes = f" (the weights' tower: {theirs}; {model}'s: {ours})" if theirs and ours and theirs != ours else ""
+    try:
+        result = visual.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches raise even when strict=False
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:4])
+        raise SlowfastError(f"weights {path} do not fit {model}: {detail}{shapes}") from None
+    problems = []
+    missing = [k for k in result.missing_keys if k not in optional]
+    if missing:
+        problems.append(f"missing {_few(missing)}")
+    if result.unexpected_keys:
+        problems.append(f"unexpected {_few(result.unexpected_keys)}")
+    if problems:
+        raise SlowfastError(f"weights {path} do not fit {model}: {'; '.join(problems)}. Expected {expected}{shapes}")
