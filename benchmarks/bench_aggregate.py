@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from slowfast_cli.aggregate import slow_fast, slow_indices
 from slowfast_cli.config import SLOW_POOLS, EncoderCfg
-from slowfast_cli.encoder import build_encoder
+from slowfast_cli.encoder.encoder import build_encoder
 
 
 def naive(x: torch.Tensor, grid: tuple[int, int], slow_frames: int, pool: str, fast: tuple[int, int]) -> torch.Tensor:

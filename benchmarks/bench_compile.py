@@ -32,7 +32,7 @@ def main() -> None:
     import torch
 
     from slowfast_cli.config import EncoderCfg
-    from slowfast_cli.encoder import build_encoder
+    from slowfast_cli.encoder.encoder import build_encoder
 
     info = common.machine_info()
     common.header("torch.compile vs eager (ViT forward to layer -2)", info)

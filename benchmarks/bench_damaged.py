@@ -34,8 +34,8 @@ def _hog() -> None:
 
 
 def prefix_runs(path: Path, threads: int, runs: int) -> Counter:
-    from slowfast_cli import video
     from slowfast_cli.errors import SlowfastError
+    from slowfast_cli.video import decode as video
 
     counts: Counter = Counter()
     for _ in range(runs):
@@ -53,7 +53,7 @@ def prefix_runs(path: Path, threads: int, runs: int) -> Counter:
 def after_runs(path: Path, threads: int, runs: int) -> tuple[int, list[int]]:
     from slowfast_cli.config import VideoCfg
     from slowfast_cli.errors import SlowfastError
-    from slowfast_cli.video import load_clip
+    from slowfast_cli.video.decode import load_clip
 
     cfg, passed, indices = VideoCfg(sample_fps=1.0, max_frames=1, decode_resize=False), 0, []
     for _ in range(runs):

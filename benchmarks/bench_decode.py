@@ -35,8 +35,8 @@ import common
 import decord
 import numpy as np
 
-from slowfast_cli import video
 from slowfast_cli.config import VideoCfg
+from slowfast_cli.video import decode as video
 
 SIZE, FPS = (320, 240), 30
 VIDEOS = [("10 s", 10, 60), ("1 min", 60, 60), ("10 min", 600, 60), ("1 min, GOP 10 s", 60, 300)]  # name, s, gop
@@ -137,7 +137,7 @@ def decord_sample(path: Path, frames: int) -> dict:
 def memory_rows(videos: list[tuple[str, Path]], work: Path) -> list[dict]:
     """Peak RSS of ``slowfast encode --config tiny --frames 64`` per video, after a baseline that only imports."""
     exe = str(Path(sys.executable).with_name("slowfast"))
-    base = common.run_measured([sys.executable, "-c", "import slowfast_cli.encoder, slowfast_cli.video"])
+    base = common.run_measured([sys.executable, "-c", "import slowfast_cli.encoder.encoder, slowfast_cli.video.decode"])
     rows = [
         {"video": "(baseline: import torch, open_clip, decord)", "rss_mb": base["maxrss_mb"], "wall": base["seconds"]}
     ]

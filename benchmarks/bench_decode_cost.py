@@ -38,9 +38,9 @@ from pathlib import Path
 import common
 import numpy as np
 
-from slowfast_cli import video
-from slowfast_cli.budget import vision_config
 from slowfast_cli.config import VideoCfg, resolve_config
+from slowfast_cli.models import vision_config
+from slowfast_cli.video import decode as video
 
 FPS = 30
 VIDEOS = [  # name, seconds, (w, h), gop in frames

@@ -18,7 +18,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from slowfast_cli.config import EncoderCfg
-from slowfast_cli.encoder import build_encoder, cpu_has_native_bf16, resolve_dtype
+from slowfast_cli.encoder.device import cpu_has_native_bf16, resolve_dtype
+from slowfast_cli.encoder.encoder import build_encoder
 
 MODELS = ["slowfast-tiny-vit", "ViT-B-32", "ViT-B-16", "ViT-L-14-336"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -24,7 +24,7 @@ def invariance(model: str, device) -> list[dict]:
     import torch
 
     from slowfast_cli.config import EncoderCfg
-    from slowfast_cli.encoder import build_encoder
+    from slowfast_cli.encoder.encoder import build_encoder
 
     enc = build_encoder(EncoderCfg(model=model, pretrained="none"), device, torch.float32)
     gen = torch.Generator().manual_seed(0)
@@ -55,7 +55,7 @@ def resize_fidelity(clips: list[str], frames: int) -> list[dict]:
 
     from slowfast_cli.config import resolve_config
     from slowfast_cli.pipeline import Pipeline
-    from slowfast_cli.video import load_clip
+    from slowfast_cli.video.decode import load_clip
 
     pipe = Pipeline(resolve_config("default", {"pretrained": "none"}))
     std = torch.tensor(pipe.encoder.preprocess_cfg["std"]).view(1, 3, 1, 1)

@@ -27,7 +27,7 @@ import common
 CHILD = """
 import json, resource, sys, torch
 from slowfast_cli.config import EncoderCfg
-from slowfast_cli.encoder import build_encoder
+from slowfast_cli.encoder.encoder import build_encoder
 model, w, h = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 enc = build_encoder(EncoderCfg(model=model, pretrained="none"), torch.device("cpu"), torch.float32)
 frames = torch.randint(0, 256, (32, h, w, 3), dtype=torch.uint8)

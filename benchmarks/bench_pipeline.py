@@ -49,11 +49,12 @@ def stage(fn, device) -> tuple[float, float, float]:
 def main() -> None:
     import torch
 
-    from slowfast_cli.batch import plan_batch, run_batch
-    from slowfast_cli.cli import default_workers
+    from slowfast_cli.batch.engines.local import LocalEngine, default_workers
+    from slowfast_cli.batch.plan import plan_batch
+    from slowfast_cli.batch.run import EngineOptions, run_batch
     from slowfast_cli.config import resolve_config
     from slowfast_cli.pipeline import Pipeline, write_result
-    from slowfast_cli.video import load_clip
+    from slowfast_cli.video.decode import load_clip
 
     p = common.parser(__doc__, "pipeline")
     p.add_argument("--model", default=None, help="open_clip model (default ViT-B-16; --quick: slowfast-tiny-vit)")
@@ -126,7 +127,9 @@ def main() -> None:
 
     def batch_all(r: int) -> None:
         plan = plan_batch(folder, work / f"batch{r}")
-        records = list(run_batch(plan, cfg, workers=args.workers, pipeline=pipe))
+        engine = LocalEngine(EngineOptions(workers=args.workers))
+        engine.pipeline = pipe  # the model built once for every round
+        records = list(run_batch(plan, engine, cfg))
         bad = [rec.error for rec in records if rec.status != "ok"]
         assert not bad and len(records) == n_videos, bad
 

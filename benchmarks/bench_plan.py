@@ -106,11 +106,12 @@ def main() -> None:
     sys.path.insert(0, str(common.ROOT / "tests"))
     import media
 
-    from slowfast_cli.batch import find_videos, plan_batch, read_files_from
+    from slowfast_cli.batch.listing import find_videos, read_files_from
+    from slowfast_cli.batch.plan import plan_batch
     from slowfast_cli.config import resolve_config
-    from slowfast_cli.io import save_tokens
     from slowfast_cli.pipeline import Pipeline, run_provenance
     from slowfast_cli.provenance import differences
+    from slowfast_cli.tokenfile import save_tokens
 
     info = common.machine_info()
     common.header("Planning at scale: listing and the resume check", info)

@@ -34,7 +34,7 @@ SIDES = (224, 336, 384)
 
 def geometry_rows() -> list[dict]:
     """Resized size and crop offset, decoder (``decode_size``) vs PIL pipelines, where they differ."""
-    from slowfast_cli.video import decode_size
+    from slowfast_cli.video.geometry import decode_size
 
     rows = []
     for w, h in SIZES:
@@ -86,7 +86,7 @@ def fidelity(clips: list[Path], model: str, frames: int, feature_frames: int, de
     import torch
 
     from slowfast_cli.config import EncoderCfg
-    from slowfast_cli.encoder import build_encoder
+    from slowfast_cli.encoder.encoder import build_encoder
 
     enc = build_encoder(EncoderCfg(model=model, pretrained="none", layer=-2), device, torch.float32)
     side = max(enc.image_size)
@@ -99,7 +99,7 @@ def _fidelity_of(path: Path, enc, side: int, frames: int, feature_frames: int, d
     import torch
 
     from slowfast_cli.config import VideoCfg
-    from slowfast_cli.video import DECODE_RESIZE_MIN, load_clip
+    from slowfast_cli.video.decode import DECODE_RESIZE_MIN, load_clip
 
     exact = load_clip(path, VideoCfg(frames=frames, decode_resize=False), side)
     fast = load_clip(path, VideoCfg(frames=frames, decode_resize=True), side, min_scale=DECODE_RESIZE_MIN)
@@ -135,8 +135,8 @@ def speed(path: Path, model: str, frames: int, device) -> list[dict]:
     import torch
 
     from slowfast_cli.config import EncoderCfg, VideoCfg
-    from slowfast_cli.encoder import build_encoder
-    from slowfast_cli.video import DECODE_RESIZE_MIN, load_clip
+    from slowfast_cli.encoder.encoder import build_encoder
+    from slowfast_cli.video.decode import DECODE_RESIZE_MIN, load_clip
 
     rows = []
     for resize in ("shortest", "squash"):

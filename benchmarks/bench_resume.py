@@ -28,9 +28,9 @@ def main() -> None:
 
     from slowfast_cli.config import resolve_config
     from slowfast_cli.header import read_token_header
-    from slowfast_cli.io import save_tokens
     from slowfast_cli.pipeline import Pipeline
     from slowfast_cli.provenance import differences, file_digest
+    from slowfast_cli.tokenfile import save_tokens
 
     info = common.machine_info()
     common.header("Resume and report checks per token file", info)

@@ -29,7 +29,7 @@ def _dump():
         json.dump(sorted(m for m in {heavy!r} if m in sys.modules), f)
 atexit.register(_dump)
 sys.argv = ["slowfast", *{argv!r}]
-from slowfast_cli.cli import main
+from slowfast_cli.cli.app import main
 main()
 """
 

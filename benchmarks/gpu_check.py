@@ -221,8 +221,9 @@ def time_cell(fn, x, device, cell_s: float) -> tuple[float, float, object]:
 def encoder_part(device, quick: bool, deadline: float, compile_cells: bool) -> dict:
 
     from slowfast_cli.config import EncoderCfg
-    from slowfast_cli.encoder import DTYPES as TORCH_DTYPES
-    from slowfast_cli.encoder import _model_config, build_encoder
+    from slowfast_cli.encoder.device import DTYPES as TORCH_DTYPES
+    from slowfast_cli.encoder.encoder import build_encoder
+    from slowfast_cli.encoder.towers import model_config as _model_config
 
     cuda = device.type == "cuda"
     models, batches = (QUICK_MODELS, QUICK_BATCHES) if quick else (MODELS, BATCHES)
@@ -333,7 +334,7 @@ def in_process_rates(preset: str, overrides: dict, device, clips: list[Path], mi
 
     from slowfast_cli.config import resolve_config
     from slowfast_cli.pipeline import Pipeline
-    from slowfast_cli.video import DECODE_RESIZE_MIN, load_clip
+    from slowfast_cli.video.decode import DECODE_RESIZE_MIN, load_clip
 
     cfg = resolve_config(preset, {**overrides, "device": device.type})
     pipe = Pipeline(cfg)
@@ -419,7 +420,7 @@ def steady_rate(marks: list[tuple[float, int]], skip: int) -> float | None:
 
 
 def end_to_end_part(device, quick: bool, clips: list[Path], deadline: float, run_s: float, workers=None) -> dict:
-    from slowfast_cli.cli import default_workers
+    from slowfast_cli.batch.engines.local import default_workers
 
     cuda = device.type == "cuda"
     given, workers = workers, workers or default_workers()

@@ -76,8 +76,8 @@ def check_projector(p: ProjectorCfg, width: int, model: str) -> None:
             )
         if p.llm_dim is not None and p.llm_dim != width:
             raise ConfigError(
-                f"projector.kind (--projector) identity keeps the vision width {width} but --llm-dim is {p.llm_dim} "
-                f"(projector.llm_dim; {model}'s tower); drop --llm-dim or pick --projector linear or mlp2x_gelu"
+                f"projector.llm_dim (--llm-dim) is {p.llm_dim} but projector.kind (--projector) identity keeps "
+                f"{model}'s vision width {width}; drop --llm-dim or pick --projector linear or mlp2x_gelu"
             )
     elif p.weights:
         if not Path(p.weights).exists():

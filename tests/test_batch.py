@@ -16,12 +16,16 @@ import torch
 from faults import ctrl_c_inside_torch_save
 from typer.testing import CliRunner
 
-from slowfast_cli.batch import error_kind, find_videos, plan_batch, read_manifest, run_batch
-from slowfast_cli.cli import app
+from slowfast_cli.batch.listing import find_videos
+from slowfast_cli.batch.plan import plan_batch
+from slowfast_cli.batch.records import error_kind, read_manifest
+from slowfast_cli.batch.engines.local import LocalEngine
+from slowfast_cli.batch.run import EngineOptions, run_batch
+from slowfast_cli.batch.workers import DecodePool
+from slowfast_cli.cli.app import app
 from slowfast_cli.config import resolve_config
 from slowfast_cli.header import TMP_PREFIX, read_token_header
-from slowfast_cli.io import load_tokens
-from slowfast_cli.workers import DecodePool
+from slowfast_cli.tokenfile import load_tokens
 
 runner = CliRunner()
 TINY = ["--config", "tiny", "--workers", "1"]
@@ -222,7 +226,7 @@ class TestResumeAndSafety:
         cfg = resolve_config("tiny")
         plan = plan_batch(folder, tmp_path / "out")
         (folder / "v2.mp4").unlink()
-        records = list(run_batch(plan, cfg, workers=1))
+        records = list(run_batch(plan, LocalEngine(EngineOptions(workers=1)), cfg))
         by = {r.source: r for r in records}
         assert by["v2.mp4"].status == "failed" and by["v2.mp4"].kind == "missing"
         assert "v2.mp4" in by["v2.mp4"].error
@@ -383,7 +387,7 @@ def test_unreadable_folder_is_reported_not_fatal(tmp_path):
     (tmp_path / "in" / "locked" / "hidden.mp4").write_bytes(b"x")
     (tmp_path / "in" / "locked").chmod(0o000)
     code = (
-        "import json; from slowfast_cli.batch import find_videos;"
+        "import json; from slowfast_cli.batch.listing import find_videos;"
         f"l = find_videos({str(tmp_path / 'in')!r}); print(json.dumps([[str(v) for v in l.videos], l.problems]))"
     )
     try:
@@ -526,7 +530,7 @@ class TestResumeKeepsNothingWrong:
         out = tmp_path / "out"
         out.mkdir()
         holder = subprocess.Popen(
-            [sys.executable, "-c", "import sys, time; from pathlib import Path; from slowfast_cli.batch import "
+            [sys.executable, "-c", "import sys, time; from pathlib import Path; from slowfast_cli.batch.plan import "
              "OutputLock; OutputLock(Path(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(60)",
              str(out)], stdout=subprocess.PIPE, text=True)  # fmt: skip
         try:
@@ -561,7 +565,7 @@ class TestResumeKeepsNothingWrong:
 def _tiny_checkpoint(path: Path) -> None:
     import open_clip
 
-    from slowfast_cli.encoder import register_own_models
+    from slowfast_cli.encoder.towers import register_own_models
 
     register_own_models()
     torch.manual_seed(0)
@@ -710,7 +714,7 @@ class TestHostile:
         assert r.exit_code == 2 and "video.sample_fps" in r.stderr
 
     def test_ctrl_c_while_the_model_loads_still_reports_an_interrupted_run(self, folder, tmp_path, monkeypatch):
-        from slowfast_cli import encoder
+        from slowfast_cli.encoder import encoder
 
         real = encoder.build_encoder
 
@@ -765,7 +769,7 @@ def test_report_names_folders_it_cannot_list(tmp_path):
     prefix = media.permission_enforcing_prefix()
     if prefix is None:
         pytest.skip("running as root without setpriv: permissions are not enforced")
-    from slowfast_cli.io import save_tokens
+    from slowfast_cli.tokenfile import save_tokens
 
     meta = {"input_tokens": 10, "frames": 1, "tokens_per_frame": 10, "output_tokens": 5}
     save_tokens(tmp_path / "a.pt", torch.zeros(1, 5, 2), meta)

@@ -5,18 +5,13 @@ import sys
 
 import pytest
 
-from slowfast_cli.budget import (
-    check_grid,
-    looks_like_path,
-    model_grid,
-    plan,
-    preflight,
-    slow_frame_count,
-    slow_tokens_per_frame,
-    token_budget,
-)
+from slowfast_cli.budget import token_budget
 from slowfast_cli.config import load_preset, resolve_config
 from slowfast_cli.errors import ConfigError
+from slowfast_cli.models import looks_like_path, model_grid
+from slowfast_cli.planner import plan
+from slowfast_cli.policies import check_grid, slow_frame_count, slow_tokens_per_frame
+from slowfast_cli.preflight import preflight
 
 
 def test_seed_demo():
@@ -305,7 +300,7 @@ class TestPreflight:
 
     def test_imports_neither_torch_nor_open_clip(self):
         code = (
-            "import sys; from slowfast_cli.budget import preflight; from slowfast_cli.config import load_preset; "
+            "import sys; from slowfast_cli.preflight import preflight; from slowfast_cli.config import load_preset; "
             "preflight(load_preset('default')); preflight(load_preset('tiny')); "
             "assert not {'torch', 'open_clip'} & set(sys.modules), sorted(sys.modules)"
         )

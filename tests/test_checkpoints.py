@@ -19,7 +19,6 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithP
 from transformers.initialization import no_init_weights
 
 from slowfast_cli.checkpoints import (
-    HF_GLOBAL,
     HFTower,
     find_hf_tower,
     hf_clip_to_open_clip,
@@ -27,8 +26,9 @@ from slowfast_cli.checkpoints import (
     projector_keys,
     read_weights,
 )
+from slowfast_cli.checkpoints.hf import HF_GLOBAL
 from slowfast_cli.config import EncoderCfg
-from slowfast_cli.encoder import build_encoder
+from slowfast_cli.encoder.encoder import build_encoder
 from slowfast_cli.errors import SlowfastError
 
 CPU = torch.device("cpu")
@@ -277,7 +277,7 @@ class TestCommandLine:
         """The tower and the projector out of one sharded LLaVA checkpoint, named by its index."""
         from typer.testing import CliRunner
 
-        from slowfast_cli.cli import app
+        from slowfast_cli.cli.app import app
 
         hf = hf_tower(projection=False)
         folder = save_sharded(tmp_path / "llava", llava_state(hf, d_llm=48))
@@ -295,7 +295,7 @@ class TestCommandLine:
         by its index (a swapped shard is other weights)."""
         from typer.testing import CliRunner
 
-        from slowfast_cli.cli import app
+        from slowfast_cli.cli.app import app
         from slowfast_cli.header import read_token_header
 
         folder = save_sharded(tmp_path / "llava-v1.6-vicuna-7b", llava_state(hf_tower(projection=False), d_llm=48))

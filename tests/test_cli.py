@@ -12,8 +12,8 @@ import torch
 from faults import ctrl_c_inside_torch_save
 from typer.testing import CliRunner
 
-from slowfast_cli.cli import app
-from slowfast_cli.io import load_tokens, save_features, save_tokens
+from slowfast_cli.cli.app import app
+from slowfast_cli.tokenfile import load_tokens, save_features, save_tokens
 
 runner = CliRunner()
 
@@ -262,7 +262,7 @@ def test_python_m_and_light_imports():
 def test_report_imports_neither_torch_nor_model_libraries(tmp_path):
     token_file(tmp_path / "a.pt", 3, 30)
     code = (
-        "import sys; from typer.testing import CliRunner; from slowfast_cli.cli import app;\n"
+        "import sys; from typer.testing import CliRunner; from slowfast_cli.cli.app import app;\n"
         f"r = CliRunner().invoke(app, ['report', {str(tmp_path)!r}]); assert r.exit_code == 0, r.output;\n"
         "heavy = [m for m in ('open_clip', 'decord', 'torch') if m in sys.modules]; assert not heavy, heavy"
     )
@@ -436,7 +436,7 @@ class TestNonFinite:
     def test_encode_refuses_to_write_non_finite_tokens(self, small_video, tmp_path):
         import open_clip
 
-        from slowfast_cli.encoder import register_own_models
+        from slowfast_cli.encoder.towers import register_own_models
 
         register_own_models()
         model = open_clip.create_model("slowfast-tiny-vit")

@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 
 from slowfast_cli import load_tokens
 from slowfast_cli.aggregate import slow_fast
-from slowfast_cli.cli import app
+from slowfast_cli.cli.app import app
 from slowfast_cli.config import resolve_config
 
 pytestmark = pytest.mark.skipif(
@@ -116,7 +116,7 @@ class TestPinnedCopies:
     def test_frames_go_through_pinned_memory_without_blocking(self):
         from torch.profiler import ProfilerActivity, profile
 
-        from slowfast_cli.encoder import _to_device
+        from slowfast_cli.encoder.preprocess import _to_device
 
         frames = torch.randint(0, 256, (32, 224, 224, 3), dtype=torch.uint8)
         device = torch.device("cuda")

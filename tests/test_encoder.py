@@ -29,20 +29,19 @@ from einops import rearrange
 from PIL import Image
 from safetensors.torch import save_file
 
-from slowfast_cli import encoder as enc_mod
-from slowfast_cli.budget import model_grid
 from slowfast_cli.config import EncoderCfg, resolve_config
-from slowfast_cli.encoder import (
-    FETCH_HINT,
-    PIXEL_TOLERANCE,
-    build_encoder,
-    cpu_has_native_bf16,
-    register_own_models,
-    resolve_device,
-    resolve_dtype,
-)
+from slowfast_cli.encoder import device as device_mod
+from slowfast_cli.encoder import preprocess as preprocess_mod
+from slowfast_cli.encoder import towers as towers_mod
+from slowfast_cli.encoder import weights as weights_mod
+from slowfast_cli.encoder.device import cpu_has_native_bf16, resolve_device, resolve_dtype
+from slowfast_cli.encoder.encoder import build_encoder
+from slowfast_cli.encoder.preprocess import PIXEL_TOLERANCE
+from slowfast_cli.encoder.towers import register_own_models
+from slowfast_cli.encoder.weights import FETCH_HINT
 from slowfast_cli.errors import ConfigError, SlowfastError
-from slowfast_cli.video import DECODE_RESIZE_MIN, load_clip
+from slowfast_cli.models import model_grid
+from slowfast_cli.video.decode import DECODE_RESIZE_MIN, load_clip
 
 TINY = "slowfast-tiny-vit"
 CPU = torch.device("cpu")
@@ -120,7 +119,7 @@ def whole_frame_pixels(e, frames: torch.Tensor) -> torch.Tensor:
     grows with the resized frame (224 x 448,000 floats per channel for a 4000x2 frame), so only modest shapes."""
     cfg = e.preprocess_cfg
     x = rearrange(frames, "t h w c -> t c h w").float()
-    h, w = enc_mod._resized_shape(x.shape[-2], x.shape[-1], e.image_size, cfg["resize_mode"])
+    h, w = preprocess_mod._resized_shape(x.shape[-2], x.shape[-1], e.image_size, cfg["resize_mode"])
     for shape in ((x.shape[-2], w), (h, w)):
         if tuple(x.shape[-2:]) != shape:
             x = F.interpolate(x, size=shape, mode=cfg["interpolation"], antialias=True, align_corners=False)
@@ -139,7 +138,7 @@ MEMORY_PROBE = textwrap.dedent(
     import json, re, sys
     import numpy as np, torch
     from slowfast_cli.config import EncoderCfg
-    from slowfast_cli.encoder import build_encoder
+    from slowfast_cli.encoder.encoder import build_encoder
 
     def kib(key):
         return int(re.search(key + r":\s+(\d+)", open("/proc/self/status").read())[1])
@@ -177,7 +176,7 @@ FETCH_PROBE = textwrap.dedent(
         else:
             print(json.dumps({"reachable": True}))
             sys.exit()
-    from slowfast_cli.encoder import _resolve_weights
+    from slowfast_cli.encoder.weights import resolve_weights as _resolve_weights
 
     start = time.monotonic()
     try:
@@ -269,7 +268,7 @@ class TestBuild:
     def test_builds_without_open_clips_private_tower_builder(self, monkeypatch):
         frames = clip_frames(2)
         expected = tiny().encode(frames)
-        monkeypatch.setattr(enc_mod, "TOWER_BUILDER", "_gone_in_a_future_open_clip")
+        monkeypatch.setattr(towers_mod, "TOWER_BUILDER", "_gone_in_a_future_open_clip")
         assert torch.equal(tiny().encode(frames), expected)
 
     def test_register_own_models_is_idempotent(self):
@@ -418,7 +417,7 @@ class TestPreprocess:
     def test_bit_identical_when_frames_are_cut_into_bands_of_rows(self):
         """One 1080x1920 frame is more than PIECE_ELEMENTS values (3 planes): its width pass runs in bands of rows."""
         e, frames = tiny(), clip_frames(2, 1080, 1920)
-        assert enc_mod.PIECE_ELEMENTS < 3 * 1080 * 1920
+        assert preprocess_mod.PIECE_ELEMENTS < 3 * 1080 * 1920
         assert torch.equal(e.preprocess(frames), whole_frame_pixels(e, frames))
 
     @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
@@ -500,7 +499,7 @@ class TestSquash:
 
     def test_many_frames_at_once_equal_one_by_one(self):
         """More frames than SQUASH_THREADS: each is PIL's, in order."""
-        e, frames = with_resize(tiny(), "squash", "bicubic"), clip_frames(enc_mod.SQUASH_THREADS + 3)
+        e, frames = with_resize(tiny(), "squash", "bicubic"), clip_frames(preprocess_mod.SQUASH_THREADS + 3)
         assert torch.equal(e.preprocess(frames), torch.cat([e.preprocess(f[None]) for f in frames]))
 
     def test_frames_of_the_model_size_are_only_normalized(self):
@@ -557,9 +556,9 @@ class TestLowPrecision:
 
 class TestDeviceAndDtype:
     def test_auto_dtype_on_cpu_follows_native_bf16(self, monkeypatch):
-        monkeypatch.setattr(enc_mod, "cpu_has_native_bf16", lambda: False)
+        monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: False)
         assert resolve_dtype("auto", CPU) == torch.float32
-        monkeypatch.setattr(enc_mod, "cpu_has_native_bf16", lambda: True)
+        monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: True)
         assert resolve_dtype("auto", CPU) == torch.bfloat16
 
     def test_auto_dtype_on_cuda_is_bf16(self):
@@ -730,7 +729,7 @@ class TestPretrainedTags:
 
     @pytest.mark.parametrize(
         ("env", "seconds"),
-        [(None, enc_mod.HUB_PREFLIGHT_TIMEOUT_S), ("30", 30.0), ("soon", enc_mod.HUB_PREFLIGHT_TIMEOUT_S)],
+        [(None, weights_mod.HUB_PREFLIGHT_TIMEOUT_S), ("30", 30.0), ("soon", weights_mod.HUB_PREFLIGHT_TIMEOUT_S)],
     )
     def test_the_preflight_waits_as_long_as_huggingface_hub_is_told_to(self, monkeypatch, env, seconds):
         """A slow link that needs HF_HUB_ETAG_TIMEOUT for huggingface_hub gets the same wait in the preflight."""
@@ -738,7 +737,7 @@ class TestPretrainedTags:
             monkeypatch.delenv("HF_HUB_ETAG_TIMEOUT", raising=False)
         else:
             monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", env)
-        assert enc_mod._preflight_timeout() == seconds
+        assert weights_mod._preflight_timeout() == seconds
 
     @pytest.fixture
     def tiny_tag(self, monkeypatch, tmp_path):

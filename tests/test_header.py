@@ -7,7 +7,7 @@ import torch
 
 from slowfast_cli.errors import SlowfastError
 from slowfast_cli.header import read_header, read_token_header
-from slowfast_cli.io import load_tokens, save_features, save_tokens
+from slowfast_cli.tokenfile import load_tokens, save_features, save_tokens
 
 META = {"input_tokens": 100, "grid": [2, 3], "nested": {"a": [1, 2.5, "x", None, True]}, "ratio": 0.25}
 

@@ -10,19 +10,16 @@ import pytest
 import torch
 from faults import ctrl_c_inside_torch_save
 
+from slowfast_cli.atomic import atomic_open, json_text, sigint_deferred, write_json
 from slowfast_cli.errors import SlowfastError
-from slowfast_cli.io import (
-    atomic_open,
+from slowfast_cli.tokenfile import (
     features_object,
-    json_text,
     load_features,
     load_tokens,
     save_all,
     save_features,
     save_tokens,
-    sigint_deferred,
     token_object,
-    write_json,
 )
 
 
@@ -191,7 +188,7 @@ def test_json_text_keeps_names_that_are_not_utf8():
 
 def test_ctrl_c_between_two_renames_waits_for_the_second(tmp_path, monkeypatch):
     """encode --save-features: a real SIGINT while the first file is being renamed into place still gives both."""
-    import slowfast_cli.io as io_mod
+    import slowfast_cli.tokenfile as io_mod
 
     real_replace, calls = os.replace, []
 

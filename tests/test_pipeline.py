@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from slowfast_cli import encode_video, load_tokens
 from slowfast_cli.aggregate import slow_fast
-from slowfast_cli.cli import app
+from slowfast_cli.cli.app import app
 from slowfast_cli.config import resolve_config
-from slowfast_cli.io import load_features
-from slowfast_cli.video import sample_indices
+from slowfast_cli.tokenfile import load_features
+from slowfast_cli.video.sampling import sample_indices
 
 runner = CliRunner()
 
@@ -103,7 +103,7 @@ class TestBf16OnTheCpu:
         assert cos > 0.998
 
     def test_auto_follows_the_cpu(self, bikes, tmp_path):
-        from slowfast_cli.encoder import cpu_has_native_bf16
+        from slowfast_cli.encoder.device import cpu_has_native_bf16
 
         out = tmp_path / "auto.pt"
         assert run("encode", bikes, "--config", "tiny", "--frames", 4, "-o", out).exit_code == 0
@@ -164,7 +164,7 @@ class TestWeights:
     def test_pretrained_path_gives_identical_tokens(self, small_video, tmp_path):
         import open_clip
 
-        from slowfast_cli.encoder import register_own_models
+        from slowfast_cli.encoder.towers import register_own_models
 
         register_own_models()
         torch.manual_seed(0)  # the seed slowfast uses for --pretrained none

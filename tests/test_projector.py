@@ -263,8 +263,8 @@ class TestRandomAndIdentity:
     @pytest.mark.parametrize("kind", ["mlp2x_gelu", "linear"])
     @pytest.mark.parametrize("cfg", [{}, {"random_init": True}, {"llm_dim": D_LLM}])
     def test_no_weights_needs_random_init_and_llm_dim(self, kind, cfg):
-        """A usage error (exit code 2), like the same check that config.py makes before anything is built."""
-        with pytest.raises(ConfigError, match="--projector-weights PATH.*--random-projector with --llm-dim"):
+        """A usage error (exit code 2): preflight's rule (``preflight.check_projector``), applied here too."""
+        with pytest.raises(ConfigError, match="--projector-weights PATH|--random-projector.*--llm-dim"):
             build(kind, **cfg)
 
     def test_weights_win_over_random_init(self, tmp_path):
@@ -278,11 +278,11 @@ class TestRandomAndIdentity:
         assert (info["out_dim"], info["weights"], info["random"]) == (D_VISION, None, False)
 
     def test_identity_with_weights_is_a_usage_error(self, tmp_path):
-        with pytest.raises(ConfigError, match="identity takes no weights"):
+        with pytest.raises(ConfigError, match="identity, which takes no weights"):
             build("identity", weights=save(tmp_path, "p.bin", mlp_weights()))
 
     def test_identity_with_another_llm_dim_is_a_usage_error(self):
-        with pytest.raises(ConfigError, match="keeps the vision width 64 but --llm-dim is 4096"):
+        with pytest.raises(ConfigError, match="llm_dim \\(--llm-dim\\) is 4096 but .*identity keeps .*vision width 64"):
             build("identity", llm_dim=4096)
 
     def test_weights_that_do_not_fit_are_runtime_errors(self, tmp_path):

@@ -24,8 +24,8 @@ import torch
 from test_batch import BAD, GOOD
 from typer.testing import CliRunner
 
-from slowfast_cli.batch import read_manifest
-from slowfast_cli.cli import app
+from slowfast_cli.batch.records import read_manifest
+from slowfast_cli.cli.app import app
 from slowfast_cli.header import TMP_PREFIX
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs the ray extra")
@@ -248,14 +248,15 @@ def test_the_plan_has_a_decode_and_an_encode_operator(cluster, tmp_path, monkeyp
     """Ray Data fuses two map stages with the same resources into one (decode would run inside the actor)."""
     for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.setenv(key, cluster.env[key])
-    from slowfast_cli.batch import plan_batch
+    from slowfast_cli.batch.engines.ray import RayEngine
+    from slowfast_cli.batch.run import EngineOptions
+    from slowfast_cli.batch.plan import plan_batch
     from slowfast_cli.config import resolve_config
-    from slowfast_cli.engine_ray import RayEngine
 
     src = tmp_path / "in"
     src.mkdir()
     media.make_video(src / "v.mp4", frames=10)
-    with RayEngine(cluster.address) as engine:
+    with RayEngine(EngineOptions(address=cluster.address)) as engine:
         cfg, current, _ = engine.probe(resolve_config("tiny", {"dtype": "fp32"}), src, tmp_path)
         assert (cfg.runtime.device, cfg.runtime.dtype) == ("auto", "fp32")
         with plan_batch(src, tmp_path / "out", provenance=current, verify=False) as plan:
@@ -265,8 +266,8 @@ def test_the_plan_has_a_decode_and_an_encode_operator(cluster, tmp_path, monkeyp
             rows = list(ds.iter_rows())
             text = ds.stats()
     assert len(rows) == 1
-    assert "MapBatches(_decode_batch)" in text and "MapBatches(SlowfastEncoder)" in text
-    assert "MapBatches(_decode_batch)->MapBatches" not in text  # not fused into one operator
+    assert "MapBatches(decode_batch)" in text and "MapBatches(SlowfastEncoder)" in text
+    assert "MapBatches(decode_batch)->MapBatches" not in text  # not fused into one operator
 
 
 class TestUsage:
@@ -282,7 +283,7 @@ class TestUsage:
 
     def test_without_the_extra_it_is_one_usage_line_naming_it(self, tmp_path, small_video):
         code = (
-            "import sys; sys.modules['ray'] = None; from slowfast_cli.cli import main; "
+            "import sys; sys.modules['ray'] = None; from slowfast_cli.cli.app import main; "
             "sys.argv = ['slowfast', *sys.argv[1:]]; main()"
         )
         args = ["batch", str(small_video.parent), "-o", str(tmp_path / "o"), "--engine", "ray", *TINY]
@@ -293,7 +294,7 @@ class TestUsage:
     @pytest.mark.parametrize("args", [["--help"], ["budget", "--config", "tiny"], ["report", "."], ["batch", "--help"]])
     def test_help_budget_and_report_never_import_ray(self, args, tmp_path):
         code = (
-            "import sys; from typer.testing import CliRunner; from slowfast_cli.cli import app; "
+            "import sys; from typer.testing import CliRunner; from slowfast_cli.cli.app import app; "
             "r = CliRunner().invoke(app, sys.argv[1:]); print(r.exit_code); print('ray' in sys.modules)"
         )
         r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, timeout=120, cwd=tmp_path)

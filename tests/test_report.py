@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from slowfast_cli.errors import SlowfastError
-from slowfast_cli.io import save_tokens
 from slowfast_cli.report import build_report
+from slowfast_cli.tokenfile import save_tokens
 
 
 def write(path, length, input_tokens, dim=4):

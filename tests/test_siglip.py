@@ -19,11 +19,13 @@ import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
-from slowfast_cli import encoder as enc_mod
-from slowfast_cli.budget import TIMM_VITS, model_grid, preflight, vision_config
 from slowfast_cli.config import EncoderCfg, resolve_config
-from slowfast_cli.encoder import build_encoder, register_own_models
+from slowfast_cli.encoder import towers
+from slowfast_cli.encoder.encoder import build_encoder
+from slowfast_cli.encoder.towers import register_own_models
 from slowfast_cli.errors import ConfigError, SlowfastError
+from slowfast_cli.models import TIMM_VITS, model_grid, vision_config
+from slowfast_cli.preflight import preflight
 
 SIGLIP = "ViT-B-16-SigLIP"
 CPU = torch.device("cpu")
@@ -99,8 +101,8 @@ class TestBudget:
         the prefix tokens (EVA's class token; none in SigLIP) dropped."""
         vision, cfg = vision_config(model), open_clip.get_model_config(model)
         with torch.device("meta"):
-            visual = enc_mod._vision_tower(model, cfg, False, None)
-            g = enc_mod._geometry(visual, model)
+            visual = towers._vision_tower(model, cfg, False, None)
+            g = towers.adapter_for(visual, model)[1]
             tokens = visual.forward_intermediates(
                 torch.empty(1, 3, *g.image_size), indices=[g.blocks - 2], intermediates_only=True, output_fmt="NLC"
             )["image_intermediates"][0]

