@@ -52,7 +52,7 @@ SLOW_INDEX = {"linspace": linspace_slow_indices, "segment_start": segment_start_
 def slow_indices(frames: int, slow_frames: int, policy: str = "linspace") -> torch.Tensor:
     """Indices (S,) int64 on the CPU of the slow frames among T, by ``policy`` (one of ``SLOW_INDEX``).
 
-    S is ``budget.slow_frame_count(frames, slow_frames, policy)``.
+    S is ``policies.slow_frame_count(frames, slow_frames, policy)``.
 
     Example:
         >>> slow_indices(64, 32)[-3:].tolist(), slow_indices(50, 10, "segment_start").tolist()

@@ -227,7 +227,7 @@ def _normalise_types(cfg: Config) -> None:
 
 
 def validate(cfg: Config) -> Config:
-    """Check values that do not depend on the model (see ``budget.preflight`` for those); normalises types in place.
+    """Check values that do not depend on the model (see ``preflight.preflight`` for those); normalises types in place.
 
     Types are checked first (so a Config built in code gets the same messages as a preset), then ranges.
     """

@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import SlowfastError, first_line
 
-TMP_PREFIX = ".slowfast-tmp-"  # temporary files of atomic writes (io.atomic_open)
+TMP_PREFIX = ".slowfast-tmp-"  # temporary files of atomic writes (atomic.atomic_open)
 
 ITEMSIZE = {  # torch's typed storage names -> bytes per element
     "FloatStorage": 4,

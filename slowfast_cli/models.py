@@ -121,7 +121,7 @@ def _with_timm_geometry(vision: dict[str, Any]) -> dict[str, Any]:
 
 def _tower_kind(vision: dict[str, Any]) -> str:
     """``vit`` for open_clip's own VisionTransformer, ``timm-vit`` for a timm ViT in TIMM_VITS (SigLIP, EVA, ...),
-    else what the tower is (encoder.py builds both kinds of ViT and refuses the others)."""
+    else what the tower is (encoder.towers builds both kinds of ViT and refuses the others)."""
     if "timm_model_name" in vision:
         name = vision["timm_model_name"]
         return "timm-vit" if _timm_geometry(str(name)) else f"a timm tower ({name})"

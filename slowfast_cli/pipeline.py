@@ -15,14 +15,14 @@ from typing import Any
 
 import torch
 
-from . import __version__
 from .aggregate import slow_fast
 from .config import Config, config_from_dict, resolve_config
-from .encoder.device import DTYPE_NAMES
+from .encoder.device import DTYPE_NAMES, resolve_device, resolve_dtype
 from .errors import ConfigError, SlowfastError
 from .policies import check_grid
 from .provenance import provenance
 from .tokenfile import features_object, load_features, save_all, save_pending, save_tokens, token_object
+from .version import __version__
 
 
 @dataclass
@@ -90,8 +90,6 @@ def _size(path: str) -> int | None:
 def run_provenance(config: Config) -> dict:
     """The provenance (see ``provenance.py``) a Pipeline of ``config`` will stamp on its token files, without
     building the model: the device and dtype resolved as the Pipeline resolves them, weights hashed."""
-    from .encoder.device import resolve_device, resolve_dtype
-
     rt = config.runtime
     return provenance(config, DTYPE_NAMES[resolve_dtype(rt.dtype, resolve_device(rt.device))])
 
@@ -100,7 +98,6 @@ class Pipeline:
     """The loaded model stages for one config; call :meth:`encode` per video."""
 
     def __init__(self, config: Config):
-        from .encoder.device import resolve_device, resolve_dtype
         from .encoder.encoder import build_encoder
         from .projector import build_projector
 
@@ -123,7 +120,7 @@ class Pipeline:
 
     @property
     def image_size(self) -> int | None:
-        """The side the decoder may scale frames to (``video.load_clip``'s ``image_size``), or None: decode-time
+        """The side the decoder may scale frames to (``video.decode.load_clip``'s ``image_size``), or None: decode-time
         scaling makes the shortest side that size and crops the centre, which is only what the encoder would do
         for the ``shortest`` resize mode; a ``squash`` (``--resize squash``, SigLIP's tags) or ``longest`` model
         gets full-size frames and resizes them itself."""

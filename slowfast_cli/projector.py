@@ -2,7 +2,7 @@
 
 The modules are exactly LLaVA's (``nn.Linear``; ``nn.Sequential(Linear, GELU, Linear)``), so a LLaVA
 ``mm_projector.bin`` loads once its ``model.mm_projector.`` prefix is stripped; so does the projector inside a whole
-(sharded) LLaVA checkpoint, read from its shards alone (``checkpoints.py`` reads and names them). Shapes:
+(sharded) LLaVA checkpoint, read from its shards alone (``checkpoints`` reads and names them). Shapes:
 (T, N, D_vision) in, (T, N, D_llm) out.
 """
 

@@ -61,7 +61,7 @@ def checkpoint_identity(path: str | Path) -> str:
     if p.is_dir():
         found = next((p / name for name in FOLDER_FILES if (p / name).is_file()), None)
         if found is None:
-            return f"folder:{p.resolve()}"  # checkpoints.py refuses it when loading
+            return f"folder:{p.resolve()}"  # checkpoints.files refuses it when loading
         p = found
     if not p.name.endswith(".index.json"):
         return file_digest(p)
@@ -78,7 +78,7 @@ def checkpoint_identity(path: str | Path) -> str:
 
 
 def weights_identity(model: str, pretrained: str) -> str:
-    """``none``, the :func:`checkpoint_identity` of a local file or folder, or ``tag:MODEL/TAG`` (encoder.py's
+    """``none``, the :func:`checkpoint_identity` of a local file or folder, or ``tag:MODEL/TAG`` (encoder.weights's
     order: a tag is resolved before a path of the same name, which is checked here by the path existing)."""
     if pretrained.lower() == "none":
         return "none"

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .atomic import sigint_deferred, temp_file
+from .config import config_from_dict
 from .errors import SlowfastError, load_failure
 from .header import require_file
 
@@ -222,8 +223,6 @@ def check_features_meta(path: str | Path, frames: int, tokens: int, meta: dict) 
         if bad is not None:
             raise SlowfastError(f"{path}: meta[{key!r}] must hold {what}, got {values[bad]!r} at position {bad}")
     if "config" in meta:
-        from .config import config_from_dict
-
         try:
             config_from_dict(meta["config"])
         except SlowfastError as exc:

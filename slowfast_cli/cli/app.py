@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from .. import __version__
+from ..version import __version__
 from .batch import batch
 from .commands import aggregate, budget, configs, encode, report
 from .output import _state, err

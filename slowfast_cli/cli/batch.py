@@ -43,7 +43,7 @@ from .options import (
     build_config,
     flags_of,
 )
-from .output import err, fail, handles_errors, out, print_json, shown, warn
+from .output import err, fail, handles_errors, out, print_json, progress_bar, shown, warn
 from .tables import batch_table
 
 
@@ -153,7 +153,7 @@ def _run_batch(plan, cfg: Config, engine, in_dir: Path, output: Path, pattern, f
     try:
         for w in engine.start(plan, cfg) if plan.todo else []:  # loads the model, before the bar
             warn(w)
-        with _progress(show_bar) as progress:
+        with progress_bar(show_bar) as progress:
             task = progress.add_task("videos", total=plan.total, failed=0, fps=0.0)
             frames_done, t0 = 0, time.monotonic()
             gen = run_batch(plan, engine, cfg, fail_fast)
@@ -205,26 +205,3 @@ def _run_batch(plan, cfg: Config, engine, in_dir: Path, output: Path, pattern, f
         raise fail(f"{stopped[-1]} (after {len(records)} of {plan.total} videos; rerun to resume)", 1)
     if run["failed"]:
         raise fail(f"{run['failed']} of {plan.total} videos failed; see {output / 'manifest.jsonl'}", 1)
-
-
-def _progress(show: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[fps]:.1f} frames/s"),
-        TextColumn("[red]{task.fields[failed]} failed"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err.get(),
-        disable=not show,
-    )

@@ -116,3 +116,27 @@ def handles_errors(fn):
 
 def print_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2))
+
+
+def progress_bar(show: bool):
+    """A rich progress bar on stderr: videos done/total, frames/s, failures, elapsed, remaining; off unless ``show``."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[fps]:.1f} frames/s"),
+        TextColumn("[red]{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err.get(),
+        disable=not show,
+    )

@@ -128,7 +128,7 @@ def _fetch_tag(model: str, tag: str, tag_cfg: dict[str, Any]) -> str:
 def resolve_weights(model: str, pretrained: str) -> Weights:
     """Classify ``--pretrained``: ``none``, an open_clip tag (fetched now), or a local checkpoint.
 
-    A local checkpoint is a file, a folder or a sharded checkpoint's ``*.index.json`` (``checkpoints.py``), opened
+    A local checkpoint is a file, a folder or a sharded checkpoint's ``*.index.json`` (``checkpoints``), opened
     now and its naming told from its keys: open_clip's, or a Hugging Face CLIP tower's (a ``CLIPVisionModel``, or
     the tower inside a LLaVA checkpoint), which decides the activation before the tower is built.
     """
