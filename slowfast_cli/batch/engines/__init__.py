@@ -10,8 +10,8 @@ from ..run import Engine, EngineOptions
 
 # name -> (module, class, what it needs beyond the base install: the extra of the same name)
 ENGINES = {
-    "local": ("local", "LocalEngine", None),
-    "ray": ("ray", "RayEngine", "Ray Data"),
+    "local": (f"{__name__}.local", "LocalEngine", None),
+    "ray": (f"{__name__}.ray", "RayEngine", "Ray Data"),
 }
 
 
@@ -25,7 +25,7 @@ def make_engine(name: str, options: EngineOptions) -> Engine:
         raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {name!r}")
     module, cls, needs = ENGINES[name]
     try:
-        engine_class = getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+        engine_class = getattr(importlib.import_module(module), cls)
     except ImportError as exc:
         raise ConfigError(
             f"--engine {name} needs {needs}, which is not installed ({exc}); install the {name} extra: "
