@@ -17,7 +17,9 @@ from typing import Any
 
 from .errors import ConfigError
 from .policies import RESIZES, SAMPLINGS, SLOW_INDICES, SLOW_POOLS
+from .reading import read_bounded
 
+PRESET_LIMIT = 1 << 20  # bytes: a preset file (ours are under 2 KB)
 INT_LIMIT = 2**31  # every integer setting (frames, sizes, widths, seeds) stays far below it; torch takes int64
 PROJECTORS = ("identity", "linear", "mlp2x_gelu")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
@@ -308,9 +310,11 @@ def load_preset(name_or_path: str) -> Config:
     """Defaults overlaid with one preset file; every error starts with the file's path."""
     path = find_preset(name_or_path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(read_bounded(path, PRESET_LIMIT).decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except ValueError as exc:  # a folder, a device, or far too large for a preset
+        raise ConfigError(f"{path}: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     try:

@@ -7,6 +7,7 @@ saved features) needs neither decord nor open_clip.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 
 from .aggregate import slow_fast
-from .config import Config, config_from_dict, resolve_config
+from .config import AggregatorCfg, Config, config_from_dict, resolve_config
 from .encoder.device import DTYPE_NAMES, resolve_device, resolve_dtype
 from .errors import ConfigError, SlowfastError
 from .policies import check_grid
@@ -242,7 +243,8 @@ def encode_to_file(
     if features_out is not None:
         features_out = Path(features_out)
         _check_overwrite(features_out, overwrite, (video,))
-        if features_out.resolve() == out.resolve() or (out.exists() and os.path.samefile(out, features_out)):
+        same = out.exists() and features_out.exists() and os.path.samefile(out, features_out)  # links included
+        if features_out.resolve() == out.resolve() or same:
             raise ConfigError(f"{out}: the token file and --save-features must be different files")
     pipe = Pipeline(config)
     result = pipe.encode(video, keep_features=features_out is not None)
@@ -263,6 +265,7 @@ def aggregate_file(features_path: str | Path, out: str | Path, config: Config, o
     meta: dict[str, Any] = {k: v for k, v in fmeta.items() if k != "config"}
     meta.setdefault("source", str(features_path))
     base = config_from_dict(fmeta["config"]) if "config" in fmeta else config  # validated by load_features
+    warnings = _aggregator_changes(base, a, features_path)
     base.aggregator = a
     meta.update(aggregation_meta(agg, fmeta.get("frame_indices")))
     meta.update(
@@ -276,4 +279,21 @@ def aggregate_file(features_path: str | Path, out: str | Path, config: Config, o
     if isinstance(prov, dict) and isinstance(prov.get("settings"), dict):  # the features' origin, re-aggregated
         meta["provenance"] = {**prov, "settings": {**prov["settings"], "aggregator": base.to_dict()["aggregator"]}}
     save_tokens(out, agg.tokens, meta)
-    return EncodeResult(tokens=agg.tokens, meta=meta)
+    return EncodeResult(tokens=agg.tokens, meta=meta, warnings=warnings)
+
+
+def _aggregator_changes(recorded: Config, used: AggregatorCfg, features_path: str | Path) -> list[str]:
+    """A warning naming every aggregator setting that differs from the one the features file records (from the
+    ``encode --save-features`` run), so a re-aggregation with other settings is never silent."""
+    old, new = dataclasses.asdict(recorded.aggregator), dataclasses.asdict(used)
+    changed = [f"{k}: {_plain(old[k])} -> {_plain(new[k])}" for k in old if _plain(old[k]) != _plain(new[k])]
+    if not changed:
+        return []
+    return [
+        f"{features_path}: re-aggregated with other settings than the features were saved with "
+        f"(aggregator.{'; aggregator.'.join(changed)}); pass --config or flags to choose them"
+    ]
+
+
+def _plain(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v

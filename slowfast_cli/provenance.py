@@ -10,7 +10,14 @@ the numbers:
 - the weights by content, not by path: ``none``, ``tag:MODEL/TAG`` for an open_clip tag, ``sha256:...`` of a
   local weights or projector file (a moved file is the same weights; a replaced one is not), or for a sharded
   checkpoint its index and shard sizes (:func:`checkpoint_identity`);
+- the Hugging Face ``config.json`` read with a local tower checkpoint, by content: it decides the tower's
+  activation, heads and eps (``weights_config``; absent where there is none; the projector reads none);
+- the decoder library and its version (``decoder``, e.g. ``decord 0.6.0``), which decides the frames;
 - ``TOKENS_VERSION``, raised whenever a change to slowfast changes the tokens it computes for the same settings.
+
+Keys added to the record after files were written compare with ``ADDED``'s value for a file that lacks them: what
+every slowfast before them used (decord 0.6.0, pinned since the first release) or had (no config.json recorded:
+equal only where there is none now), so an upgrade never silently keeps, nor needlessly redoes, a token file.
 
 Left out on purpose, because they change at most the last bits of the same computation: ``batch_frames`` (the
 ViT's batch size), the device, and the preset's name and description; and ``max_frames`` when frames are not
@@ -21,11 +28,13 @@ No torch here, but for checkpoint folders (``checkpoints.FOLDER_FILES``): hashin
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 from pathlib import Path
 from typing import Any
 
 from .config import Config
+from .reading import read_bounded
 
 SECTIONS = ("video", "encoder", "projector", "aggregator")  # the config sections that change the numbers
 TOKENS_VERSION = 2  # raise when slowfast's output for the same settings changes
@@ -33,6 +42,8 @@ TOKENS_VERSION = 2  # raise when slowfast's output for the same settings changes
 #    SlowFast-LLaVA computes it (version 1 divided by the window's area once: up to one float bit apart), and the
 #    decode-time size truncates the long side as PIL/HF do (version 1 rounded it half up: a 1-pixel shift)
 IGNORED = {"encoder": ("pretrained", "batch_frames"), "projector": ("weights",)}  # replaced by weights / rounding
+DECODER = "decord"  # the decoder library (video.decode): its version is part of the record
+ADDED = {"decoder": "decord 0.6.0", "weights_config": None}  # see the module docstring
 _digests: dict[tuple[str, int, int, int], str] = {}  # (resolved path, size, mtime_ns, inode) -> digest
 
 
@@ -65,10 +76,16 @@ def checkpoint_identity(path: str | Path) -> str:
         p = found
     if not p.name.endswith(".index.json"):
         return file_digest(p)
-    h = hashlib.sha256(p.read_bytes())
+    from .checkpoints.files import INDEX_LIMIT
+
     try:
-        shards = sorted(set(json.loads(p.read_text(encoding="utf-8")).get("weight_map", {}).values()))
-    except (ValueError, AttributeError, OSError):
+        data = read_bounded(p, INDEX_LIMIT)
+    except (OSError, ValueError):
+        return "index:unreadable"  # loading the checkpoint names the problem
+    h = hashlib.sha256(data)
+    try:
+        shards = sorted({str(f) for f in json.loads(data).get("weight_map", {}).values()})
+    except (ValueError, AttributeError, TypeError):
         shards = []
     for name in shards:
         shard = p.parent / str(name)
@@ -99,13 +116,40 @@ def provenance(config: Config, dtype: str) -> dict[str, Any]:
     if config.video.sample_fps is None:
         del settings["video"]["max_frames"]  # a cap on sampling by rate; unused when T is fixed
     p = config.projector
-    return {
+    record = {
         "tokens_version": TOKENS_VERSION,
         "settings": settings,
         "dtype": dtype,
         "weights": weights_identity(config.encoder.model, config.encoder.pretrained),
         "projector_weights": checkpoint_identity(p.weights) if p.weights else None,
+        "decoder": decoder_identity(),
     }
+    pretrained = config.encoder.pretrained
+    digest = config_identity(pretrained) if pretrained.lower() != "none" and Path(pretrained).exists() else None
+    if digest is not None:
+        record["weights_config"] = digest
+    return record
+
+
+def decoder_identity() -> str:
+    """``decord VERSION`` as installed (read from its metadata: decord is not imported here)."""
+    try:
+        return f"{DECODER} {importlib.metadata.version(DECODER)}"
+    except importlib.metadata.PackageNotFoundError:
+        return f"{DECODER} (not installed)"
+
+
+def config_identity(checkpoint: str | Path) -> str | None:
+    """``sha256:`` of the ``config.json`` read with a local checkpoint (``checkpoints.hf.config_file``), or None."""
+    from .checkpoints.hf import config_file  # imports torch: only here
+
+    path = config_file(Path(checkpoint))
+    if path is None:
+        return None
+    try:
+        return file_digest(path)
+    except OSError:
+        return "unreadable"  # loading the checkpoint names the problem
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -124,7 +168,7 @@ def differences(old: Any, new: dict[str, Any]) -> list[str]:
     """
     if not isinstance(old, dict):
         return ["no record of the settings it was made with"]
-    a, b = _flatten(old), _flatten(new)
+    a, b = {**ADDED, **_flatten(old)}, {**ADDED, **_flatten(new)}
     out = []
     for key in sorted(set(a) | set(b)):
         if a.get(key, "(unset)") != b.get(key, "(unset)"):

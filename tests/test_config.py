@@ -261,10 +261,12 @@ class TestPresetErrorsNameTheFile:
     def test_unreadable_file(self, tmp_path, monkeypatch):
         p = write_preset(tmp_path, "[video]\nframes = 8\n")
 
-        def refuse(self, *args, **kwargs):
-            raise PermissionError(13, "Permission denied", str(self))
+        import slowfast_cli.reading
 
-        monkeypatch.setattr(Path, "read_text", refuse)
+        def refuse(path, *args, **kwargs):  # presets are read through reading.read_bounded
+            raise PermissionError(13, "Permission denied", str(path))
+
+        monkeypatch.setattr(slowfast_cli.reading, "open", refuse, raising=False)
         with pytest.raises(ConfigError, match=rf"^{re.escape(str(p))}: cannot be read \(Permission denied\)"):
             resolve_config(str(p))
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..header import TMP_PREFIX
+from ..reading import lines_bounded
 
+MAX_LINE = 16384  # bytes in one line of a --files-from list: four times Linux's PATH_MAX
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp")
 
 
@@ -74,24 +76,32 @@ def read_files_from(path: Path, root: Path) -> Listing:
     not checked (a listed file is meant). A path outside ``root`` is a usage error naming its line.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read --files-from ({exc.strerror or exc})") from None
     root_abs = Path(os.path.abspath(root))
     videos: set[Path] = set()
-    for n, raw in enumerate(data.split(b"\n"), 1):
-        raw = raw[:-1] if raw.endswith(b"\r") else raw
-        if not raw or raw.startswith(b"#"):
-            continue
-        name = os.fsdecode(raw)
-        p = Path(name)
-        if p.is_absolute():
-            absolute = Path(os.path.abspath(p))
-            if not absolute.is_relative_to(root_abs):
-                raise ConfigError(f"{path}:{n}: {name!r} is not inside {root}; list paths relative to IN_DIR")
-            p = absolute.relative_to(root_abs)
-        if ".." in p.parts or not p.parts or p == Path("."):
-            raise ConfigError(f"{path}:{n}: {name!r} is not a file inside {root}; list paths relative to IN_DIR")
-        videos.add(p)
+    try:
+        for n, raw in lines_bounded(path, MAX_LINE):
+            _add_listed(videos, path, n, raw, root, root_abs)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read --files-from ({exc.strerror or exc})") from None
+    except ValueError as exc:  # a device, a folder, or a line no file name is as long as (/dev/zero, a binary)
+        raise ConfigError(f"{path}: cannot read --files-from: it {exc}") from None
     return Listing(sorted(videos, key=lambda p: p.parts), [])
+
+
+def _add_listed(videos: set[Path], path: Path, n: int, raw: bytes, root: Path, root_abs: Path) -> None:
+    """Add line ``n`` of a ``--files-from`` list to ``videos`` (see :func:`read_files_from`)."""
+    raw = raw[:-1] if raw.endswith(b"\r") else raw
+    if not raw or raw.startswith(b"#"):
+        return
+    if b"\0" in raw:
+        raise ConfigError(f"{path}:{n}: holds NUL bytes, which no file name has; list one path per line (not -print0)")
+    name = os.fsdecode(raw)
+    p = Path(name)
+    if p.is_absolute():
+        absolute = Path(os.path.abspath(p))
+        if not absolute.is_relative_to(root_abs):
+            raise ConfigError(f"{path}:{n}: {name!r} is not inside {root}; list paths relative to IN_DIR")
+        p = absolute.relative_to(root_abs)
+    if ".." in p.parts or not p.parts or p == Path("."):
+        raise ConfigError(f"{path}:{n}: {name!r} is not a file inside {root}; list paths relative to IN_DIR")
+    videos.add(p)

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 from ..errors import SlowfastError, first_line, load_failure
 from ..models import INDEX_SUFFIX, WEIGHT_SUFFIXES
+from ..reading import path_kind, read_bounded
 
 STATE_DICT = "a state dict (a mapping of names to tensors) saved with torch.save or safetensors"
 
@@ -32,6 +33,7 @@ TORCHSCRIPT_HINT = (
 )
 
 
+INDEX_LIMIT = 64 << 20  # bytes: a sharded checkpoint's index (LLaVA-34B's is about 100 KB)
 FOLDER_FILES = (  # what a checkpoint folder is read from, the first one present (Hugging Face's, then open_clip's)
     "model.safetensors.index.json",
     "model.safetensors",
@@ -52,8 +54,18 @@ def _is_torchscript(path: Path) -> bool:
 def _unreadable(exc: BaseException) -> str:
     """Why ``torch.load(weights_only=True)`` or safetensors refused a file, never with torch's own advice (to load
     with ``weights_only=False``, which would run code from the file): see ``errors.load_failure``."""
+    if "deserializing header" in str(exc):  # safetensors reading another kind of file ("header too large")
+        return f"not a safetensors file (its header does not parse: {first_line(exc, 120)})"
     reason = load_failure(exc, STATE_DICT)
     return first_line(exc, 200) if reason.startswith("cannot be loaded") else reason
+
+
+def not_a_file(p: Path) -> str | None:
+    """Why ``p`` cannot be read as a weights file, in words (None when it is a regular file, or a link to one):
+    "does not exist" only when nothing is there; a folder, a device (``/dev/null``), a FIFO or a broken symlink is
+    named as what it is."""
+    kind = path_kind(p)
+    return kind if kind is None or not kind.startswith("is a") or "symlink" in kind else f"{kind}, not a weights file"
 
 
 def few(keys: Iterable[str], n: int = 5) -> str:
@@ -77,8 +89,9 @@ def read_weights(path: str | Path, what: str = "weights") -> dict[str, torch.Ten
             which (``_unreadable``), never with torch's advice to load it with ``weights_only=False``.
     """
     p = Path(path)
-    if not p.is_file():
-        raise SlowfastError(f"{what} file {p} does not exist")
+    problem = not_a_file(p)
+    if problem:
+        raise SlowfastError(f"{what} file {p} {problem}")
     if p.suffix != ".safetensors" and _is_torchscript(p):
         raise SlowfastError(f"could not read {what} file {p}: {TORCHSCRIPT_HINT}")
     try:
@@ -154,10 +167,11 @@ class Checkpoint:
 
 
 def _open_file(p: Path, what: str, named: Path, model_folder: bool) -> Checkpoint:
+    problem = not_a_file(p)
+    if problem:
+        raise SlowfastError(f"{what} file {p} {problem}")
     if p.name.endswith(INDEX_SUFFIX):
         return _open_index(p, what, named)
-    if not p.is_file():
-        raise SlowfastError(f"{what} file {p} does not exist")
     if p.suffix != ".safetensors":
         state = read_weights(p, what)
         where = {key: (p, key) for key in state}
@@ -172,15 +186,22 @@ def _open_file(p: Path, what: str, named: Path, model_folder: bool) -> Checkpoin
     return Checkpoint(named, what, {k.removeprefix("module."): (p, k) for k in stored}, model_folder)
 
 
+def _plain_name(name: object) -> bool:
+    """A shard named in an index is a file beside it: a plain name, never empty, ``.``, ``..`` or a path."""
+    return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
+
+
 def _open_index(p: Path, what: str, named: Path) -> Checkpoint:
     try:
-        index = json.loads(p.read_text())
+        index = json.loads(read_bounded(p, INDEX_LIMIT))
     except (OSError, ValueError) as exc:
         raise SlowfastError(f"could not read {what} index {p}: {first_line(exc)}") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise SlowfastError(f"{what} index {p} has no weight_map (a mapping of keys to shard files)")
-    bad = sorted({str(f) for f in weight_map.values() if not isinstance(f, str) or Path(f).name != f})
+    bad = sorted(
+        {repr(f) for f in weight_map.values() if not isinstance(f, str) or Path(f).name != f or f in ("", ".", "..")}
+    )
     if bad:
         raise SlowfastError(f"{what} index {p} names shards that are not files beside it: {few(bad, 3)}")
     where = {str(k).removeprefix("module."): (p.parent / f, str(k)) for k, f in weight_map.items()}

@@ -27,9 +27,11 @@ from pathlib import Path
 
 import torch
 
-from ..errors import SlowfastError
+from ..errors import SlowfastError, first_line
+from ..reading import read_bounded
 from .files import Checkpoint, few
 
+CONFIG_LIMIT = 4 << 20  # bytes: a Hugging Face config.json (a few KB)
 HF_MARK = "embeddings.patch_embedding.weight"  # the key every Hugging Face ViT tower (CLIP, SigLIP) has
 HF_TOWER = "vision_model."  # CLIPModel's / CLIPVisionModelWithProjection's tower, beside visual_projection
 HF_PROJECTION = "visual_projection.weight"  # (embed_dim, width), no bias; open_clip's proj is its transpose
@@ -106,17 +108,35 @@ class HFTower:
             )
 
 
+def config_file(checkpoint: Path) -> Path | None:
+    """The ``config.json`` read with a checkpoint (in its folder, or beside its file), or None when there is none.
+    It decides the tower's activation, heads and eps, so the settings record includes it (``provenance``)."""
+    path = (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "config.json"
+    return path if path.exists() or path.is_symlink() else None
+
+
+def _setting(vision: dict, key: str, default, ok, what: str, config: Path, name: Path):
+    """``vision[key]`` (``default`` when absent) when ``ok(value)``; else one line naming the file, key and value."""
+    value = vision.get(key, default)
+    if not ok(value):
+        raise SlowfastError(f"vision weights {name}: {config} has {key} {value!r}; expected {what}")
+    return value
+
+
 def _hf_vision_config(checkpoint: Path) -> tuple[dict, Path] | None:
     """The vision settings of the Hugging Face ``config.json`` in a checkpoint folder (or beside a file), if any.
 
     A ``CLIPVisionModel``'s config is its own; a ``CLIPModel``'s or a llava-hf model's has ``vision_config``. An
     original LLaVA config has neither (its ``hidden_act`` is the LLM's) and says nothing about the tower.
     """
-    path = (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "config.json"
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, ValueError):
+    path = config_file(checkpoint)
+    if path is None:
         return None
+    try:
+        cfg = json.loads(read_bounded(path, CONFIG_LIMIT))
+    except (OSError, ValueError) as exc:  # there, but not readable JSON: never taken as absent (it decides the tower)
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
+        raise SlowfastError(f"{path}: cannot be read as a Hugging Face config.json ({why})") from None
     if not isinstance(cfg, dict) or "model_type" not in cfg:
         return None  # not a Hugging Face config
     vision = cfg.get("vision_config")
@@ -155,21 +175,22 @@ def find_hf_tower(checkpoint: Checkpoint) -> HFTower | None:
     if vision.get("model_type", "clip_vision_model") != "clip_vision_model":
         raise SlowfastError(f"vision weights {name}: {config} describes a {vision['model_type']} tower, not CLIP's")
     act = vision.get("hidden_act", "quick_gelu")
-    if act not in HF_ACTIVATIONS:
+    if not isinstance(act, str) or act not in HF_ACTIVATIONS:
         raise SlowfastError(
             f"vision weights {name}: {config} says hidden_act {act!r}; open_clip's towers compute "
             f"{' or '.join(HF_ACTIVATIONS)} only"
         )
-    heads = vision.get("num_attention_heads")
-    return HFTower(
-        prefix,
-        keys,
-        tower.ignored,
-        quick_gelu=HF_ACTIVATIONS[act],
-        heads=heads if isinstance(heads, int) else None,
-        eps=float(vision.get("layer_norm_eps", 1e-5)),
-        config=config,
-    )
+
+    def positive_int(v):
+        return v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0)
+
+    def positive_number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+    heads = _setting(vision, "num_attention_heads", None, positive_int, "a positive integer", config, name)
+    eps = _setting(vision, "layer_norm_eps", 1e-5, positive_number, "a positive finite number", config, name)
+    return HFTower(prefix, keys, tower.ignored, quick_gelu=HF_ACTIVATIONS[act], heads=heads, eps=float(eps),
+                   config=config)  # fmt: skip
 
 
 def hf_clip_to_open_clip(state: Mapping[str, torch.Tensor], tower: HFTower, name: str) -> dict[str, torch.Tensor]:

@@ -158,7 +158,7 @@ def report(
     ] = True,
     json_: JsonOpt = False,
 ) -> None:
-    """Summarise token files: counts, token totals, ratio distribution.
+    """Summarise token files: counts, token totals, ratio distribution. Exits 1 if any file is skipped.
 
     Example: slowfast report tokens/
     """
@@ -173,6 +173,8 @@ def report(
         warn(f"skipped {s['error']}")
     if r.files == 0:
         raise SlowfastError(f"{path}: no token files found")
+    if r.skipped:  # a damaged or malformed file is a finding, not a footnote: a script checking a dataset must see it
+        raise SlowfastError(f"{path}: {len(r.skipped)} file(s) skipped as damaged or not token files (listed above)")
 
 
 @handles_errors
@@ -197,6 +199,8 @@ def aggregate(
 
     cfg = build_config(config, slow_frames=slow_frames, slow_pool=slow_pool, fast_size=fast_size, slow_index=slow_index)
     result = aggregate_file(features, output, cfg, overwrite=overwrite)
+    for w in result.warnings:
+        warn(w)
     m = result.meta
     if json_:
         print_json({"output": str(output), **{k: m[k] for k in SUMMARY_KEYS if k in m}})

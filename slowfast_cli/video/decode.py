@@ -19,7 +19,7 @@ import numpy as np
 
 from ..config import VideoCfg
 from ..errors import SlowfastError
-from .files import check_file, decord_name, decord_reason, problem
+from .files import check_file, decord_name, decord_reason, problem, stderr_quiet
 from .geometry import center_crop, decode_size, mirror, mirror_fix
 from .info import Clip, VideoInfo
 from .libav import Stream, stream_info
@@ -57,7 +57,7 @@ def _open(path: str | os.PathLike, size: tuple[int, int] | None = None, num_thre
     width, height = size or (-1, -1)
     for _ in range(DECODE_ATTEMPTS):  # decord can race into damage after frame 0 (module docstring): retry
         try:
-            with decord_name(path) as name:
+            with decord_name(path) as name, stderr_quiet():
                 vr = decord.VideoReader(name, decord.cpu(0), width, height, num_threads)
         except OSError as exc:  # only from the temporary link: decord raises RuntimeError, DECORDError, AssertionError
             raise SlowfastError(f"{path}: cannot link the non-UTF-8 name for decord ({exc.strerror or exc})") from None

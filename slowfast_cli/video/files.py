@@ -112,3 +112,22 @@ def decord_name(path: str | os.PathLike) -> Iterator[str]:
         yield link
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def stderr_quiet() -> Iterator[None]:
+    """File descriptor 2 on /dev/null while decord opens a file: its C++ prints "ERROR opening: ..." there itself
+    for a file FFmpeg cannot open, before slowfast's own one line says the same (decode workers keep it closed)."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
