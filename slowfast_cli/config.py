@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .policies import RESIZES, SAMPLINGS, SLOW_INDICES, SLOW_POOLS
-from .reading import read_bounded
+from .reading import path_kind, read_bounded
 
 PRESET_LIMIT = 1 << 20  # bytes: a preset file (ours are under 2 KB)
 INT_LIMIT = 2**31  # every integer setting (frames, sizes, widths, seeds) stays far below it; torch takes int64
@@ -297,8 +297,9 @@ def find_preset(name_or_path: str) -> Path:
     """A preset by name (``tiny``) or a path to a TOML file."""
     p = Path(name_or_path)
     if p.suffix == ".toml" or p.exists() or "/" in name_or_path:
-        if not p.is_file():
-            raise ConfigError(f"config file {name_or_path} does not exist")
+        problem = path_kind(p)
+        if problem:
+            raise ConfigError(f"config file {name_or_path} {problem}" + (", not a file" if "is a" in problem else ""))
         return p
     presets = list_presets()
     if name_or_path not in presets:

@@ -18,6 +18,7 @@ from .checkpoints import open_checkpoint, projector_keys
 from .config import PROJECTORS, ProjectorCfg
 from .errors import ConfigError, SlowfastError
 from .preflight import check_projector
+from .tensors import check_tensors
 
 EXPECTED_KEYS = {
     "linear": ("weight", "bias"),
@@ -40,13 +41,17 @@ def load_projector_state(path: str | Path) -> dict[str, torch.Tensor]:
     checkpoint = open_checkpoint(path, "projector weights")
     names = projector_keys(checkpoint.keys, f"projector weights {path}")
     if names:
-        return {names[k]: v for k, v in checkpoint.read(names).items()}
+        state = checkpoint.read(names)
+        check_tensors(state, f"projector weights {path}")
+        return {names[k]: v for k, v in state.items()}
     if checkpoint.model_folder:
         raise SlowfastError(
             f"projector weights {path}: the checkpoint has no mm_projector.* (LLaVA) or multi_modal_projector.* "
             "(llava-hf) keys"
         )
-    return checkpoint.read_all()
+    state = checkpoint.read_all()
+    check_tensors(state, f"projector weights {path}")
+    return state
 
 
 def make_projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:

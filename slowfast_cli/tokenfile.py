@@ -19,6 +19,7 @@ from .atomic import sigint_deferred, temp_file
 from .config import config_from_dict
 from .errors import SlowfastError, load_failure
 from .header import require_file
+from .tensors import check_tensors
 
 
 def _underlying(exc: BaseException) -> BaseException | None:
@@ -235,12 +236,6 @@ def load_features(path: str | Path) -> dict:
     x, meta = obj["features"], obj["meta"]
     if x.ndim != 3:
         raise SlowfastError(f"{path}: features must have shape (T, N, D), got rank {x.ndim} {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise SlowfastError(f"{path}: features must be floating point, got {x.dtype}")
     check_features_meta(path, x.shape[0], x.shape[1], meta)
-    if x.shape[2] == 0:
-        raise SlowfastError(f"{path}: the features have no channels (D=0)")
-    finite = torch.isfinite(x)
-    if not finite.all():
-        raise SlowfastError(f"{path}: the features hold {int((~finite).sum())} NaN or infinite values")
+    check_tensors({"features": x}, str(path))
     return obj

@@ -441,8 +441,12 @@ class TestNonFinite:
         register_own_models()
         model = open_clip.create_model("slowfast-tiny-vit")
         state = model.state_dict()
-        state["visual.conv1.weight"][0, 0, 0, 0] = float("nan")  # one bad weight poisons every token
+        state["visual.conv1.weight"][0, 0, 0, 0] = float("nan")  # one bad weight would poison every token
         weights = tmp_path / "bad.pt"
+        torch.save(state, weights)
+        r = run("encode", small_video, "--config", "tiny", "--pretrained", weights, "-o", tmp_path / "o.pt")
+        assert r.exit_code == 1 and "tensor 'conv1.weight' holds 1 NaN or infinite values" in r.stderr, r.output
+        state["visual.conv1.weight"][:] = 3e38  # finite weights whose activations overflow: caught in the tokens
         torch.save(state, weights)
         r = run("encode", small_video, "--config", "tiny", "--pretrained", weights, "-o", tmp_path / "o.pt")
         assert r.exit_code == 1 and "non-finite tokens" in r.stderr, r.output

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..header import TMP_PREFIX
 from ..reading import lines_bounded
 
 MAX_LINE = 16384  # bytes in one line of a --files-from list: four times Linux's PATH_MAX
@@ -51,7 +50,7 @@ def find_videos(root: Path, pattern: str | None = None) -> Listing:
         seen.add((st.st_dev, st.st_ino))
         dirnames.sort()
         for name in sorted(filenames):
-            if name.startswith(TMP_PREFIX) or not name.lower().endswith(VIDEO_EXTENSIONS):
+            if not name.lower().endswith(VIDEO_EXTENSIONS):
                 continue
             rel = Path(dirpath, name).relative_to(root)
             if pattern and not matches(rel, pattern):

@@ -22,6 +22,7 @@ from ..provenance import differences
 from .listing import Listing, find_videos, matches, output_path, read_files_from
 from .records import Record
 
+RESERVED = ".slowfast"  # OUT_DIR names slowfast keeps for itself: temporary files, the lock, Ray's attempt counters
 LOCK = ".slowfast.lock"
 
 
@@ -227,6 +228,10 @@ def _plan(
     todo, records, claimed, problems, other, unverified = [], [], {}, list(listing.problems), [], set()
     for rel in listing.videos:
         out_rel = output_path(rel)
+        if any(part.startswith(RESERVED) for part in out_rel.parts):  # cleanup would take it for one of ours
+            msg = f"{rel}: its output {out_rel} would be named like slowfast's own files ({RESERVED}*); rename it"
+            records.append(Record.failed(rel, out_rel, msg, "collision"))
+            continue
         key = str(out_rel).lower() if fold else str(out_rel)  # A.mp4 and a.mkv: one file only where case folds
         if key in claimed:
             msg = f"{rel}: same output {out_rel} as {claimed[key]}; rename one of them"

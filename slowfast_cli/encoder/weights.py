@@ -29,6 +29,7 @@ from ..checkpoints import (
 )
 from ..errors import ConfigError, SlowfastError, first_line
 from ..models import looks_like_path
+from ..tensors import check_tensors
 from . import towers
 
 FETCH_HINT = "pass --pretrained PATH to a local weights file, or --pretrained none for a dry run"
@@ -176,6 +177,7 @@ def load_weights(visual: torch.nn.Module, adapter: type[towers.TowerAdapter], we
     else:
         state = _vision_state(source.read_all())
         optional, expected = (), f"an open_clip state dict of {model} (keys visual.* or the vision tower's own)"
+    check_tensors(state, f"vision weights {path}")
     ours, theirs = describe_tower(visual.state_dict()), describe_tower(state)
     shapes = f" (the weights' tower: {theirs}; {model}'s: {ours})" if theirs and ours and theirs != ours else ""
     try:

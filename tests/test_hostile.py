@@ -1,0 +1,205 @@
+"""Nothing silently wrong (issue 19): every input that decides the tokens is recorded and validated, every file the
+tool reads is bounded, every exit code and message tells the truth. One test per case the adversarial pass found;
+each failed before its fix."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from test_checkpoints import TINY_HF, hf_tower, tower_state
+from typer.testing import CliRunner
+
+from slowfast_cli.checkpoints import open_checkpoint
+from slowfast_cli.cli.app import app
+from slowfast_cli.config import EncoderCfg, ProjectorCfg
+from slowfast_cli.encoder.encoder import build_encoder
+from slowfast_cli.errors import SlowfastError
+from slowfast_cli.projector import build_projector
+from slowfast_cli.tokenfile import load_tokens, save_tokens
+from slowfast_cli.video.decode import probe
+
+TINY = ["--config", "tiny", "--dtype", "fp32"]
+CPU = torch.device("cpu")
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_line(r) -> str:
+    """The one error line of a failed command (never a traceback)."""
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in r.output, r.output
+    return lines[0]
+
+
+class TestEveryInputIsRecorded:
+    def test_an_edited_config_json_is_not_resumed_over(self, tmp_path, small_video):
+        """config.json decides the activation: editing it makes a resumed batch refuse, then --overwrite recompute."""
+        folder, src = tmp_path / "ckpt", tmp_path / "in"
+        hf_tower(hidden_act="quick_gelu").save_pretrained(folder)
+        src.mkdir()
+        shutil.copy(small_video, src / "v.mp4")
+        args = ["batch", src, "-o", tmp_path / "out", *TINY, "--pretrained", folder, "--workers", "1"]
+        assert run(*args).exit_code == 0
+        before = load_tokens(tmp_path / "out" / "v.pt")["tokens"]
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "hidden_act": "gelu"}))
+        r = run(*args)
+        assert r.exit_code == 2 and "weights_config: sha256:" in one_line(r)
+        assert run(*args, "--overwrite").exit_code == 0
+        after = load_tokens(tmp_path / "out" / "v.pt")["tokens"]
+        assert not torch.equal(before, after)  # the activation changed the numbers: keeping them was wrong
+
+    def test_the_record_names_the_decoder_and_older_files_count_as_decord_0_6_0(self):
+        from slowfast_cli.config import resolve_config
+        from slowfast_cli.provenance import differences, provenance
+
+        new = provenance(resolve_config("tiny"), "fp32")
+        assert new["decoder"] == "decord 0.6.0" and "weights_config" not in new  # no checkpoint, no config.json
+        old = {k: v for k, v in new.items() if k != "decoder"}  # written before the decoder was recorded
+        assert differences(old, new) == []
+        assert differences({**new, "decoder": "decord 0.7.0"}, new) == ["decoder: decord 0.7.0 -> decord 0.6.0"]
+
+    def test_aggregate_says_when_its_settings_differ_from_the_features_files(self, tmp_path, small_video):
+        feat = tmp_path / "f.pt"
+        assert run("encode", small_video, *TINY, "-o", tmp_path / "t.pt", "--save-features", feat).exit_code == 0
+        r = run("aggregate", feat, "-o", tmp_path / "a.pt")  # the default preset: 32 slow frames, not tiny's 8
+        assert r.exit_code == 0 and "aggregator.slow_frames: 8 -> 32" in r.stderr, r.output
+        r = run("aggregate", feat, "-o", tmp_path / "b.pt", "--config", "tiny")
+        assert r.exit_code == 0 and "warning" not in r.stderr
+
+
+class TestBoundedReads:
+    @pytest.mark.parametrize(
+        "make, problem",
+        [
+            (lambda d: "/dev/zero", "is a character device, not a file"),
+            (lambda d: d.joinpath("long.txt").write_bytes(b"a" * 100_000) and d / "long.txt", "line 1 is longer"),
+            (lambda d: d.joinpath("nul.txt").write_bytes(b"a.mp4\0b.mp4\0") and d / "nul.txt", "holds NUL bytes"),
+        ],
+    )
+    def test_files_from_is_read_line_by_line_with_a_limit(self, tmp_path, small_video, make, problem):
+        listing = make(tmp_path)
+        r = run("batch", small_video.parent, "-o", tmp_path / "out", *TINY, "--files-from", listing)
+        assert r.exit_code == 2 and problem in one_line(r)
+        assert not (tmp_path / "out" / "manifest.jsonl").exists()
+
+    def test_a_preset_that_is_not_a_file(self, tmp_path):
+        (tmp_path / "p.toml").mkdir()
+        r = run("budget", "--config", tmp_path / "p.toml")
+        assert r.exit_code == 2 and "is a folder, not a file" in one_line(r)
+
+
+class TestCheckpointsTellTheRealProblem:
+    @pytest.mark.parametrize(
+        "key, value",
+        [("layer_norm_eps", "abc"), ("layer_norm_eps", None), ("layer_norm_eps", [1]), ("hidden_act", ["gelu"]),
+         ("num_attention_heads", "2"), ("num_attention_heads", 0), ("layer_norm_eps", -1)],
+    )  # fmt: skip
+    def test_malformed_config_json_values_are_one_line(self, tmp_path, key, value):
+        folder = tmp_path / "ckpt"
+        hf_tower().save_pretrained(folder)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, key: value}))
+        with pytest.raises(SlowfastError, match=rf"config.json (has|says) {key} {repr(value).replace('[', '.')}"):
+            build_encoder(EncoderCfg(model="slowfast-tiny-vit", pretrained=str(folder)), CPU, torch.float32)
+
+    def test_a_config_json_that_is_not_json_is_not_taken_as_absent(self, tmp_path):
+        folder = tmp_path / "ckpt"
+        hf_tower().save_pretrained(folder)
+        (folder / "config.json").write_text("{not json")
+        with pytest.raises(SlowfastError, match="config.json: cannot be read as a Hugging Face config.json"):
+            build_encoder(EncoderCfg(model="slowfast-tiny-vit", pretrained=str(folder)), CPU, torch.float32)
+
+    def test_a_device_as_projector_weights_says_what_it_is(self):
+        cfg = ProjectorCfg(kind="linear", weights="/dev/null")
+        with pytest.raises(SlowfastError, match="/dev/null is a character device, not a weights file"):
+            build_projector(cfg, 64, CPU, torch.float32)
+
+    @pytest.mark.parametrize("shard", ["", "..", "."])
+    def test_an_index_naming_a_shard_that_is_not_a_file(self, tmp_path, shard):
+        index = tmp_path / "model.safetensors.index.json"
+        index.write_text(json.dumps({"weight_map": {"a.weight": shard}}))
+        with pytest.raises(SlowfastError, match=rf"names shards that are not files beside it: '{shard}'"):
+            open_checkpoint(index)
+
+    def test_a_safetensors_name_on_a_text_file(self, tmp_path):
+        (tmp_path / "notes.txt").write_text("these are not weights, " * 10)
+        (tmp_path / "w.safetensors").symlink_to(tmp_path / "notes.txt")
+        with pytest.raises(SlowfastError, match="w.safetensors: not a safetensors file"):
+            open_checkpoint(tmp_path / "w.safetensors")
+
+    @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+    def test_non_finite_weights_are_refused_before_use(self, tmp_path, bad):
+        state = tower_state(hf_tower())
+        state["vision_model.post_layernorm.bias"][0] = bad  # even a tensor the tokens never use
+        save_file(state, tmp_path / "w.safetensors")
+        with pytest.raises(SlowfastError, match="tensor 'ln_post.bias' holds 1 NaN or infinite values"):
+            build_encoder(EncoderCfg(model="slowfast-tiny-vit", pretrained=str(tmp_path / "w.safetensors")), CPU,
+                          torch.float32)  # fmt: skip
+
+    def test_integer_or_empty_projector_weights_are_refused(self, tmp_path):
+        d = TINY_HF["hidden_size"]
+        for state, problem in (
+            ({"weight": torch.ones(8, d, dtype=torch.int64), "bias": torch.zeros(8)}, "must be floating point"),
+            ({"weight": torch.ones(8, 0), "bias": torch.zeros(8)}, "has no channels"),
+        ):
+            save_file(state, tmp_path / "p.safetensors")
+            with pytest.raises(SlowfastError, match=problem):
+                build_projector(ProjectorCfg(kind="linear", weights=str(tmp_path / "p.safetensors")), d, CPU,
+                                torch.float32)  # fmt: skip
+
+
+class TestExitCodesAndMessages:
+    def test_encode_overwrite_with_a_new_features_file(self, tmp_path, small_video):
+        out, feat = tmp_path / "a.pt", tmp_path / "feat.pt"
+        assert run("encode", small_video, *TINY, "-o", out).exit_code == 0
+        r = run("encode", small_video, *TINY, "-o", out, "--overwrite", "--save-features", feat)
+        assert r.exit_code == 0, r.output
+        assert out.exists() and feat.exists()
+
+    def test_report_exits_1_when_a_file_fails_its_crc_check(self, tmp_path):
+        save_tokens(tmp_path / "t.pt", torch.randn(1, 4000, 8), {"output_tokens": 4000})
+        save_tokens(tmp_path / "ok.pt", torch.randn(1, 10, 8), {"output_tokens": 10})
+        data = bytearray((tmp_path / "t.pt").read_bytes())
+        data[len(data) // 2 : len(data) // 2 + 3000] = bytes(3000)
+        (tmp_path / "t.pt").write_bytes(bytes(data))
+        r = run("report", tmp_path)
+        assert r.exit_code == 1 and "1 file(s) skipped" in one_line(r)
+        assert run("report", tmp_path / "ok.pt").exit_code == 0
+
+    def test_decords_own_error_line_never_reaches_stderr(self, tmp_path, capfd):
+        bad = tmp_path / "bad.mp4"
+        bad.write_bytes(b"not a video at all" * 100)
+        with pytest.raises(SlowfastError, match="bad.mp4: not a readable video"):
+            probe(bad)
+        assert "ERROR" not in capfd.readouterr().err
+
+
+class TestReservedNames:
+    def test_a_video_named_like_slowfasts_own_files_fails_and_no_output_is_ever_cleaned_away(
+        self, tmp_path, small_video
+    ):
+        """A video whose output would be named like slowfast's temporary files (or sit in its Ray attempt folder)
+        was skipped without a word when walking, and deleted as a stale temporary file by the next run when
+        listed: now it is a failure that says why, and the other videos' outputs stay."""
+        src = tmp_path / "in"
+        (src / ".slowfast-attempts").mkdir(parents=True)
+        for name in ("ok.mp4", ".slowfast-tmp-a.mp4", ".slowfast-attempts/b.mp4"):
+            shutil.copy(small_video, src / name)
+        out = tmp_path / "out"
+        listing = tmp_path / "list.txt"
+        listing.write_text("ok.mp4\n.slowfast-tmp-a.mp4\n.slowfast-attempts/b.mp4\n")
+        for extra in ([], ["--files-from", listing]):
+            r = run("batch", src, "-o", out, *TINY, "--workers", "1", "--json", *extra)
+            assert r.exit_code == 1, r.output
+            report = json.loads(r.stdout)["run"]
+            assert report["failed_files"] == [".slowfast-attempts/b.mp4", ".slowfast-tmp-a.mp4"]
+            assert report["failures_by_kind"] == {"collision": 2}
+            assert "named like slowfast's own files" in r.stdout + r.stderr
+            assert (out / "ok.pt").exists() and not list(out.rglob(".slowfast-tmp-*"))
