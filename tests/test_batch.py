@@ -16,10 +16,10 @@ import torch
 from faults import ctrl_c_inside_torch_save
 from typer.testing import CliRunner
 
+from slowfast_cli.batch.engines.local import LocalEngine
 from slowfast_cli.batch.listing import find_videos
 from slowfast_cli.batch.plan import plan_batch
 from slowfast_cli.batch.records import error_kind, read_manifest
-from slowfast_cli.batch.engines.local import LocalEngine
 from slowfast_cli.batch.run import EngineOptions, run_batch
 from slowfast_cli.batch.workers import DecodePool
 from slowfast_cli.cli.app import app

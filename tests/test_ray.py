@@ -249,8 +249,8 @@ def test_the_plan_has_a_decode_and_an_encode_operator(cluster, tmp_path, monkeyp
     for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.setenv(key, cluster.env[key])
     from slowfast_cli.batch.engines.ray import RayEngine
-    from slowfast_cli.batch.run import EngineOptions
     from slowfast_cli.batch.plan import plan_batch
+    from slowfast_cli.batch.run import EngineOptions
     from slowfast_cli.config import resolve_config
 
     src = tmp_path / "in"
