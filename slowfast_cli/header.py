@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SlowfastError, first_line
+from .reading import path_kind
 
+PICKLE_LIMIT = 64 << 20  # bytes of data.pkl read from a file that claims to be a token or features file
 TMP_PREFIX = ".slowfast-tmp-"  # temporary files of atomic writes (atomic.atomic_open)
 
 ITEMSIZE = {  # torch's typed storage names -> bytes per element
@@ -41,8 +43,9 @@ ITEMSIZE = {  # torch's typed storage names -> bytes per element
 def require_file(path: str | Path) -> Path:
     """``path`` as a Path, or SlowfastError saying it does not exist or is not a file."""
     path = Path(path)
-    if not path.is_file():
-        raise SlowfastError(f"{path}: does not exist" if not path.exists() else f"{path}: is not a file")
+    problem = path_kind(path)
+    if problem:
+        raise SlowfastError(f"{path}: {problem}" + (", not a file" if problem.startswith("is a ") else ""))
     return path
 
 
@@ -115,6 +118,9 @@ def read_header(path: str | Path, key: str = "tokens", what: str = "token file",
             names = {n.split("/", 1)[1]: n for n in z.namelist() if "/" in n}
             if "data.pkl" not in names:
                 raise SlowfastError(f"{path}: not a {what} (no data.pkl in the archive)")
+            pickled = z.getinfo(names["data.pkl"]).file_size
+            if pickled > PICKLE_LIMIT:  # a token file's data.pkl is a few KB: the meta and the tensor's header
+                raise SlowfastError(f"{path}: not a {what} (its data.pkl holds {pickled:,} bytes)")
             obj = _HeaderUnpickler(io.BytesIO(z.read(names["data.pkl"]))).load()
             if isinstance(obj, TensorHeader):
                 raise SlowfastError(f"{path}: not a {what} (a bare tensor; expected a dict with {key!r} and 'meta')")

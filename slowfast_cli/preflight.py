@@ -12,6 +12,7 @@ from .config import Config, ProjectorCfg, validate
 from .errors import ConfigError
 from .models import VISION_DEFAULTS, block_index, grid_of, looks_like_path, vision_config
 from .policies import check_grid
+from .reading import path_kind
 
 
 def preflight(cfg: Config) -> tuple[int, int]:
@@ -52,8 +53,9 @@ def preflight(cfg: Config) -> tuple[int, int]:
         raise ConfigError(f"{e.model}: {exc}") from None
     block_index(e.layer, vision.get("layers", VISION_DEFAULTS["layers"]), e.model)
     if looks_like_path(e.pretrained) and not Path(e.pretrained).exists():  # "none" and tags never look like one
+        problem = path_kind(Path(e.pretrained))  # "does not exist", or "is a broken symlink"
         raise ConfigError(
-            f"weights file {e.pretrained} does not exist (encoder.pretrained, --pretrained): pass an existing "
+            f"weights file {e.pretrained} {problem} (encoder.pretrained, --pretrained): pass an existing "
             "file or checkpoint folder, an open_clip tag such as openai, or none for random weights"
         )
     check_projector(cfg.projector, vision.get("width", VISION_DEFAULTS["width"]), e.model)

@@ -141,7 +141,7 @@ def build_report(path: str | Path, verify: bool = True) -> Report:
     path = Path(path)
     if not path.exists():
         raise SlowfastError(f"{path}: does not exist")
-    if path.is_file():
+    if not path.is_dir():  # a file, or something that is neither (a FIFO, a device): file_stats says which
         return summarize([file_stats(path, verify)])
     stats, skipped = [], []
     for p in find_token_files(path, skipped):

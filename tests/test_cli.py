@@ -390,7 +390,7 @@ class TestReportTrustsNothing:
         (tmp_path / "dangling.pt").symlink_to(tmp_path / "gone.pt")
         (tmp_path / "dir.pt").mkdir()
         r = run("report", tmp_path, "--json")
-        assert r.exit_code == 1 and "6 file(s) skipped as damaged or not token files" in r.stderr, r.output
+        assert r.exit_code == 1 and "6 entries skipped: damaged, not token files" in r.stderr, r.output
         d = json.loads(r.stdout)  # the report is still printed whole
         assert d["files"] == 1 and d["input_tokens"] == 100 and d["output_tokens"] == 10
         why = {Path(s["path"]).name: s["error"] for s in d["skipped"]}

@@ -170,7 +170,7 @@ class TestExitCodesAndMessages:
         data[len(data) // 2 : len(data) // 2 + 3000] = bytes(3000)
         (tmp_path / "t.pt").write_bytes(bytes(data))
         r = run("report", tmp_path)
-        assert r.exit_code == 1 and "1 file(s) skipped" in one_line(r)
+        assert r.exit_code == 1 and "1 entry skipped: damaged" in one_line(r)
         assert run("report", tmp_path / "ok.pt").exit_code == 0
 
     def test_decords_own_error_line_never_reaches_stderr(self, tmp_path, capfd):
@@ -203,3 +203,18 @@ class TestReservedNames:
             assert report["failures_by_kind"] == {"collision": 2}
             assert "named like slowfast's own files" in r.stdout + r.stderr
             assert (out / "ok.pt").exists() and not list(out.rglob(".slowfast-tmp-*"))
+
+
+class TestEmptyNames:
+    @pytest.mark.parametrize(
+        "args",
+        [["encode", "V", "-o", ""], ["encode", "V", "--save-features", ""], ["batch", "D", "-o", ""],
+         ["encode", "V", "--projector", "linear", "--projector-weights", ""], ["aggregate", "V", "-o", ""],
+         ["encode", "V", "--config", ""]],
+    )  # fmt: skip
+    def test_an_empty_name_is_a_usage_error_never_the_current_folder(self, tmp_path, small_video, monkeypatch, args):
+        monkeypatch.chdir(tmp_path)  # where an empty name would have landed
+        args = [str(small_video) if a == "V" else str(small_video.parent) if a == "D" else a for a in args]
+        r = run(*args, *(["--config", "tiny"] if "--config" not in args else []))
+        assert r.exit_code == 2 and ("an empty name" in r.output or "--config is empty" in r.output), r.output
+        assert list(tmp_path.iterdir()) == []

@@ -42,6 +42,7 @@ from .options import (
     SlowPoolOpt,
     build_config,
     flags_of,
+    path_named,
 )
 from .output import err, fail, handles_errors, out, print_json, progress_bar, shown, warn
 from .tables import batch_table
@@ -52,7 +53,7 @@ def batch(
     in_dir: Annotated[
         Path, typer.Argument(help="Folder of videos (searched recursively).", exists=True, file_okay=False)
     ],  # fmt: skip
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the token files.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the token files.", parser=path_named)],
     pattern: Annotated[
         str | None, typer.Option(help="Only videos whose relative path or name match this glob.")
     ] = None,

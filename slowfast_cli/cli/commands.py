@@ -44,6 +44,7 @@ from .options import (
     at_least,
     build_config,
     flags_of,
+    path_named,
 )
 from .output import Table, handles_errors, out, print_json, shown, warn
 from .tables import budget_table, budget_warnings, encode_summary, plan_hint, plan_table, report_table
@@ -174,7 +175,9 @@ def report(
     if r.files == 0:
         raise SlowfastError(f"{path}: no token files found")
     if r.skipped:  # a damaged or malformed file is a finding, not a footnote: a script checking a dataset must see it
-        raise SlowfastError(f"{path}: {len(r.skipped)} file(s) skipped as damaged or not token files (listed above)")
+        n = len(r.skipped)
+        what = "entry" if n == 1 else "entries"
+        raise SlowfastError(f"{path}: {n} {what} skipped: damaged, not token files or unreadable (listed above)")
 
 
 @handles_errors
@@ -182,7 +185,7 @@ def aggregate(
     features: Annotated[
         Path, typer.Argument(help="Features file from `encode --save-features`.", exists=True, dir_okay=False)
     ],  # fmt: skip
-    output: Annotated[Path, typer.Option("--output", "-o", help="Token file to write.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Token file to write.", parser=path_named)],
     config: ConfigOpt = "default",
     slow_frames: SlowFramesOpt = None,
     slow_pool: SlowPoolOpt = None,
@@ -219,9 +222,11 @@ SUMMARY_KEYS = ("source", "frames", "grid", "input_tokens", "slow_tokens", "fast
 def encode(
     video: Annotated[Path, typer.Argument(help="Video file.", exists=True, dir_okay=False)],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Token file (default: VIDEO.tokens.pt).")
+        Path | None, typer.Option("--output", "-o", help="Token file (default: VIDEO.tokens.pt).", parser=path_named)
     ] = None,
-    save_features: Annotated[Path | None, typer.Option(help="Also write pre-aggregation features here.")] = None,
+    save_features: Annotated[
+        Path | None, typer.Option(help="Also write pre-aggregation features here.", parser=path_named)
+    ] = None,
     config: ConfigOpt = "default",
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,

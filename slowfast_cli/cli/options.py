@@ -63,9 +63,19 @@ ResizeOpt = Annotated[
 ProjectorOpt = Annotated[str | None, typer.Option(help="identity, linear or mlp2x_gelu.")]
 
 
+def path_named(text: str) -> Path:
+    """A path option's value; an empty one is a usage error (``Path("")`` would be the current folder)."""
+    if not text:
+        raise typer.BadParameter("an empty name; give a path")
+    return Path(text)
+
+
 ProjectorWeightsOpt = Annotated[
     Path | None,
-    typer.Option(help="LLaVA mm_projector.bin, a plain state dict, or a (sharded) LLaVA checkpoint folder or index."),
+    typer.Option(
+        help="LLaVA mm_projector.bin, a plain state dict, or a (sharded) LLaVA checkpoint folder or index.",
+        parser=path_named,
+    ),
 ]
 
 
@@ -103,6 +113,8 @@ def flags_of(values: dict[str, Any]) -> dict[str, Any]:
 
 def build_config(preset: str, **flags: Any) -> Config:
     """defaults < preset < flags; flags that are None were not given."""
+    if not preset:
+        raise ConfigError("--config is empty; give a preset name (see `slowfast configs`) or a TOML file")
     if flags.get("fast_size") is not None:
         flags["fast_size"] = parse_hw(flags["fast_size"], "--fast-size")
     if flags.get("projector_weights") is not None:

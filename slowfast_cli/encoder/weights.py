@@ -138,7 +138,7 @@ def resolve_weights(model: str, pretrained: str) -> Weights:
     tag_cfg = towers.pretrained_cfg(model, pretrained)
     if tag_cfg:
         return Weights("tag", tag=pretrained, path=_fetch_tag(model, pretrained, tag_cfg))
-    if Path(pretrained).is_file() or Path(pretrained).is_dir():
+    if Path(pretrained).exists() or Path(pretrained).is_symlink():  # a device or a dangling link: says what it is
         source = open_checkpoint(pretrained, "vision weights")
         return Weights("file", path=pretrained, source=source, hf=find_hf_tower(source))
     if looks_like_path(pretrained):
