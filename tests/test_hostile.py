@@ -218,3 +218,32 @@ class TestEmptyNames:
         r = run(*args, *(["--config", "tiny"] if "--config" not in args else []))
         assert r.exit_code == 2 and ("an empty name" in r.output or "--config is empty" in r.output), r.output
         assert list(tmp_path.iterdir()) == []
+
+
+class TestSpecialFiles:
+    def test_a_fifo_among_the_videos_fails_alone_and_never_blocks(self, tmp_path, small_video):
+        import os
+
+        src = tmp_path / "in"
+        src.mkdir()
+        shutil.copy(small_video, src / "ok.mp4")
+        os.mkfifo(src / "pipe.mp4")  # opening it to sniff its first bytes would wait for a writer forever
+        r = run("batch", src, "-o", tmp_path / "out", *TINY, "--workers", "1", "--json", "--timeout", "60")
+        assert r.exit_code == 1
+        run_ = json.loads(r.stdout)["run"]
+        assert run_["failed_files"] == ["pipe.mp4"] and run_["failures_by_kind"] == {"not_a_video": 1}
+        assert "pipe.mp4: is a FIFO, not a video file" in r.stdout + r.stderr
+
+    def test_a_device_as_the_video(self, tmp_path):
+        r = run("encode", "/dev/zero", *TINY, "-o", tmp_path / "z.pt")
+        assert r.exit_code == 1 and "/dev/zero: is a character device, not a video file" in one_line(r)
+
+    def test_a_fifo_as_a_token_file_or_a_dangling_link_as_weights(self, tmp_path, small_video):
+        import os
+
+        os.mkfifo(tmp_path / "t.pt")
+        r = run("report", tmp_path / "t.pt")
+        assert r.exit_code == 1 and "t.pt: is a FIFO, not a file" in one_line(r)
+        (tmp_path / "w.safetensors").symlink_to(tmp_path / "gone.safetensors")
+        r = run("encode", small_video, *TINY, "--pretrained", tmp_path / "w.safetensors", "-o", tmp_path / "o.pt")
+        assert r.exit_code == 2 and "w.safetensors is a broken symlink" in one_line(r)

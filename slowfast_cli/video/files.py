@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import SlowfastError
+from ..reading import path_kind
 
 AVERROR_DECODER_NOT_FOUND = -1128613112  # FFERRTAG(0xF8, 'D', 'E', 'C'), in decord's "cannot find video stream"
 AVERRORS = {-1094995529: "invalid data"}  # AVERROR_INVALIDDATA, what damaged packets give; others show as numbers
@@ -64,6 +65,8 @@ def check_file(path: str | os.PathLike) -> None:
         raise SlowfastError(f"{path}: does not exist")
     if p.is_dir():
         raise SlowfastError(f"{path}: is a directory, not a video file")
+    if not p.is_file():  # a FIFO would block the reader, a device has no end: neither is a video file
+        raise SlowfastError(f"{path}: {path_kind(p) or 'is not a regular file'}, not a video file")
     if not os.access(p, os.R_OK):
         raise SlowfastError(f"{path}: cannot be read (permission denied)")
     if p.stat().st_size == 0:
