@@ -12,12 +12,15 @@ the numbers:
   checkpoint its index and shard sizes (:func:`checkpoint_identity`);
 - the Hugging Face ``config.json`` read with a local tower checkpoint, by content: it decides the tower's
   activation, heads and eps (``weights_config``; absent where there is none; the projector reads none);
-- the decoder library and its version (``decoder``, e.g. ``decord 0.6.0``), which decides the frames;
+- the decoder library and its version (``decoder``, e.g. ``decord 0.6.0``), which decides the frames, and the
+  versions of the libraries that decide the pixels and the tower's settings (``libraries``: open_clip, whose tag
+  and model configs give mean, std, resize mode and architecture; Pillow, which squashes frames);
 - ``TOKENS_VERSION``, raised whenever a change to slowfast changes the tokens it computes for the same settings.
 
 Keys added to the record after files were written compare with ``ADDED``'s value for a file that lacks them: what
 every slowfast before them used (decord 0.6.0, pinned since the first release) or had (no config.json recorded:
-equal only where there is none now), so an upgrade never silently keeps, nor needlessly redoes, a token file.
+equal only where there is none now), so an upgrade never silently keeps, nor needlessly redoes, a token file. The
+``libraries`` versions are compared only where a file records them (those before it cannot say which it had).
 
 Left out on purpose, because they change at most the last bits of the same computation: ``batch_frames`` (the
 ViT's batch size), the device, and the preset's name and description; and ``max_frames`` when frames are not
@@ -44,6 +47,7 @@ TOKENS_VERSION = 2  # raise when slowfast's output for the same settings changes
 IGNORED = {"encoder": ("pretrained", "batch_frames"), "projector": ("weights",)}  # replaced by weights / rounding
 DECODER = "decord"  # the decoder library (video.decode): its version is part of the record
 ADDED = {"decoder": "decord 0.6.0", "weights_config": None}  # see the module docstring
+LIBRARIES = ("open_clip_torch", "Pillow")  # distributions whose version can change the tokens (module docstring)
 _digests: dict[tuple[str, int, int, int], str] = {}  # (resolved path, size, mtime_ns, inode) -> digest
 
 
@@ -123,6 +127,7 @@ def provenance(config: Config, dtype: str) -> dict[str, Any]:
         "weights": weights_identity(config.encoder.model, config.encoder.pretrained),
         "projector_weights": checkpoint_identity(p.weights) if p.weights else None,
         "decoder": decoder_identity(),
+        "libraries": {name: _version(name) for name in LIBRARIES},
     }
     pretrained = config.encoder.pretrained
     digest = config_identity(pretrained) if pretrained.lower() != "none" and Path(pretrained).exists() else None
@@ -133,10 +138,14 @@ def provenance(config: Config, dtype: str) -> dict[str, Any]:
 
 def decoder_identity() -> str:
     """``decord VERSION`` as installed (read from its metadata: decord is not imported here)."""
+    return f"{DECODER} {_version(DECODER)}"
+
+
+def _version(distribution: str) -> str:
     try:
-        return f"{DECODER} {importlib.metadata.version(DECODER)}"
+        return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
-        return f"{DECODER} (not installed)"
+        return "(not installed)"
 
 
 def config_identity(checkpoint: str | Path) -> str | None:
@@ -171,6 +180,8 @@ def differences(old: Any, new: dict[str, Any]) -> list[str]:
     a, b = {**ADDED, **_flatten(old)}, {**ADDED, **_flatten(new)}
     out = []
     for key in sorted(set(a) | set(b)):
+        if key.startswith("libraries.") and key not in a:
+            continue  # recorded since this key exists: older files cannot say, and are not refused for it
         if a.get(key, "(unset)") != b.get(key, "(unset)"):
             name = key.removeprefix("settings.")
             out.append(f"{name}: {_short(a.get(key, '(unset)'))} -> {_short(b.get(key, '(unset)'))}")

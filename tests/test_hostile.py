@@ -64,6 +64,10 @@ class TestEveryInputIsRecorded:
         old = {k: v for k, v in new.items() if k != "decoder"}  # written before the decoder was recorded
         assert differences(old, new) == []
         assert differences({**new, "decoder": "decord 0.7.0"}, new) == ["decoder: decord 0.7.0 -> decord 0.6.0"]
+        pillow = new["libraries"]["Pillow"]
+        other = {**new, "libraries": {**new["libraries"], "Pillow": "1.0"}}  # squash pixels differ between Pillows
+        assert differences(other, new) == [f"libraries.Pillow: 1.0 -> {pillow}"]
+        assert differences({k: v for k, v in new.items() if k != "libraries"}, new) == []  # files from before
 
     def test_aggregate_says_when_its_settings_differ_from_the_features_files(self, tmp_path, small_video):
         feat = tmp_path / "f.pt"
