@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -46,6 +47,11 @@ from .options import (
 )
 from .output import err, fail, handles_errors, out, print_json, progress_bar, shown, warn
 from .tables import batch_table
+
+if TYPE_CHECKING:  # imported when used, so that --help never pays for them
+    from ..batch.plan import BatchPlan
+    from ..batch.records import Record
+    from ..batch.run import Engine
 
 
 @handles_errors
@@ -136,21 +142,30 @@ def batch(
         prepared = runner.prepare(cfg, in_dir, output)
         verify = runner.verifies_outputs  # else outputs that look done are CRC-checked by the engine, as it goes
         with plan_batch(in_dir, output, pattern, overwrite, prepared.provenance, files_from, verify=verify) as plan:
-            _run_batch(plan, prepared.config, runner, in_dir, output, pattern, fail_fast, json_)
+            for problem in plan.problems:
+                warn(problem)
+            if plan.total == 0:
+                raise SlowfastError(f"{in_dir}: no videos found" + (f" matching {pattern!r}" if pattern else ""))
+            outcome = _run(plan, prepared.config, runner, fail_fast, show_bar=err.is_terminal and not json_)
+            report = _write_report(plan, runner, outcome)
+            _show(report, outcome, plan.out_dir, json_)
+            _exit(outcome, report, plan)
 
 
-def _run_batch(plan, cfg: Config, engine, in_dir: Path, output: Path, pattern, fail_fast, json_) -> None:
-    """The rest of ``batch``, with the output folder locked: run, report, summary, exit code."""
-    from ..atomic import sigint_deferred, write_json
-    from ..batch.run import REPORT, batch_report, run_batch
+@dataclass
+class _Outcome:
+    """What a run did: its records, and whether it was interrupted or stopped (and why)."""
 
-    for p in plan.problems:
-        warn(p)
-    warned = len(plan.problems)
-    if plan.total == 0:
-        raise SlowfastError(f"{in_dir}: no videos found" + (f" matching {pattern!r}" if pattern else ""))
-    records, interrupted, stopped = [], False, []
-    show_bar = err.is_terminal and not json_
+    records: list[Record] = field(default_factory=list)
+    interrupted: bool = False
+    stopped: list[str] = field(default_factory=list)  # errors that stopped it (a manifest that cannot be written)
+
+
+def _run(plan: BatchPlan, cfg: Config, engine: Engine, fail_fast: bool, show_bar: bool) -> _Outcome:
+    """Start the engine and record every video, with a progress bar (on a terminal) and failures logged above it."""
+    from ..batch.run import run_batch
+
+    outcome, warned = _Outcome(), len(plan.problems)
     try:
         for w in engine.start(plan, cfg) if plan.todo else []:  # loads the model, before the bar
             warn(w)
@@ -160,9 +175,9 @@ def _run_batch(plan, cfg: Config, engine, in_dir: Path, output: Path, pattern, f
             gen = run_batch(plan, engine, cfg, fail_fast)
             try:
                 for rec in gen:
-                    records.append(rec)
+                    outcome.records.append(rec)
                     frames_done += rec.frames or 0
-                    nfail = sum(r.status == "failed" for r in records)
+                    nfail = sum(r.status == "failed" for r in outcome.records)
                     rate = frames_done / max(1e-9, time.monotonic() - t0)
                     progress.update(task, advance=1, failed=nfail, fps=rate)
                     if rec.status == "failed":
@@ -173,36 +188,53 @@ def _run_batch(plan, cfg: Config, engine, in_dir: Path, output: Path, pattern, f
             finally:
                 gen.close()
     except KeyboardInterrupt:
-        interrupted = True
+        outcome.interrupted = True
     except SlowfastError as exc:  # the manifest cannot be written (a full disk): stop, but still summarise
-        stopped.append(str(exc))
+        outcome.stopped.append(str(exc))
+    return outcome
+
+
+def _write_report(plan: BatchPlan, engine: Engine, outcome: _Outcome) -> dict:
+    """``report.json``, written with Ctrl-C held; an interrupt while counting or writing is noted in ``outcome``."""
+    from ..atomic import sigint_deferred, write_json
+    from ..batch.run import REPORT, batch_report
+
     summary = engine.summary()
     try:
-        report = batch_report(output, records, plan.problems, interrupted, engine=summary)
+        report = batch_report(plan.out_dir, outcome.records, plan.problems, outcome.interrupted, engine=summary)
     except KeyboardInterrupt:  # while counting the folder's files: the run's own counts are still known
-        interrupted = True
-        report = batch_report(output, records, plan.problems, interrupted, folder=False, engine=summary)
+        outcome.interrupted = True
+        report = batch_report(plan.out_dir, outcome.records, plan.problems, True, folder=False, engine=summary)
     try:
         with sigint_deferred(reraise=False) as held:
-            write_json(output / REPORT, report)
-        interrupted = interrupted or held.pending
+            write_json(plan.out_dir / REPORT, report)
+        outcome.interrupted = outcome.interrupted or held.pending
     except SlowfastError as exc:
-        stopped.append(str(exc))
-    run = report["run"]
+        outcome.stopped.append(str(exc))
+    return report
+
+
+def _show(report: dict, outcome: _Outcome, out_dir: Path, json_: bool) -> None:
     if json_:
         print_json(report)
-    else:
-        out.print(batch_table(report, output))
-        if run["failed_files"]:
-            out.print("[bold red]failed files:[/]")
-            for r in records:
-                if r.status == "failed":
-                    out.print(f"  {shown(r.error or r.source)}")
-    if interrupted:
-        raise fail(f"interrupted after {len(records)} of {plan.total} videos; rerun the same command to resume", 130)
-    if stopped:
-        for msg in stopped[:-1]:
+        return
+    out.print(batch_table(report, out_dir))
+    if report["run"]["failed_files"]:
+        out.print("[bold red]failed files:[/]")
+        for r in outcome.records:
+            if r.status == "failed":
+                out.print(f"  {shown(r.error or r.source)}")
+
+
+def _exit(outcome: _Outcome, report: dict, plan: BatchPlan) -> None:
+    """The exit policy: 130 interrupted, 1 stopped or any video failed, else 0 (return)."""
+    done = f"{len(outcome.records)} of {plan.total} videos"
+    if outcome.interrupted:
+        raise fail(f"interrupted after {done}; rerun the same command to resume", 130)
+    if outcome.stopped:
+        for msg in outcome.stopped[:-1]:
             err.print(f"[bold red]error:[/] {shown(msg)}")
-        raise fail(f"{stopped[-1]} (after {len(records)} of {plan.total} videos; rerun to resume)", 1)
-    if run["failed"]:
-        raise fail(f"{run['failed']} of {plan.total} videos failed; see {output / 'manifest.jsonl'}", 1)
+        raise fail(f"{outcome.stopped[-1]} (after {done}; rerun to resume)", 1)
+    failed = report["run"]["failed"]
+    if failed:
+        raise fail(f"{failed} of {plan.total} videos failed; see {plan.out_dir / 'manifest.jsonl'}", 1)
