@@ -20,6 +20,7 @@ from .policies import RESIZES, SAMPLINGS, SLOW_INDICES, SLOW_POOLS
 from .reading import path_kind, read_bounded
 
 PRESET_LIMIT = 1 << 20  # bytes: a preset file (ours are under 2 KB)
+MAX_FRAMES = 100_000  # frames, slow frames and frames per pass: an hour at 25 fps is 90,000
 INT_LIMIT = 2**31  # every integer setting (frames, sizes, widths, seeds) stays far below it; torch takes int64
 PROJECTORS = ("identity", "linear", "mlp2x_gelu")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
@@ -243,6 +244,8 @@ def validate(cfg: Config) -> Config:
     ]:
         if value <= 0:
             raise ConfigError(f"{where} must be a positive integer, got {value}")
+        if value > MAX_FRAMES:  # beyond it, index lists alone would take gigabytes (--frames 2e9: killed, no word)
+            raise ConfigError(f"{where} is {value:,}; at most {MAX_FRAMES:,} frames are supported")
     if v.sample_fps is not None and v.sample_fps <= 0:
         raise ConfigError(f"video.sample_fps (--sample-fps) must be positive, got {v.sample_fps}")
     if v.sampling not in SAMPLINGS:

@@ -23,9 +23,12 @@ from typing import Any
 from .errors import SlowfastError, first_line
 from .reading import path_kind
 
+META_VALUES = 1_000_000  # values in a token or features file's meta (ours: frame lists, a config: a few thousand)
+META_DEPTH = 32  # levels of nesting in it (ours: 4)
 PICKLE_LIMIT = 64 << 20  # bytes of data.pkl read from a file that claims to be a token or features file
 TMP_PREFIX = ".slowfast-tmp-"  # temporary files of atomic writes (atomic.atomic_open)
 
+FLOAT_STORAGES = ("FloatStorage", "DoubleStorage", "HalfStorage", "BFloat16Storage")  # what tokens may be stored as
 ITEMSIZE = {  # torch's typed storage names -> bytes per element
     "FloatStorage": 4,
     "DoubleStorage": 8,
@@ -38,6 +41,28 @@ ITEMSIZE = {  # torch's typed storage names -> bytes per element
     "ByteStorage": 1,
     "BoolStorage": 1,
 }
+
+
+def check_meta_size(meta: Any, path: str | Path) -> None:
+    """Refuse a ``meta`` too large or too deep to walk: one a pickle can make small on disk and enormous in memory by
+    sharing one nested object many times, or nested deeper than Python recursion allows. Slowfast's own meta has a
+    few hundred values, nested four deep. Walks without recursion and stops at the first limit reached."""
+    stack, seen = [(meta, 0)], 0
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if seen > META_VALUES or depth > META_DEPTH:
+            raise SlowfastError(f"{path}: its meta is larger or deeper than a token file's can be (more than "
+                                f"{META_VALUES:,} values or {META_DEPTH} levels)")  # fmt: skip
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, depth + 1) for v in value)
+
+
+class ForeignFile(SlowfastError):
+    """A readable torch.save archive that holds something else than what was expected (weights, a bare tensor):
+    another program's file, not a damaged one of ours."""
 
 
 def require_file(path: str | Path) -> Path:
@@ -123,10 +148,10 @@ def read_header(path: str | Path, key: str = "tokens", what: str = "token file",
                 raise SlowfastError(f"{path}: not a {what} (its data.pkl holds {pickled:,} bytes)")
             obj = _HeaderUnpickler(io.BytesIO(z.read(names["data.pkl"]))).load()
             if isinstance(obj, TensorHeader):
-                raise SlowfastError(f"{path}: not a {what} (a bare tensor; expected a dict with {key!r} and 'meta')")
+                raise ForeignFile(f"{path}: not a {what} (a bare tensor; expected a dict with {key!r} and 'meta')")
             if not isinstance(obj, dict) or not isinstance(obj.get(key), TensorHeader):
                 keys = ", ".join(map(repr, obj)) if isinstance(obj, dict) else f"a {type(obj).__name__}"
-                raise SlowfastError(f"{path}: not a {what} (found {keys or 'an empty dict'}; expected a dict with "
+                raise ForeignFile(f"{path}: not a {what} (found {keys or 'an empty dict'}; expected a dict with "
                                     f"{key!r} and 'meta')")  # fmt: skip
             header = obj[key]
             entry = names.get(f"data/{header.storage}")
@@ -148,6 +173,7 @@ def read_header(path: str | Path, key: str = "tokens", what: str = "token file",
     meta = obj.get("meta", {})
     if not isinstance(meta, dict):
         raise SlowfastError(f"{path}: 'meta' is not a dict")
+    check_meta_size(meta, path)
     return {key: header, "meta": meta}
 
 
@@ -157,6 +183,10 @@ def read_token_header(path: str | Path, verify: bool = False) -> dict:
     shape = obj["tokens"].shape
     if len(shape) != 3 or shape[0] != 1:
         raise SlowfastError(f"{path}: tokens must have shape (1, L, D), got {shape}")
+    if obj["tokens"].dtype not in FLOAT_STORAGES:
+        raise SlowfastError(f"{path}: tokens must be floating point, got {obj['tokens'].dtype.removesuffix('Storage')}")
+    if shape[2] == 0:
+        raise SlowfastError(f"{path}: the tokens have no channels (D=0)")
     return obj
 
 

@@ -52,6 +52,7 @@ def preflight(cfg: Config) -> tuple[int, int]:
     except ConfigError as exc:
         raise ConfigError(f"{e.model}: {exc}") from None
     block_index(e.layer, vision.get("layers", VISION_DEFAULTS["layers"]), e.model)
+    _weights_path(e.pretrained, "encoder.pretrained, --pretrained")
     if looks_like_path(e.pretrained) and not Path(e.pretrained).exists():  # "none" and tags never look like one
         problem = path_kind(Path(e.pretrained))  # "does not exist", or "is a broken symlink"
         raise ConfigError(
@@ -60,6 +61,14 @@ def preflight(cfg: Config) -> tuple[int, int]:
         )
     check_projector(cfg.projector, vision.get("width", VISION_DEFAULTS["width"]), e.model)
     return grid
+
+
+def _weights_path(path: str, where: str) -> None:
+    """Refuse weights given as something that is neither a file nor a folder (a device, a FIFO): reading one would
+    never end (its hash for the settings record), and it is never weights."""
+    p = Path(path)
+    if path.lower() != "none" and p.exists() and not p.is_dir() and path_kind(p):
+        raise ConfigError(f"weights {path} {path_kind(p)}, not a weights file or checkpoint folder ({where})")
 
 
 def check_projector(p: ProjectorCfg, width: int, model: str) -> None:
@@ -82,6 +91,7 @@ def check_projector(p: ProjectorCfg, width: int, model: str) -> None:
                 f"{model}'s vision width {width}; drop --llm-dim or pick --projector linear or mlp2x_gelu"
             )
     elif p.weights:
+        _weights_path(p.weights, "projector.weights, --projector-weights")
         if not Path(p.weights).exists():
             raise ConfigError(
                 f"projector weights file {p.weights} does not exist (projector.weights, --projector-weights): "

@@ -33,11 +33,13 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .reading import read_bounded
+from .reading import path_kind, read_bounded
 
 SECTIONS = ("video", "encoder", "projector", "aggregator")  # the config sections that change the numbers
 TOKENS_VERSION = 2  # raise when slowfast's output for the same settings changes
@@ -48,13 +50,17 @@ IGNORED = {"encoder": ("pretrained", "batch_frames"), "projector": ("weights",)}
 DECODER = "decord"  # the decoder library (video.decode): its version is part of the record
 ADDED = {"decoder": "decord 0.6.0", "weights_config": None}  # see the module docstring
 LIBRARIES = ("open_clip_torch", "Pillow")  # distributions whose version can change the tokens (module docstring)
+FINGERPRINT_BYTES = 1 << 20  # bytes read from each end of a video for its fingerprint
 _digests: dict[tuple[str, int, int, int], str] = {}  # (resolved path, size, mtime_ns, inode) -> digest
 
 
 def file_digest(path: str | Path) -> str:
-    """``sha256:HEX`` of a file's content, memoised per (path, size, mtime, inode) within this process."""
+    """``sha256:HEX`` of a file's content, memoised per (path, size, mtime, inode) within this process; for what is
+    not a regular file (a device, a FIFO: reading it would never end), ``not-a-file`` (loading it then says why)."""
     p = Path(path).resolve()
     st = p.stat()
+    if not stat.S_ISREG(st.st_mode):
+        return "not-a-file"
     key = (str(p), st.st_size, st.st_mtime_ns, st.st_ino)
     if key not in _digests:
         with p.open("rb") as f:
@@ -62,13 +68,33 @@ def file_digest(path: str | Path) -> str:
     return _digests[key]
 
 
+def video_fingerprint(path: str | Path) -> str | None:
+    """``sha256:`` of a video's size and its first and last ``FINGERPRINT_BYTES`` (None when it cannot be read).
+
+    Cheap whatever the video's length, and different for another video of the same size (the container's header
+    and index, and the last packets, differ), which the size alone cannot tell. Resume compares it when the file's
+    modification time changed (``batch.plan.existing_output``).
+    """
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            h = hashlib.sha256(str(size).encode())
+            h.update(f.read(FINGERPRINT_BYTES))
+            if size > 2 * FINGERPRINT_BYTES:
+                f.seek(size - FINGERPRINT_BYTES)
+            h.update(f.read(FINGERPRINT_BYTES))
+    except OSError:
+        return None
+    return "sha256:" + h.hexdigest()
+
+
 def checkpoint_identity(path: str | Path) -> str:
     """The identity of weights given as a file, a checkpoint folder or a sharded checkpoint's ``*.index.json``.
 
     A single file is hashed whole (``sha256:``). A sharded checkpoint (a LLaVA folder holds 14 GB or more, most of
-    it the LLM's) is identified by its index (``index:sha256:``): the index file's bytes and the name and size of
-    every shard it lists, so a re-sharded, swapped or truncated checkpoint differs; weights replaced in place by
-    others of exactly the same sizes would not be noticed.
+    it the LLM's) is identified by its index (``index:sha256:``): the index file's bytes and, for every shard it
+    lists, its name, size and first and last MiB (:func:`video_fingerprint`), so a re-sharded, swapped, truncated or
+    retrained checkpoint of the same layout differs; a change in the middle of a shard alone would not be noticed.
     """
     from .checkpoints import FOLDER_FILES  # what a checkpoint folder is read from (imports torch: only here)
 
@@ -93,8 +119,8 @@ def checkpoint_identity(path: str | Path) -> str:
         shards = []
     for name in shards:
         shard = p.parent / str(name)
-        size = shard.stat().st_size if shard.is_file() else -1
-        h.update(f"\0{name}\0{size}".encode())
+        ends = video_fingerprint(shard) if shard.is_file() else None  # size and both ends: content, not a date
+        h.update(f"\0{name}\0{ends}".encode())
     return "index:sha256:" + h.hexdigest()
 
 
@@ -155,6 +181,8 @@ def config_identity(checkpoint: str | Path) -> str | None:
     path = config_file(Path(checkpoint))
     if path is None:
         return None
+    if path_kind(path):
+        return "not-a-file"  # loading the checkpoint names the problem
     try:
         return file_digest(path)
     except OSError:

@@ -32,10 +32,10 @@ def read_bounded(path: str | os.PathLike, limit: int, fifo: bool = False) -> byt
         OSError: it cannot be opened or read.
         ValueError: it is a folder, a device or another special file, or longer than ``limit`` bytes.
     """
+    mode = os.stat(path).st_mode  # before opening: opening a FIFO waits for a writer
+    if not (stat.S_ISREG(mode) or (fifo and stat.S_ISFIFO(mode))):
+        raise ValueError(f"is {kind_of(mode)}, not a file")
     with open(path, "rb") as f:
-        mode = os.fstat(f.fileno()).st_mode
-        if not (stat.S_ISREG(mode) or (fifo and stat.S_ISFIFO(mode))):
-            raise ValueError(f"is {kind_of(mode)}, not a file")
         data = f.read(limit + 1)
     if len(data) > limit:
         raise ValueError(f"is larger than {limit:,} bytes, too large for what it should hold")

@@ -13,11 +13,15 @@ import torch
 
 from .errors import SlowfastError
 
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # what tensors from users' files may hold
+
 
 def tensor_problem(x: torch.Tensor, name: str) -> str | None:
     """What is wrong with ``x`` for use as weights or features, naming it ``name``; None when nothing is."""
     if not x.is_floating_point():
         return f"{name} must be floating point, got {x.dtype}"
+    if x.dtype not in DTYPES:  # float8 and other storage formats: nothing here computes in them
+        return f"{name} is {x.dtype}; weights and features must be float16, bfloat16, float32 or float64"
     if x.ndim and x.shape[-1] == 0:
         return f"{name} has no channels (its last dimension is 0: shape {tuple(x.shape)})"
     bad = int((~torch.isfinite(x)).sum())

@@ -18,7 +18,7 @@ import torch
 from .atomic import sigint_deferred, temp_file
 from .config import config_from_dict
 from .errors import SlowfastError, load_failure
-from .header import require_file
+from .header import check_meta_size, require_file
 from .tensors import check_tensors
 
 
@@ -174,6 +174,7 @@ def _load(path: str | Path, key: str, what: str, expected: str) -> dict:
     meta = obj.get("meta", {})
     if not isinstance(meta, dict):
         raise SlowfastError(f"{path}: 'meta' is not a dict (found a {type(meta).__name__})")
+    check_meta_size(meta, path)
     try:
         _check_plain(meta)
     except TypeError as exc:

@@ -251,3 +251,153 @@ class TestSpecialFiles:
         (tmp_path / "w.safetensors").symlink_to(tmp_path / "gone.safetensors")
         r = run("encode", small_video, *TINY, "--pretrained", tmp_path / "w.safetensors", "-o", tmp_path / "o.pt")
         assert r.exit_code == 2 and "w.safetensors is a broken symlink" in one_line(r)
+
+
+class TestSecondPass:
+    """What a hostile pass over the first fixes found (each failed before its fix)."""
+
+    def test_a_same_size_replacement_of_a_video_is_redone(self, tmp_path, small_video):
+        import os
+
+        import media
+
+        src = tmp_path / "in"
+        src.mkdir()
+        a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"  # two videos padded to one size (trailing bytes are ignored)
+        shutil.copy(small_video, a)
+        media.make_video(b, frames=20)
+        size = max(a.stat().st_size, b.stat().st_size) + 8
+        for f in (a, b):
+            f.write_bytes(f.read_bytes().ljust(size, b"\0"))
+        shutil.copy(a, src / "v.mp4")
+        args = ["batch", src, "-o", tmp_path / "out", *TINY, "--workers", "1", "--json"]
+        assert run(*args).exit_code == 0
+        shutil.copy(b, src / "v.mp4")  # same name, same size, another video
+        r = run(*args)
+        assert r.exit_code == 0 and "made from another video of the same size as v.mp4" in r.stderr
+        assert json.loads(r.stdout)["run"]["skipped"] == 0
+        os.utime(src / "v.mp4")  # touched only: the bytes are the same, so it is kept
+        assert json.loads(run(*args).stdout)["run"]["skipped"] == 1
+
+    def test_a_sharded_checkpoint_swapped_for_one_of_the_same_layout_differs(self, tmp_path):
+        from slowfast_cli.provenance import checkpoint_identity
+
+        ids = []
+        for seed in (0, 1):
+            folder = tmp_path / f"ckpt{seed}"
+            hf_tower(seed=seed, projection=False).save_pretrained(folder, max_shard_size="100KB")
+            index = folder / "model.safetensors.index.json"
+            assert index.exists()
+            ids.append(checkpoint_identity(folder))
+        assert (tmp_path / "ckpt0" / "model.safetensors.index.json").read_bytes() == (
+            tmp_path / "ckpt1" / "model.safetensors.index.json"
+        ).read_bytes()  # the same index: only the shards' bytes tell them apart
+        assert ids[0] != ids[1]
+
+    def test_another_programs_file_where_an_output_goes_is_never_replaced_unasked(self, tmp_path, small_video):
+        src, out = tmp_path / "in", tmp_path / "out"
+        src.mkdir()
+        out.mkdir()
+        shutil.copy(small_video, src / "v.mp4")
+        torch.save({"w": torch.ones(3)}, out / "v.pt")  # someone's weights, named like the output
+        r = run("batch", src, "-o", out, *TINY, "--workers", "1")
+        assert r.exit_code == 2 and "are another program's" in one_line(r)
+        assert torch.load(out / "v.pt", weights_only=True)["w"].sum() == 3
+        assert run("batch", src, "-o", out, *TINY, "--workers", "1", "--overwrite").exit_code == 0
+
+    def test_a_config_json_without_model_type_that_describes_a_tower_is_refused(self, tmp_path):
+        folder = tmp_path / "ckpt"
+        hf_tower().save_pretrained(folder)
+        config = json.loads((folder / "config.json").read_text())
+        del config["model_type"]
+        (folder / "config.json").write_text(json.dumps({**config, "hidden_act": "gelu"}))
+        with pytest.raises(SlowfastError, match="but no model_type"):
+            build_encoder(EncoderCfg(model="slowfast-tiny-vit", pretrained=str(folder)), CPU, torch.float32)
+
+    def test_cleanup_never_takes_an_input_for_a_temporary_file(self, tmp_path, small_video):
+        out = tmp_path / "out"
+        src = out / "in"  # IN_DIR inside OUT_DIR
+        src.mkdir(parents=True)
+        shutil.copy(small_video, src / ".slowfast-tmp-v.mp4")
+        r = run("batch", src, "-o", out, *TINY, "--workers", "1")
+        assert r.exit_code == 1 and (src / ".slowfast-tmp-v.mp4").exists()
+
+    def test_videos_under_the_output_folder_are_named_not_dropped_silently(self, tmp_path, small_video):
+        src = tmp_path / "in"
+        (src / "out").mkdir(parents=True)
+        shutil.copy(small_video, src / "out" / "v.mp4")
+        r = run("batch", src, "-o", src / "out", *TINY, "--workers", "1")
+        assert "1 video(s) under the output folder" in r.stderr and "no videos found" in r.stderr
+
+    def test_a_device_as_the_output_is_refused(self, tmp_path, small_video):
+        import os
+
+        os.mkfifo(tmp_path / "o.pt")
+        r = run("encode", small_video, *TINY, "-o", tmp_path / "o.pt", "--overwrite")
+        assert r.exit_code == 2 and "is a FIFO, not a file" in one_line(r)
+        assert not (tmp_path / "o.pt").is_file()
+
+    def test_a_fifo_config_json_never_blocks(self, tmp_path):
+        import os
+
+        folder = tmp_path / "ckpt"
+        hf_tower().save_pretrained(folder)
+        (folder / "config.json").unlink()
+        os.mkfifo(folder / "config.json")
+        with pytest.raises(SlowfastError, match="config.json: cannot be read .*is a FIFO"):
+            build_encoder(EncoderCfg(model="slowfast-tiny-vit", pretrained=str(folder)), CPU, torch.float32)
+
+    def test_devices_as_weights_are_refused_before_any_hashing(self, tmp_path, small_video):
+        for flags in (["--pretrained", "/dev/zero"], ["--projector", "linear", "--projector-weights", "/dev/zero"]):
+            r = run("batch", small_video.parent, "-o", tmp_path / "out", *TINY, *flags)
+            assert r.exit_code == 2 and "/dev/zero is a character device" in one_line(r)
+
+    @pytest.mark.parametrize("shape", ["shared", "deep"])
+    def test_a_meta_that_explodes_when_walked_is_one_line(self, tmp_path, shape):
+        bomb: object = {"leaf": 1}
+        for _ in range(40 if shape == "shared" else 100):
+            bomb = {"a": bomb, "b": bomb} if shape == "shared" else {"a": bomb}
+        torch.save({"tokens": torch.zeros(1, 4, 2), "meta": {"output_tokens": 4, "x": bomb}}, tmp_path / "t.pt")
+        r = run("report", tmp_path / "t.pt")
+        assert r.exit_code == 1 and "larger or deeper than a token file's can be" in one_line(r)
+        torch.save({"features": torch.zeros(2, 4, 2), "meta": {"grid": [2, 2], "x": bomb}}, tmp_path / "f.pt")
+        r = run("aggregate", tmp_path / "f.pt", "-o", tmp_path / "a.pt", "--slow-pool", "none", "--fast-size", "1x1")
+        assert r.exit_code == 1 and "larger or deeper" in one_line(r)
+
+    def test_q_k_v_of_other_shapes_are_one_line(self, tmp_path):
+        state = tower_state(hf_tower())
+        key = "vision_model.encoder.layers.0.self_attn.k_proj.weight"
+        state[key] = state[key][:32].contiguous()
+        save_file(state, tmp_path / "w.safetensors")
+        with pytest.raises(SlowfastError, match="do not fit slowfast-tiny-vit"):
+            build_encoder(EncoderCfg(model="slowfast-tiny-vit", pretrained=str(tmp_path / "w.safetensors")), CPU,
+                          torch.float32)  # fmt: skip
+
+    def test_float8_and_overflowing_float64_weights_are_named(self, tmp_path):
+        state = tower_state(hf_tower())
+        key = "vision_model.post_layernorm.weight"
+        f8 = {**state, key: state[key].to(torch.float8_e4m3fn)}
+        save_file(f8, tmp_path / "w8.safetensors")
+        with pytest.raises(SlowfastError, match="is torch.float8_e4m3fn; weights and features must be"):
+            build_encoder(EncoderCfg(model="slowfast-tiny-vit", pretrained=str(tmp_path / "w8.safetensors")), CPU,
+                          torch.float32)  # fmt: skip
+        big = {k: v.double() for k, v in state.items()}
+        big["vision_model.embeddings.patch_embedding.weight"][0, 0, 0, 0] = 1e300  # finite, but not in float32
+        save_file(big, tmp_path / "w64.safetensors")
+        with pytest.raises(SlowfastError, match="conv1.weight' holds 1 NaN or infinite values"):
+            build_encoder(EncoderCfg(model="slowfast-tiny-vit", pretrained=str(tmp_path / "w64.safetensors")), CPU,
+                          torch.float32)  # fmt: skip
+
+    def test_frame_counts_that_cannot_be_held_are_usage_errors(self):
+        for flags in (["--frames", "2000000000"], ["--slow-index", "segment_start", "--slow-frames", "2000000000"]):
+            r = run("budget", *flags)
+            assert r.exit_code == 2 and "at most 100,000 frames" in one_line(r)
+
+    def test_report_refuses_integer_or_empty_tokens_and_plan_json_exits_like_the_table(self, tmp_path):
+        torch.save({"tokens": torch.zeros(1, 4, 2, dtype=torch.int64), "meta": {"output_tokens": 4}}, tmp_path / "i.pt")
+        torch.save({"tokens": torch.zeros(1, 4, 0), "meta": {"output_tokens": 4}}, tmp_path / "z.pt")
+        d = json.loads(run("report", tmp_path, "--json").stdout)
+        why = {s["path"].rsplit("/", 1)[-1]: s["error"] for s in d["skipped"]}
+        assert "must be floating point" in why["i.pt"] and "no channels" in why["z.pt"]
+        r = run("budget", "--plan", "--context", "5", "--json")
+        assert r.exit_code == 1 and json.loads(r.stdout) == []

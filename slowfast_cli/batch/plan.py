@@ -17,12 +17,13 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import ConfigError, SlowfastError
-from ..header import TMP_PREFIX, read_token_header
-from ..provenance import differences
+from ..header import TMP_PREFIX, ForeignFile, read_token_header
+from ..provenance import differences, video_fingerprint
 from .listing import Listing, find_videos, matches, output_path, read_files_from
 from .records import Record
 
 RESERVED = ".slowfast"  # OUT_DIR names slowfast keeps for itself: temporary files, the lock, Ray's attempt counters
+TEMP_SUFFIXES = (".pt", ".json")  # what atomic writes leave behind when interrupted: token/features files, reports
 LOCK = ".slowfast.lock"
 
 
@@ -106,6 +107,8 @@ def clean_stale_temp_files(out_dir: Path) -> int:
     """Delete temporary files left by an interrupted run (only ours, by their prefix). Call with the lock held."""
     n = 0
     for p in out_dir.rglob(f"{TMP_PREFIX}*"):
+        if p.suffix not in TEMP_SUFFIXES:  # ours end as the file they stand for; a video so named is not ours
+            continue
         with contextlib.suppress(OSError):
             p.unlink()
             n += 1
@@ -115,7 +118,8 @@ def clean_stale_temp_files(out_dir: Path) -> int:
 def existing_output(
     path: Path, current: dict | None, source: Path | None = None, verify: bool = True
 ) -> tuple[str, str | None]:
-    """What an existing output is for resume: ``("done", None)``, ``("damaged", why)``, ``("stale", why)`` or
+    """What an existing output is for resume: ``("done", None)``, ``("damaged", why)``, ``("stale", why)``,
+    ``("foreign", why)`` (a readable archive of something else, such as weights: never replaced unasked) or
     ``("other", what differs)``.
 
     Done means it reads as a complete token file whose every byte passes the zip's CRC-32 check, was made from
@@ -126,6 +130,8 @@ def existing_output(
     """
     try:
         meta = read_token_header(path, verify=verify)["meta"]
+    except ForeignFile as exc:  # someone's weights or tensors where an output goes: never replaced unasked
+        return "foreign", str(exc)
     except SlowfastError as exc:
         return "damaged", str(exc)
     if source is not None:
@@ -134,11 +140,17 @@ def existing_output(
         if not isinstance(made_from, str) or Path(made_from).name != source.name:
             return "stale", f"{path}: made from another video ({made_from!r}), not {source.name!r}"
         try:
-            size = source.stat().st_size
+            st = source.stat()
         except OSError:
-            size = None
+            st = None
+        size = st.st_size if st else None
         if recorded is not None and size is not None and recorded != size:
             return "stale", f"{path}: made from an earlier version of {source.name} ({recorded} bytes, now {size})"
+        video = meta["video"] if isinstance(meta.get("video"), dict) else {}
+        fingerprint = video.get("fingerprint")
+        touched = st and isinstance(fingerprint, str) and video.get("mtime_ns") != st.st_mtime_ns  # or replaced
+        if touched and video_fingerprint(source) != fingerprint:
+            return "stale", f"{path}: made from another video of the same size as {source.name} (its bytes differ)"
     if current is not None:
         diff = differences(meta.get("provenance"), current)
         if diff:
@@ -217,15 +229,22 @@ def _plan(
     verify: bool = True,
 ) -> BatchPlan:
     clean_stale_temp_files(out_dir)
+    problems: list[str] = []
     if listing is None:
         listing = find_videos(root, pattern)
     elif pattern:
         listing.videos = [v for v in listing.videos if matches(v, pattern)]
     if out_dir.resolve().is_relative_to(root.resolve()):
         inside = out_dir.resolve().relative_to(root.resolve())
-        listing.videos = [v for v in listing.videos if not v.is_relative_to(inside)]
+        kept = [v for v in listing.videos if not v.is_relative_to(inside)]
+        if len(kept) < len(listing.videos):  # never re-encoded, and never silently
+            problems.append(f"{len(listing.videos) - len(kept)} video(s) under the output folder {out_dir} "
+                            "(inside IN_DIR) are not encoded")  # fmt: skip
+        listing.videos = kept
     fold = case_insensitive(out_dir)
-    todo, records, claimed, problems, other, unverified = [], [], {}, list(listing.problems), [], set()
+    todo, records, claimed, other, unverified = [], [], {}, [], set()
+    problems = list(listing.problems) + problems
+    foreign: list[str] = []
     for rel in listing.videos:
         out_rel = output_path(rel)
         if any(part.startswith(RESERVED) for part in out_rel.parts):  # cleanup would take it for one of ours
@@ -248,9 +267,16 @@ def _plan(
                 unverified.add(rel)  # the engine checks it and skips it
             elif state in ("damaged", "stale"):
                 problems.append(f"{why}; it is redone")
+            elif state == "foreign":
+                foreign.append(why)
             else:
                 other.append((out_rel, why))
         todo.append((rel, out_rel))
+    if foreign:
+        raise ConfigError(
+            f"{out_dir}: {len(foreign)} file(s) where token files would go are another program's (e.g. {foreign[0]});"
+            " slowfast does not replace them: move them away, pass --overwrite, or choose a new output folder"
+        )
     if other:
         first, why = other[0]
         raise ConfigError(

@@ -32,6 +32,7 @@ from ..reading import read_bounded
 from .files import Checkpoint, few
 
 CONFIG_LIMIT = 4 << 20  # bytes: a Hugging Face config.json (a few KB)
+TOWER_KEYS = {"hidden_act", "num_attention_heads", "layer_norm_eps"}  # what a config.json may say of a tower
 HF_MARK = "embeddings.patch_embedding.weight"  # the key every Hugging Face ViT tower (CLIP, SigLIP) has
 HF_TOWER = "vision_model."  # CLIPModel's / CLIPVisionModelWithProjection's tower, beside visual_projection
 HF_PROJECTION = "visual_projection.weight"  # (embed_dim, width), no bias; open_clip's proj is its transpose
@@ -137,6 +138,11 @@ def _hf_vision_config(checkpoint: Path) -> tuple[dict, Path] | None:
     except (OSError, ValueError) as exc:  # there, but not readable JSON: never taken as absent (it decides the tower)
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
         raise SlowfastError(f"{path}: cannot be read as a Hugging Face config.json ({why})") from None
+    if isinstance(cfg, dict) and "model_type" not in cfg and TOWER_KEYS & set(cfg):
+        raise SlowfastError(
+            f"{path}: has {', '.join(sorted(TOWER_KEYS & set(cfg)))} but no model_type, so it cannot be told whether "
+            'it describes this tower; add "model_type": "clip_vision_model" (or remove the file)'
+        )
     if not isinstance(cfg, dict) or "model_type" not in cfg:
         return None  # not a Hugging Face config
     vision = cfg.get("vision_config")

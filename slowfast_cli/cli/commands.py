@@ -113,13 +113,13 @@ def budget(
 def show_plan(entries, context: int, reserve: int, grid, top: int, as_json: bool) -> None:
     if as_json:
         print_json([{**e.budget.to_dict(), "spare": e.spare, "rank": i + 1} for i, e in enumerate(entries)])
-        return
-    if not entries:
+    if not entries:  # exit 1 in both forms (the JSON form prints its empty list first)
         raise SlowfastError(
             f"nothing fits a context of {context} tokens (reserve {reserve}) on a {grid[0]}x{grid[1]} grid"
         )
-    out.print(plan_table(entries, context, reserve, grid, top))
-    out.print(plan_hint(entries))
+    if not as_json:
+        out.print(plan_table(entries, context, reserve, grid, top))
+        out.print(plan_hint(entries))
 
 
 @handles_errors

@@ -172,7 +172,12 @@ def load_weights(visual: torch.nn.Module, adapter: type[towers.TowerAdapter], we
         weights.hf.check(
             weights.hf.heads if heads is None else heads, weights.hf.eps if eps is None else eps, path, model
         )
-        state = hf_clip_to_open_clip(source.read(weights.hf.keys), weights.hf, path)
+        hf_state = source.read(weights.hf.keys)
+        check_tensors(hf_state, f"vision weights {path}")
+        try:
+            state = hf_clip_to_open_clip(hf_state, weights.hf, path)
+        except RuntimeError as exc:  # q, k and v of other shapes cannot be packed into one projection
+            raise SlowfastError(f"weights {path} do not fit {model}: {first_line(exc)}") from None
         optional, expected = UNUSED_BY_TOKENS, f"a Hugging Face CLIP vision tower of {model}'s shape"
     else:
         state = _vision_state(source.read_all())
@@ -193,3 +198,5 @@ def load_weights(visual: torch.nn.Module, adapter: type[towers.TowerAdapter], we
         problems.append(f"unexpected {_few(result.unexpected_keys)}")
     if problems:
         raise SlowfastError(f"weights {path} do not fit {model}: {'; '.join(problems)}. Expected {expected}{shapes}")
+    loaded = {k: v for k, v in visual.state_dict().items() if k in state}
+    check_tensors(loaded, f"vision weights {path}, once in the tower's float32 (too large for it)")
