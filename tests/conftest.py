@@ -19,17 +19,54 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 # VP9 encoder then fails to open ("avcodec_open2(libvpx-vp9) returned 22").
 import media  # noqa: E402
 
-# --- pytest-xdist: the order in which modules are handed out ---------------------------------------------------
+# --- pytest-xdist: which tests share a worker, and in what order the work is handed out ---------------------------
 # `python -m pytest` runs with `-n 2 --dist loadfile --no-loadscope-reorder` (pyproject.toml): a module's tests stay
-# on one worker, so that its module-scoped fixtures (a Ray cluster, an encoded corpus, built models) are made once,
-# as in a run without xdist, and the modules are handed out in collection order. LONGEST_FIRST puts the longest
-# modules first, so that the short ones fill the other worker's time instead of the last minutes.
-LONGEST_FIRST = ["test_ray.py", "test_batch.py", "test_gpu_check.py", "test_checkpoints.py", "test_siglip.py"]
+# on one worker, so that its module-scoped fixtures (a Ray cluster, an encoded corpus, built models) are made once, as
+# in a run without xdist. Two modules are cut in independent parts (SPLIT: tests that share no module fixture with the
+# rest of their module, or only the Ray cluster, which each part then starts for itself), so that the two longest
+# streams of work (the Ray runs) go to both workers at once. ORDER hands the longest parts out first, so that the
+# short modules fill the other worker's time instead of the last minutes.
+SPLIT = {
+    "test_ray.py": {  # TestSameAsLocal and TestResume share the `both` fixture: they stay in the module's own part
+        "test_dead_workers_are_retried_a_bounded_number_of_times": "ray:faults",
+        "test_ctrl_c_leaves_files_and_lines_together_and_resumes": "ray:faults",
+        "test_the_plan_has_a_decode_and_an_encode_operator": "ray:faults",
+        "test_two_node_cluster_through_ray_job_submit": "ray:two-node",  # its own cluster
+    },
+    "test_batch.py": {  # real signals to real batches, on the module's `ten_clips` and `twelve`
+        "test_killed_batch_resumes_to_the_same_result": "batch:signals",
+        "test_sigint_at_any_moment_exits_130_and_leaves_only_complete_files": "batch:signals",
+    },
+}
+ORDER = ["test_ray.py", "ray:faults", "ray:two-node", "batch:signals", "test_batch.py", "test_gpu_check.py",
+         "test_checkpoints.py", "test_siglip.py", "test_encoder.py", "test_pipeline.py"]  # fmt: skip
+
+
+def work_unit(nodeid: str) -> str:
+    """The part of the suite (a module, or a SPLIT part of one) that ``nodeid`` runs in."""
+    path, _, rest = nodeid.partition("::")
+    module = path.rpartition("/")[2]
+    name = rest.partition("::")[0].partition("[")[0]
+    return SPLIT.get(module, {}).get(name, module)
 
 
 def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the order within a module is kept
+    rank = {unit: i for i, unit in enumerate(ORDER)}
+    items.sort(key=lambda item: rank.get(work_unit(item.nodeid), len(rank)))  # stable: each part keeps its order
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with the SPLIT parts as files of their own; any other --dist is xdist's."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Parts(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return Parts(config, log)
 
 
 @pytest.fixture(scope="session")

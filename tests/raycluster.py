@@ -138,11 +138,19 @@ class Cluster:
             for proc in self.nodes:
                 if proc.poll() is not None:
                     raise RuntimeError(f"a ray node exited ({proc.returncode}): {self.logs()}")
+            if not self._started():  # a driver costs 1-2 s of CPU: ask only once every node says it is up
+                time.sleep(0.2)
+                continue
             r = subprocess.run([sys.executable, "-c", code, self.address], env=self.env, capture_output=True)
             if r.returncode == 0 and r.stdout.strip().splitlines()[-1:] == [str(n).encode()]:
                 return
             time.sleep(1)
         raise RuntimeError(f"the cluster did not get {n} nodes in {timeout}s: {self.logs()}")
+
+    def _started(self) -> bool:
+        """Whether every node's ``ray start`` has printed that its runtime started (it still has to register)."""
+        logs = [self.root / "head.log", *(self.root / f"node{i}.log" for i in range(1, len(self.nodes)))]
+        return all(p.exists() and b"Ray runtime started" in p.read_bytes() for p in logs)
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace")[-2000:] for p in sorted(self.root.glob("*.log")))
