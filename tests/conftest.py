@@ -50,7 +50,35 @@ def work_unit(nodeid: str) -> str:
     return SPLIT.get(module, {}).get(name, module)
 
 
+# The developer subset, `python -m pytest -q -m "not slow"`, leaves out these: real Ray clusters, real signals to real
+# batches, other subprocess runs of several seconds, the full-size towers (module, SPLIT part, or test name).
+SLOW = {
+    "test_ray.py", "ray:faults", "ray:two-node", "batch:signals", "test_gpu_check.py",
+    "test_batch.py::test_progress_bar_on_a_terminal",
+    "test_batch.py::test_unreadable_folder_is_reported_not_fatal",
+    "test_batch.py::TestResumeKeepsNothingWrong::test_two_real_batches_at_once",
+    "test_batch.py::TestResumeKeepsNothingWrong::test_a_second_run_into_the_same_folder_is_refused_and_deletes_nothing",
+    "test_batch.py::TestHostile::test_sigterm_stops_like_ctrl_c",
+    "test_checkpoints.py::TestViTL14At336",
+    "test_siglip.py::TestAgainstTransformers",
+    "test_siglip.py::TestTower",
+    "test_encoder.py::TestPretrainedTags::test_a_hub_that_never_answers_fails_within_seconds",
+    "test_encoder.py::TestPretrainedTags::test_no_access_to_the_hub_fails_within_seconds",
+    "test_encoder.py::TestPreprocess::test_extreme_aspect_ratio_chunk_has_bounded_peak_memory",
+}  # fmt: skip
+
+
+def is_slow(nodeid: str) -> bool:
+    module_and_name = nodeid.rpartition("/")[2].partition("[")[0]
+    return work_unit(nodeid) in SLOW or any(
+        module_and_name == slow or module_and_name.startswith(slow + "::") for slow in SLOW
+    )
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if is_slow(item.nodeid):
+            item.add_marker(pytest.mark.slow)
     rank = {unit: i for i, unit in enumerate(ORDER)}
     items.sort(key=lambda item: rank.get(work_unit(item.nodeid), len(rank)))  # stable: each part keeps its order
 
