@@ -5,7 +5,14 @@ fresh temporary folder (``--temp-dir``: a short one, since Ray's socket paths mu
 ``/tmp/ray``; token authentication (``RAY_AUTH_MODE=token``) with
 a token file of our own (``RAY_AUTH_TOKEN_PATH``), never ``~/.ray``. Stopping sends SIGTERM to each ``--block``
 process, which stops the node's processes, then kills whatever still runs with the cluster's temp dir in its
-command line: only what we started, never ``ray stop`` (which stops every Ray process on the machine).
+command line: only what we started, never ``ray stop`` (which stops every Ray process on the machine). The nodes
+skip Ray's drain on SIGTERM (``RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0``): with the whole process group signalled
+the GCS is gone before the drain request, which then waits out its 30 s and ``stop`` would kill after 10 s.
+
+Ports: a node's own services get ports from :func:`free_port`, which gives each pytest-xdist worker its own block
+of ports (a plain run takes block 0) below Linux's ephemeral range, so that clusters started at the same time by two
+workers never pick the same port; worker processes bind ports the OS chooses (``--min/max-worker-port=0``), never
+Ray's shared default range 10002-19999.
 """
 
 from __future__ import annotations
@@ -25,11 +32,39 @@ from pathlib import Path
 
 import psutil
 
+PORT_BASE, PORT_BLOCK, PORT_BLOCKS = 20000, 1500, 8  # 20000-31999: above Ray's worker range, below ephemeral ports
+_next_port: list[int] = []  # this process's cursor in its block
+
+
+def _port_block() -> range:
+    """This process's ports: block ``n`` for pytest-xdist worker ``gwn``, block 0 elsewhere (a plain run)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    n = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    start = PORT_BASE + (n % PORT_BLOCKS) * PORT_BLOCK
+    return range(start, start + PORT_BLOCK)
+
+
+def _bindable(port: int) -> bool:
+    for host in ("127.0.0.1", ""):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                return False
+    return True
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nobody listens on, from this process's block (never handed out twice in a row by this process)."""
+    block = _port_block()
+    if not _next_port:
+        _next_port.append(block.start + secrets.randbelow(len(block)))
+    for _ in range(len(block)):
+        port = _next_port[0]
+        _next_port[0] = block.start + (port + 1 - block.start) % len(block)
+        if _bindable(port):
+            return port
+    raise RuntimeError(f"no free port in {block.start}-{block.stop - 1}")
 
 
 def ray_exe() -> str:
@@ -54,9 +89,11 @@ class Cluster:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def _node(self, args: list[str], log: str) -> subprocess.Popen:
-        cmd = [ray_exe(), "start", "--block", "--disable-usage-stats", *args]
+        cmd = [ray_exe(), "start", "--block", "--disable-usage-stats", "--min-worker-port=0", "--max-worker-port=0"]
+        cmd += args
+        env = {**self.env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}  # stop() ends the node at once
         with open(self.root / log, "wb") as out:
-            proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.nodes.append(proc)
         return proc
 
@@ -101,11 +138,19 @@ class Cluster:
             for proc in self.nodes:
                 if proc.poll() is not None:
                     raise RuntimeError(f"a ray node exited ({proc.returncode}): {self.logs()}")
+            if not self._started():  # a driver costs 1-2 s of CPU: ask only once every node says it is up
+                time.sleep(0.2)
+                continue
             r = subprocess.run([sys.executable, "-c", code, self.address], env=self.env, capture_output=True)
             if r.returncode == 0 and r.stdout.strip().splitlines()[-1:] == [str(n).encode()]:
                 return
             time.sleep(1)
         raise RuntimeError(f"the cluster did not get {n} nodes in {timeout}s: {self.logs()}")
+
+    def _started(self) -> bool:
+        """Whether every node's ``ray start`` has printed that its runtime started (it still has to register)."""
+        logs = [self.root / "head.log", *(self.root / f"node{i}.log" for i in range(1, len(self.nodes)))]
+        return all(p.exists() and b"Ray runtime started" in p.read_bytes() for p in logs)
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace")[-2000:] for p in sorted(self.root.glob("*.log")))

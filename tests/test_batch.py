@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -165,13 +166,27 @@ class TestMixedFolder:
         assert {k: p.stat().st_mtime_ns for k, p in token_files(out).items()} == before
 
 
-@pytest.fixture
-def folder(tmp_path):
-    src = tmp_path / "in"
+@pytest.fixture(scope="module")
+def four_videos(tmp_path_factory):
+    """v0-v3.mp4 (10-13 frames), made once for the module; tests get a copy (see ``folder``)."""
+    src = tmp_path_factory.mktemp("four") / "in"
     src.mkdir()
     for i in range(4):
         media.make_video(src / f"v{i}.mp4", frames=10 + i)
     return src
+
+
+@pytest.fixture
+def folder(four_videos, tmp_path):
+    """A test's own ``in`` folder of v0-v3.mp4: fresh copies (new files, new times) of the module's videos."""
+    return Path(shutil.copytree(four_videos, tmp_path / "in", copy_function=shutil.copyfile))
+
+
+def hang_on(name: str) -> dict[str, str]:
+    """The environment of a batch whose decoder hangs on ``name`` (``workers.test_fault``): a batch that cannot
+    finish before the signal a test sends it, however fast the machine (the decode times out after --timeout,
+    120 s by default, and the SIGINT comes first)."""
+    return {**os.environ, "SLOWFAST_TEST_FAULTS": f"decode-hang:{name}"}
 
 
 class TestResumeAndSafety:
@@ -308,17 +323,25 @@ def test_crashed_worker_is_replaced(small_video):
         assert done[1].ok and done[1].clip.frames.shape[0] == 16
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
-def test_killed_batch_resumes_to_the_same_result(tmp_path, sig):
-    """A real signal to a real `slowfast batch` subprocess, then a rerun: same files as an uninterrupted run."""
-    src = tmp_path / "in"
+@pytest.fixture(scope="module")
+def ten_clips(tmp_path_factory):
+    """Ten clips and their uninterrupted batch, made once: the reference both killed batches are compared with (the
+    clips are only read, the outputs go to each test's own folder)."""
+    root = tmp_path_factory.mktemp("ten")
+    src = root / "in"
     src.mkdir()
     for i in range(10):
         media.make_video(src / f"clip{i:02d}.mp4", frames=48, size=(160, 120))
     cmd = [sys.executable, "-m", "slowfast_cli", "batch", str(src), *TINY, "--frames", "16"]
-    full = tmp_path / "full"
+    full = root / "full"
     assert subprocess.run([*cmd, "-o", str(full)], capture_output=True, timeout=300).returncode == 0
+    return cmd, full
 
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_killed_batch_resumes_to_the_same_result(ten_clips, tmp_path, sig):
+    """A real signal to a real `slowfast batch` subprocess, then a rerun: same files as an uninterrupted run."""
+    cmd, full = ten_clips
     out = tmp_path / "out"
     proc = subprocess.Popen([*cmd, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -627,7 +650,8 @@ def test_sigint_at_any_moment_exits_130_and_leaves_only_complete_files(twelve, t
     output complete and intact, every manifest line whole; `interrupted: true` wherever a report was written."""
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "slowfast_cli", "batch", str(twelve), "-o", str(out), *TINY]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = hang_on("v11.mp4")  # the last video never decodes: the batch is still running when the signal comes
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if when == "starting":
         time.sleep(1.0)
     else:
@@ -637,8 +661,6 @@ def test_sigint_at_any_moment_exits_130_and_leaves_only_complete_files(twelve, t
         time.sleep({"first line": 0.0, "first line + 60 ms": 0.06}[when])
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
-    if proc.returncode == 0:
-        pytest.skip("the batch finished before the signal")  # a fast machine; the other moments still count
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith(TMP_PREFIX)]
@@ -650,7 +672,8 @@ def test_sigint_at_any_moment_exits_130_and_leaves_only_complete_files(twelve, t
         assert sorted(token_files(out)) == sorted(json.loads(line)["output"] for line in lines)
     for p in token_files(out).values():
         read_token_header(p, verify=True)
-    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0  # and a rerun finishes the job
+    rerun = subprocess.run(cmd, capture_output=True, timeout=300)  # without the fault: a rerun finishes the job
+    assert rerun.returncode == 0, rerun.stderr
     assert sorted(token_files(out)) == [f"v{i:02d}.pt" for i in range(12)]
 
 
@@ -732,14 +755,13 @@ class TestHostile:
     def test_sigterm_stops_like_ctrl_c(self, folder, tmp_path):
         out = tmp_path / "out"
         cmd = [sys.executable, "-m", "slowfast_cli", "batch", str(folder), "-o", str(out), *TINY]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        env = hang_on("v3.mp4")  # the last video never decodes: the batch is still running when the signal comes
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not manifest(out) and proc.poll() is None:
             time.sleep(0.002)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
-        if proc.returncode == 0:
-            pytest.skip("the batch finished before the signal")
         assert proc.returncode == 130 and "interrupted" in stderr, stderr
         assert json.loads((out / "report.json").read_text())["run"]["interrupted"] is True
         assert not [p for p in out.rglob("*") if p.name.startswith(TMP_PREFIX)]

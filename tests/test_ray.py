@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import media
@@ -60,6 +61,15 @@ def ray_batch(cluster, src, out, *args, **kw) -> subprocess.CompletedProcess:
 def local_batch(src, out, *args, env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "slowfast_cli", "batch", str(src), "-o", str(out), *TINY, *map(str, args)]
     return subprocess.run(cmd, env=env or os.environ, capture_output=True, timeout=300)
+
+
+def in_background(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` in a thread (a local engine run beside a Ray run: they share nothing but the CPUs, and
+    each waits on its own decode timeouts); the returned future's ``result()`` is what ``fn`` returned."""
+    pool = ThreadPoolExecutor(1)
+    future = pool.submit(fn, *args, **kwargs)
+    pool.shutdown(wait=False)
+    return future
 
 
 def lines(out: Path) -> list[dict]:
@@ -124,9 +134,9 @@ def corpus(tmp_path_factory):
 def both(corpus, cluster, tmp_path_factory):
     """The corpus through both engines (same fault settings), once for the module."""
     work = tmp_path_factory.mktemp("both")
-    local = local_batch(corpus, work / "local", "--workers", "1", "--timeout", "8", env=cluster.env)
+    local = in_background(local_batch, corpus, work / "local", "--workers", "1", "--timeout", "8", env=cluster.env)
     ray = ray_batch(cluster, corpus, work / "ray", "--timeout", "8")
-    return local, ray, work / "local", work / "ray"
+    return local.result(), ray, work / "local", work / "ray"
 
 
 class TestSameAsLocal:
@@ -222,7 +232,7 @@ def test_ctrl_c_leaves_files_and_lines_together_and_resumes(cluster, tmp_path):
     for i in range(12):
         media.make_video(src / f"clip{i:02d}.mp4", frames=48, size=(160, 120))
     full = tmp_path / "full"
-    assert local_batch(src, full).returncode == 0
+    local = in_background(local_batch, src, full)  # the reference, while the Ray runs go
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "slowfast_cli", "batch", src, "-o", out, "--engine", "ray"]
     cmd += ["--address", cluster.address, *TINY]
@@ -240,6 +250,7 @@ def test_ctrl_c_leaves_files_and_lines_together_and_resumes(cluster, tmp_path):
     assert json.loads((out / "report.json").read_text())["run"]["interrupted"] is True
     again = ray_batch(cluster, src, out)
     assert again.returncode == 0, again.stderr.decode()
+    assert local.result().returncode == 0
     assert_same_files(full, out)
     assert not [p for p in out.rglob("*") if p.name.startswith(TMP_PREFIX)]
 
@@ -308,6 +319,7 @@ def test_two_node_cluster_through_ray_job_submit(tmp_path):
     src.mkdir()
     for i in range(6):
         media.make_video(src / f"v{i}.mp4", frames=24, size=(128, 96))
+    local = in_background(local_batch, src, tmp_path / "local")  # the reference, while the cluster starts
     c = raycluster.make_cluster(tmp_path / "rc")
     try:
         c.start_head(num_cpus=1, dashboard=True)
@@ -323,6 +335,6 @@ def test_two_node_cluster_through_ray_job_submit(tmp_path):
     nodes = json.loads((out / "report.json").read_text())["run"]["engine"]["nodes"]
     assert len(nodes) == 2, nodes  # one decodes, the other encodes (one CPU each)
     assert sum(n.get("decoded", 0) for n in nodes.values()) == sum(n.get("encoded", 0) for n in nodes.values()) == 6
-    assert local_batch(src, tmp_path / "local").returncode == 0
+    assert local.result().returncode == 0
     assert_same_files(tmp_path / "local", out)
     assert lines(tmp_path / "local") == lines(out)
