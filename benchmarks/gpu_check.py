@@ -138,7 +138,8 @@ def run_tests(videos: list[Path], cuda: bool, timeout: float) -> dict:
     """pytest on the CUDA tests in a child process; counts, reasons and the command."""
     with tempfile.TemporaryDirectory(prefix="gpu-check-tests-") as tmp:
         xml = Path(tmp) / "junit.xml"
-        cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "--noconftest", "-p", "no:cacheprovider",
+        # -o addopts: not the suite's "-n 2" (pytest-xdist is not among the GPU machine's wheels; one GPU, serial)
+        cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "--noconftest", "-p", "no:cacheprovider", "-o", "addopts=",
                f"--junitxml={xml}", *TESTS]  # fmt: skip
         env = {**os.environ, "SLOWFAST_TEST_VIDEO": str(videos[0])}
         t0 = time.perf_counter()
