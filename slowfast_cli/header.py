@@ -60,6 +60,24 @@ def check_meta_size(meta: Any, path: str | Path) -> None:
             stack.extend((v, depth + 1) for v in value)
 
 
+def _check_pickled(z: zipfile.ZipFile, name: str, path: Path, what: str) -> None:
+    pickled = z.getinfo(name).file_size
+    if pickled > PICKLE_LIMIT:  # a token file's data.pkl is a few KB: the meta and the tensor's header
+        raise SlowfastError(f"{path}: not a {what} (its data.pkl holds {pickled:,} bytes)")
+
+
+def check_pickle_size(path: str | Path, what: str) -> None:
+    """Refuse a torch.save archive whose pickled part (``data.pkl``) is over ``PICKLE_LIMIT`` before anything reads
+    it whole; files that are not zip archives are left to the loader, which names them."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            name = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            if name is not None:
+                _check_pickled(z, name, Path(path), what)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return
+
+
 class ForeignFile(SlowfastError):
     """A readable torch.save archive that holds something else than what was expected (weights, a bare tensor):
     another program's file, not a damaged one of ours."""
@@ -143,9 +161,7 @@ def read_header(path: str | Path, key: str = "tokens", what: str = "token file",
             names = {n.split("/", 1)[1]: n for n in z.namelist() if "/" in n}
             if "data.pkl" not in names:
                 raise SlowfastError(f"{path}: not a {what} (no data.pkl in the archive)")
-            pickled = z.getinfo(names["data.pkl"]).file_size
-            if pickled > PICKLE_LIMIT:  # a token file's data.pkl is a few KB: the meta and the tensor's header
-                raise SlowfastError(f"{path}: not a {what} (its data.pkl holds {pickled:,} bytes)")
+            _check_pickled(z, names["data.pkl"], path, what)
             obj = _HeaderUnpickler(io.BytesIO(z.read(names["data.pkl"]))).load()
             if isinstance(obj, TensorHeader):
                 raise ForeignFile(f"{path}: not a {what} (a bare tensor; expected a dict with {key!r} and 'meta')")

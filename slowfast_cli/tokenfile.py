@@ -18,7 +18,7 @@ import torch
 from .atomic import sigint_deferred, temp_file
 from .config import config_from_dict
 from .errors import SlowfastError, load_failure
-from .header import check_meta_size, require_file
+from .header import check_meta_size, check_pickle_size, require_file
 from .tensors import check_tensors
 
 
@@ -158,6 +158,7 @@ FEATURES_FILE = "a dict with 'features' (a (T, N, D) tensor) and 'meta' (plain v
 
 def _load(path: str | Path, key: str, what: str, expected: str) -> dict:
     path = require_file(path)
+    check_pickle_size(path, what)  # before torch.load reads it whole
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and weights_only errors all mean "not our file"

@@ -401,3 +401,12 @@ class TestSecondPass:
         assert "must be floating point" in why["i.pt"] and "no channels" in why["z.pt"]
         r = run("budget", "--plan", "--context", "5", "--json")
         assert r.exit_code == 1 and json.loads(r.stdout) == []
+
+
+def test_a_features_file_with_a_huge_pickle_is_refused_before_it_is_read(tmp_path):
+    """torch.load reads the pickled part whole: a lying file of a few hundred MB of meta is refused first."""
+    torch.save({"features": torch.zeros(2, 4, 2), "meta": {"grid": [2, 2], "pad": "x" * (65 << 20)}}, tmp_path / "f.pt")
+    r = run("aggregate", tmp_path / "f.pt", "-o", tmp_path / "a.pt", "--slow-pool", "none", "--fast-size", "1x1")
+    assert r.exit_code == 1 and "its data.pkl holds" in one_line(r)
+    r = run("report", tmp_path / "f.pt")
+    assert r.exit_code == 1 and "its data.pkl holds" in one_line(r)
