@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .policies import RESIZES, SAMPLINGS, SLOW_INDICES, SLOW_POOLS
-from .reading import path_kind, read_bounded
+from .reading import path_problem, read_bounded
 
 PRESET_LIMIT = 1 << 20  # bytes: a preset file (ours are under 2 KB)
 MAX_FRAMES = 100_000  # frames, slow frames and frames per pass: an hour at 25 fps is 90,000
@@ -300,9 +300,9 @@ def find_preset(name_or_path: str) -> Path:
     """A preset by name (``tiny``) or a path to a TOML file."""
     p = Path(name_or_path)
     if p.suffix == ".toml" or p.exists() or "/" in name_or_path:
-        problem = path_kind(p)
+        problem = path_problem(p)
         if problem:
-            raise ConfigError(f"config file {name_or_path} {problem}" + (", not a file" if "is a" in problem else ""))
+            raise ConfigError(f"config file {name_or_path} {problem}")
         return p
     presets = list_presets()
     if name_or_path not in presets:

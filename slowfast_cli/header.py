@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SlowfastError, first_line
-from .reading import path_kind
+from .reading import path_problem
 
 META_VALUES = 1_000_000  # values in a token or features file's meta (ours: frame lists, a config: a few thousand)
 META_DEPTH = 32  # levels of nesting in it (ours: 4)
@@ -86,9 +86,9 @@ class ForeignFile(SlowfastError):
 def require_file(path: str | Path) -> Path:
     """``path`` as a Path, or SlowfastError saying it does not exist or is not a file."""
     path = Path(path)
-    problem = path_kind(path)
+    problem = path_problem(path)
     if problem:
-        raise SlowfastError(f"{path}: {problem}" + (", not a file" if problem.startswith("is a ") else ""))
+        raise SlowfastError(f"{path}: {problem}")
     return path
 
 

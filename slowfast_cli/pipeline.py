@@ -21,8 +21,8 @@ from .config import AggregatorCfg, Config, config_from_dict, resolve_config
 from .encoder.device import DTYPE_NAMES, resolve_device, resolve_dtype
 from .errors import ConfigError, SlowfastError
 from .policies import check_grid
-from .provenance import provenance, video_fingerprint
-from .reading import path_kind
+from .provenance import file_fingerprint, provenance
+from .reading import path_problem
 from .tokenfile import features_object, load_features, save_all, save_pending, save_tokens, token_object
 from .version import __version__
 
@@ -76,25 +76,18 @@ def _check_overwrite(path: Path, overwrite: bool, inputs: tuple[Path, ...] = ())
             raise ConfigError(f"{path}: is the input file {source}; choose another output (-o)")
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder; give the output file's name (-o FILE.pt)")
-    kind = path_kind(path) if path.exists() else None
-    if kind:  # a device or a FIFO: replacing it with a regular file is never what was meant
-        raise ConfigError(f"{path}: {kind}, not a file; give the output file's name (-o FILE.pt)")
+    problem = path_problem(path) if path.exists() else None
+    if problem:  # a device or a FIFO: replacing it with a regular file is never what was meant
+        raise ConfigError(f"{path}: {problem}; give the output file's name (-o FILE.pt)")
     if path.exists() and not overwrite:
         raise SlowfastError(f"{path}: already exists; pass --overwrite to replace it")
     if not path.parent.is_dir():
         raise SlowfastError(f"{path.parent}: output folder does not exist")
 
 
-def _mtime(path: str) -> int | None:
+def _stat(path: str) -> os.stat_result | None:
     try:
-        return os.stat(path).st_mtime_ns
-    except OSError:
-        return None
-
-
-def _size(path: str) -> int | None:
-    try:
-        return os.stat(path).st_size
+        return os.stat(path)
     except OSError:
         return None
 
@@ -173,6 +166,7 @@ class Pipeline:
     def clip_meta(self, clip) -> dict:
         """Everything about the source and the model, shared by token and features files."""
         info = clip.info
+        st = _stat(info.path)
         return {
             "source": str(clip.info.path),
             "video": {
@@ -181,9 +175,9 @@ class Pipeline:
                 "duration": info.duration,
                 "width": info.width,
                 "height": info.height,
-                "bytes": _size(info.path),  # the file's size: resume redoes a token file whose video changed
-                "mtime_ns": _mtime(info.path),  # and, when its time changed, compares its fingerprint:
-                "fingerprint": video_fingerprint(info.path),  # a same-size replacement is redone too
+                "bytes": st.st_size if st else None,  # the file's size: resume redoes a token file whose video changed
+                "mtime_ns": st.st_mtime_ns if st else None,  # and, when its time changed, compares its fingerprint:
+                "fingerprint": file_fingerprint(info.path),  # a same-size replacement is redone too
                 "stream": info.stream,  # the container's index of the stream decoded (decord picks it)
                 "video_streams": info.video_streams,  # how many video streams the file has
             },

@@ -12,7 +12,7 @@ from .config import Config, ProjectorCfg, validate
 from .errors import ConfigError
 from .models import VISION_DEFAULTS, block_index, grid_of, looks_like_path, vision_config
 from .policies import check_grid
-from .reading import path_kind
+from .reading import path_kind, path_problem
 
 
 def preflight(cfg: Config) -> tuple[int, int]:
@@ -67,8 +67,9 @@ def _weights_path(path: str, where: str) -> None:
     """Refuse weights given as something that is neither a file nor a folder (a device, a FIFO): reading one would
     never end (its hash for the settings record), and it is never weights."""
     p = Path(path)
-    if path.lower() != "none" and p.exists() and not p.is_dir() and path_kind(p):
-        raise ConfigError(f"weights {path} {path_kind(p)}, not a weights file or checkpoint folder ({where})")
+    problem = path_problem(p, "weights file or checkpoint folder") if p.exists() and not p.is_dir() else None
+    if path.lower() != "none" and problem:
+        raise ConfigError(f"weights {path} {problem} ({where})")
 
 
 def check_projector(p: ProjectorCfg, width: int, model: str) -> None:

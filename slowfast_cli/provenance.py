@@ -68,12 +68,12 @@ def file_digest(path: str | Path) -> str:
     return _digests[key]
 
 
-def video_fingerprint(path: str | Path) -> str | None:
-    """``sha256:`` of a video's size and its first and last ``FINGERPRINT_BYTES`` (None when it cannot be read).
+def file_fingerprint(path: str | Path) -> str | None:
+    """``sha256:`` of a file's size and its first and last ``FINGERPRINT_BYTES`` (None when it cannot be read).
 
-    Cheap whatever the video's length, and different for another video of the same size (the container's header
-    and index, and the last packets, differ), which the size alone cannot tell. Resume compares it when the file's
-    modification time changed (``batch.plan.existing_output``).
+    Cheap whatever the file's length, and different for another video (or checkpoint shard) of the same size: the
+    container's header and index, the last packets, the first and last tensors differ, which the size alone cannot
+    tell. Resume compares a video's when its modification time changed (``batch.plan.existing_output``).
     """
     try:
         with open(path, "rb") as f:
@@ -93,7 +93,7 @@ def checkpoint_identity(path: str | Path) -> str:
 
     A single file is hashed whole (``sha256:``). A sharded checkpoint (a LLaVA folder holds 14 GB or more, most of
     it the LLM's) is identified by its index (``index:sha256:``): the index file's bytes and, for every shard it
-    lists, its name, size and first and last MiB (:func:`video_fingerprint`), so a re-sharded, swapped, truncated or
+    lists, its name, size and first and last MiB (:func:`file_fingerprint`), so a re-sharded, swapped, truncated or
     retrained checkpoint of the same layout differs; a change in the middle of a shard alone would not be noticed.
     """
     from .checkpoints import FOLDER_FILES  # what a checkpoint folder is read from (imports torch: only here)
@@ -119,7 +119,7 @@ def checkpoint_identity(path: str | Path) -> str:
         shards = []
     for name in shards:
         shard = p.parent / str(name)
-        ends = video_fingerprint(shard) if shard.is_file() else None  # size and both ends: content, not a date
+        ends = file_fingerprint(shard) if shard.is_file() else None  # size and both ends: content, not a date
         h.update(f"\0{name}\0{ends}".encode())
     return "index:sha256:" + h.hexdigest()
 

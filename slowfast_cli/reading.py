@@ -25,6 +25,12 @@ def kind_of(mode: int) -> str:
     return next((name for test, name in KINDS if test(mode)), "not a regular file")
 
 
+def _readable_kind(mode: int, fifo: bool) -> None:
+    """Raise ValueError unless ``mode`` is a regular file's (or, with ``fifo``, a pipe's)."""
+    if not (stat.S_ISREG(mode) or (fifo and stat.S_ISFIFO(mode))):
+        raise ValueError(f"is {kind_of(mode)}, not a file")
+
+
 def read_bounded(path: str | os.PathLike, limit: int, fifo: bool = False) -> bytes:
     """The bytes of a regular file (or, with ``fifo``, a pipe such as ``<(command)``) of at most ``limit`` bytes.
 
@@ -32,9 +38,7 @@ def read_bounded(path: str | os.PathLike, limit: int, fifo: bool = False) -> byt
         OSError: it cannot be opened or read.
         ValueError: it is a folder, a device or another special file, or longer than ``limit`` bytes.
     """
-    mode = os.stat(path).st_mode  # before opening: opening a FIFO waits for a writer
-    if not (stat.S_ISREG(mode) or (fifo and stat.S_ISFIFO(mode))):
-        raise ValueError(f"is {kind_of(mode)}, not a file")
+    _readable_kind(os.stat(path).st_mode, fifo)  # before opening: opening a FIFO waits for a writer
     with open(path, "rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:
@@ -50,9 +54,7 @@ def lines_bounded(path: str | os.PathLike, max_line: int, fifo: bool = True) -> 
         ValueError: a special file other than a pipe, or a line longer than ``max_line`` bytes (naming its number).
     """
     with open(path, "rb") as f:
-        mode = os.fstat(f.fileno()).st_mode
-        if not (stat.S_ISREG(mode) or (fifo and stat.S_ISFIFO(mode))):
-            raise ValueError(f"is {kind_of(mode)}, not a file")
+        _readable_kind(os.fstat(f.fileno()).st_mode, fifo)
         n = 0
         while True:
             line = f.readline(max_line + 2)
@@ -74,3 +76,13 @@ def path_kind(p: Path) -> str | None:
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc})"
     return None if stat.S_ISREG(mode) else f"is {kind_of(mode)}"
+
+
+def path_problem(p: Path, noun: str = "file") -> str | None:
+    """Why ``p`` cannot be read as a ``noun``, as the words after its name: "does not exist", "is a broken
+    symlink", "cannot be read (...)" or, for a folder or a special file, "is a FIFO, not a {noun}"; None when it is
+    a regular file (or a link to one)."""
+    kind = path_kind(p)
+    if kind is None or not kind.startswith("is a ") or kind == "is a broken symlink":
+        return kind
+    return f"{kind}, not a {noun}"

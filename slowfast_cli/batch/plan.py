@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, SlowfastError
 from ..header import TMP_PREFIX, ForeignFile, read_token_header
-from ..provenance import differences, video_fingerprint
+from ..provenance import differences, file_fingerprint
 from .listing import Listing, find_videos, matches, output_path, read_files_from
 from .records import Record
 
@@ -136,7 +136,8 @@ def existing_output(
         return "damaged", str(exc)
     if source is not None:
         made_from = meta.get("source")
-        recorded = meta.get("video", {}).get("bytes") if isinstance(meta.get("video"), dict) else None
+        video = meta["video"] if isinstance(meta.get("video"), dict) else {}
+        recorded = video.get("bytes")
         if not isinstance(made_from, str) or Path(made_from).name != source.name:
             return "stale", f"{path}: made from another video ({made_from!r}), not {source.name!r}"
         try:
@@ -146,10 +147,9 @@ def existing_output(
         size = st.st_size if st else None
         if recorded is not None and size is not None and recorded != size:
             return "stale", f"{path}: made from an earlier version of {source.name} ({recorded} bytes, now {size})"
-        video = meta["video"] if isinstance(meta.get("video"), dict) else {}
         fingerprint = video.get("fingerprint")
         touched = st and isinstance(fingerprint, str) and video.get("mtime_ns") != st.st_mtime_ns  # or replaced
-        if touched and video_fingerprint(source) != fingerprint:
+        if touched and file_fingerprint(source) != fingerprint:
             return "stale", f"{path}: made from another video of the same size as {source.name} (its bytes differ)"
     if current is not None:
         diff = differences(meta.get("provenance"), current)

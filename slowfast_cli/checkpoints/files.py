@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from ..errors import SlowfastError, first_line, load_failure
 from ..models import INDEX_SUFFIX, WEIGHT_SUFFIXES
-from ..reading import path_kind, read_bounded
+from ..reading import path_problem, read_bounded
 
 STATE_DICT = "a state dict (a mapping of names to tensors) saved with torch.save or safetensors"
 
@@ -60,14 +60,6 @@ def _unreadable(exc: BaseException) -> str:
     return first_line(exc, 200) if reason.startswith("cannot be loaded") else reason
 
 
-def not_a_file(p: Path) -> str | None:
-    """Why ``p`` cannot be read as a weights file, in words (None when it is a regular file, or a link to one):
-    "does not exist" only when nothing is there; a folder, a device (``/dev/null``), a FIFO or a broken symlink is
-    named as what it is."""
-    kind = path_kind(p)
-    return kind if kind is None or not kind.startswith("is a") or "symlink" in kind else f"{kind}, not a weights file"
-
-
 def few(keys: Iterable[str], n: int = 5) -> str:
     keys = list(keys)
     return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
@@ -89,7 +81,7 @@ def read_weights(path: str | Path, what: str = "weights") -> dict[str, torch.Ten
             which (``_unreadable``), never with torch's advice to load it with ``weights_only=False``.
     """
     p = Path(path)
-    problem = not_a_file(p)
+    problem = path_problem(p, "weights file")
     if problem:
         raise SlowfastError(f"{what} file {p} {problem}")
     if p.suffix != ".safetensors" and _is_torchscript(p):
@@ -167,7 +159,7 @@ class Checkpoint:
 
 
 def _open_file(p: Path, what: str, named: Path, model_folder: bool) -> Checkpoint:
-    problem = not_a_file(p)
+    problem = path_problem(p, "weights file")
     if problem:
         raise SlowfastError(f"{what} file {p} {problem}")
     if p.name.endswith(INDEX_SUFFIX):

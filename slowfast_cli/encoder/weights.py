@@ -181,8 +181,8 @@ def load_weights(visual: torch.nn.Module, adapter: type[towers.TowerAdapter], we
         optional, expected = UNUSED_BY_TOKENS, f"a Hugging Face CLIP vision tower of {model}'s shape"
     else:
         state = _vision_state(source.read_all())
+        check_tensors(state, f"vision weights {path}")
         optional, expected = (), f"an open_clip state dict of {model} (keys visual.* or the vision tower's own)"
-    check_tensors(state, f"vision weights {path}")
     ours, theirs = describe_tower(visual.state_dict()), describe_tower(state)
     shapes = f" (the weights' tower: {theirs}; {model}'s: {ours})" if theirs and ours and theirs != ours else ""
     try:
@@ -198,5 +198,6 @@ def load_weights(visual: torch.nn.Module, adapter: type[towers.TowerAdapter], we
         problems.append(f"unexpected {_few(result.unexpected_keys)}")
     if problems:
         raise SlowfastError(f"weights {path} do not fit {model}: {'; '.join(problems)}. Expected {expected}{shapes}")
-    loaded = {k: v for k, v in visual.state_dict().items() if k in state}
-    check_tensors(loaded, f"vision weights {path}, once in the tower's float32 (too large for it)")
+    if any(v.dtype == torch.float64 for v in state.values()):  # the one dtype whose values float32 cannot hold
+        loaded = {k: v for k, v in visual.state_dict().items() if k in state}
+        check_tensors(loaded, f"vision weights {path}, once in the tower's float32 (too large for it)")

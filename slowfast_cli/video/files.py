@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import SlowfastError
-from ..reading import path_kind
+from ..reading import path_problem
 
 AVERROR_DECODER_NOT_FOUND = -1128613112  # FFERRTAG(0xF8, 'D', 'E', 'C'), in decord's "cannot find video stream"
 AVERRORS = {-1094995529: "invalid data"}  # AVERROR_INVALIDDATA, what damaged packets give; others show as numbers
@@ -66,7 +66,7 @@ def check_file(path: str | os.PathLike) -> None:
     if p.is_dir():
         raise SlowfastError(f"{path}: is a directory, not a video file")
     if not p.is_file():  # a FIFO would block the reader, a device has no end: neither is a video file
-        raise SlowfastError(f"{path}: {path_kind(p) or 'is not a regular file'}, not a video file")
+        raise SlowfastError(f"{path}: {path_problem(p, 'video file')}")
     if not os.access(p, os.R_OK):
         raise SlowfastError(f"{path}: cannot be read (permission denied)")
     if p.stat().st_size == 0:
@@ -119,8 +119,9 @@ def decord_name(path: str | os.PathLike) -> Iterator[str]:
 
 @contextlib.contextmanager
 def stderr_quiet() -> Iterator[None]:
-    """File descriptor 2 on /dev/null while decord opens a file: its C++ prints "ERROR opening: ..." there itself
-    for a file FFmpeg cannot open, before slowfast's own one line says the same (decode workers keep it closed)."""
+    """File descriptor 2 on /dev/null inside the block, for C++ code that writes there directly, not through
+    ``sys.stderr``: decord prints "ERROR opening: ..." for a file FFmpeg cannot open, before slowfast's own one line
+    says the same (decode workers keep it closed), and Ray's logger announces its level (the Ray engine)."""
     try:
         saved = os.dup(2)
     except OSError:  # no stderr at all

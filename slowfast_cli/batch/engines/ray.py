@@ -49,6 +49,7 @@ import ray.data
 
 from ...config import Config, config_from_dict
 from ...errors import ConfigError, SlowfastError, first_line
+from ...video.files import stderr_quiet
 from ..plan import BatchPlan, prepare_output_dir
 from ..records import Record
 from ..run import EngineOptions, Outcome, Prepared
@@ -98,7 +99,7 @@ class RayEngine:
             if quiet:
                 os.environ["RAY_BACKEND_LOG_LEVEL"] = "fatal"
             try:
-                with _stderr_silenced(quiet):  # where Ray's C++ logger says that it was set so
+                with stderr_quiet() if quiet else contextlib.nullcontext():  # Ray's C++ logger says it was set
                     ray.init(address=self.address, logging_level=logging.ERROR, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 where = self.address or "RAY_ADDRESS / a local instance"
@@ -279,23 +280,6 @@ def _quiet_driver_errors() -> None:
 
     to_stderr_or_nowhere.slowfast = True
     worker.print_to_stdstream = to_stderr_or_nowhere
-
-
-@contextlib.contextmanager
-def _stderr_silenced(on: bool = True):
-    """File descriptor 2 points at /dev/null inside the block (C++ writes there directly, not via sys.stderr)."""
-    if not on:
-        yield
-        return
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _get(ref):
