@@ -289,3 +289,11 @@ def projector_keys(keys: Iterable[str], name: str = "projector weights") -> dict
             raise SlowfastError(f"{name} hold two projectors: {seen[module_key]} and {key} are both {module_key}")
         seen[module_key] = key
     return out
+
+
+NEWLINE = "image_newline"  # LLaVA-NeXT's learned newline token: model.image_newline (llava-hf: image_newline too)
+
+
+def newline_keys(keys: Iterable[str]) -> list[str]:
+    """The keys of a checkpoint that hold LLaVA-NeXT's ``image_newline`` (under any prefix)."""
+    return [k for k in keys if k == NEWLINE or k.endswith("." + NEWLINE)]

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from ..budget import token_budget
+from ..budget import aggregator_budget
 from ..config import list_presets, load_preset, parse_hw
 from ..errors import ConfigError, SlowfastError
 from ..models import model_grid
@@ -96,7 +96,7 @@ def budget(
         show_plan(entries, context, reserve, g, top, json_)
         return
     a = cfg.aggregator
-    b = token_budget(cfg.video.frames, g, a.slow_frames, a.slow_pool, a.fast_size, slow_index=a.slow_index)
+    b = aggregator_budget(cfg.video.frames, g, a)
     notes = budget_warnings(b)
     if json_:
         d = b.to_dict()
