@@ -203,6 +203,7 @@ class Pipeline:
             "pretrained": self.config.encoder.pretrained,
             "random_weights": self.encoder.random_weights,
             "layer": self.config.encoder.layer,
+            "activation": self.encoder.activation,  # quick_gelu, gelu, or gelu_tanh (SigLIP checkpoints)
             "projector": self.projector_info,
             "newline_token": self.newline_info,  # where the image_newline came from, None without newlines
             "pool_stage": self.config.aggregator.pool_stage,

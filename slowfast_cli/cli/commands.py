@@ -27,10 +27,13 @@ from .options import (
     FramesOpt,
     JsonOpt,
     LayerOpt,
+    LayoutOpt,
     LlmDimOpt,
     MaxFramesOpt,
     ModelOpt,
+    NewlineOpt,
     OverwriteOpt,
+    PoolStageOpt,
     PretrainedOpt,
     ProjectorOpt,
     ProjectorWeightsOpt,
@@ -71,6 +74,8 @@ def budget(
     slow_pool: SlowPoolOpt = None,
     fast_size: FastSizeOpt = None,
     slow_index: SlowIndexOpt = None,
+    layout: LayoutOpt = None,
+    newline: NewlineOpt = None,
     context: Annotated[int | None, typer.Option(help="LLM context length to check the fit against.")] = None,
     plan_: Annotated[bool, typer.Option("--plan", help="List the best settings that fit --context.")] = False,
     frames_range: Annotated[str, typer.Option(help="Frame range MIN:MAX the planner may use.")] = "8:128",
@@ -83,7 +88,7 @@ def budget(
     Example: slowfast budget --frames 64 --grid 14x14 --slow-pool none --context 8192
     """
     cfg = build_config(config, model=model, frames=frames, slow_frames=slow_frames, slow_pool=slow_pool,
-                       fast_size=fast_size, slow_index=slow_index)  # fmt: skip
+                       fast_size=fast_size, slow_index=slow_index, layout=layout, newline=newline)  # fmt: skip
     at_least(context, 1, "--context")
     at_least(reserve, 0, "--reserve")
     at_least(top, 1, "--top")
@@ -191,6 +196,7 @@ def aggregate(
     slow_pool: SlowPoolOpt = None,
     fast_size: FastSizeOpt = None,
     slow_index: SlowIndexOpt = None,
+    layout: LayoutOpt = None,
     overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -200,7 +206,8 @@ def aggregate(
     """
     from ..pipeline import aggregate_file
 
-    cfg = build_config(config, slow_frames=slow_frames, slow_pool=slow_pool, fast_size=fast_size, slow_index=slow_index)
+    cfg = build_config(config, slow_frames=slow_frames, slow_pool=slow_pool, fast_size=fast_size, slow_index=slow_index,
+                       layout=layout)  # fmt: skip
     result = aggregate_file(features, output, cfg, overwrite=overwrite)
     for w in result.warnings:
         warn(w)
@@ -238,6 +245,9 @@ def encode(
     slow_pool: SlowPoolOpt = None,
     fast_size: FastSizeOpt = None,
     slow_index: SlowIndexOpt = None,
+    layout: LayoutOpt = None,
+    newline: NewlineOpt = None,
+    pool_stage: PoolStageOpt = None,
     sampling: SamplingOpt = None,
     resize: ResizeOpt = None,
     projector: ProjectorOpt = None,

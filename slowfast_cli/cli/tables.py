@@ -31,11 +31,23 @@ def budget_table(b: Budget, context: int | None) -> Table:
     t.add_row("patch grid", f"{b.grid[0]}x{b.grid[1]}", "image size / patch size")
     t.add_row("tokens per frame (N)", _fmt_int(b.tokens_per_frame), "Gh * Gw")
     t.add_row("input tokens", _fmt_int(b.input_tokens), "T * N")
-    how = "min(T, slow frames), linspace" if b.slow_index == "linspace" else "slow frames, segment_start"
-    t.add_row("slow frames (S)", _fmt_int(b.slow_frames), how)
-    t.add_row("slow tokens", _fmt_int(b.slow_tokens), f"S * {b.slow_tokens_per_frame} ({b.slow_pool})")
-    t.add_row("fast tokens", _fmt_int(b.fast_tokens), f"T * {b.fast_size[0]}x{b.fast_size[1]}")
-    t.add_row("output tokens (L)", f"[bold]{_fmt_int(b.output_tokens)}[/]", "slow + fast")
+    if b.layout == "frames":
+        t.add_row("layout", "frames", "every frame pooled alike, no fast pathway")
+        t.add_row("frame tokens", _fmt_int(b.slow_tokens), f"T * {b.slow_tokens_per_frame} ({b.slow_pool})")
+    else:
+        how = "min(T, slow frames), linspace" if b.slow_index == "linspace" else "slow frames, segment_start"
+        t.add_row("slow frames (S)", _fmt_int(b.slow_frames), how)
+        t.add_row("slow tokens", _fmt_int(b.slow_tokens), f"S * {b.slow_tokens_per_frame} ({b.slow_pool})")
+        t.add_row("fast tokens", _fmt_int(b.fast_tokens), f"T * {b.fast_size[0]}x{b.fast_size[1]}")
+    if b.newline != "no_token":
+        where = {
+            "grid": "one after each row of each frame",
+            "frame": "one after each frame",
+            "one_token": "one at the end",
+        }
+        t.add_row("newline tokens", _fmt_int(b.newline_tokens), f"{b.newline}: {where[b.newline]}")
+    parts = ("frames" if b.layout == "frames" else "slow + fast") + (" + newlines" if b.newline_tokens else "")
+    t.add_row("output tokens (L)", f"[bold]{_fmt_int(b.output_tokens)}[/]", parts)
     t.add_row("ratio", f"{b.ratio:.2f}", "L / input")
     if context is not None:
         spare = context - b.output_tokens
