@@ -39,7 +39,8 @@ SPLIT = {
     },
 }
 ORDER = ["test_ray.py", "ray:faults", "ray:two-node", "batch:signals", "test_batch.py", "test_gpu_check.py",
-         "test_checkpoints.py", "test_siglip.py", "test_encoder.py", "test_pipeline.py"]  # fmt: skip
+         "test_checkpoints.py", "test_siglip.py", "test_llava_models.py", "test_encoder.py",
+         "test_pipeline.py"]  # fmt: skip
 
 
 def work_unit(nodeid: str) -> str:

@@ -43,7 +43,7 @@ SamplingOpt = Annotated[
     str | None,
     typer.Option(
         help="Frame sampling: centers (segment centres), sf_llava (SlowFast-LLaVA's), linspace (LLaVA-NeXT's), "
-        "llava_next (one frame a second, linspace past --frames)."
+        "llava_next (one frame a second, linspace past --frames), arange (the llava-hf model cards')."
     ),
 ]
 

@@ -97,11 +97,27 @@ def llava_next_indices(num_frames: int, fps: float, frames: int, sample_fps: flo
     return linspace_indices(num_frames, frames) if len(picked) > frames else picked
 
 
+def arange_indices(num_frames: int, frames: int) -> list[int]:
+    """``arange`` sampling: ``np.arange(0, num_frames, num_frames / frames).astype(int)``, the llava-hf model cards'
+    video loader (``read_video_pyav`` with ``indices = np.arange(0, total_frames, total_frames / 8).astype(int)``, on
+    llava-hf/LLaVA-NeXT-Video-7B-hf and llava-hf/llava-onevision-qwen2-7b-ov-hf), computed as upstream in float64:
+    the start of each of T equal segments, truncated; a video shorter than T repeats frames.
+
+    Example:
+        >>> arange_indices(100, 8), arange_indices(3, 4)
+        ([0, 12, 25, 37, 50, 62, 75, 87], [0, 0, 1, 2])
+    """
+    if not num_frames:
+        return []
+    return np.arange(0, num_frames, num_frames / frames).astype(int).tolist()
+
+
 SAMPLERS: dict[str, Callable[[int, int], list[int]]] = {
     "centers": centers_indices,
     "sf_llava": sf_llava_indices,
     "linspace": linspace_indices,
     "llava_next": lambda num_frames, frames: llava_next_indices(num_frames, 1.0, frames),  # see sample_indices
+    "arange": arange_indices,
 }  # config.SAMPLINGS, in that order
 
 
