@@ -42,6 +42,8 @@ from slowfast_cli.encoder.towers import preprocess_cfg
 from slowfast_cli.errors import ConfigError, SlowfastError
 from slowfast_cli.models import model_grid
 from slowfast_cli.pipeline import Pipeline
+from slowfast_cli.planner import plan
+from slowfast_cli.report import build_report
 from slowfast_cli.video.decode import load_clip
 
 VIDEO_TOKEN = 150
@@ -137,6 +139,8 @@ class TestLlavaOnevision:
                                                  vision_feature_select_strategy="full").pooler_output  # fmt: skip
         assert rel(tokens, own) <= FEATURES_TOL
         assert torch.equal(tokens[0, -1], model.model.image_newline.detach())
+        report = build_report(tmp_path / "ov.pt")
+        assert (report.layouts, report.newline_tokens) == ({"frames/one_token": 1}, 1)
         assert same_logits(model, tokens, pixels) <= LOGITS_TOL
         assert obj["meta"]["output_tokens"] == aggregator_budget(4, (14, 14), resolve_config(
             "default", {"layout": "frames", "slow_pool": "2x2_bilinear", "newline": "one_token"}).aggregator
@@ -242,6 +246,34 @@ class TestLayouts:
         assert out.tokens.shape[1] == budget.output_tokens == tokens
         result = runner.invoke(app, ["budget", "--config", preset, "--json"])
         assert result.exit_code == 0 and json.loads(result.output)["output_tokens"] == budget.output_tokens
+
+    def test_the_planner_searches_the_frames_layout_with_its_newlines(self):
+        entries = plan(8192, (27, 27), layout="frames", newline="grid")
+        b = entries[0].budget
+        assert (b.layout, b.frames, b.slow_pool, b.output_tokens) == ("frames", 32, "2x2_bilinear", 32 * 210)
+        assert all(e.budget.output_tokens <= 8192 and e.budget.fast_tokens == 0 for e in entries)
+        assert not [e for e in plan(4096, (2, 5), layout="frames", newline="grid") if e.budget.slow_pool == "1d_max"]
+
+
+class TestSO400MAt384:
+    """The tower of LLaVA-OneVision and LLaVA-Video at its real width, input and patch size (1152, 384 px, 14-px
+    patches, 16 heads, MLP 4304), random weights, from a Hugging Face SiglipVisionModel folder, against transformers
+    on the same weights. Two of its 27 layers (the shapes are per layer; 27 would take 1.6 GB of checkpoint)."""
+
+    def test_tower_equals_transformers(self, tmp_path):
+        vision = SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=2,
+                                    num_attention_heads=16, image_size=384, patch_size=14)  # fmt: skip
+        torch.manual_seed(2)
+        hf = SiglipVisionModel(vision).eval()
+        hf.save_pretrained(tmp_path / "siglip-so400m")
+        folder = str(tmp_path / "siglip-so400m")
+        cfg = resolve_config("default", {"model": "ViT-SO400M-14-SigLIP-384", "pretrained": folder, "layer": 1})
+        enc = build_encoder(cfg.encoder, torch.device("cpu"), torch.float32)
+        assert (enc.grid, enc.width, enc.activation) == ((27, 27), 1152, "gelu_tanh")
+        x = torch.randn(1, 3, 384, 384, generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            own = hf(pixel_values=x, output_hidden_states=True).hidden_states
+        assert rel(enc._tokens(x), own[-1]) <= FEATURES_TOL  # block 1 = hidden_states[2]: before post_layernorm
 
 
 class TestBadInputs:

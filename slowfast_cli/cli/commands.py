@@ -97,7 +97,8 @@ def budget(
         if context is None:
             raise ConfigError("--plan needs --context N (the LLM's context length)")
         lo, hi = _parse_range(frames_range)
-        entries = plan(context, g, lo, hi, reserve, slow_index=cfg.aggregator.slow_index)
+        a = cfg.aggregator
+        entries = plan(context, g, lo, hi, reserve, slow_index=a.slow_index, layout=a.layout, newline=a.newline)
         show_plan(entries, context, reserve, g, top, json_)
         return
     a = cfg.aggregator

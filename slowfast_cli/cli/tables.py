@@ -76,10 +76,13 @@ def plan_table(entries, context: int, reserve: int, grid, top: int) -> Table:
 def plan_hint(entries) -> str:
     """The flags of the planner's first row."""
     b = entries[0].budget
+    newline = f" --newline {b.newline}" if b.newline != "no_token" else ""
+    if b.layout == "frames":
+        return f"use #1 with: --layout frames --frames {b.frames} --slow-pool {b.slow_pool}{newline}"
     return (
         f"use #1 with: --frames {b.frames} --slow-frames {b.slow_frames} --slow-pool {b.slow_pool} "
-        f"--fast-size {b.fast_size[0]}x{b.fast_size[1]} --slow-index {b.slow_index}  (the *_avg pools cost the "
-        "same as *_max)"
+        f"--fast-size {b.fast_size[0]}x{b.fast_size[1]} --slow-index {b.slow_index}{newline}  (the *_avg pools cost "
+        "the same as *_max)"
     )
 
 
@@ -101,6 +104,9 @@ def report_table(r, title: str) -> Table:
         f"{f(r.tokens_per_file_min)} / {f(r.tokens_per_file_median, 1)} / {f(r.tokens_per_file_max)}",
     )
     t.add_row("token width (D)", ", ".join(map(str, r.dims)) or "-")
+    t.add_row("layout / newlines", ", ".join(f"{k}: {_fmt_int(v)}" for k, v in r.layouts.items()) or "-")
+    if r.newline_tokens:
+        t.add_row("of which newline tokens", _fmt_int(r.newline_tokens))
     if r.skipped:
         t.add_row("skipped (not token files)", f"[yellow]{len(r.skipped)}[/]")
     return t
@@ -118,10 +124,15 @@ def encode_summary(m: dict, target: Path, features: Path | None) -> Table:
     t.add_row("sampled", f"{m['frames']} frames{note}")
     t.add_row("model", shown(f"{m['model']} ({m['pretrained']}), layer {m['layer']}, {m['dtype']} on {m['device']}"))
     t.add_row("grid", f"{m['grid'][0]}x{m['grid'][1]} = {m['tokens_per_frame']} tokens per frame")
+    if m.get("layout") == "frames":
+        parts = f"{m['frames']} frames of {m['slow_tokens'] // max(m['frames'], 1):,}"
+    else:
+        parts = f"slow {m['slow_tokens']:,} + fast {m['fast_tokens']:,}"
+    if m.get("newline_tokens"):
+        parts += f" + {m['newline_tokens']:,} newlines ({m['newline']})"
     t.add_row(
         "tokens",
-        f"{m['input_tokens']:,} -> [bold]{m['output_tokens']:,}[/] (slow {m['slow_tokens']:,} + fast "
-        f"{m['fast_tokens']:,}), ratio {m['ratio']:.2f}, width {m['dim']}",
+        f"{m['input_tokens']:,} -> [bold]{m['output_tokens']:,}[/] ({parts}), ratio {m['ratio']:.2f}, width {m['dim']}",
     )
     tm = m.get("timings", {})
     t.add_row("time", ", ".join(f"{k} {v:.2f}s" for k, v in tm.items()))
