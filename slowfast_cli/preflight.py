@@ -61,6 +61,12 @@ def preflight(cfg: Config) -> tuple[int, int]:
             "file or checkpoint folder, an open_clip tag such as openai, or none for random weights"
         )
     check_projector(cfg.projector, vision.get("width", VISION_DEFAULTS["width"]), e.model)
+    if a.newline != "no_token" and cfg.projector.kind == "identity":
+        raise ConfigError(
+            f"aggregator.newline (--newline) {a.newline} places the checkpoint's image_newline, which lives beside its "
+            "projector, but projector.kind (--projector) is identity; pass --projector mlp2x_gelu --projector-weights "
+            "CHECKPOINT (or --random-projector --llm-dim N for a dry run), or --newline no_token"
+        )
     return grid
 
 

@@ -175,6 +175,36 @@ class TestLlavaOnevision:
         return resolve_config("default", {"model": "ViT-B-16-SigLIP", "pretrained": str(folder), "layer": 1,
                                           "dtype": "fp32"})  # fmt: skip
 
+    def test_an_original_llava_onevision_checkpoint_gives_the_same_tokens(self, onevision, video, tmp_path):
+        """LLaVA-NeXT's own naming (lmms-lab checkpoints): model.vision_tower.vision_tower.vision_model.*,
+        model.mm_projector.{0,2}.*, model.image_newline, and a config.json that names only mm_vision_tower: the
+        activation is SigLIP's gelu_pytorch_tanh all the same."""
+        folder, _ = onevision
+        names = {"vision_tower.": "model.vision_tower.vision_tower.vision_model.",
+                 "multi_modal_projector.linear_1.": "model.mm_projector.0.",
+                 "multi_modal_projector.linear_2.": "model.mm_projector.2.", "image_newline": "model.image_newline",
+                 "language_model.": "model."}  # fmt: skip
+        state = {}
+        for key, value in load_file(folder / "model.safetensors").items():
+            old = next(k for k in [*names, ""] if key.startswith(k))
+            state[(names[old] + key[len(old) :]) if old else key] = value
+        original = tmp_path / "llava-onevision-qwen2-tiny-ov"
+        original.mkdir()
+        save_file(state, original / "model.safetensors")
+        (original / "config.json").write_text(
+            json.dumps(
+                {
+                    "model_type": "llava_qwen",
+                    "hidden_act": "silu",
+                    "mm_vision_tower": "google/siglip-so400m-patch14-384",
+                }
+            )
+        )
+        ours = encode(video, tmp_path / "orig.pt", original, *self.FLAGS)
+        theirs = encode(video, tmp_path / "hf.pt", folder, *self.FLAGS)
+        assert ours["meta"]["activation"] == "gelu_tanh"
+        assert torch.equal(ours["tokens"], theirs["tokens"])
+
 
 class TestLlavaNextVideo:
     FLAGS = ("--model", "ViT-B-16", "--layer", "1", "--slow-pool", "2x2_avg", "--pool-stage", "before")
@@ -321,6 +351,15 @@ class TestBadInputs:
         assert result.exit_code == 2 and "--newline grid puts a newline token after each row" in result.output
         with pytest.raises(ConfigError, match="unknown layout 'rows'"):
             resolve_config("default", {"layout": "rows"})
+
+    def test_a_siglip_checkpoint_for_a_clip_model_is_refused(self, onevision):
+        cfg = resolve_config("default", {"model": "ViT-B-16", "pretrained": str(onevision[0]), "layer": 1})
+        with pytest.raises(SlowfastError, match="hold a SigLIP tower but ViT-B-16 is not a SigLIP model"):
+            Pipeline(cfg)
+
+    def test_newlines_without_a_projector_checkpoint_are_a_usage_error(self, video):
+        result = runner.invoke(app, ["encode", str(video), "--config", "tiny", "--newline", "grid"])
+        assert result.exit_code == 2 and "projector.kind (--projector) is identity" in result.output
 
     def test_a_siglip_tower_with_a_config_of_another_shape_is_refused(self, tmp_path):
         vision = SiglipVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=1,
