@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from media import make_video
@@ -45,6 +46,7 @@ from slowfast_cli.pipeline import Pipeline
 from slowfast_cli.planner import plan
 from slowfast_cli.report import build_report
 from slowfast_cli.video.decode import load_clip
+from slowfast_cli.video.sampling import sample_indices
 
 VIDEO_TOKEN = 150
 FEATURES_TOL = 1e-6  # relative, max-abs over max-abs: measured 0.0 (OneVision) and 3.0e-7 (NeXT-Video)
@@ -283,6 +285,28 @@ class TestLayouts:
         assert (b.layout, b.frames, b.slow_pool, b.output_tokens) == ("frames", 32, "2x2_bilinear", 32 * 210)
         assert all(e.budget.output_tokens <= 8192 and e.budget.fast_tokens == 0 for e in entries)
         assert not [e for e in plan(4096, (2, 5), layout="frames", newline="grid") if e.budget.slow_pool == "1d_max"]
+
+
+def upstream_load_video_indices(total_frame_num: int, avg_fps: float, max_frames_num: int, fps: float = 1) -> list:
+    """A transcription of the index arithmetic of lmms-eval's ``LlavaVid.load_video`` (and LLaVA-NeXT's
+    ``process_video_with_decord``), without decord."""
+    step = round(avg_fps / fps)
+    frame_idx = [i for i in range(0, total_frame_num, step)]
+    if len(frame_idx) > max_frames_num:
+        frame_idx = np.linspace(0, total_frame_num - 1, max_frames_num, dtype=int).tolist()
+    return frame_idx
+
+
+class TestSampling:
+    @pytest.mark.parametrize("fps", [23.976, 24.0, 25.0, 29.97, 30.0, 59.94, 2.5])
+    def test_llava_next_is_upstreams_rule(self, fps):
+        for n in [*range(1, 130), 599, 600, 601, 1800, 7201]:
+            assert sample_indices(n, fps, 20, sampling="llava_next") == upstream_load_video_indices(n, fps, 20), n
+            assert sample_indices(n, fps, 64, 2.0, sampling="llava_next") == upstream_load_video_indices(n, fps, 64, 2)
+
+    def test_arange_is_the_model_cards(self):
+        for n in [*range(1, 100), 1000, 4321]:
+            assert sample_indices(n, 25.0, 8, sampling="arange") == np.arange(0, n, n / 8).astype(int).tolist()
 
 
 class TestSO400MAt384:

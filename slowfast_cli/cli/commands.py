@@ -198,6 +198,7 @@ def aggregate(
     fast_size: FastSizeOpt = None,
     slow_index: SlowIndexOpt = None,
     layout: LayoutOpt = None,
+    newline: NewlineOpt = None,
     overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -208,7 +209,7 @@ def aggregate(
     from ..pipeline import aggregate_file
 
     cfg = build_config(config, slow_frames=slow_frames, slow_pool=slow_pool, fast_size=fast_size, slow_index=slow_index,
-                       layout=layout)  # fmt: skip
+                       layout=layout, newline=newline)  # fmt: skip
     result = aggregate_file(features, output, cfg, overwrite=overwrite)
     for w in result.warnings:
         warn(w)
