@@ -139,15 +139,18 @@ def configs(json_: JsonOpt = False) -> None:
         c = load_preset(str(path))
         a = c.aggregator
         rows.append({"name": name, "path": str(path), "description": c.description, **c.to_dict()})
-        rows[-1]["summary"] = (c.encoder.model, c.encoder.pretrained, c.video.frames, a.slow_frames, a.slow_pool,
-                               f"{a.fast_size[0]}x{a.fast_size[1]}", c.projector.kind)  # fmt: skip
+        frames_layout = a.layout == "frames"  # every frame pooled alike: no slow count, no fast pathway
+        rows[-1]["summary"] = (c.encoder.model, c.encoder.pretrained, c.video.frames,
+                               "all" if frames_layout else a.slow_frames, a.slow_pool,
+                               "-" if frames_layout else f"{a.fast_size[0]}x{a.fast_size[1]}", a.newline,
+                               c.projector.kind)  # fmt: skip
     if json_:
         for r in rows:
             r.pop("summary")
         print_json(rows)
         return
     t = Table(title="presets (--config NAME)")
-    for col in ("name", "model", "pretrained", "frames", "slow", "pool", "fast", "projector"):
+    for col in ("name", "model", "pretrained", "frames", "slow", "pool", "fast", "newline", "projector"):
         t.add_column(col, justify="right" if col in ("frames", "slow") else "left")
     for r in rows:
         t.add_row(shown(r["name"]), *[shown(v) for v in r["summary"]])
