@@ -208,12 +208,17 @@ class TestLlavaOnevision:
         assert torch.equal(ours["tokens"], theirs["tokens"])
 
 
-class TestLlavaNextVideo:
-    FLAGS = ("--model", "ViT-B-16", "--layer", "1", "--slow-pool", "2x2_avg", "--pool-stage", "before")
+NEXT_VIDEO_FLAGS = ("--model", "ViT-B-16", "--layer", "1", "--slow-pool", "2x2_avg", "--pool-stage", "before")
 
-    @pytest.fixture(scope="class")
-    def before(self, next_video, video, tmp_path_factory):
-        return encode(video, tmp_path_factory.mktemp("nv") / "before.pt", next_video[0], *self.FLAGS)
+
+@pytest.fixture(scope="module")
+def before(next_video, video, tmp_path_factory):
+    """The token file of the NeXT-Video layout (pooled before the projector), encoded once."""
+    return encode(video, tmp_path_factory.mktemp("nv") / "before.pt", next_video[0], *NEXT_VIDEO_FLAGS)
+
+
+class TestLlavaNextVideo:
+    FLAGS = NEXT_VIDEO_FLAGS
 
     def test_features_and_logits_equal_the_models(self, next_video, video, before):
         folder, model = next_video
