@@ -271,7 +271,9 @@ def build_tower(
     init is timm's, under the same seed. ``dtype`` only selects fp32 LayerNorms for a later bf16/fp16 cast.
 
     ``random_init=False`` builds it on the meta device (shapes only: SO400M's random init costs about 6 CPU-seconds
-    that a checkpoint then overwrites); the caller makes it real with ``to_empty`` and loads every tensor.
+    that a checkpoint then overwrites); the caller makes it real with ``to_empty`` and loads every tensor. A tower
+    with buffers (EVA-02's and PE-Core's rotary tables: computed at init, not in checkpoints) is built for real all
+    the same, so that nothing is left uninitialised.
 
     Raises:
         SlowfastError: a tower of no family in ``ADAPTERS``.
@@ -284,5 +286,7 @@ def build_tower(
     else:
         with torch.device("meta"):
             visual = _vision_tower(name, model_cfg, quick_gelu, low_precision)
+        if any(True for _ in visual.buffers()):  # EVA's and PE's rotary tables are computed, not loaded: init for real
+            return build_tower(name, model_cfg, quick_gelu, dtype, random_init=True)
     adapter, geometry = adapter_for(visual, name)
     return visual, adapter, geometry
