@@ -104,6 +104,13 @@ def budget(
     a = cfg.aggregator
     b = aggregator_budget(cfg.video.frames, g, a)
     notes = budget_warnings(b)
+    v = cfg.video
+    if v.sampling == "llava_next" or v.sample_fps is not None:  # the count depends on the video's length
+        cap = v.frames if v.sampling == "llava_next" else v.max_frames
+        notes.append(
+            f"T varies with the video ({v.sampling}, {v.sample_fps or 1:g} fps, at most {cap}): this is the "
+            f"{b.frames}-frame case; a shorter video gets fewer frames and tokens"
+        )
     if json_:
         d = b.to_dict()
         if context is not None:
