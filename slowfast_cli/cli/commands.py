@@ -46,6 +46,7 @@ from .options import (
     flags_of,
     path_named,
 )
+from .formats import FormatOpt, SaveDtypeOpt, output_format
 from .output import Table, handles_errors, out, print_json, shown, warn
 from .tables import budget_table, budget_warnings, encode_summary, plan_hint, plan_table, report_table
 
@@ -222,7 +223,8 @@ SUMMARY_KEYS = ("source", "frames", "grid", "input_tokens", "slow_tokens", "fast
 def encode(
     video: Annotated[Path, typer.Argument(help="Video file.", exists=True, dir_okay=False)],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Token file (default: VIDEO.tokens.pt).", parser=path_named)
+        Path | None,
+        typer.Option("--output", "-o", help="Token file (default: VIDEO.tokens.pt, .safetensors).", parser=path_named),
     ] = None,
     save_features: Annotated[
         Path | None, typer.Option(help="Also write pre-aggregation features here.", parser=path_named)
@@ -248,6 +250,8 @@ def encode(
     dtype: DtypeOpt = None,
     batch_frames: BatchFramesOpt = None,
     decode_resize: DecodeResizeOpt = None,
+    format_: FormatOpt = "pt",
+    save_dtype: SaveDtypeOpt = None,
     overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -256,11 +260,12 @@ def encode(
     Example: slowfast encode clip.mp4 --config tiny -o clip.pt
     """
     cfg = build_config(config, **flags_of(locals()))
+    fmt = output_format(format_, save_dtype=save_dtype, files=True)
     preflight(cfg)  # settings that cannot work fail here, before the model loads or the video opens
     from ..pipeline import default_output, encode_to_file
 
-    target = output or default_output(video)
-    result = encode_to_file(video, target, cfg, features_out=save_features, overwrite=overwrite)
+    target = output or default_output(video).with_suffix(".safetensors" if fmt.name == "safetensors" else ".pt")
+    result = encode_to_file(video, target, cfg, features_out=save_features, overwrite=overwrite, fmt=fmt)
     for w in result.warnings:
         warn(w)
     m = result.meta

@@ -85,3 +85,43 @@ def read_output_header(path: str | Path, verify: bool = False) -> OutputHeader:
     obj = read_token_header(path, verify=verify)
     t = obj["tokens"]
     return OutputHeader(t.shape, STORAGE_DTYPES.get(t.dtype, t.dtype), obj["meta"])
+
+
+def is_output(name: str) -> bool:
+    """Whether a file name is one a token output can have: ``*.pt``, ``*.safetensors`` or ``shard-NNNNNN.tar``."""
+    from .shards import shard_number
+
+    return name.endswith((".pt", ".safetensors")) or shard_number(name) is not None
+
+
+def shard_headers(shard: Path, verify: bool = False) -> list[tuple[str, OutputHeader | SlowfastError]]:
+    """``(SHARD:KEY, header or the error that makes it unreadable)`` for every sample of a webdataset shard, without
+    torch; a sample without its ``KEY.safetensors`` or ``KEY.json``, or a shard cut short, is an error entry."""
+    from .safetensors_file import check_crc, parse_header
+    from .shards import scan
+
+    shard = Path(shard)
+    try:
+        samples, _, problem = scan(shard)
+    except OSError as exc:
+        return [(str(shard), SlowfastError(f"{shard}: cannot be read ({exc.strerror or exc})"))]
+    found: list[tuple[str, OutputHeader | SlowfastError]] = []
+    with open(shard, "rb") as f:
+        for s in samples:
+            name = f"{shard}:{s.key}"
+            if not s.complete:
+                missing = "KEY.json" if "safetensors" in s.members else "KEY.safetensors"
+                found.append((name, SlowfastError(f"{name}: an incomplete sample (no {missing})")))
+                continue
+            m = s.members["safetensors"]
+            try:
+                f.seek(m.data)
+                h = parse_header(f, m.size, name)
+                if verify:
+                    check_crc(f, h, name)
+                found.append((name, check_shape(OutputHeader(h.shape, h.dtype, h.meta), name)))
+            except SlowfastError as exc:
+                found.append((name, exc))
+    if problem:
+        found.append((str(shard), SlowfastError(f"{shard}: damaged shard ({problem})")))
+    return found

@@ -43,6 +43,7 @@ class Writer:
 
     name = "pt"
     suffix = ".pt"
+    in_shards = False  # outputs are files of their own (True: samples inside shards, read by the planning process)
 
     def __init__(self, fmt: OutputFormat, out_dir: Path):
         self.fmt, self.out_dir = fmt, Path(out_dir)
@@ -146,6 +147,7 @@ class SafetensorsWriter(Writer):
 class WebdatasetWriter(Writer):
     name = "webdataset"
     suffix = ""
+    in_shards = True
 
     def __init__(self, fmt: OutputFormat, out_dir: Path):
         super().__init__(fmt, out_dir)
@@ -176,6 +178,10 @@ class WebdatasetWriter(Writer):
         self.next_number = max(numbers, default=-1) + 1
         if self.open_path.is_file():
             self.open = {s.key: s for s in shards.recover(self.open_path)}
+
+    def has(self, out_rel: Path) -> bool:
+        key = self.key_of(out_rel)
+        return key in self.open or key in self.rows
 
     def read_existing(self, out_rel: Path, verify: bool) -> OutputHeader | None:
         key = self.key_of(out_rel)
