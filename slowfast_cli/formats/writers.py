@@ -23,7 +23,8 @@ from typing import Any
 
 from ..atomic import sigint_deferred, temp_file
 from ..errors import ConfigError, SlowfastError
-from . import OutputFormat, OutputHeader, check_shape, index, read_output_header, shards
+from . import index, shards
+from .base import OutputFormat, OutputHeader, check_shape, read_output_header
 from .safetensors_file import encode, parse_header
 
 def _cast(tokens: Any, save_dtype: str | None) -> Any:
