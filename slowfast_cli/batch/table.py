@@ -1,7 +1,7 @@
 """``--files-from`` as a table: a CSV (with a header row) or JSONL file naming the videos and what goes with them.
 
 Columns: ``path`` (required: the video, relative to IN_DIR, as in a plain list), ``key`` (optional: the sample's
-key, i.e. its output name without the extension; default: the path without its extension), and any others (a
+key, i.e. its output name without the extension; empty or absent: the path without its extension), and any others (a
 caption, an id, ...), carried as they are into the sample's ``meta["columns"]`` (and, for webdataset, into
 ``KEY.json`` and ``index.jsonl``). CSV values are strings; JSONL values any JSON. A path listed twice is a usage
 error naming both lines, as is a row without a path; every row's columns are kept, empty ones included.
@@ -40,7 +40,7 @@ def read_table(path: Path, root: Path, writer: Writer | None = None) -> Listing:
             raise ConfigError(f"{path}:{n}: {name!r} is listed again (first on line {where[rel]})")
         where[rel] = n
         key = row.pop("key", None)
-        if key is not None:
+        if key is not None and key != "":  # an empty key: the default one
             from ..formats.writers import check_key
 
             if not isinstance(key, str):
