@@ -15,7 +15,7 @@ import typer
 from ..version import __version__
 from .batch import batch
 from .commands import aggregate, budget, configs, encode, report
-from .formats import export
+from .formats import export, show
 from .output import _state, err
 
 app = typer.Typer(
@@ -70,5 +70,5 @@ def _terminated(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-for command in (budget, configs, report, aggregate, encode, batch, export):
+for command in (budget, configs, report, aggregate, encode, batch, export, show):
     app.command()(command)

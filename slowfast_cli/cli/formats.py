@@ -64,3 +64,30 @@ def export(
                   f"{summary['kept']} already there")  # fmt: skip
     if summary["skipped"]:
         raise SlowfastError(f"{in_dir}: {len(summary['skipped'])} file(s) could not be exported (listed above)")
+
+
+@handles_errors
+def show(
+    path: Annotated[Path, typer.Argument(help="A token file (.pt, .safetensors), or a folder of them or of shards.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="PNG to write (a folder for a folder).", parser=path_named)
+    ],
+) -> None:
+    """Draw what a token file saw: sampled frames and times, slow frames, the crop, the token layout.
+
+    Example: slowfast show clip.pt -o clip.png
+    """
+    from ..show import show_file, show_folder
+
+    if not path.exists():
+        raise SlowfastError(f"{path}: does not exist")
+    if path.is_dir() or path.name.endswith(".tar"):
+        written, problems = show_folder(path, output)
+        for p in problems:
+            warn(f"skipped {p}")
+        out.print(f"{len(written)} sheet(s) in [bold]{shown(output)}[/] (index.html)")
+        if problems:
+            raise SlowfastError(f"{path}: {len(problems)} sheet(s) could not be drawn (listed above)")
+        return
+    show_file(path, output)
+    out.print(f"{shown(path)} -> [bold]{shown(output)}[/]")
