@@ -237,11 +237,12 @@ def write_result(result: EncodeResult, out: str | Path, features_out: str | Path
         writer.write(result.tokens, meta, Path(out.name))
     else:
         fmeta = {k: v for k, v in result.meta.items() if k in FEATURE_META_KEYS}
+        features = features_object(result.features, fmeta)
         if writer.name == "pt" and writer.save_dtype is None:
-            save_all([(out, token_object(result.tokens, meta)), (features_out, features_object(result.features, fmeta))])
+            save_all([(out, token_object(result.tokens, meta)), (features_out, features)])
         else:
-            commit_together([(writer.pending(result.tokens, meta, Path(out.name)), out),
-                             (save_pending(features_out, features_object(result.features, fmeta)), features_out)])  # fmt: skip
+            tokens_tmp = writer.pending(result.tokens, meta, Path(out.name))
+            commit_together([(tokens_tmp, out), (save_pending(features_out, features), features_out)])
     result.meta["timings"]["write"] = time.perf_counter() - t0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import socket
 import sys
@@ -294,9 +295,8 @@ def _plan(
             records.append(Record.failed(rel, out_rel, msg, "collision"))
             continue
         claimed[key] = rel
-        found = None if overwrite else writer.read_existing  # what is there now, read once in judge_output
-        if found is not None and _exists(writer, out_rel):
-            read = lambda r=out_rel: found(r, verify)  # noqa: E731
+        if not overwrite and _exists(writer, out_rel):
+            read = functools.partial(writer.read_existing, out_rel, verify)  # what is there now
             state, why = judge_output(read, out_dir / out_rel, current, root / rel, writer.save_dtype)
             if state == "done" and verify:
                 records.append(Record.skipped(rel, out_rel))

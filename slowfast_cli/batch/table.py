@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from ..reading import lines_bounded
-from .listing import MAX_LINE, Listing, listed_path
+from .listing import Listing, listed_path
 
 if TYPE_CHECKING:
     from ..formats.writers import Writer

@@ -17,6 +17,7 @@ import typer
 from ..config import Config
 from ..errors import ConfigError, SlowfastError
 from ..preflight import preflight
+from .formats import FormatOpt, SaveDtypeOpt, ShardSizeOpt, output_format
 from .options import (
     BatchFramesOpt,
     ConfigOpt,
@@ -45,7 +46,6 @@ from .options import (
     flags_of,
     path_named,
 )
-from .formats import FormatOpt, SaveDtypeOpt, ShardSizeOpt, output_format
 from .output import err, fail, handles_errors, out, print_json, progress_bar, shown, warn
 from .tables import batch_table
 

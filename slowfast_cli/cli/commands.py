@@ -17,6 +17,7 @@ from ..errors import ConfigError, SlowfastError
 from ..models import model_grid
 from ..planner import plan
 from ..preflight import preflight
+from .formats import FormatOpt, SaveDtypeOpt, output_format
 from .options import (
     BatchFramesOpt,
     ConfigOpt,
@@ -46,7 +47,6 @@ from .options import (
     flags_of,
     path_named,
 )
-from .formats import FormatOpt, SaveDtypeOpt, output_format
 from .output import Table, handles_errors, out, print_json, shown, warn
 from .tables import budget_table, budget_warnings, encode_summary, plan_hint, plan_table, report_table
 

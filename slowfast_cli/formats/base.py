@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
 from ..errors import ConfigError, SlowfastError
 from ..header import read_token_header
 

@@ -104,8 +104,8 @@ def check_crc(f: IO[bytes], header: SafetensorsHeader, name: str, chunk: int = 1
             break
         crc, left = zlib.crc32(block, crc), left - len(block)
     if left or f"{crc:08x}" != header.crc32:
-        raise SlowfastError(f"{name}: damaged token safetensors file (its tensor bytes fail their CRC-32 check: the bytes "
-                            "on disk are not the ones written)")  # fmt: skip
+        raise SlowfastError(f"{name}: damaged token safetensors file (its tensor bytes fail their CRC-32 check: the "
+                            "bytes on disk are not the ones written)")  # fmt: skip
 
 
 def read_header(path: str | Path, verify: bool = False) -> SafetensorsHeader:
@@ -133,7 +133,14 @@ def decode(data: bytes | bytearray | memoryview, header: SafetensorsHeader) -> A
 
 
 def load(path: str | Path) -> dict:
-    """``{"tokens": (1, L, D), "meta": {...}}`` of a token safetensors file, its CRC-32 checked."""
+    """``{"tokens": (1, L, D), "meta": {...}}`` of a token safetensors file, its CRC-32 checked (one read)."""
+    import io
+
     path = Path(path)
-    header = read_header(path, verify=True)
-    return {"tokens": decode(path.read_bytes(), header), "meta": header.meta}
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SlowfastError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    header = parse_header(io.BytesIO(data), len(data), str(path))
+    check_crc(io.BytesIO(data), header, str(path))
+    return {"tokens": decode(data, header), "meta": header.meta}

@@ -27,6 +27,7 @@ from . import index, shards
 from .base import OutputFormat, OutputHeader, check_shape, read_output_header
 from .safetensors_file import encode, parse_header
 
+
 def _cast(tokens: Any, save_dtype: str | None) -> Any:
     if save_dtype is None:
         return tokens
