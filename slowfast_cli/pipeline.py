@@ -241,14 +241,12 @@ def write_result(result: EncodeResult, out: str | Path, features_out: str | Path
         if writer.name == "pt" and writer.save_dtype is None:
             save_all([(out, token_object(result.tokens, meta)), (features_out, features)])
         else:
-            tokens_tmp = writer.pending(result.tokens, meta, Path(out.name))
-            commit_together([(tokens_tmp, out), (save_pending(features_out, features), features_out)])
+            pending = [(writer.pending(result.tokens, meta, Path(out.name)), out)]
+            try:
+                pending.append((save_pending(features_out, features), features_out))
+            finally:
+                commit_together(pending, complete=len(pending) == 2)  # both, or neither (temporary files removed)
     result.meta["timings"]["write"] = time.perf_counter() - t0
-
-
-def write_pending(result: EncodeResult, out: str | Path) -> str:
-    """Write the token file to a temporary file beside ``out``; returns its name, for the caller to rename."""
-    return save_pending(out, token_object(result.tokens, result.meta))
 
 
 FEATURE_META_KEYS = ("source", "video", "short_video", "frame_indices", "timestamps", "model", "pretrained",

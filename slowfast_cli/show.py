@@ -94,10 +94,12 @@ def show_folder(folder: str | Path, out_dir: str | Path) -> tuple[list[Path], li
 
     folder, out_dir = Path(folder), Path(out_dir)
     written, problems, entries = [], [], []
-    for path in find_token_files(folder):
+    for path in [folder] if folder.is_file() else find_token_files(folder):
         found = shard_headers(path) if shard_number(path.name) is not None else [(str(path), None)]
         for name, header in found:
             rel = Path(name.rpartition(":")[2]) if header is not None else path.relative_to(folder).with_suffix("")
+            if header is not None and folder.is_dir() and path.parent != folder:  # a shard in a subfolder
+                rel = path.parent.relative_to(folder) / rel
             try:
                 if isinstance(header, SlowfastError):
                     raise header

@@ -80,11 +80,14 @@ def save_all(files: list[tuple[str | Path, dict]]) -> None:
         raise
 
 
-def commit_together(pending: list[tuple[str, str | Path]]) -> None:
+def commit_together(pending: list[tuple[str, str | Path]], complete: bool = True) -> None:
     """Rename temporary files over their targets together, with Ctrl-C held (see :func:`save_all`); the temporary
-    files are removed if any rename fails. Errors become ``SlowfastError("PATH: cannot write (REASON)")``."""
+    files are removed if any rename fails, or without renaming any when not ``complete`` (a later one failed to be
+    written). Errors become ``SlowfastError("PATH: cannot write (REASON)")``."""
     try:
-        with sigint_deferred():
+        with sigint_deferred() if complete else contextlib.nullcontext():
+            if not complete:
+                return
             for tmp, path in pending:
                 try:
                     os.replace(tmp, path)

@@ -222,3 +222,64 @@ def test_the_readme_dataset_example_runs(twenty, tmp_path, monkeypatch, capsys):
     assert run("export", ref, "-o", "shards", "--format", "webdataset").exit_code == 0
     exec(compile(code, "README.md", "exec"), {})
     assert "torch.Size([4," in capsys.readouterr().out
+
+
+class TestTables:
+    """CSV/JSONL --files-from: what is refused, each with one line naming the file and line."""
+
+    @pytest.mark.parametrize(
+        "name, text, message",
+        [
+            ("l.csv", "file,caption\nv00.mp4,x\n", "needs a header row with a 'path' column (found file, caption)"),
+            ("l.csv", "path,caption\nv00.mp4,x\nv00.mp4,y\n", "l.csv:3: 'v00.mp4' is listed again (first on line 2)"),
+            ("l.csv", "path\n../x.mp4\n", "l.csv:2: '../x.mp4' is not a file inside"),
+            ("l.jsonl", '["v00.mp4"]\n', "l.jsonl:1: not a JSON object (found a list)"),
+            ("l.jsonl", '{"caption": "x"}\n', "l.jsonl:1: no 'path'"),
+            ("l.jsonl", '{"path": "v00.mp4", "key": "../up"}\n', "key '../up' must be a relative name"),
+        ],
+    )
+    def test_bad_tables_are_usage_errors(self, twenty, tmp_path, name, text, message):
+        src, _ = twenty
+        (tmp_path / name).write_text(text)
+        r = run("batch", src, "-o", tmp_path / "out", *TINY, "--files-from", tmp_path / name)
+        assert r.exit_code == 2 and message in r.output, r.output
+
+    def test_a_key_names_a_pt_file_and_columns_go_into_its_meta(self, twenty, tmp_path):
+        src, ref = twenty
+        (tmp_path / "l.jsonl").write_text(json.dumps({"path": "v05.mp4", "key": "sub/five", "tags": [1, 2]}) + "\n")
+        r = run("batch", src, "-o", tmp_path / "out", *TINY, "--files-from", tmp_path / "l.jsonl")
+        assert r.exit_code == 0, r.output
+        got = load_tokens(tmp_path / "out" / "sub" / "five.pt")
+        assert got["meta"]["key"] == "sub/five" and got["meta"]["columns"] == {"tags": [1, 2]}
+        assert torch.equal(got["tokens"], pt_tokens(ref)["v05"])
+
+
+def test_encode_writes_safetensors_with_its_features_and_refuses_webdataset(twenty, tmp_path):
+    src, ref = twenty
+    out, feats = tmp_path / "v06.safetensors", tmp_path / "v06.features.pt"
+    r = run("encode", src / "v06.mp4", "--config", "tiny", "--frames", 8, "--format", "safetensors", "-o", out,
+            "--save-features", feats)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert torch.equal(load_file(out)["tokens"], pt_tokens(ref)["v06"])
+    assert torch.load(feats, weights_only=True)["features"].shape[0] == 8
+    r = run("encode", src / "v06.mp4", "--config", "tiny", "--format", "webdataset", "-o", tmp_path / "x")
+    assert r.exit_code == 2 and "use `slowfast batch`" in r.output
+
+
+def test_the_index_is_rebuilt_from_the_shards_and_a_redone_sample_replaces_its_open_copy(tmp_path):
+    fmt = OutputFormat("webdataset", shard_size=3)
+    w = make_writer(fmt, tmp_path)
+    w.load()
+    for i, key in enumerate(["a", "b", "a", "c", "d"]):  # "a" redone while its shard is still open
+        w.write(torch.full((1, 2, 4), float(i)), w.sample_meta({"source": f"{key}.mp4"}, Path(key)), Path(key))
+    w.finish()
+    first = shard_tokens(tmp_path)
+    assert sorted(first) == ["a", "b", "c", "d"] and first["a"][0, 0, 0] == 2  # the newest copy, once
+    lines = (tmp_path / "index.jsonl").read_text()
+    (tmp_path / "index.jsonl").unlink()
+    assert len(TokenDataset(tmp_path)) == 4  # no index: the tar headers say where the samples are
+    again = make_writer(fmt, tmp_path)
+    again.load()  # rebuilt, the same lines
+    assert (tmp_path / "index.jsonl").read_text() == lines
+    r = run("report", tmp_path / "shard-000001.tar", "--json")  # one shard
+    assert r.exit_code == 0 and json.loads(r.stdout)["files"] == 1

@@ -56,3 +56,13 @@ def test_a_folder_gives_a_sheet_per_file_and_an_index(encoded, tmp_path):
     assert r.exit_code == 0, r.output
     assert Image.open(tmp_path / "sheets" / "a.png").size[1] > THUMB
     assert 'src="a.png"' in (tmp_path / "sheets" / "index.html").read_text()
+
+
+def test_a_shard_gives_a_sheet_per_sample(encoded, tmp_path):
+    folder = tmp_path / "tokens"
+    (folder / "d").mkdir(parents=True)
+    (folder / "d" / "a.pt").write_bytes(Path(encoded).read_bytes())
+    assert runner.invoke(app, ["export", str(folder), "-o", str(tmp_path / "wds")]).exit_code == 0
+    r = runner.invoke(app, ["show", str(tmp_path / "wds" / "shard-000000.tar"), "-o", str(tmp_path / "sheets")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "sheets" / "d" / "a.png").is_file()

@@ -41,15 +41,19 @@ def row(shard: str, sample: Sample, meta: dict) -> dict:
     }
 
 
-def read_index(path: Path) -> list[dict]:
-    """The index's lines; a torn or foreign line (a run killed while appending) is left out."""
-    rows = []
+def read_index(path: Path, lines: list[int] | None = None) -> list[dict]:
+    """The index's lines; a torn or foreign line (a run killed while appending) is left out. ``lines``, when given,
+    gets the number of lines read, good or not, appended."""
+    rows, n = [], 0
     with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
+            n += 1
             with contextlib.suppress(ValueError):
                 r = json.loads(line)
-                if isinstance(r, dict) and all(k in r for k in COLUMNS):
+                if isinstance(r, dict) and all(k in r for k in COLUMNS) and line.endswith("\n"):
                     rows.append(r)
+    if lines is not None:
+        lines.append(n)
     return rows
 
 
@@ -94,17 +98,16 @@ def reconcile(folder: Path) -> list[dict]:
     A shard the index lacks (a run killed between finishing it and appending its lines) gets its lines; lines of a
     shard that is gone are dropped; a torn last line is dropped.
     """
-    path = folder / INDEX
-    rows = read_index(path)
+    path, lines = folder / INDEX, []
+    rows = read_index(path, lines)
     on_disk = [p.name for p in shards_in(folder)]
     known = {r["shard"] for r in rows}
     kept = [r for r in rows if r["shard"] in on_disk]
     for name in on_disk:
         if name not in known:
             kept += shard_rows(folder / name)
-    with contextlib.suppress(FileNotFoundError):
-        if kept == rows and path.stat().st_size == sum(len(json_text(r).encode("utf-8")) + 1 for r in rows):
-            return rows
+    if kept == rows and lines == [len(rows)]:  # every line good, every shard in it
+        return rows
     if kept or path.exists():
         with atomic_open(path, "w") as f:
             f.write("".join(json_text(r) + "\n" for r in kept))
