@@ -7,10 +7,13 @@ one seek), else by reading the shards' tar headers. A sample is::
 
     {"key": str, "tokens": Tensor (L, D), "meta": dict, "columns": dict}
 
-``columns`` holds the extra columns of a CSV/JSONL ``--files-from`` row (``{}`` without one). ``collate`` stacks a
-list of samples into ``tokens`` (B, L_max, D), ``attention_mask`` (B, L_max) (1 = a real token, 0 = padding),
-``lengths`` (B,), and the lists ``keys``, ``meta``, ``columns``. Padding goes on the right by default (the
-convention for training); ``padding_side="left"`` puts it first, as batched ``generate`` wants.
+The tensor bytes of a ``.safetensors`` file or sample are checked against their CRC-32 only with ``verify=True``
+(``slowfast report`` checks a whole folder at once). ``columns`` holds the extra columns of a CSV/JSONL
+``--files-from`` row (``{}`` without one).
+
+``collate`` stacks a list of samples into ``tokens`` (B, L_max, D), ``attention_mask`` (B, L_max) (1 = a real
+token, 0 = padding), ``lengths`` (B,), and the lists ``keys``, ``meta``, ``columns``. Padding goes on the right by
+default (the convention for training); ``padding_side="left"`` puts it first, as batched ``generate`` wants.
 
 Example:
     >>> ds = TokenDataset("tokens/")  # doctest: +SKIP
@@ -19,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,8 @@ import torch
 
 from .errors import SlowfastError
 from .formats import index, shards
-from .formats.safetensors_file import decode, parse_header
 from .formats.safetensors_file import load as load_safetensors
+from .formats.safetensors_file import parse_header, read_tokens
 from .report import find_token_files
 from .tokenfile import load_tokens
 
@@ -36,8 +38,8 @@ from .tokenfile import load_tokens
 class TokenDataset(torch.utils.data.Dataset):
     """Samples of a token folder or of webdataset shards (see the module docstring)."""
 
-    def __init__(self, path: str | Path):
-        path = Path(path)
+    def __init__(self, path: str | Path, verify: bool = False):
+        path, self.verify = Path(path), verify
         self.items: list[tuple[str, Path, int | None, int | None]] = []  # (key, file, offset, size)
         if not path.exists():
             raise SlowfastError(f"{path}: does not exist")
@@ -77,11 +79,10 @@ class TokenDataset(torch.utils.data.Dataset):
         if offset is not None:
             with open(path, "rb") as f:
                 f.seek(offset)
-                data = f.read(size)
-            header = parse_header(io.BytesIO(data), size, f"{path}:{key}")
-            tokens, meta = decode(data, header), header.meta
+                header = parse_header(f, size, f"{path}:{key}")
+                tokens, meta = read_tokens(f, header, f"{path}:{key}", self.verify), header.meta
         elif path.suffix == ".safetensors":
-            obj = load_safetensors(path)
+            obj = load_safetensors(path, self.verify)
             tokens, meta = obj["tokens"], obj["meta"]
         else:
             obj = load_tokens(path)

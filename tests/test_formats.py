@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from slowfast_cli.batch.records import read_manifest
 from slowfast_cli.cli.app import app
 from slowfast_cli.dataset import TokenDataset, collate
+from slowfast_cli.errors import SlowfastError
 from slowfast_cli.formats import OutputFormat, make_writer, shards
 from slowfast_cli.header import TMP_PREFIX
 from slowfast_cli.tokenfile import load_tokens
@@ -208,6 +209,11 @@ def test_a_torn_open_shard_is_cut_back_and_a_damaged_sample_is_reported(tmp_path
     row = json.loads((tmp_path / "index.jsonl").read_text().splitlines()[1])
     data[row["offset"] + row["size"] - 1] ^= 0xFF  # one flipped bit in k1's tensor bytes
     shard.write_bytes(bytes(data))
+    ds = TokenDataset(tmp_path, verify=True)
+    assert [key for key, *_ in ds.items] == ["k0", "k1", "k2"]
+    with pytest.raises(SlowfastError, match="CRC-32"):
+        ds[1]
+    assert TokenDataset(tmp_path)[1]["key"] == "k1"  # unverified (the default), it reads
     r = run("report", tmp_path, "--json")
     assert r.exit_code == 1 and json.loads(r.stdout)["files"] == 2
     assert "k1" in json.loads(r.stdout)["skipped"][0]["error"] and "CRC-32" in r.output

@@ -61,11 +61,6 @@ def find_videos(root: Path, pattern: str | None = None) -> Listing:
     return Listing(sorted(videos, key=lambda p: p.parts), problems)  # as Path order, compared in C
 
 
-def output_path(rel: Path) -> Path:
-    """``a/b.mp4`` -> ``a/b.pt``."""
-    return rel.with_suffix(".pt")
-
-
 def read_files_from(path: Path, root: Path) -> Listing:
     """``--files-from``: the inputs listed in a file, one path per line, relative to ``root`` (absolute paths
     inside ``root`` are accepted too), instead of walking the folder, which is how a list of millions is given.

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, SlowfastError
-from ..formats import OutputHeader, read_output_header
+from ..formats import OutputHeader, make_writer, read_output_header
 from ..header import TMP_PREFIX, ForeignFile
 from ..provenance import differences, file_fingerprint
 from .listing import Listing, find_videos, matches, read_files_from
@@ -233,8 +233,6 @@ def plan_batch(
     root, out_dir = Path(root), Path(out_dir)
     if not root.is_dir():
         raise SlowfastError(f"{root}: not a folder")
-    from ..formats import make_writer
-
     writer = writer or make_writer(None, out_dir)
     listing = None
     if files_from is not None:  # its errors come first
@@ -261,8 +259,6 @@ def _plan(
     verify: bool = True,
     writer: Writer | None = None,
 ) -> BatchPlan:
-    from ..formats import make_writer
-
     clean_stale_temp_files(out_dir)
     writer = writer or make_writer(None, out_dir)
     writer.load()

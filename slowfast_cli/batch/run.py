@@ -8,6 +8,7 @@ bit-identical.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 from ..atomic import sigint_deferred
 from ..config import Config
 from ..errors import SlowfastError, first_line
+from ..formats import make_writer
 from .plan import BatchPlan
 from .records import MANIFEST, Manifest, Record
 
@@ -137,10 +139,6 @@ def encode_one(done, rel: Path, out_rel: Path, root: Path, pipe):
 def write_one(result, rel: Path, out_rel: Path, out_dir: Path, writer=None, columns: dict | None = None) -> Record:
     """Write one video's tokens in place through the output format's ``writer`` (default ``pt``); a failure of the
     disk is this video's ``write`` failure. ``columns``: the video's row of a CSV/JSONL ``--files-from``."""
-    import time
-
-    from ..formats import make_writer
-
     writer = writer or make_writer(None, out_dir)
     t0 = time.perf_counter()
     try:

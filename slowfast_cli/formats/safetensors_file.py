@@ -92,6 +92,11 @@ def parse_header(f: IO[bytes], size: int, name: str) -> SafetensorsHeader:
     return SafetensorsHeader(tuple(shape), dtype, meta, info.get("crc32"), data, hi)
 
 
+def _crc_failed(name: str) -> SlowfastError:
+    return SlowfastError(f"{name}: damaged token safetensors file (its tensor bytes fail their CRC-32 check: the bytes "
+                         "on disk are not the ones written)")  # fmt: skip
+
+
 def check_crc(f: IO[bytes], header: SafetensorsHeader, name: str, chunk: int = 1 << 20) -> None:
     """Read the tensor bytes and compare their CRC-32 with the one recorded in the metadata (when there is one)."""
     if header.crc32 is None:
@@ -104,8 +109,7 @@ def check_crc(f: IO[bytes], header: SafetensorsHeader, name: str, chunk: int = 1
             break
         crc, left = zlib.crc32(block, crc), left - len(block)
     if left or f"{crc:08x}" != header.crc32:
-        raise SlowfastError(f"{name}: damaged token safetensors file (its tensor bytes fail their CRC-32 check: the "
-                            "bytes on disk are not the ones written)")  # fmt: skip
+        raise _crc_failed(name)
 
 
 def read_header(path: str | Path, verify: bool = False) -> SafetensorsHeader:
@@ -123,24 +127,31 @@ def read_header(path: str | Path, verify: bool = False) -> SafetensorsHeader:
     return header
 
 
-def decode(data: bytes | bytearray | memoryview, header: SafetensorsHeader) -> Any:
-    """The tokens tensor of a file whose bytes are ``data`` (offsets as in ``header``), as torch tensor (1, L, D)."""
+def read_tokens(f: IO[bytes], header: SafetensorsHeader, name: str, verify: bool = False) -> Any:
+    """The tokens tensor (1, L, D) of the file (or tar member) ``f`` whose ``header`` was parsed, read with one copy
+    into memory the tensor then owns; ``verify`` checks the CRC-32 of those bytes."""
     import torch
 
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
-    raw = bytearray(data[header.data : header.data + header.nbytes])  # writable: torch.frombuffer warns otherwise
+    f.seek(header.data)
+    raw = bytearray(header.nbytes)  # writable, as torch.frombuffer wants
+    if f.readinto(raw) != header.nbytes:
+        raise SlowfastError(f"{name}: damaged token safetensors file (its tensor bytes are cut short)")
+    if verify and header.crc32 is not None and f"{zlib.crc32(raw):08x}" != header.crc32:
+        raise _crc_failed(name)
+    if not raw:
+        return torch.zeros(header.shape, dtype=dtypes[header.dtype])
     return torch.frombuffer(raw, dtype=dtypes[header.dtype]).reshape(header.shape)
 
 
-def load(path: str | Path) -> dict:
-    """``{"tokens": (1, L, D), "meta": {...}}`` of a token safetensors file, its CRC-32 checked (one read)."""
-    import io
-
+def load(path: str | Path, verify: bool = True) -> dict:
+    """``{"tokens": (1, L, D), "meta": {...}}`` of a token safetensors file, its CRC-32 checked (``verify``)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(0)
+            header = parse_header(f, size, str(path))
+            return {"tokens": read_tokens(f, header, str(path), verify), "meta": header.meta}
     except OSError as exc:
         raise SlowfastError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    header = parse_header(io.BytesIO(data), len(data), str(path))
-    check_crc(io.BytesIO(data), header, str(path))
-    return {"tokens": decode(data, header), "meta": header.meta}

@@ -25,7 +25,7 @@ from ..atomic import sigint_deferred, temp_file
 from ..errors import ConfigError, SlowfastError
 from . import index, shards
 from .base import OutputFormat, OutputHeader, check_shape, read_output_header
-from .safetensors_file import encode, parse_header
+from .safetensors_file import check_crc, encode, parse_header
 
 
 def _cast(tokens: Any, save_dtype: str | None) -> Any:
@@ -201,8 +201,6 @@ class WebdatasetWriter(Writer):
                 f.seek(offset)
                 h = parse_header(f, size, name)
                 if verify:
-                    from .safetensors_file import check_crc
-
                     check_crc(f, h, name)
         except OSError as exc:
             raise SlowfastError(f"{name}: cannot be read ({exc.strerror or exc})") from None
