@@ -199,7 +199,7 @@ def test_a_torn_open_shard_is_cut_back_and_a_damaged_sample_is_reported(tmp_path
         w.write(torch.full((1, 2 + i, 4), float(i)), w.sample_meta({"source": f"{i}.mp4"}, key), key)
     whole = (tmp_path / shards.OPEN).stat().st_size
     with open(tmp_path / shards.OPEN, "ab") as f:  # a kill -9 in the middle of the next sample
-        f.write(shards.sample_bytes("k3", b"x" * 100, {})[0][:700])
+        f.write(b"".join(shards.sample_bytes("k3", [b"x" * 100], {})[0])[:700])
     again = make_writer(fmt, tmp_path)
     again.load()
     assert sorted(again.open) == ["k0", "k1", "k2"] and (tmp_path / shards.OPEN).stat().st_size == whole

@@ -38,21 +38,23 @@ class SafetensorsHeader:
     nbytes: int
 
 
-def encode(tokens: Any, meta: dict) -> bytes:
-    """The bytes of a token safetensors file for ``tokens`` (a (1, L, D) floating-point torch tensor) and ``meta``."""
+def encode(tokens: Any, meta: dict) -> list[bytes | memoryview]:
+    """The bytes of a token safetensors file for ``tokens`` (a (1, L, D) floating-point torch tensor) and ``meta``,
+    as two parts to write one after the other: the length and JSON header, and a view of the tensor's own memory
+    (no copy of a tensor of many megabytes)."""
     import torch
 
     names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
     if tokens.dtype not in names:
         raise ValueError(f"tokens must be floating point, got {tokens.dtype}")
-    data = tokens.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    data = memoryview(tokens.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     header = {
         "tokens": {"dtype": CODES[names[tokens.dtype]], "shape": list(tokens.shape), "data_offsets": [0, len(data)]},
         "__metadata__": {"meta": json_text(meta), "crc32": f"{zlib.crc32(data):08x}"},
     }
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as the safetensors library writes it
-    return struct.pack("<Q", len(text)) + text + data
+    return [struct.pack("<Q", len(text)) + text, data]
 
 
 def parse_header(f: IO[bytes], size: int, name: str) -> SafetensorsHeader:

@@ -85,16 +85,17 @@ def _header(name: str, size: int) -> bytes:
     return info.tobuf(**ENCODING)
 
 
-def sample_bytes(key: str, tokens: bytes, meta: dict) -> tuple[bytes, Sample]:
-    """A sample's two members, ``KEY.safetensors`` (the token file's bytes) and ``KEY.json`` (its ``meta``), and the
-    sample's layout as if it started at offset 0 (see :func:`moved`)."""
+def sample_bytes(key: str, tokens: list[bytes | memoryview], meta: dict) -> tuple[list[bytes | memoryview], Sample]:
+    """A sample's two members, ``KEY.safetensors`` (the token file's bytes, in parts) and ``KEY.json`` (its
+    ``meta``), as parts to write in order, and the sample's layout as if it started at offset 0 (see :func:`moved`)."""
     parts, members, pos = [], {}, 0
-    for ext, data in (("safetensors", tokens), ("json", json_text(meta).encode("utf-8"))):
-        head = _header(f"{key}.{ext}", len(data))
-        members[ext] = Member(f"{key}.{ext}", pos, pos + len(head), len(data))
-        parts += [head, data, b"\0" * (-len(data) % BLOCK)]
+    for ext, data in (("safetensors", tokens), ("json", [json_text(meta).encode("utf-8")])):
+        size = sum(len(d) for d in data)
+        head = _header(f"{key}.{ext}", size)
+        members[ext] = Member(f"{key}.{ext}", pos, pos + len(head), size)
+        parts += [head, *data, b"\0" * (-size % BLOCK)]
         pos = members[ext].end
-    return b"".join(parts), Sample(key, members)
+    return parts, Sample(key, members)
 
 
 def moved(sample: Sample, shift: int) -> Sample:
@@ -144,15 +145,16 @@ def recover(path: Path) -> list[Sample]:
     return [s for s in samples if s.complete and s.end <= end]
 
 
-def append(path: Path, data: bytes) -> int:
-    """Append ``data`` to the open shard at ``path`` (created if need be), fsynced; returns where it starts."""
+def append(path: Path, parts: list[bytes | memoryview]) -> int:
+    """Append ``parts`` to the open shard at ``path`` (created if need be), fsynced; returns where they start."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
     try:
         start = os.fstat(fd).st_size
-        view = memoryview(data)
         try:
-            while view:
-                view = view[os.write(fd, view) :]
+            for part in parts:
+                view = memoryview(part).cast("B")
+                while view:
+                    view = view[os.write(fd, view) :]
             os.fsync(fd)
         except BaseException:
             with contextlib.suppress(OSError):

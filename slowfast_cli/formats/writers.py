@@ -126,10 +126,9 @@ class SafetensorsWriter(Writer):
     def pending(self, tokens: Any, meta: dict, out_rel: Path) -> str:
         target = self.out_dir / out_rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        data = encode(_cast(tokens, self.save_dtype), meta)
         try:
             with temp_file(target) as (f, tmp):
-                f.write(data)
+                f.writelines(encode(_cast(tokens, self.save_dtype), meta))
         except OSError as exc:
             raise _cannot_write(target, exc) from None
         return tmp
@@ -208,10 +207,9 @@ class WebdatasetWriter(Writer):
 
     def pending(self, tokens: Any, meta: dict, out_rel: Path) -> str:
         """The sample as a temporary ``.safetensors`` file in OUT_DIR (its meta inside), for :meth:`commit`."""
-        data = encode(_cast(tokens, self.save_dtype), meta)
         try:
             with temp_file(self.out_dir / "sample.safetensors") as (f, tmp):
-                f.write(data)
+                f.writelines(encode(_cast(tokens, self.save_dtype), meta))
         except OSError as exc:
             raise _cannot_write(self.out_dir, exc) from None
         return tmp
@@ -219,7 +217,7 @@ class WebdatasetWriter(Writer):
     def commit(self, tmp: str, out_rel: Path) -> None:
         with open(tmp, "rb") as f:
             data = f.read()
-        self._append(self.key_of(out_rel), data)
+        self._append(self.key_of(out_rel), [data])
         os.unlink(tmp)
 
     def write(self, tokens: Any, meta: dict, out_rel: Path) -> None:
@@ -229,11 +227,11 @@ class WebdatasetWriter(Writer):
         except OSError as exc:
             raise _cannot_write(self.open_path, exc) from None
 
-    def _append(self, key: str, data: bytes) -> None:
-        """Append one sample to the open shard; finish the shard when it is full."""
+    def _append(self, key: str, data: list[bytes | memoryview]) -> None:
+        """Append one sample (a token safetensors file, in parts) to the open shard; finish the shard when full."""
         import io
 
-        meta = parse_header(io.BytesIO(data), len(data), key).meta
+        meta = parse_header(io.BytesIO(data[0]), sum(len(d) for d in data), key).meta  # the header is in part 0
         if key in self.open:  # redone: its old copy leaves the open shard
             kept = shards.without(self.open_path, list(self.open.values()), key)
             self.open = {s.key: s for s in kept}
