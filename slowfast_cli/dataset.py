@@ -51,7 +51,7 @@ class TokenDataset(torch.utils.data.Dataset):
             self._shard_items(path, tars)
             return
         for p in find_token_files(path):
-            if p.is_file():
+            if p.is_file() and p.suffix in (".pt", ".safetensors"):
                 self.items.append((str(p.relative_to(path).with_suffix("")), p, None, None))
         if not self.items:
             raise SlowfastError(f"{path}: no token files or shards found")

@@ -289,3 +289,17 @@ def test_the_index_is_rebuilt_from_the_shards_and_a_redone_sample_replaces_its_o
     assert (tmp_path / "index.jsonl").read_text() == lines
     r = run("report", tmp_path / "shard-000001.tar", "--json")  # one shard
     assert r.exit_code == 0 and json.loads(r.stdout)["files"] == 1
+
+
+def test_export_into_a_folder_inside_its_input_reads_only_the_pt_files(twenty, tmp_path):
+    _, ref = twenty
+    src = tmp_path / "tokens"
+    src.mkdir()
+    for name in ("v00.pt", "v01.pt"):
+        (src / name).write_bytes((ref / name).read_bytes())
+    for _ in range(2):  # the second run finds the first's .safetensors files under IN_DIR and leaves them alone
+        r = run("export", src, "-o", src / "st", "--format", "safetensors", "--json")
+        assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["kept"] == 2 and sorted(p.name for p in (src / "st").iterdir()) == [
+        ".slowfast.lock", "v00.safetensors", "v01.safetensors"]  # fmt: skip
+    assert len(TokenDataset(src)) == 4  # a folder of .pt and .safetensors files: every one a sample

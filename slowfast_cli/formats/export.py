@@ -28,12 +28,15 @@ def export_folder(in_dir: str | Path, out_dir: str | Path, fmt: OutputFormat) ->
     if not in_dir.is_dir():
         raise SlowfastError(f"{in_dir}: not a folder")
     prepare_output_dir(in_dir, out_dir)
+    out_abs = out_dir.resolve()
     written, kept, skipped = 0, 0, []
     with OutputLock(out_dir):
         clean_stale_temp_files(out_dir)
         writer = make_writer(fmt, out_dir)
         writer.load()
         for path in find_token_files(in_dir):
+            if path.suffix != ".pt" or path.resolve().is_relative_to(out_abs):  # .pt files, not this export's own
+                continue
             rel = path.relative_to(in_dir)
             out_rel = writer.output(rel)
             try:
