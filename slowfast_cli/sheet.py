@@ -22,7 +22,7 @@ TEXT = 14  # pixels of a text line
 STRIP = 28
 SLOW = (255, 140, 0)  # orange: slow frames' outline, the slow tokens' segment
 FAST = (40, 110, 255)  # blue: the fast tokens' segment
-OTHER = (150, 150, 150)  # grey: other tokens (newline tokens), and the outline of frames that are only fast
+OTHER = (150, 150, 150)  # grey: newline and other tokens, and the outline of frames that are only fast
 CROP = (0, 220, 120)  # green: the part of the frame the tower saw (shortest side resize: the centre crop)
 BACKGROUND = (255, 255, 255)
 INK = (0, 0, 0)
@@ -35,7 +35,7 @@ class SheetLayout:
     size: tuple[int, int]
     cells: list[tuple[int, int, int, int]] = field(default_factory=list)  # per frame: its image's box (x0, y0, x1, y1)
     crops: list[tuple[int, int, int, int]] = field(default_factory=list)  # per frame: the box the tower saw
-    segments: list[tuple[str, int, tuple[int, int, int, int]]] = field(default_factory=list)  # (name, count, box)
+    segments: list[tuple[str, int, tuple[int, int, int, int]]] = field(default_factory=list)  # (name, tokens, box)
 
 
 def seen_box(width: int, height: int, resize: str) -> tuple[int, int, int, int]:
@@ -53,12 +53,12 @@ def contact_sheet(
     labels: list[str],
     slow: set[int],
     resize: str,
-    segments: list[tuple[str, int]],
+    segments: list[tuple[str, int, int]],
     title: str,
 ) -> tuple[Image.Image, SheetLayout]:
     """The sheet of ``frames`` uint8 (T, H, W, 3) with a label per frame; ``slow``: positions of the slow frames;
     ``resize``: the tower's resize mode (``shortest`` outlines the centre crop and dims the rest, ``squash`` sees
-    the whole frame); ``segments``: ``(name, tokens)`` of the sequence in order."""
+    the whole frame); ``segments``: ``(name, tokens, of them newline tokens)`` of the sequence's groups in order."""
     t, h, w, _ = frames.shape
     tw = max(1, round(w * THUMB / h))
     cols = min(COLUMNS, t)
@@ -93,17 +93,23 @@ def contact_sheet(
     return sheet, layout
 
 
-def _strip(draw: ImageDraw.ImageDraw, layout: SheetLayout, segments: list[tuple[str, int]], x: int, y: int, width: int):
-    """The token layout: one segment per part, proportional to its count, with the counts written below."""
-    total = sum(n for _, n in segments) or 1
-    colors = {"slow": SLOW, "fast": FAST}
+def _strip(draw: ImageDraw.ImageDraw, layout: SheetLayout, segments: list[tuple[str, int, int]], x: int, y: int,
+           width: int) -> None:  # fmt: skip
+    """The token layout: one segment per group, proportional to its tokens, its newline tokens as a grey band along
+    its bottom (their share of its width), the counts written below."""
+    total = sum(n for _, n, _ in segments) or 1
+    colors = {"slow": SLOW, "frames": SLOW, "fast": FAST}
     left, legend = x, []
-    for k, (name, n) in enumerate(segments):
+    for k, (name, n, lines) in enumerate(segments):
         right = x + width if k == len(segments) - 1 else left + max(1, round(width * n / total))
         box = (left, y, right - 1, y + STRIP - 1)
         draw.rectangle(box, fill=colors.get(name, OTHER))
+        if 0 < lines < n:
+            draw.rectangle(
+                (left, y + STRIP - 6, left + round((right - left) * lines / n) - 1, y + STRIP - 1), fill=OTHER
+            )
         layout.segments.append((name, n, box))
-        legend.append(f"{name} {n:,}")
+        legend.append(f"{name} {n:,}" + (f" ({lines:,} newline)" if 0 < lines < n else ""))
         left = right
     draw.text((x, y + STRIP + 1), "tokens: " + " + ".join(legend) + f" = {total:,}", fill=INK)
 

@@ -4,9 +4,9 @@ The frames are decoded again from ``meta["source"]`` with the recorded video set
 size, and must come back at the recorded ``frame_indices`` (else the video changed since: an error says so). The
 slow frames are ``meta["slow_frame_indices"]`` (positions among the sampled frames); what the tower saw follows the
 recorded resize (``shortest``: the centre square of the shorter side; ``squash``, also a model whose own
-preprocessing squashes, e.g. SigLIP: the whole frame); the strip shows ``slow_tokens``, ``fast_tokens``,
-``newline_tokens`` when recorded, and any other tokens of ``output_tokens``. A folder (or shards) gives one sheet per
-video, mirroring the relative paths (a shard's sample: its key), and ``index.html`` listing them.
+preprocessing squashes, e.g. SigLIP: the whole frame); the strip shows the sequence's groups (:func:`segments`:
+slow and fast frames, or the ``frames`` layout's one group) with their newline tokens. A folder (or shards) gives
+one sheet per video, mirroring the relative paths (a shard's sample: its key), and ``index.html`` listing them.
 """
 
 from __future__ import annotations
@@ -36,12 +36,30 @@ def resize_mode(config) -> str:
     return "squash" if own == "squash" else "shortest"
 
 
-def segments(meta: dict) -> list[tuple[str, int]]:
-    """``(name, tokens)`` of the sequence, in order: slow, fast, newline (when recorded), other (the rest)."""
-    parts = [(name, meta.get(f"{name}_tokens")) for name in ("slow", "fast", "newline")]
-    parts = [(n, int(v)) for n, v in parts if isinstance(v, int) and not isinstance(v, bool) and v > 0]
-    rest = int(meta.get("output_tokens") or 0) - sum(v for _, v in parts)
-    return parts + ([("other", rest)] if rest > 0 else [])
+def _count(meta: dict, key: str) -> int:
+    v = meta.get(key, 0)
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
+
+
+def segments(meta: dict) -> list[tuple[str, int, int]]:
+    """``(name, tokens, of them newline tokens)`` of the sequence's groups, in order (``layout.add_newlines``): the
+    ``slowfast`` layout's slow then fast frames, or the ``frames`` layout's one group, each with the newline tokens
+    placed inside it (``grid``: after every row, ``frame``: after every frame), then ``one_token``'s single newline
+    token, then any tokens the meta does not account for (``other``)."""
+    lines, newline = _count(meta, "newline_tokens"), meta.get("newline", "no_token")
+    tail = min(lines, 1) if newline == "one_token" else 0
+    if meta.get("layout", "slowfast") == "frames":
+        groups = [("frames", _count(meta, "slow_tokens"), lines - tail)]
+    else:
+        fast = meta.get("config", {}).get("aggregator", {}).get("fast_size", [0])
+        rows = fast[0] if isinstance(fast, list) and fast and isinstance(fast[0], int) else 0
+        fast_lines = min(lines - tail, {"grid": _count(meta, "frames") * rows, "frame": _count(meta, "frames")}.get(
+            newline, 0))  # fmt: skip
+        groups = [("slow", _count(meta, "slow_tokens"), lines - tail - fast_lines),
+                  ("fast", _count(meta, "fast_tokens"), fast_lines)]  # fmt: skip
+    parts = [(name, n + nl, nl) for name, n, nl in groups if n + nl > 0] + ([("newline", tail, tail)] if tail else [])
+    rest = _count(meta, "output_tokens") - sum(n for _, n, _ in parts)
+    return parts + ([("other", rest, 0)] if rest > 0 else [])
 
 
 def draw(meta: dict, name: str):

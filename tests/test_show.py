@@ -42,7 +42,8 @@ def test_sheet_of_a_real_clip(encoded, tmp_path):
     cx0, cy0, cx1, _ = layout.crops[1]  # the centre square the tower saw, outlined; outside it dimmed
     assert cx1 - cx0 + 1 == THUMB and image.getpixel((cx0, cy0 + THUMB // 2)) == CROP
     names = [(name, n) for name, n, _ in layout.segments]
-    assert names == segments(meta) == [("slow", meta["slow_tokens"]), ("fast", meta["fast_tokens"])]
+    assert names == [(name, n) for name, n, _ in segments(meta)] == [("slow", meta["slow_tokens"]),
+                                                                      ("fast", meta["fast_tokens"])]  # fmt: skip
     (_, _, slow_box), (_, _, fast_box) = layout.segments
     assert image.getpixel((slow_box[0] + 2, slow_box[1] + 2)) == SLOW
     assert image.getpixel((fast_box[2] - 2, fast_box[1] + 2)) == FAST
@@ -66,3 +67,23 @@ def test_a_shard_gives_a_sheet_per_sample(encoded, tmp_path):
     r = runner.invoke(app, ["show", str(tmp_path / "wds" / "shard-000000.tar"), "-o", str(tmp_path / "sheets")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "sheets" / "d" / "a.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "layout, newline, expected",
+    [  # 8 frames of a 8x8 grid, 4 slow frames pooled 1d to 32 tokens, fast 4x4 (the tiny preset's shapes)
+        ("slowfast", "no_token", [("slow", 128, 0), ("fast", 128, 0)]),
+        ("slowfast", "grid", [("slow", 128 + 4 * 8, 32), ("fast", 128 + 8 * 4, 32)]),
+        ("slowfast", "frame", [("slow", 132, 4), ("fast", 136, 8)]),
+        ("slowfast", "one_token", [("slow", 128, 0), ("fast", 128, 0), ("newline", 1, 1)]),
+        ("frames", "grid", [("frames", 8 * 64 + 8 * 8, 64)]),  # every frame, pool none: 8 x 64, a newline per row
+    ],
+)
+def test_the_strip_knows_every_layout_and_newline_position(layout, newline, expected):
+    """The groups and their newline tokens, from the counts budget.token_budget gives for the same settings."""
+    from slowfast_cli.budget import token_budget
+
+    pool = "none" if layout == "frames" else "1d_max"
+    b = token_budget(8, (8, 8), 4, pool, (4, 4), layout=layout, newline=newline)
+    meta = {**b.to_dict(), "config": {"aggregator": {"fast_size": [4, 4]}}}
+    assert segments(meta) == expected and sum(n for _, n, _ in expected) == b.output_tokens
