@@ -17,6 +17,7 @@ from ..errors import ConfigError, SlowfastError
 from ..models import model_grid
 from ..planner import plan
 from ..preflight import preflight
+from .formats import FormatOpt, SaveDtypeOpt, output_format
 from .options import (
     BatchFramesOpt,
     ConfigOpt,
@@ -241,7 +242,8 @@ SUMMARY_KEYS = ("source", "frames", "grid", "input_tokens", "slow_tokens", "fast
 def encode(
     video: Annotated[Path, typer.Argument(help="Video file.", exists=True, dir_okay=False)],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Token file (default: VIDEO.tokens.pt).", parser=path_named)
+        Path | None,
+        typer.Option("--output", "-o", help="Token file (default: VIDEO.tokens.pt, .safetensors).", parser=path_named),
     ] = None,
     save_features: Annotated[
         Path | None, typer.Option(help="Also write pre-aggregation features here.", parser=path_named)
@@ -270,6 +272,8 @@ def encode(
     dtype: DtypeOpt = None,
     batch_frames: BatchFramesOpt = None,
     decode_resize: DecodeResizeOpt = None,
+    format_: FormatOpt = "pt",
+    save_dtype: SaveDtypeOpt = None,
     overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -278,11 +282,12 @@ def encode(
     Example: slowfast encode clip.mp4 --config tiny -o clip.pt
     """
     cfg = build_config(config, **flags_of(locals()))
+    fmt = output_format(format_, save_dtype=save_dtype, files=True)
     preflight(cfg)  # settings that cannot work fail here, before the model loads or the video opens
     from ..pipeline import default_output, encode_to_file
 
-    target = output or default_output(video)
-    result = encode_to_file(video, target, cfg, features_out=save_features, overwrite=overwrite)
+    target = output or default_output(video).with_suffix(".safetensors" if fmt.name == "safetensors" else ".pt")
+    result = encode_to_file(video, target, cfg, features_out=save_features, overwrite=overwrite, fmt=fmt)
     for w in result.warnings:
         warn(w)
     m = result.meta
