@@ -282,7 +282,7 @@ class TestLayouts:
                         torch.randn(width))  # fmt: skip
         assert out.tokens.shape[1] == budget.output_tokens == tokens
         result = runner.invoke(app, ["budget", "--config", preset, "--json"])
-        assert result.exit_code == 0 and json.loads(result.output)["output_tokens"] == budget.output_tokens
+        assert result.exit_code == 0 and json.loads(result.stdout)["output_tokens"] == budget.output_tokens
 
     def test_the_planner_searches_the_frames_layout_with_its_newlines(self):
         entries = plan(8192, (27, 27), layout="frames", newline="grid")
