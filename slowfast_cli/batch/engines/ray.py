@@ -37,6 +37,7 @@ import os
 import pickle
 import shutil
 import signal
+import socket
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -56,6 +57,22 @@ from ..run import EngineOptions, Outcome, Prepared
 from .ray_tasks import ATTEMPTS, SHARED, RayRow, decode_batch, encoder_class, probe_task
 
 DECODE_MEMORY = 1 << 30  # logical memory a decode task asks for: one decoder and one clip, with room
+REACH_TIMEOUT_S = 5.0  # a HOST:PORT that does not accept a TCP connection in this time is refused (ray.init waits on)
+
+
+def unreachable(address: str | None) -> str | None:
+    """Why the GCS at ``address`` (``--address HOST:PORT``, else ``RAY_ADDRESS``) does not accept a connection
+    within ``REACH_TIMEOUT_S``, or None when it does or when the address is not a HOST:PORT (``auto``, none: Ray
+    finds or starts a local one). ``ray.init`` itself retries an unreachable address for minutes, silently."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    host, sep, port = (address or "").strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or "://" in address:
+        return None
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
 
 
 class RayEngine:
@@ -92,6 +109,14 @@ class RayEngine:
     def __enter__(self) -> RayEngine:
         previous = signal.getsignal(signal.SIGTERM)
         if not ray.is_initialized():
+            why = unreachable(self.address)
+            if why is not None:
+                where = self.address or f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS')}"
+                raise SlowfastError(
+                    f"cannot connect to the Ray cluster at {where}: it does not accept a connection ({why}; waited at "
+                    f"most {REACH_TIMEOUT_S:g} s); "
+                    "check the head node's address and port (ray start --head prints it) and the firewall"
+                )
             # Ray's C++ side logs an "E" line on stderr for every encoder actor (its constructor arguments live
             # in the object store, ray-project/ray#53727), which is Ray Data's own doing and harmless here: keep
             # the terminal to slowfast's one-line messages unless the user chose a Ray log level
