@@ -157,7 +157,9 @@ class RayEngine:
 
     # --- probe: what the workers will compute ----------------------------------------------------------------
     def prepare(self, config: Config, root: Path, out_dir: Path) -> Prepared:
-        """Create OUT_DIR and :meth:`probe` the cluster: the config pinned for it and the provenance to resume by."""
+        """Size the actors and tasks to the cluster (:meth:`size`), create OUT_DIR and :meth:`probe` the cluster: the
+        config pinned for it and the provenance to resume by."""
+        self.size(config)
         prepare_output_dir(root, out_dir)
         pinned, provenance, self.warnings = self.probe(config, root, out_dir)
         return Prepared(pinned, provenance)
@@ -165,6 +167,39 @@ class RayEngine:
     def start(self, plan: BatchPlan, config: Config) -> list[str]:
         """Nothing to load here (each actor loads the model); the probe's warnings."""
         return self.warnings
+
+    def size(self, config: Config) -> None:
+        """Encoders and decoders for the cluster's resources, or one line when they cannot all run at once.
+
+        Every encoder actor holds a CPU (and a GPU when the cluster has GPUs and ``--device`` is not cpu) for the
+        whole run, and each decode task needs a CPU of its own: ``--encoders`` at or above the cluster's CPUs (or
+        above its GPUs) would leave the actors or every decode task waiting for ever (issue 20: 0 of 5 after 150 s).
+        """
+        resources = self.resources()
+        gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+        device = config.runtime.device
+        if device.startswith("cuda") and not gpus:
+            raise SlowfastError(f"--device {device}: the Ray cluster has no GPUs")
+        self.num_gpus = 1 if gpus and device != "cpu" else 0
+        if self.encoders is None:
+            self.encoders = max(1, gpus) if self.num_gpus else 1
+        if self.num_gpus and self.encoders > gpus:
+            raise ConfigError(
+                f"--encoders {self.encoders}: the Ray cluster has {gpus} GPU{'s' if gpus > 1 else ''} and each encoder "
+                f"holds one; use --encoders {gpus} or fewer"
+            )
+        if self.encoders >= cpus:
+            raise ConfigError(
+                f"--encoders {self.encoders}: the Ray cluster has {cpus} CPU{'s' if cpus != 1 else ''}; each encoder "
+                "holds one for the whole run and the decode tasks need at least one more, so the run could never "
+                f"start; use --encoders {max(cpus - 1, 1)} or fewer, or add CPUs (ray start --num-cpus)"
+                if cpus > 1
+                else f"--encoders {self.encoders}: the Ray cluster has {cpus} CPU; an encoder and a decode task need "
+                "one each: start Ray with at least 2 CPUs (ray start --num-cpus 2)"
+            )
+        if self.decoders is None:
+            cpu_encoders = 0 if self.num_gpus else self.encoders
+            self.decoders = max(1, cpus - cpu_encoders)
 
     def probe(self, config: Config, root: Path, out_dir: Path) -> tuple[Config, dict, list[str]]:
         """Build the model once on a worker (as the encoder actors will), with device and dtype resolved there.
@@ -175,17 +210,6 @@ class RayEngine:
         carry, and the Pipeline's warnings. It also checks that the worker sees IN_DIR and OUT_DIR as this
         process does (a file written here must be readable there).
         """
-        resources = self.resources()
-        gpus = int(resources.get("GPU", 0))
-        device = config.runtime.device
-        if device.startswith("cuda") and not gpus:
-            raise SlowfastError(f"--device {device}: the Ray cluster has no GPUs")
-        self.num_gpus = 1 if gpus and device != "cpu" else 0
-        if self.encoders is None:
-            self.encoders = max(1, gpus) if self.num_gpus else 1
-        if self.decoders is None:
-            cpu_encoders = 0 if self.num_gpus else self.encoders
-            self.decoders = max(1, int(resources.get("CPU", 1)) - cpu_encoders)
         token = uuid.uuid4().hex
         mark = out_dir / f".slowfast-probe-{token}"
         mark.write_text(token, encoding="ascii")
@@ -196,7 +220,7 @@ class RayEngine:
             with contextlib.suppress(OSError):
                 mark.unlink()
         pinned = config_from_dict(config.to_dict())
-        if device.startswith("cuda:"):  # an actor sees only the GPU Ray gave it, as cuda:0
+        if config.runtime.device.startswith("cuda:"):  # an actor sees only the GPU Ray gave it, as cuda:0
             pinned.runtime.device = "cuda"
         if config.runtime.dtype == "auto":  # resolved once: CPUs with and without native bf16 would differ
             pinned.runtime.dtype = info["dtype"]
