@@ -198,6 +198,26 @@ class TestExitCodesAndMessages:
         assert r.exit_code == 1 and f"cannot connect to the Ray cluster at 127.0.0.1:{port}" in one_line(r)
         assert "does not accept a connection" in one_line(r) and not (tmp_path / "out").exists()
 
+    def test_a_ray_node_that_sees_another_file_refuses_it(self, tmp_path, small_video):
+        """The driver stats each video; a decoding node that sees another size or time there (another copy of
+        IN_DIR, swapped files) or no file (an empty mount point) fails that video with one line naming the node,
+        instead of encoding another video's frames under its name (issue 20)."""
+        from slowfast_cli.batch.engines.ray import identity
+        from slowfast_cli.batch.engines.ray_tasks import _decode_row
+
+        (tmp_path / "in").mkdir()
+        shutil.copy(small_video, tmp_path / "in" / "a.mp4")
+        seen = identity(tmp_path / "in" / "a.mp4")
+        job = {"root": str(tmp_path / "in"), "out_dir": str(tmp_path / "out")}
+        swapped = _decode_row(b"a.mp4", b"a.pt", False, job, (seen[0] + 1, seen[1]))
+        assert swapped.status == "failed" and swapped.record.kind == "mismatch"
+        assert (
+            "sees another file than the driver" in swapped.record.error
+            and f"{seen[0] + 1:,} bytes" in swapped.record.error
+        )
+        gone = _decode_row(b"b.mp4", b"b.pt", False, job, seen)
+        assert gone.record.kind == "mismatch" and "does not exist on Ray node" in gone.record.error
+
 
 class TestReservedNames:
     def test_a_video_named_like_slowfasts_own_files_fails_and_no_output_is_ever_cleaned_away(

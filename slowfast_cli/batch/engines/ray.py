@@ -57,6 +57,18 @@ from ..run import EngineOptions, Outcome, Prepared
 from .ray_tasks import ATTEMPTS, SHARED, RayRow, decode_batch, encoder_class, probe_task
 
 DECODE_MEMORY = 1 << 30  # logical memory a decode task asks for: one decoder and one clip, with room
+
+
+def identity(path: Path) -> tuple[int, int] | None:
+    """(size, mtime_ns) of a video as the driver sees it, which the decoding node must see too (``ray_tasks``);
+    None when the driver cannot stat it (the node then says what it sees)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
 REACH_TIMEOUT_S = 5.0  # a HOST:PORT that does not accept a TCP connection in this time is refused (ray.init waits on)
 
 
@@ -277,7 +289,11 @@ class RayEngine:
     def dataset(self, plan: BatchPlan, job: dict) -> ray.data.Dataset:
         """The two-operator pipeline over ``plan.todo`` (not executed until iterated)."""
         items = [
-            {"item": pickle.dumps((os.fsencode(rel), os.fsencode(out_rel), rel in plan.unverified))}
+            {
+                "item": pickle.dumps(
+                    (os.fsencode(rel), os.fsencode(out_rel), rel in plan.unverified, identity(plan.root / rel))
+                )
+            }
             for rel, out_rel in plan.todo
         ]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
