@@ -18,7 +18,7 @@ from slowfast_cli.checkpoints import open_checkpoint
 from slowfast_cli.cli.app import app
 from slowfast_cli.config import EncoderCfg, ProjectorCfg
 from slowfast_cli.encoder.encoder import build_encoder
-from slowfast_cli.errors import SlowfastError
+from slowfast_cli.errors import ConfigError, SlowfastError
 from slowfast_cli.projector import build_projector
 from slowfast_cli.tokenfile import load_tokens, save_tokens
 from slowfast_cli.video.decode import probe
@@ -217,6 +217,24 @@ class TestExitCodesAndMessages:
         )
         gone = _decode_row(b"b.mp4", b"b.pt", False, job, seen)
         assert gone.record.kind == "mismatch" and "does not exist on Ray node" in gone.record.error
+
+    def test_ray_nodes_that_resolve_the_model_differently_are_named(self):
+        """Every node that will encode builds the model in the probe; one that computes in another dtype under
+        --dtype auto, or sees other weights at the same path, stops the run before it starts (issue 20)."""
+        from slowfast_cli.batch.engines.ray import _agree
+        from slowfast_cli.config import resolve_config
+
+        cfg = resolve_config("tiny")
+        a = {"node": "hostA/1a2b", "dtype": "bf16", "provenance": {"weights": "sha256:1", "dtype": "bf16"}}
+        decoder_only = {"node": "hostC/9f9f", "provenance": None}
+        assert _agree({"a": a, "c": decoder_only}, cfg) is a
+        with pytest.raises(ConfigError, match="Ray node hostB/3c4d computes in fp32 and hostA/1a2b in bf16"):
+            _agree({"a": a, "b": {**a, "node": "hostB/3c4d", "dtype": "fp32"}}, cfg)
+        other = {**a, "node": "hostB/3c4d", "provenance": {"weights": "sha256:2", "dtype": "bf16"}}
+        with pytest.raises(
+            SlowfastError, match=r"Ray node hostB/3c4d sees other model files than hostA/1a2b \(weights"
+        ):
+            _agree({"a": a, "b": other}, cfg)
 
 
 class TestReservedNames:

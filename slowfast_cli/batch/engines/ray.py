@@ -226,11 +226,11 @@ class RayEngine:
         mark = out_dir / f".slowfast-probe-{token}"
         mark.write_text(token, encoding="ascii")
         try:
-            task = ray.remote(probe_task).options(num_cpus=1, num_gpus=self.num_gpus, max_retries=0)
-            info = _get(task.remote(config.to_dict(), str(root), str(mark), token))
+            infos = self.probe_nodes(config, root, mark, token)
         finally:
             with contextlib.suppress(OSError):
                 mark.unlink()
+        info = _agree(infos, config)
         pinned = config_from_dict(config.to_dict())
         if config.runtime.device.startswith("cuda:"):  # an actor sees only the GPU Ray gave it, as cuda:0
             pinned.runtime.device = "cuda"
@@ -238,6 +238,26 @@ class RayEngine:
             pinned.runtime.dtype = info["dtype"]
         self.image_size = info["image_size"]
         return pinned, info["provenance"], info["warnings"]
+
+    def probe_nodes(self, config: Config, root: Path, mark: Path, token: str) -> dict[str, dict]:
+        """``probe_task`` on every alive node with a CPU (pinned to it), at once: node id -> what it resolved.
+
+        Nodes that can run an encoder (all of them, or those with a GPU when encoders take one) build the model;
+        the others, which only decode, check IN_DIR and OUT_DIR. A node that joins after the probe is not checked
+        here; its decode tasks still compare every file with the driver's (``ray_tasks.other_file``).
+        """
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= 1]
+        refs = {}
+        for node in nodes or [None]:
+            model = not self.num_gpus or (node or {}).get("Resources", {}).get("GPU", 0) >= 1
+            options = {"num_cpus": 1, "num_gpus": self.num_gpus if model else 0, "max_retries": 0}
+            if node is not None:
+                options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+            task = ray.remote(probe_task).options(**options)
+            refs[(node or {}).get("NodeID", "any")] = task.remote(config.to_dict(), str(root), str(mark), token, model)
+        return {node: _get(ref) for node, ref in refs.items()}
 
     # --- the run ---------------------------------------------------------------------------------------------
     def outcomes(self, plan: BatchPlan, config: Config) -> Iterator[Outcome]:
@@ -347,6 +367,30 @@ def _quiet_driver_errors() -> None:
 
     to_stderr_or_nowhere.slowfast = True
     worker.print_to_stdstream = to_stderr_or_nowhere
+
+
+def _agree(infos: dict[str, dict], config: Config) -> dict:
+    """The one probe result every node that built the model agrees on, or one line naming the node that differs:
+    another dtype for ``--dtype auto`` (a CPU with native bf16 beside one without), other weights at the same path
+    (another provenance)."""
+    built = [info for info in infos.values() if info.get("provenance") is not None]
+    if not built:
+        raise SlowfastError("no node of the Ray cluster can run an encoder (none has the GPU the encoders take)")
+    first = built[0]
+    for info in built:
+        if info["dtype"] != first["dtype"]:
+            raise ConfigError(
+                f"--dtype {config.runtime.dtype}: Ray node {info['node']} computes in {info['dtype']} and "
+                f"{first['node']} in {first['dtype']}; pass --dtype fp32 or --dtype bf16 so every node computes alike"
+            )
+        if info["provenance"] != first["provenance"]:
+            keys = sorted(k for k in {*info["provenance"], *first["provenance"]}
+                          if info["provenance"].get(k) != first["provenance"].get(k))  # fmt: skip
+            raise SlowfastError(
+                f"Ray node {info['node']} sees other model files than {first['node']} ({', '.join(keys)} differ); "
+                "every node must see the same weights at the same path"
+            )
+    return first
 
 
 def _get(ref):

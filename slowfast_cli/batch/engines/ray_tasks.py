@@ -69,9 +69,10 @@ def _key(d: dict) -> str:
     return hashlib.sha256(repr(sorted(d.items())).encode()).hexdigest()
 
 
-def probe_task(config_dict: dict, root: str, mark: str, token: str) -> dict:
-    """On a worker: check it sees IN_DIR and OUT_DIR (``mark`` holds ``token``), build the model as an actor will,
-    and say what it resolved (dtype, provenance, warnings, decode-time image size)."""
+def probe_task(config_dict: dict, root: str, mark: str, token: str, model: bool = True) -> dict:
+    """On a worker: check it sees IN_DIR and OUT_DIR (``mark`` holds ``token``), build the model as an actor will
+    (``model``; a node that only decodes skips it), and say what it resolved (dtype, provenance, warnings,
+    decode-time image size, and its node's name)."""
     from ...encoder.device import DTYPE_NAMES
     from ...pipeline import Pipeline
 
@@ -84,8 +85,11 @@ def probe_task(config_dict: dict, root: str, mark: str, token: str) -> dict:
         seen = None
     if seen != token:
         raise SlowfastError(f"{Path(mark).parent}: not the same folder on Ray node {where}; {SHARED}")
+    if not model:
+        return {"node": where, "provenance": None}
     pipe = Pipeline(config_from_dict(config_dict))
     return {
+        "node": where,
         "dtype": DTYPE_NAMES[pipe.dtype],
         "provenance": pipe.provenance,
         "warnings": pipe.warnings,
