@@ -140,11 +140,18 @@ class Pipeline:
     def encode_clip(self, clip, keep_features: bool = False, timings: dict | None = None) -> EncodeResult:
         """Encoder -> projector -> aggregator for an already decoded clip."""
         timings = {} if timings is None else timings
-        cfg, a = self.config, self.config.aggregator
         t0 = time.perf_counter()
+        feats = self.encoder.encode(clip.frames, self.config.encoder.batch_frames)  # (T, N, D_vision)
+        timings["encode"] = time.perf_counter() - t0
+        return self.finish_clip(clip, feats, keep_features, timings)
+
+    def finish_clip(self, clip, feats: torch.Tensor, keep_features: bool = False, timings: dict | None = None):
+        """Projector -> aggregator for a clip whose patch tokens ``feats`` (T, N, D_vision) the encoder gave (alone,
+        or packed with other videos' frames by ``encoder.packing.Packer``: the same bits)."""
+        timings = {} if timings is None else timings
+        a = self.config.aggregator
+        t1 = time.perf_counter()
         with torch.inference_mode():
-            feats = self.encoder.encode(clip.frames, cfg.encoder.batch_frames)  # (T, N, D_vision)
-            t1 = time.perf_counter()
             feats = self.projector(feats)  # (T, N, D_llm)
             t2 = time.perf_counter()
             agg = slow_fast(feats, self.encoder.grid, a.slow_frames, a.slow_pool, a.fast_size, a.slow_index)
@@ -157,7 +164,7 @@ class Pipeline:
                 f"{clip.info.path}: the model produced non-finite tokens (NaN or inf) in "
                 f"{DTYPE_NAMES.get(self.dtype, self.dtype)}; check the weights, or try --dtype fp32"
             )
-        timings.update(encode=t1 - t0, project=t2 - t1, aggregate=t3 - t2)
+        timings.update(project=t2 - t1, aggregate=t3 - t2)
         meta = self.clip_meta(clip)
         meta.update(aggregation_meta(agg, clip.indices))
         meta.update(dim=int(tokens.shape[-1]), timings=timings)
