@@ -64,14 +64,14 @@ def main() -> None:
     p.add_argument("--base", type=Path, help="another checkout to compare with (e.g. main)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--clips", type=int, default=9)
-    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
+    p.add_argument("--dtypes", nargs="*", default=["fp32", "bf16"])
     p.add_argument("--peers", nargs="*", default=["naive", "transformers"])
     p.add_argument("--no-startup", action="store_true")
     args = p.parse_args()
     if args.quick:
         args.rounds, args.clips, args.dtypes, args.peers = 1, 3, ["fp32"], ["naive"]
     info = common.machine_info(with_torch=False)
-    common.header("Issue 21: start-up and steady state", info, sys.argv)
+    common.header("Issue 21: start-up and steady state", info, sys.argv[1:])
     many, one = folders(common.OUT_DIR, args.clips)
     trees = {"this": common.ROOT} | ({"base": args.base.resolve()} if args.base else {})
     py = sys.executable
@@ -92,8 +92,9 @@ def main() -> None:
         for dt in args.dtypes:
             for size, folder in ((args.clips, many), (1, one)):
                 model = ["--model", "ViT-B-32", "--pretrained", "none", "--frames", "16", "--slow-pool", "none"]
-                cmds["steady", dt, name, size] = slowfast(tree, "batch", folder, "-o", tmp / f"{name}_{dt}_{size}",
-                                                          *model, "--dtype", dt, "--workers", "1", "--overwrite")  # fmt: skip
+                out = tmp / f"{name}_{dt}_{size}"
+                cmds["steady", dt, name, size] = slowfast(tree, "batch", folder, "-o", out, *model, "--dtype", dt,
+                                                          "--workers", "1", "--overwrite")  # fmt: skip
     for peer in args.peers:
         for dt in args.dtypes:
             for size, folder in ((args.clips, many), (1, one)):
