@@ -33,8 +33,8 @@ SHM_DIR = "/dev/shm"
 @dataclass(frozen=True)
 class SharedFrames:
     """A clip's uint8 frames (``shape``) left by a decode worker in the shared memory block ``name``: the main
-    process copies them out and removes the block (``take_frames``). Against pickling through the pipe it halves
-    the receiving process's CPU per GB (BENCHMARKS.md section 16)."""
+    process copies them out and removes the block (``take_frames``): less of the main process's CPU than unpickling
+    them from the pipe (BENCHMARKS.md section 16)."""
 
     name: str
     shape: tuple[int, ...]
