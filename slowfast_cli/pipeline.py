@@ -20,10 +20,18 @@ from .aggregate import slow_fast
 from .config import AggregatorCfg, Config, config_from_dict, resolve_config
 from .encoder.device import DTYPE_NAMES, resolve_device, resolve_dtype
 from .errors import ConfigError, SlowfastError
-from .policies import check_grid
+from .policies import check_grid, check_layout
 from .provenance import file_fingerprint, provenance
 from .reading import path_problem
-from .tokenfile import features_object, load_features, save_all, save_pending, save_tokens, token_object
+from .tokenfile import (
+    commit_together,
+    features_object,
+    load_features,
+    save_all,
+    save_pending,
+    save_tokens,
+    token_object,
+)
 from .version import __version__
 
 
@@ -55,6 +63,9 @@ def aggregation_meta(agg, frame_indices: list[int] | None) -> dict:
         "fast_tokens": b.fast_tokens,
         "output_tokens": b.output_tokens,
         "ratio": b.ratio,
+        "layout": b.layout,  # slowfast | frames (see layout.py: where each group and newline token sits)
+        "newline": b.newline,
+        "newline_tokens": b.newline_tokens,
     }
     if frame_indices is not None:
         meta["slow_video_indices"] = [frame_indices[i] for i in agg.slow_indices]  # frame numbers in the video
@@ -104,7 +115,7 @@ class Pipeline:
 
     def __init__(self, config: Config):
         from .encoder.encoder import build_encoder
-        from .projector import build_projector
+        from .projector import build_projector, load_newline
 
         self.config = config
         rt = config.runtime
@@ -114,6 +125,10 @@ class Pipeline:
         self.projector, self.projector_info = build_projector(
             config.projector, self.encoder.width, self.device, self.dtype, config.encoder.model
         )
+        self.newline, self.newline_info = None, None
+        if config.aggregator.newline != "no_token":
+            info = self.projector_info
+            self.newline, self.newline_info = load_newline(config.projector, info, self.device, self.dtype)
         self.provenance = provenance(config, DTYPE_NAMES[self.dtype])  # what batch resume compares
         self.warnings: list[str] = []
         if self.encoder.random_weights:
@@ -122,6 +137,8 @@ class Pipeline:
             )
         if self.projector_info.get("random"):
             self.warnings.append("the projector has random weights (--random-projector): the tokens carry no meaning")
+        if self.newline_info and self.newline_info.get("random") and not self.projector_info.get("random"):
+            self.warnings.append("the newline token is random (--random-projector): the tokens carry no meaning")
 
     @property
     def image_size(self) -> int | None:
@@ -152,9 +169,15 @@ class Pipeline:
         a = self.config.aggregator
         t1 = time.perf_counter()
         with torch.inference_mode():
-            feats = self.projector(feats)  # (T, N, D_llm)
+            before = a.pool_stage == "before"  # pool the tower's tokens, then project (llava-hf LlavaNextVideo)
+            pooled = feats
+            if not before or keep_features:
+                feats = self.projector(feats)  # (T, N, D_llm)
             t2 = time.perf_counter()
-            agg = slow_fast(feats, self.encoder.grid, a.slow_frames, a.slow_pool, a.fast_size, a.slow_index)
+            agg = slow_fast(
+                pooled if before else feats, self.encoder.grid, a.slow_frames, a.slow_pool, a.fast_size,
+                a.slow_index, a.layout, a.newline, self.newline, self.projector if before else None,
+            )  # fmt: skip
             # agg.tokens: (1, L, D)
             tokens = agg.tokens.cpu()
             features = feats.cpu() if keep_features else None  # .cpu() waits for the device: t3 is honest
@@ -195,7 +218,10 @@ class Pipeline:
             "pretrained": self.config.encoder.pretrained,
             "random_weights": self.encoder.random_weights,
             "layer": self.config.encoder.layer,
+            "activation": self.encoder.activation,  # quick_gelu, gelu, or gelu_tanh (SigLIP checkpoints)
             "projector": self.projector_info,
+            "newline_token": self.newline_info,  # where the image_newline came from, None without newlines
+            "pool_stage": self.config.aggregator.pool_stage,
             "dtype": DTYPE_NAMES.get(self.dtype, str(self.dtype)),
             "device": str(self.device),
             "config": self.config.to_dict(),
@@ -223,20 +249,29 @@ def encode_video(video: str | Path, config: Config | str | None = None, keep_fea
     return Pipeline(config).encode(video, keep_features)
 
 
-def write_result(result: EncodeResult, out: str | Path, features_out: str | Path | None = None) -> None:
-    """Write the token file (and the features file) atomically: both appear, or neither does."""
+def write_result(result: EncodeResult, out: str | Path, features_out: str | Path | None = None, fmt=None) -> None:
+    """Write the token file (and the features file) atomically: both appear, or neither does. ``fmt``: the output
+    format (``formats.OutputFormat``; default ``pt``), through its writer."""
+    from .formats import make_writer
+
     t0 = time.perf_counter()
-    files = [(out, token_object(result.tokens, result.meta))]
-    if features_out is not None:
+    out = Path(out)
+    writer = make_writer(fmt, out.parent)
+    meta = writer.sample_meta(result.meta, Path(out.name))
+    if features_out is None:
+        writer.write(result.tokens, meta, Path(out.name))
+    else:
         fmeta = {k: v for k, v in result.meta.items() if k in FEATURE_META_KEYS}
-        files.append((features_out, features_object(result.features, fmeta)))
-    save_all(files)
+        features = features_object(result.features, fmeta)
+        if writer.name == "pt" and writer.save_dtype is None:
+            save_all([(out, token_object(result.tokens, meta)), (features_out, features)])
+        else:
+            pending = [(writer.pending(result.tokens, meta, Path(out.name)), out)]
+            try:
+                pending.append((save_pending(features_out, features), features_out))
+            finally:
+                commit_together(pending, complete=len(pending) == 2)  # both, or neither (temporary files removed)
     result.meta["timings"]["write"] = time.perf_counter() - t0
-
-
-def write_pending(result: EncodeResult, out: str | Path) -> str:
-    """Write the token file to a temporary file beside ``out``; returns its name, for the caller to rename."""
-    return save_pending(out, token_object(result.tokens, result.meta))
 
 
 FEATURE_META_KEYS = ("source", "video", "short_video", "frame_indices", "timestamps", "model", "pretrained",
@@ -250,8 +285,10 @@ def encode_to_file(
     config: Config,
     features_out: str | Path | None = None,
     overwrite: bool = False,
+    fmt=None,
 ) -> EncodeResult:
-    """``slowfast encode``: one video to one token file (and optionally a features file), atomically."""
+    """``slowfast encode``: one video to one token file (and optionally a features file), atomically, in the output
+    format ``fmt`` (``formats.OutputFormat``, default ``pt``)."""
     out, video = Path(out), Path(video)
     _check_overwrite(out, overwrite, (video,))
     if features_out is not None:
@@ -262,7 +299,7 @@ def encode_to_file(
             raise ConfigError(f"{out}: the token file and --save-features must be different files")
     pipe = Pipeline(config)
     result = pipe.encode(video, keep_features=features_out is not None)
-    write_result(result, out, features_out)
+    write_result(result, out, features_out, fmt)
     return result
 
 
@@ -274,8 +311,14 @@ def aggregate_file(features_path: str | Path, out: str | Path, config: Config, o
     x, fmeta = obj["features"], obj["meta"]
     grid = tuple(fmeta["grid"])
     a = config.aggregator
-    check_grid(grid, a.slow_pool, a.fast_size)  # a usage error (exit 2) before any tensor work
-    agg = slow_fast(x, grid, a.slow_frames, a.slow_pool, a.fast_size, a.slow_index)
+    check_grid(grid, a.slow_pool, a.fast_size, a.layout)  # a usage error (exit 2) before any tensor work
+    check_layout(grid, a.slow_pool, a.layout, a.newline)
+    if a.newline != "no_token" or a.pool_stage != "after":  # both need the model's weights, not only its features
+        raise ConfigError(
+            f"{features_path}: aggregate re-pools saved features without the model, so it cannot place newline tokens "
+            "(--newline) or pool before the projector (--pool-stage before); use encode with the checkpoint"
+        )
+    agg = slow_fast(x, grid, a.slow_frames, a.slow_pool, a.fast_size, a.slow_index, a.layout)
     meta: dict[str, Any] = {k: v for k, v in fmeta.items() if k != "config"}
     meta.setdefault("source", str(features_path))
     base = config_from_dict(fmeta["config"]) if "config" in fmeta else config  # validated by load_features

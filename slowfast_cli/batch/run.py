@@ -8,6 +8,7 @@ bit-identical.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 from ..atomic import sigint_deferred
 from ..config import Config
 from ..errors import SlowfastError, first_line
+from ..formats import make_writer
 from .plan import BatchPlan
 from .records import MANIFEST, Manifest, Record
 
@@ -97,7 +99,9 @@ def record_all(plan: BatchPlan, outcomes: Iterator[Outcome], fail_fast: bool = F
                 try:
                     manifest.write(record)
                 except SlowfastError:  # written but not recorded: take it back, a rerun redoes it
-                    if record.status == "ok":
+                    if record.status == "ok" and plan.writer is not None:
+                        plan.writer.discard(Path(record.output))
+                    elif record.status == "ok":
                         with contextlib.suppress(OSError):
                             (plan.out_dir / record.output).unlink()
                     raise
@@ -106,6 +110,8 @@ def record_all(plan: BatchPlan, outcomes: Iterator[Outcome], fail_fast: bool = F
                 raise KeyboardInterrupt
             if fail_fast and record.status == "failed":
                 return
+        if plan.writer is not None:
+            plan.writer.finish()  # a complete run: the last, partly filled shard is finished too
     finally:
         close = getattr(outcomes, "close", None)
         try:
@@ -140,16 +146,16 @@ def encode_one(done, rel: Path, out_rel: Path, root: Path, pipe, packed=None):
     return result
 
 
-def write_one(result, rel: Path, out_rel: Path, out_dir: Path) -> Record:
-    """Write one token file in place; a failure of the disk is this video's ``write`` failure."""
-    from ..pipeline import write_result
-
-    target = out_dir / out_rel
+def write_one(result, rel: Path, out_rel: Path, out_dir: Path, writer=None, columns: dict | None = None) -> Record:
+    """Write one video's tokens in place through the output format's ``writer`` (default ``pt``); a failure of the
+    disk is this video's ``write`` failure. ``columns``: the video's row of a CSV/JSONL ``--files-from``."""
+    writer = writer or make_writer(None, out_dir)
+    t0 = time.perf_counter()
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_result(result, target)
+        writer.write(result.tokens, writer.sample_meta(result.meta, out_rel, columns), out_rel)
     except (SlowfastError, OSError) as exc:
         return Record.write_failed(exc, rel, out_rel)
+    result.meta["timings"]["write"] = time.perf_counter() - t0
     return Record.ok(result.meta, rel, out_rel)
 
 

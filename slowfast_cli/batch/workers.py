@@ -34,7 +34,7 @@ SHM_DIR = "/dev/shm"
 class SharedFrames:
     """A clip's uint8 frames (``shape``) left by a decode worker in the shared memory block ``name``: the main
     process copies them out and removes the block (``take_frames``): less of the main process's CPU than unpickling
-    them from the pipe (BENCHMARKS.md section 16)."""
+    them from the pipe (BENCHMARKS.md section 17)."""
 
     name: str
     shape: tuple[int, ...]

@@ -15,6 +15,7 @@ import typer
 from ..version import __version__
 from .batch import batch
 from .commands import aggregate, budget, configs, encode, report
+from .formats import export, show
 from .output import _state, err
 
 app = typer.Typer(
@@ -69,5 +70,5 @@ def _terminated(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-for command in (budget, configs, report, aggregate, encode, batch):
+for command in (budget, configs, report, aggregate, encode, batch, export, show):
     app.command()(command)

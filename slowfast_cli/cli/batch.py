@@ -17,6 +17,7 @@ import typer
 from ..config import Config
 from ..errors import ConfigError, SlowfastError
 from ..preflight import preflight
+from .formats import FormatOpt, SaveDtypeOpt, ShardSizeOpt, output_format
 from .options import (
     BatchFramesOpt,
     ConfigOpt,
@@ -27,10 +28,13 @@ from .options import (
     FramesOpt,
     JsonOpt,
     LayerOpt,
+    LayoutOpt,
     LlmDimOpt,
     MaxFramesOpt,
     ModelOpt,
+    NewlineOpt,
     OverwriteOpt,
+    PoolStageOpt,
     PretrainedOpt,
     ProjectorOpt,
     ProjectorWeightsOpt,
@@ -71,7 +75,8 @@ def batch(
         typer.Option(
             "--files-from",
             help="Encode the videos listed in this file (one path per line, relative to IN_DIR) instead of "
-            "searching IN_DIR.",
+            "searching IN_DIR; a .csv (with a header) or .jsonl file has a 'path' column, an optional 'key' (the "
+            "output's name) and any other columns, kept in each sample's meta.",
             dir_okay=False,
         ),
     ] = None,
@@ -97,6 +102,9 @@ def batch(
         float, typer.Option(help="Seconds one video may take to decode before it counts as failed.")
     ] = 300.0,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed video.")] = False,
+    format_: FormatOpt = "pt",
+    shard_size: ShardSizeOpt = 1000,
+    save_dtype: SaveDtypeOpt = None,
     config: ConfigOpt = "default",
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
@@ -108,6 +116,9 @@ def batch(
     slow_pool: SlowPoolOpt = None,
     fast_size: FastSizeOpt = None,
     slow_index: SlowIndexOpt = None,
+    layout: LayoutOpt = None,
+    newline: NewlineOpt = None,
+    pool_stage: PoolStageOpt = None,
     sampling: SamplingOpt = None,
     resize: ResizeOpt = None,
     projector: ProjectorOpt = None,
@@ -128,8 +139,10 @@ def batch(
     from ..batch.engines import make_engine
     from ..batch.plan import plan_batch
     from ..batch.run import EngineOptions
+    from ..formats import make_writer
 
     cfg = build_config(config, **flags_of(locals()))
+    fmt = output_format(format_, shard_size, save_dtype)
     for flag, value in (("--workers", workers), ("--decoders", decoders), ("--encoders", encoders)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
@@ -141,7 +154,8 @@ def batch(
     with runner:
         prepared = runner.prepare(cfg, in_dir, output)
         verify = runner.verifies_outputs  # else outputs that look done are CRC-checked by the engine, as it goes
-        with plan_batch(in_dir, output, pattern, overwrite, prepared.provenance, files_from, verify=verify) as plan:
+        writer = make_writer(fmt, output)
+        with plan_batch(in_dir, output, pattern, overwrite, prepared.provenance, files_from, verify, writer) as plan:
             for problem in plan.problems:
                 warn(problem)
             if plan.total == 0:

@@ -11,12 +11,13 @@ from typing import Annotated
 
 import typer
 
-from ..budget import token_budget
+from ..budget import aggregator_budget
 from ..config import list_presets, load_preset, parse_hw
 from ..errors import ConfigError, SlowfastError
 from ..models import model_grid
 from ..planner import plan
 from ..preflight import preflight
+from .formats import FormatOpt, SaveDtypeOpt, output_format
 from .options import (
     BatchFramesOpt,
     ConfigOpt,
@@ -27,10 +28,13 @@ from .options import (
     FramesOpt,
     JsonOpt,
     LayerOpt,
+    LayoutOpt,
     LlmDimOpt,
     MaxFramesOpt,
     ModelOpt,
+    NewlineOpt,
     OverwriteOpt,
+    PoolStageOpt,
     PretrainedOpt,
     ProjectorOpt,
     ProjectorWeightsOpt,
@@ -71,6 +75,8 @@ def budget(
     slow_pool: SlowPoolOpt = None,
     fast_size: FastSizeOpt = None,
     slow_index: SlowIndexOpt = None,
+    layout: LayoutOpt = None,
+    newline: NewlineOpt = None,
     context: Annotated[int | None, typer.Option(help="LLM context length to check the fit against.")] = None,
     plan_: Annotated[bool, typer.Option("--plan", help="List the best settings that fit --context.")] = False,
     frames_range: Annotated[str, typer.Option(help="Frame range MIN:MAX the planner may use.")] = "8:128",
@@ -83,7 +89,7 @@ def budget(
     Example: slowfast budget --frames 64 --grid 14x14 --slow-pool none --context 8192
     """
     cfg = build_config(config, model=model, frames=frames, slow_frames=slow_frames, slow_pool=slow_pool,
-                       fast_size=fast_size, slow_index=slow_index)  # fmt: skip
+                       fast_size=fast_size, slow_index=slow_index, layout=layout, newline=newline)  # fmt: skip
     at_least(context, 1, "--context")
     at_least(reserve, 0, "--reserve")
     at_least(top, 1, "--top")
@@ -92,12 +98,20 @@ def budget(
         if context is None:
             raise ConfigError("--plan needs --context N (the LLM's context length)")
         lo, hi = _parse_range(frames_range)
-        entries = plan(context, g, lo, hi, reserve, slow_index=cfg.aggregator.slow_index)
+        a = cfg.aggregator
+        entries = plan(context, g, lo, hi, reserve, slow_index=a.slow_index, layout=a.layout, newline=a.newline)
         show_plan(entries, context, reserve, g, top, json_)
         return
     a = cfg.aggregator
-    b = token_budget(cfg.video.frames, g, a.slow_frames, a.slow_pool, a.fast_size, slow_index=a.slow_index)
+    b = aggregator_budget(cfg.video.frames, g, a)
     notes = budget_warnings(b)
+    v = cfg.video
+    if v.sampling == "llava_next" or v.sample_fps is not None:  # the count depends on the video's length
+        cap = v.frames if v.sampling == "llava_next" else v.max_frames
+        notes.append(
+            f"T varies with the video ({v.sampling}, {v.sample_fps or 1:g} fps, at most {cap}): this is the "
+            f"{b.frames}-frame case; a shorter video gets fewer frames and tokens"
+        )
     if json_:
         d = b.to_dict()
         if context is not None:
@@ -133,15 +147,18 @@ def configs(json_: JsonOpt = False) -> None:
         c = load_preset(str(path))
         a = c.aggregator
         rows.append({"name": name, "path": str(path), "description": c.description, **c.to_dict()})
-        rows[-1]["summary"] = (c.encoder.model, c.encoder.pretrained, c.video.frames, a.slow_frames, a.slow_pool,
-                               f"{a.fast_size[0]}x{a.fast_size[1]}", c.projector.kind)  # fmt: skip
+        frames_layout = a.layout == "frames"  # every frame pooled alike: no slow count, no fast pathway
+        rows[-1]["summary"] = (c.encoder.model, c.encoder.pretrained, c.video.frames,
+                               "all" if frames_layout else a.slow_frames, a.slow_pool,
+                               "-" if frames_layout else f"{a.fast_size[0]}x{a.fast_size[1]}", a.newline,
+                               c.projector.kind)  # fmt: skip
     if json_:
         for r in rows:
             r.pop("summary")
         print_json(rows)
         return
     t = Table(title="presets (--config NAME)")
-    for col in ("name", "model", "pretrained", "frames", "slow", "pool", "fast", "projector"):
+    for col in ("name", "model", "pretrained", "frames", "slow", "pool", "fast", "newline", "projector"):
         t.add_column(col, justify="right" if col in ("frames", "slow") else "left")
     for r in rows:
         t.add_row(shown(r["name"]), *[shown(v) for v in r["summary"]])
@@ -191,6 +208,8 @@ def aggregate(
     slow_pool: SlowPoolOpt = None,
     fast_size: FastSizeOpt = None,
     slow_index: SlowIndexOpt = None,
+    layout: LayoutOpt = None,
+    newline: NewlineOpt = None,
     overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -200,7 +219,8 @@ def aggregate(
     """
     from ..pipeline import aggregate_file
 
-    cfg = build_config(config, slow_frames=slow_frames, slow_pool=slow_pool, fast_size=fast_size, slow_index=slow_index)
+    cfg = build_config(config, slow_frames=slow_frames, slow_pool=slow_pool, fast_size=fast_size, slow_index=slow_index,
+                       layout=layout, newline=newline)  # fmt: skip
     result = aggregate_file(features, output, cfg, overwrite=overwrite)
     for w in result.warnings:
         warn(w)
@@ -222,7 +242,8 @@ SUMMARY_KEYS = ("source", "frames", "grid", "input_tokens", "slow_tokens", "fast
 def encode(
     video: Annotated[Path, typer.Argument(help="Video file.", exists=True, dir_okay=False)],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Token file (default: VIDEO.tokens.pt).", parser=path_named)
+        Path | None,
+        typer.Option("--output", "-o", help="Token file (default: VIDEO.tokens.pt, .safetensors).", parser=path_named),
     ] = None,
     save_features: Annotated[
         Path | None, typer.Option(help="Also write pre-aggregation features here.", parser=path_named)
@@ -238,6 +259,9 @@ def encode(
     slow_pool: SlowPoolOpt = None,
     fast_size: FastSizeOpt = None,
     slow_index: SlowIndexOpt = None,
+    layout: LayoutOpt = None,
+    newline: NewlineOpt = None,
+    pool_stage: PoolStageOpt = None,
     sampling: SamplingOpt = None,
     resize: ResizeOpt = None,
     projector: ProjectorOpt = None,
@@ -248,6 +272,8 @@ def encode(
     dtype: DtypeOpt = None,
     batch_frames: BatchFramesOpt = None,
     decode_resize: DecodeResizeOpt = None,
+    format_: FormatOpt = "pt",
+    save_dtype: SaveDtypeOpt = None,
     overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -256,11 +282,12 @@ def encode(
     Example: slowfast encode clip.mp4 --config tiny -o clip.pt
     """
     cfg = build_config(config, **flags_of(locals()))
+    fmt = output_format(format_, save_dtype=save_dtype, files=True)
     preflight(cfg)  # settings that cannot work fail here, before the model loads or the video opens
     from ..pipeline import default_output, encode_to_file
 
-    target = output or default_output(video)
-    result = encode_to_file(video, target, cfg, features_out=save_features, overwrite=overwrite)
+    target = output or default_output(video).with_suffix(".safetensors" if fmt.name == "safetensors" else ".pt")
+    result = encode_to_file(video, target, cfg, features_out=save_features, overwrite=overwrite, fmt=fmt)
     for w in result.warnings:
         warn(w)
     m = result.meta

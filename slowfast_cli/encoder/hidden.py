@@ -2,7 +2,7 @@
 
 open_clip imports transformers at its own import (``open_clip.hf_model``) for its Hugging Face *text* towers only,
 and takes its absence (``transformers = None``); slowfast builds vision towers only, so ``towers`` imports open_clip
-``without("transformers")``, which shortens the start of ``encode`` and ``batch`` (BENCHMARKS.md §16). A library
+``without("transformers")``, which shortens the start of ``encode`` and ``batch`` (BENCHMARKS.md §17). A library
 already imported is never hidden, and nothing is hidden once the ``with`` block ends: an ``import transformers``
 afterwards (slowfast's Hugging Face checks, a user's code) gets the real one.
 """

@@ -6,7 +6,7 @@ pass is therefore the same whatever the videos around a frame are, so the kernel
 split, the patch convolution's algorithm), which may depend on the batch size, run the same way for every pass; each
 frame's tokens depend on that frame alone. That is why a video's tokens are bit-identical however it is packed: alone
 (``Encoder.encode``, one video padded), next to other videos (``slowfast batch``), at any offset in a pass. The tests
-prove it in fp32 and bf16 (``tests/test_packing.py``); BENCHMARKS.md §16 has what padding costs and what a pass
+prove it in fp32 and bf16 (``tests/test_packing.py``); BENCHMARKS.md §17 has what padding costs and what a pass
 size buys on a CPU.
 
 Failures stay per video: preprocessing runs per video slice before packing (a bad frame array fails its video only),

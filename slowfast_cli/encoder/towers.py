@@ -114,6 +114,9 @@ class OpenClipViT(TowerAdapter):
         return getattr(block.attn, "num_heads", None), getattr(visual.ln_pre, "eps", None)
 
 
+ACTIVATIONS = {"gelu": {}, "gelu_tanh": {"approximate": "tanh"}}  # a timm tower's MLP activation -> nn.GELU's args
+
+
 class TimmViT(TowerAdapter):
     """A ``TimmModel`` whose trunk is a timm ViT with a plain patch embedding: timm's ``forward_intermediates``
     drops its ``num_prefix_tokens`` (0 for SigLIP, which has no class token; 1 for EVA's class token). Always GELU,
@@ -139,6 +142,19 @@ class TimmViT(TowerAdapter):
     def prune(cls, visual: torch.nn.Module, block: int) -> None:
         visual.trunk.prune_intermediate_layers([block], prune_norm=True, prune_head=True)
         visual.head = torch.nn.Identity()
+
+    @classmethod
+    def checkpoint_settings(cls, visual: torch.nn.Module) -> tuple[int | None, float | None]:
+        block = visual.trunk.blocks[0]
+        return getattr(block.attn, "num_heads", None), getattr(block.norm1, "eps", None)
+
+    @classmethod
+    def set_activation(cls, visual: torch.nn.Module, activation: str) -> None:
+        """Make every block's MLP compute ``activation`` (``ACTIVATIONS``): Hugging Face's SigLIP, and so
+        LLaVA-OneVision's and LLaVA-Video's tower, uses ``gelu_pytorch_tanh`` where open_clip's timm tower has exact
+        GELU (2.3e-4 relative apart at block -2 of SO400M with the same weights)."""
+        for block in visual.trunk.blocks:
+            block.mlp.act = torch.nn.GELU(**ACTIVATIONS[activation])
 
     @classmethod
     def cast(cls, visual: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
@@ -251,18 +267,29 @@ def _vision_tower(name: str, model_cfg: dict[str, Any], quick_gelu: bool, cast_d
 
 
 def build_tower(
-    name: str, model_cfg: dict[str, Any], quick_gelu: bool, dtype: torch.dtype
+    name: str, model_cfg: dict[str, Any], quick_gelu: bool, dtype: torch.dtype, random_init: bool = True
 ) -> tuple[torch.nn.Module, type[TowerAdapter], Geometry]:
     """The fp32 tower with its random init under ``manual_seed(0)``, so ``--pretrained none`` is reproducible, with
     its adapter and geometry: an open_clip ``VisionTransformer``, or a ``TimmModel`` around a timm ViT, whose random
     init is timm's, under the same seed. ``dtype`` only selects fp32 LayerNorms for a later bf16/fp16 cast.
 
+    ``random_init=False`` builds it on the meta device (shapes only: SO400M's random init costs about 6 CPU-seconds
+    that a checkpoint then overwrites); the caller makes it real with ``to_empty`` and loads every tensor. A tower
+    with buffers (EVA-02's and PE-Core's rotary tables: computed at init, not in checkpoints) is built for real all
+    the same, so that nothing is left uninitialised.
+
     Raises:
         SlowfastError: a tower of no family in ``ADAPTERS``.
     """
     low_precision = dtype if dtype in (torch.bfloat16, torch.float16) else None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        visual = _vision_tower(name, model_cfg, quick_gelu, low_precision)
+    if random_init:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            visual = _vision_tower(name, model_cfg, quick_gelu, low_precision)
+    else:
+        with torch.device("meta"):
+            visual = _vision_tower(name, model_cfg, quick_gelu, low_precision)
+        if any(True for _ in visual.buffers()):  # EVA's and PE's rotary tables are computed, not loaded: init for real
+            return build_tower(name, model_cfg, quick_gelu, dtype, random_init=True)
     adapter, geometry = adapter_for(visual, name)
     return visual, adapter, geometry
