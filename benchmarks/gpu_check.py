@@ -351,7 +351,7 @@ def in_process_rates(preset: str, overrides: dict, device, clips: list[Path], mi
     frames = sum(len(c.indices) for c in decoded)
 
     def encoder_only():  # the clips packed into passes of batch_frames, as batch packs them (encoder.packing)
-        packer = Packer(pipe.encoder, cfg.encoder.batch_frames)
+        packer = Packer(pipe.encoder, pipe.batch_frames)
         tokens = [p.tokens for i, c in enumerate(decoded) for p in packer.add(i, c.frames)] + [
             p.tokens for p in packer.flush()
         ]

@@ -115,6 +115,7 @@ class Pipeline:
 
     def __init__(self, config: Config):
         from .encoder.encoder import build_encoder
+        from .encoder.packing import pass_frames
         from .projector import build_projector, load_newline
 
         self.config = config
@@ -122,6 +123,7 @@ class Pipeline:
         self.device = resolve_device(rt.device)
         self.dtype = resolve_dtype(rt.dtype, self.device)
         self.encoder = build_encoder(config.encoder, self.device, self.dtype)
+        self.batch_frames = pass_frames(config.encoder.batch_frames, self.device.type)  # frames per ViT pass
         self.projector, self.projector_info = build_projector(
             config.projector, self.encoder.width, self.device, self.dtype, config.encoder.model
         )
@@ -158,7 +160,7 @@ class Pipeline:
         """Encoder -> projector -> aggregator for an already decoded clip."""
         timings = {} if timings is None else timings
         t0 = time.perf_counter()
-        feats = self.encoder.encode(clip.frames, self.config.encoder.batch_frames)  # (T, N, D_vision)
+        feats = self.encoder.encode(clip.frames, self.batch_frames)  # (T, N, D_vision)
         timings["encode"] = time.perf_counter() - t0
         return self.finish_clip(clip, feats, keep_features, timings)
 

@@ -13,10 +13,10 @@ import torch
 from typer.testing import CliRunner
 
 from slowfast_cli.cli.app import app
-from slowfast_cli.config import EncoderCfg
+from slowfast_cli.config import EncoderCfg, resolve_config
 from slowfast_cli.encoder.encoder import Encoder, build_encoder
-from slowfast_cli.encoder.packing import Packer
-from slowfast_cli.errors import SlowfastError
+from slowfast_cli.encoder.packing import Packer, pass_frames
+from slowfast_cli.errors import ConfigError, SlowfastError
 from slowfast_cli.tokenfile import load_tokens
 
 LENGTHS = (16, 5, 33, 1, 16, 7, 12)  # frames per video: shorter, longer and as long as a pass
@@ -132,3 +132,15 @@ def test_batch_packs_videos_and_writes_the_same_tokens_as_encode(tmp_path):
         r = runner.invoke(app, ["encode", str(folder / f"v{i}.mp4"), "-o", str(one), *opts])
         assert r.exit_code == 0, r.output
         assert torch.equal(load_tokens(tmp_path / "out" / f"v{i}.pt")["tokens"], load_tokens(one)["tokens"])
+
+
+class TestPassSize:
+    def test_zero_means_by_device(self):
+        assert (pass_frames(0, "cpu"), pass_frames(0, "cuda"), pass_frames(0, "mps")) == (16, 128, 16)
+        assert pass_frames(24, "cuda") == 24 and pass_frames(24, "cpu") == 24
+
+    def test_the_default_is_by_device_and_a_negative_size_is_refused(self):
+        assert resolve_config("default").encoder.batch_frames == 0
+        assert resolve_config("tiny", {"batch_frames": 0}).encoder.batch_frames == 0
+        with pytest.raises(ConfigError, match="batch_frames.*must be a positive integer"):
+            resolve_config("tiny", {"batch_frames": -1})

@@ -26,6 +26,15 @@ import torch
 from ..errors import SlowfastError
 from .preprocess import as_frames
 
+PASS_FRAMES = {"cpu": 16, "cuda": 128}  # frames per pass when encoder.batch_frames is 0 (BENCHMARKS.md §17)
+
+
+def pass_frames(batch_frames: int, device_type: str) -> int:
+    """Frames per forward pass: ``batch_frames`` as set, or for 0 the device's default (``PASS_FRAMES``; 16 for
+    any other device). On the CPUs measured a pass of 16 frames costs the least per frame; a GPU needs more to
+    be busy."""
+    return batch_frames or PASS_FRAMES.get(device_type, 16)
+
 
 @dataclass
 class Packed:

@@ -81,7 +81,7 @@ class LocalEngine:
         pipe, workers = self.pipeline, self.workers
         threads = 1 if workers > 1 else 0
         jobs = iter(todo)
-        packer = Packer(pipe.encoder, config.encoder.batch_frames)  # frames of several videos per forward pass
+        packer = Packer(pipe.encoder, pipe.batch_frames)  # frames of several videos per forward pass
         decoded: dict[int, Any] = {}  # job id -> its Done, while its frames wait in the packer
         with DecodePool(config.video, pipe.image_size, workers, self.timeout, threads) as pool:
             for _ in range(max(1, workers) * 2):  # keep every worker busy plus one clip ready per worker

@@ -264,7 +264,10 @@ class RayEngine:
 def videos_per_batch(config: dict) -> int:
     """Videos per Ray batch of the encode stage: as many as fill one forward pass (``encoder.batch_frames``) at the
     frames a video gives (``video.frames``), at least 1; the last pass of each Ray batch is padded."""
-    return max(1, config["encoder"]["batch_frames"] // max(1, config["video"]["frames"]))
+    from ...encoder.packing import pass_frames
+
+    device = str(config["runtime"]["device"]).partition(":")[0]  # pinned for the cluster by the probe
+    return max(1, pass_frames(config["encoder"]["batch_frames"], device) // max(1, config["video"]["frames"]))
 
 
 def _quiet_driver_errors() -> None:

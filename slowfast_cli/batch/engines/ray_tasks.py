@@ -200,7 +200,7 @@ def encoder_class(job: dict) -> type:
                     clips[i] = pickle.loads(row.clip)
                 except Exception as exc:  # any bug: this video fails, the batch goes on
                     out[i] = self._failed(row, exc)
-            packer = Packer(self.pipe.encoder, self.pipe.config.encoder.batch_frames)
+            packer = Packer(self.pipe.encoder, self.pipe.batch_frames)
             packed = {}
             for i, clip in clips.items():
                 packed.update((p.key, p) for p in packer.add(i, clip.frames))
