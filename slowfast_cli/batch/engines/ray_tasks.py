@@ -104,6 +104,26 @@ def _attempt(out_dir: str, rel: bytes, stage: str) -> int:
         os.close(fd)
 
 
+def other_file(src: Path, expect: tuple[int, int] | None, where: str) -> str | None:
+    """Why the file this node sees at ``src`` is not the one the driver planned (another size or modification
+    time, as a node with another copy of IN_DIR, or an empty mount point, has), or None when it is the same. A
+    node that sees no file says so too: the driver saw one."""
+    if expect is None:
+        return None
+    try:
+        st = src.stat()
+    except FileNotFoundError:
+        return f"{src}: does not exist on Ray node {where}, but the driver sees it; {SHARED}"
+    except OSError:
+        return None  # unreadable: the decoder says why, in its own words
+    if (st.st_size, st.st_mtime_ns) != tuple(expect):
+        return (
+            f"{src}: Ray node {where} sees another file than the driver ({st.st_size:,} bytes, modified "
+            f"{st.st_mtime_ns} ns, where the driver sees {expect[0]:,} bytes, {expect[1]} ns); not encoded. {SHARED}"
+        )
+    return None
+
+
 def _failed(rel: bytes, out_rel: bytes, msg: str, kind: str | None = None, seconds: float = 0.0, **more) -> RayRow:
     record = Record.failed(Path(os.fsdecode(rel)), Path(os.fsdecode(out_rel)), msg, kind, seconds)
     return RayRow(rel, out_rel, "failed", record, **more)
@@ -134,17 +154,27 @@ def _decode_pool(job: dict):
 
 
 def decode_batch(batch: dict, job: dict) -> dict:
-    """The decode stage: planned items (pickled ``(source, output, unverified)``) to pickled RayRows."""
-    return {"item": [pickle.dumps(_decode_row(*pickle.loads(item), job)) for item in batch["item"]]}
+    """The decode stage: planned items (pickled ``(source, output, unverified, (size, mtime_ns) or None)``, the
+    last as the driver saw the file) to pickled RayRows."""
+    rows = []
+    for item in batch["item"]:
+        rel, out_rel, unverified, expect = pickle.loads(item)
+        rows.append(pickle.dumps(_decode_row(rel, out_rel, unverified, job, expect)))
+    return {"item": rows}
 
 
-def _decode_row(rel: bytes, out_rel: bytes, unverified: bool, job: dict) -> RayRow:
+def _decode_row(
+    rel: bytes, out_rel: bytes, unverified: bool, job: dict, expect: tuple[int, int] | None = None
+) -> RayRow:
     root, out_dir = Path(job["root"]), Path(job["out_dir"])
     where = node_name()
     src = root / os.fsdecode(rel)
     try:
         if not root.is_dir():
             return _failed(rel, out_rel, f"{root}: not visible on Ray node {where}; {SHARED}", "missing")
+        other = other_file(src, expect, where)
+        if other is not None:
+            return _failed(rel, out_rel, other, "mismatch", decoded=where)
         problem = None
         if unverified:
             state, why = existing_output(out_dir / os.fsdecode(out_rel), None, src)
