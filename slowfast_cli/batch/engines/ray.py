@@ -56,7 +56,7 @@ from ...video.files import stderr_quiet
 from ..plan import BatchPlan, prepare_output_dir
 from ..records import Record
 from ..run import EngineOptions, Outcome, Prepared
-from .ray_tasks import ATTEMPTS, SHARED, RayRow, decode_batch, encoder_class, probe_task
+from .ray_tasks import ATTEMPTS, SHARED, RayRow, decode_batch, encoder_class, probe_task, videos_per_batch
 
 DECODE_MEMORY = 1 << 30  # logical memory a decode task asks for: one decoder and one clip, with room
 
@@ -324,15 +324,6 @@ class RayEngine:
             "gpus_per_encoder": self.num_gpus,
             "nodes": {n: dict(c) for n, c in sorted(self.nodes.items())},
         }
-
-
-def videos_per_batch(config: dict) -> int:
-    """Videos per Ray batch of the encode stage: as many as fill one forward pass (``encoder.batch_frames``) at the
-    frames a video gives (``video.frames``), at least 1; the last pass of each Ray batch is padded."""
-    from ...encoder.packing import pass_frames
-
-    device = str(config["runtime"]["device"]).partition(":")[0]  # pinned for the cluster by the probe
-    return max(1, pass_frames(config["encoder"]["batch_frames"], device) // max(1, config["video"]["frames"]))
 
 
 def _quiet_driver_errors() -> None:

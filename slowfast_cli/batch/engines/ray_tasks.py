@@ -200,6 +200,15 @@ def _decode_row(
         return _failed(rel, out_rel, f"{src}: decoding failed on Ray node {where} ({type(exc).__name__}: {exc})")
 
 
+def videos_per_batch(config: dict) -> int:
+    """Videos per Ray batch of the encode stage: as many as fill one forward pass (``encoder.batch_frames``) at the
+    frames a video gives (``video.frames``), at least 1; the last pass of each Ray batch is padded."""
+    from ...encoder.packing import pass_frames
+
+    device = str(config["runtime"]["device"]).partition(":")[0]  # pinned for the cluster by the probe
+    return max(1, pass_frames(config["encoder"]["batch_frames"], device) // max(1, config["video"]["frames"]))
+
+
 def encoder_class(job: dict) -> type:
     """The encoder actor class, with the job in the class itself: no constructor arguments in the object store."""
 
