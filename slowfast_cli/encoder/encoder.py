@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from ..config import EncoderCfg
-from ..errors import SlowfastError
 from ..models import block_index
 from . import towers
-from .preprocess import as_frames, preprocess
+from .packing import Packer
+from .preprocess import preprocess
 from .weights import Weights, load_weights, resolve_weights
 
 
@@ -60,7 +60,10 @@ class Encoder:
         return self.adapter.tokens(self.visual, x, self.block_index)
 
     def encode(self, frames: torch.Tensor | np.ndarray, batch_frames: int = 32) -> torch.Tensor:
-        """Patch tokens of block ``layer`` for every frame, ``batch_frames`` frames per forward pass.
+        """Patch tokens of block ``layer`` for every frame, in forward passes of exactly ``batch_frames`` frames.
+
+        The last pass is padded with zero frames (``packing.Packer``), so the tokens are bit-identical to the same
+        frames packed next to other videos' in ``slowfast batch``.
 
         Args:
             frames: uint8 (T, H, W, 3), numpy or torch, on any device.
@@ -69,14 +72,11 @@ class Encoder:
         Returns:
             (T, N, D) with N = Gh * Gw in row-major order, on ``self.device`` in ``self.dtype``.
         """
-        frames = as_frames(frames)
-        if batch_frames <= 0:
-            raise SlowfastError(f"batch_frames must be a positive integer, got {batch_frames}")
-        if len(frames) == 0:
-            n = self.grid[0] * self.grid[1]
-            return torch.empty(0, n, self.width, device=self.device, dtype=self.dtype)
-        with torch.inference_mode():
-            return torch.cat([self._tokens(self.preprocess(chunk)) for chunk in frames.split(batch_frames)])
+        packer = Packer(self, batch_frames)
+        (done,) = packer.add(None, frames) or packer.flush()
+        if done.error is not None:
+            raise done.error
+        return done.tokens
 
 
 def _quick_gelu(model: str, model_cfg: dict[str, Any], weights: Weights) -> bool:
