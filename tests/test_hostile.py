@@ -202,7 +202,7 @@ class TestExitCodesAndMessages:
         """The driver stats each video; a decoding node that sees another size or time there (another copy of
         IN_DIR, swapped files) or no file (an empty mount point) fails that video with one line naming the node,
         instead of encoding another video's frames under its name (issue 20)."""
-        from slowfast_cli.batch.engines.ray import identity
+        from slowfast_cli.batch.engines.ray_checks import identity
         from slowfast_cli.batch.engines.ray_tasks import _decode_row
 
         (tmp_path / "in").mkdir()
@@ -221,20 +221,23 @@ class TestExitCodesAndMessages:
     def test_ray_nodes_that_resolve_the_model_differently_are_named(self):
         """Every node that will encode builds the model in the probe; one that computes in another dtype under
         --dtype auto, or sees other weights at the same path, stops the run before it starts (issue 20)."""
-        from slowfast_cli.batch.engines.ray import _agree
+        from slowfast_cli.batch.engines.ray_checks import agree, sizing
         from slowfast_cli.config import resolve_config
 
         cfg = resolve_config("tiny")
         a = {"node": "hostA/1a2b", "dtype": "bf16", "provenance": {"weights": "sha256:1", "dtype": "bf16"}}
         decoder_only = {"node": "hostC/9f9f", "provenance": None}
-        assert _agree({"a": a, "c": decoder_only}, cfg) is a
+        assert agree({"a": a, "c": decoder_only}, cfg) is a
         with pytest.raises(ConfigError, match="Ray node hostB/3c4d computes in fp32 and hostA/1a2b in bf16"):
-            _agree({"a": a, "b": {**a, "node": "hostB/3c4d", "dtype": "fp32"}}, cfg)
+            agree({"a": a, "b": {**a, "node": "hostB/3c4d", "dtype": "fp32"}}, cfg)
         other = {**a, "node": "hostB/3c4d", "provenance": {"weights": "sha256:2", "dtype": "bf16"}}
         with pytest.raises(
             SlowfastError, match=r"Ray node hostB/3c4d sees other model files than hostA/1a2b \(weights"
         ):
-            _agree({"a": a, "b": other}, cfg)
+            agree({"a": a, "b": other}, cfg)
+        assert sizing({"CPU": 4.0}, "auto", None, None) == (0, 1, 3)
+        with pytest.raises(ConfigError, match="--encoders 2: the Ray cluster has 1 GPU and each encoder holds one"):
+            sizing({"CPU": 8.0, "GPU": 1.0}, "auto", 2, None)
 
 
 class TestReservedNames:

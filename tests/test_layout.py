@@ -19,7 +19,7 @@ OWNERS = {
     "huggingface_hub": {"encoder/weights.py"},
     "PIL": {"encoder/preprocess.py", "sheet.py"},  # exact squash; drawing `slowfast show`'s sheets
     "safetensors": {"checkpoints/files.py"},
-    "ray": {"batch/engines/ray.py", "batch/engines/ray_tasks.py"},
+    "ray": {"batch/engines/ray.py", "batch/engines/ray_tasks.py", "batch/engines/ray_checks.py"},
     "typer": {"cli/"},
     "rich": {"cli/output.py"},
     "transformers": set(),
