@@ -78,7 +78,7 @@ def batch(
     engine: Annotated[
         str,
         typer.Option(
-            help="local (this machine) or ray (a Ray cluster; needs the ray extra: pip install 'slowfast[ray]'). "
+            help="local (this machine) or ray (a Ray cluster; needs the ray extra: pip install 'slowfast-cli[ray]'). "
             "With ray, IN_DIR and OUT_DIR must be on a file system every node sees at the same path."
         ),
     ] = "local",
