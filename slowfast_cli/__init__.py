@@ -1,6 +1,8 @@
 """slowfast: videos to short SlowFast token sequences for video LLMs.
 
-Importing the package is cheap (no torch); ``encode_video`` and ``load_tokens`` import what they need on use.
+Importing the package is cheap (no torch); the names below import what they need on first use:
+``VideoEncoder`` (holds the model; ``api.py``), ``encode_video`` (one call), ``load_tokens``, ``splice_video``
+(tokens into an LLM's ``inputs_embeds``; ``llm.py``) and ``resolve_config``.
 """
 
 from __future__ import annotations
@@ -9,14 +11,14 @@ from typing import Any
 
 from .version import __version__
 
-__all__ = ["__version__", "encode_video", "load_tokens", "resolve_config"]
+__all__ = ["VideoEncoder", "__version__", "encode_video", "load_tokens", "resolve_config", "splice_video"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "encode_video":
-        from .pipeline import encode_video
+    if name in ("VideoEncoder", "encode_video"):
+        from . import api
 
-        return encode_video
+        return getattr(api, name)
     if name == "load_tokens":
         from .tokenfile import load_tokens
 
@@ -25,4 +27,8 @@ def __getattr__(name: str) -> Any:
         from .config import resolve_config
 
         return resolve_config
+    if name == "splice_video":
+        from .llm import splice_video
+
+        return splice_video
     raise AttributeError(name)

@@ -1,7 +1,7 @@
 """Wires the stages for one video: decode -> encode -> project -> aggregate -> token file.
 
-``Pipeline`` holds the loaded encoder and projector so a batch loads the model once; ``encode_video`` is the
-one-call Python API. Decoding and model code are imported lazily so that ``aggregate_file`` (re-compressing
+``Pipeline`` holds the loaded encoder and projector so a batch loads the model once (the Python API, ``api.py``,
+wraps it). Decoding and model code are imported lazily so that ``aggregate_file`` (re-compressing
 saved features) needs neither decord nor open_clip.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .aggregate import slow_fast
-from .config import AggregatorCfg, Config, config_from_dict, resolve_config
+from .config import AggregatorCfg, Config, config_from_dict
 from .encoder.device import DTYPE_NAMES, resolve_device, resolve_dtype
 from .errors import ConfigError, SlowfastError
 from .policies import check_grid
@@ -202,18 +202,6 @@ class Pipeline:
         clip = self.load(video)
         timings = {"decode": time.perf_counter() - t0}
         return self.encode_clip(clip, keep_features, timings)
-
-
-def encode_video(video: str | Path, config: Config | str | None = None, keep_features: bool = False) -> EncodeResult:
-    """Encode one video with a config (a ``Config``, a preset name or TOML path; default: the default preset).
-
-    Example:
-        >>> result = encode_video("clip.mp4", "tiny")  # doctest: +SKIP
-        >>> result.tokens.shape  # (1, L, D)  # doctest: +SKIP
-    """
-    if not isinstance(config, Config):
-        config = resolve_config(config or "default")
-    return Pipeline(config).encode(video, keep_features)
 
 
 def write_result(result: EncodeResult, out: str | Path, features_out: str | Path | None = None) -> None:
