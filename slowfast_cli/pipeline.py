@@ -286,7 +286,7 @@ def _aggregator_changes(recorded: Config, used: AggregatorCfg, features_path: st
         return []
     return [
         f"{features_path}: re-aggregated with other settings than the features were saved with "
-        f"(aggregator.{'; aggregator.'.join(changed)}); pass --config or flags to choose them"
+        f"(aggregator.{'; aggregator.'.join(changed)}; recorded -> used)"
     ]
 
 

@@ -33,6 +33,7 @@ class EngineOptions:
     decoders: int | None = None  # ray: decode tasks at once
     encoders: int | None = None  # ray: model actors
     timeout: float = 300.0  # both: seconds one video may take to decode
+    features_dir: Path | None = None  # local: --save-features, pre-aggregation features mirroring OUT_DIR's names
 
 
 @dataclass(frozen=True)
@@ -115,12 +116,12 @@ def record_all(plan: BatchPlan, outcomes: Iterator[Outcome], fail_fast: bool = F
             manifest.close()
 
 
-def encode_one(done, rel: Path, out_rel: Path, root: Path, pipe):
+def encode_one(done, rel: Path, out_rel: Path, root: Path, pipe, keep_features: bool = False):
     """The EncodeResult of a decoded video, or the failure Record of one that did not decode or encode."""
     if not done.ok:
         return Record.decode_failed(done, rel, out_rel)
     try:
-        result = pipe.encode_clip(done.clip, timings={"decode": done.seconds})
+        result = pipe.encode_clip(done.clip, keep_features, timings={"decode": done.seconds})
     except SlowfastError as exc:
         return Record.failed(rel, out_rel, str(exc))
     except Exception as exc:  # torch's errors (out of memory, a kernel), any bug: this video fails, the batch goes on
@@ -130,14 +131,18 @@ def encode_one(done, rel: Path, out_rel: Path, root: Path, pipe):
     return result
 
 
-def write_one(result, rel: Path, out_rel: Path, out_dir: Path) -> Record:
-    """Write one token file in place; a failure of the disk is this video's ``write`` failure."""
+def write_one(result, rel: Path, out_rel: Path, out_dir: Path, features_dir: Path | None = None) -> Record:
+    """Write one token file in place (and its features file under ``features_dir``: both or neither); a failure of
+    the disk is this video's ``write`` failure."""
     from ..pipeline import write_result
 
     target = out_dir / out_rel
+    features = features_dir / out_rel if features_dir is not None else None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        write_result(result, target)
+        if features is not None:
+            features.parent.mkdir(parents=True, exist_ok=True)
+        write_result(result, target, features)
     except (SlowfastError, OSError) as exc:
         return Record.write_failed(exc, rel, out_rel)
     return Record.ok(result.meta, rel, out_rel)

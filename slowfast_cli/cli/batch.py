@@ -97,6 +97,14 @@ def batch(
         float, typer.Option(help="Seconds one video may take to decode before it counts as failed.")
     ] = 300.0,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed video.")] = False,
+    save_features: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also keep each video's pre-aggregation features in this folder (same names as the token files), "
+            "for `slowfast aggregate FOLDER -o OUT_DIR`.",
+            parser=path_named,
+        ),
+    ] = None,
     config: ConfigOpt = "default",
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
@@ -135,7 +143,10 @@ def batch(
             raise ConfigError(f"{flag} must be at least 1, got {value}")
     if not (math.isfinite(timeout) and timeout > 0):
         raise ConfigError(f"--timeout must be a positive number of seconds, got {timeout}")
-    options = EngineOptions(workers=workers, address=address, decoders=decoders, encoders=encoders, timeout=timeout)
+    if save_features is not None:
+        check_features_dir(save_features, output, engine)
+    options = EngineOptions(workers=workers, address=address, decoders=decoders, encoders=encoders, timeout=timeout,
+                            features_dir=save_features)  # fmt: skip
     runner = make_engine(engine, options)
     preflight(cfg)
     with runner:
@@ -149,7 +160,28 @@ def batch(
             outcome = _run(plan, prepared.config, runner, fail_fast, show_bar=err.is_terminal and not json_)
             report = _write_report(plan, runner, outcome)
             _show(report, outcome, plan.out_dir, json_)
+            if save_features is not None:
+                _features_missing(outcome, save_features)
             _exit(outcome, report, plan)
+
+
+def check_features_dir(features: Path, output: Path, engine: str) -> None:
+    """``--save-features`` needs the local engine and a folder apart from OUT_DIR (``report`` would count its files)."""
+    if engine != "local":
+        raise ConfigError("--save-features works with --engine local only")
+    a, b = features.resolve(), output.resolve()
+    if a == b or a.is_relative_to(b) or b.is_relative_to(a):
+        raise ConfigError(f"--save-features {features}: needs a folder apart from the output folder {output}")
+    if features.exists() and not features.is_dir():
+        raise ConfigError(f"--save-features {features}: exists and is not a folder")
+
+
+def _features_missing(outcome: _Outcome, features: Path) -> None:
+    """Videos skipped as done keep their token files; say how many have no features file (an earlier run's)."""
+    missing = [r for r in outcome.records if r.status == "skipped" and not (features / str(r.output)).exists()]
+    if missing:
+        warn(f"{len(missing)} video(s) already done have no features file in {features} (e.g. {missing[0].source}); "
+             "rerun with --overwrite to redo them with features")  # fmt: skip
 
 
 @dataclass

@@ -183,24 +183,48 @@ def report(
 @handles_errors
 def aggregate(
     features: Annotated[
-        Path, typer.Argument(help="Features file from `encode --save-features`.", exists=True, dir_okay=False)
+        Path,
+        typer.Argument(
+            help="Features file from `encode --save-features`, or a folder of them (`batch --save-features`).",
+            exists=True,
+        ),
     ],  # fmt: skip
-    output: Annotated[Path, typer.Option("--output", "-o", help="Token file to write.", parser=path_named)],
-    config: ConfigOpt = "default",
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Token file to write (a folder for a folder).", parser=path_named)
+    ],
+    config: Annotated[
+        str | None,
+        typer.Option("--config", "-c", help="Take the slow/fast settings from this preset, not the features file's."),
+    ] = None,
     slow_frames: SlowFramesOpt = None,
     slow_pool: SlowPoolOpt = None,
     fast_size: FastSizeOpt = None,
     slow_index: SlowIndexOpt = None,
     overwrite: OverwriteOpt = False,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Folder: stop at the first failed file.")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Re-compress saved features with other slow/fast settings; no video or model needed.
 
+    Without flags the settings are the ones the features file records (its encode's): the same tokens again.
+
     Example: slowfast aggregate clip.features.pt -o clip.2x2.pt --slow-pool 2x2_max
     """
+    from ..reaggregate import features_meta, reaggregation_config
+
+    if config is not None and not config:
+        raise ConfigError("--config is empty; give a preset name (see `slowfast configs`) or a TOML file")
+    flags = {"slow_frames": slow_frames, "slow_pool": slow_pool, "fast_size": fast_size, "slow_index": slow_index}
+    if fast_size is not None:
+        flags["fast_size"] = parse_hw(fast_size, "--fast-size")
+    if features.is_dir():
+        from .reaggregate import aggregate_folder
+
+        aggregate_folder(features, output, config, flags, overwrite, fail_fast, json_)
+        return
+    cfg = reaggregation_config(features_meta(features), config, flags)
     from ..pipeline import aggregate_file
 
-    cfg = build_config(config, slow_frames=slow_frames, slow_pool=slow_pool, fast_size=fast_size, slow_index=slow_index)
     result = aggregate_file(features, output, cfg, overwrite=overwrite)
     for w in result.warnings:
         warn(w)

@@ -36,6 +36,7 @@ class LocalEngine:
             raise ConfigError("--address, --decoders and --encoders are for --engine ray")
         self.workers = options.workers or default_workers()
         self.timeout = options.timeout
+        self.features_dir = options.features_dir
         self.pipeline = None  # built by start(), once there is work
 
     def __enter__(self) -> LocalEngine:
@@ -86,7 +87,7 @@ class LocalEngine:
             while pool.busy:
                 for done in pool.get():
                     rel, out_rel = done.payload
-                    yield _outcome(done, rel, out_rel, plan, pipe)
+                    yield _outcome(done, rel, out_rel, plan, pipe, self.features_dir)
                     job = next(jobs, None)
                     if job is not None:
                         pool.submit(job, str(plan.root / job[0]))
@@ -95,10 +96,10 @@ class LocalEngine:
         return {"name": self.name, "workers": self.workers}
 
 
-def _outcome(done, rel: Path, out_rel: Path, plan: BatchPlan, pipe) -> Outcome:
+def _outcome(done, rel: Path, out_rel: Path, plan: BatchPlan, pipe, features_dir: Path | None = None) -> Outcome:
     """Encode now (outside the Ctrl-C hold); the returned ``finish`` writes the file and gives the Record."""
     t0 = time.perf_counter()
-    encoded = encode_one(done, rel, out_rel, plan.root, pipe)
+    encoded = encode_one(done, rel, out_rel, plan.root, pipe, keep_features=features_dir is not None)
     encode_seconds = time.perf_counter() - t0
 
     def finish() -> Record:
@@ -106,7 +107,7 @@ def _outcome(done, rel: Path, out_rel: Path, plan: BatchPlan, pipe) -> Outcome:
             encoded.seconds = done.seconds
             return encoded
         t1 = time.perf_counter()
-        record = write_one(encoded, rel, out_rel, plan.out_dir)
+        record = write_one(encoded, rel, out_rel, plan.out_dir, features_dir)
         record.seconds = done.seconds + (encode_seconds + time.perf_counter() - t1 if record.status == "ok" else 0)
         return record
 
