@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,8 +232,10 @@ def encode_to_file(
     config: Config,
     features_out: str | Path | None = None,
     overwrite: bool = False,
+    stage: Callable[[str], None] | None = None,
 ) -> EncodeResult:
-    """``slowfast encode``: one video to one token file (and optionally a features file), atomically."""
+    """``slowfast encode``: one video to one token file (and optionally a features file), atomically; ``stage`` is
+    told what is happening (loading the model, decoding, encoding T frames), for a status display."""
     out, video = Path(out), Path(video)
     _check_overwrite(out, overwrite, (video,))
     if features_out is not None:
@@ -241,8 +244,16 @@ def encode_to_file(
         same = out.exists() and features_out.exists() and os.path.samefile(out, features_out)  # links included
         if features_out.resolve() == out.resolve() or same:
             raise ConfigError(f"{out}: the token file and --save-features must be different files")
+    stage = stage or (lambda text: None)
+    stage(f"loading {config.encoder.model} ({config.encoder.pretrained})")
     pipe = Pipeline(config)
-    result = pipe.encode(video, keep_features=features_out is not None)
+    stage(f"decoding {video.name}")
+    t0 = time.perf_counter()
+    clip = pipe.load(video)
+    timings = {"decode": time.perf_counter() - t0}
+    stage(f"encoding {len(clip.indices)} frames ({config.encoder.model}, {pipe.device}, {DTYPE_NAMES[pipe.dtype]})")
+    result = pipe.encode_clip(clip, features_out is not None, timings)
+    stage(f"writing {out.name}")
     write_result(result, out, features_out)
     return result
 

@@ -28,6 +28,7 @@ from .options import (
     JsonOpt,
     LayerOpt,
     LlmDimOpt,
+    MaxFailuresOpt,
     MaxFramesOpt,
     ModelOpt,
     OverwriteOpt,
@@ -47,6 +48,7 @@ from .options import (
     path_named,
 )
 from .output import Table, handles_errors, out, print_json, shown, warn
+from .progress import Stages
 from .tables import budget_table, budget_warnings, encode_summary, plan_hint, plan_table, report_table
 
 
@@ -202,6 +204,7 @@ def aggregate(
     slow_index: SlowIndexOpt = None,
     overwrite: OverwriteOpt = False,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Folder: stop at the first failed file.")] = False,
+    max_failures: MaxFailuresOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Re-compress saved features with other slow/fast settings; no video or model needed.
@@ -220,7 +223,7 @@ def aggregate(
     if features.is_dir():
         from .reaggregate import aggregate_folder
 
-        aggregate_folder(features, output, config, flags, overwrite, fail_fast, json_)
+        aggregate_folder(features, output, config, flags, overwrite, fail_fast, max_failures, json_)
         return
     cfg = reaggregation_config(features_meta(features), config, flags)
     from ..pipeline import aggregate_file
@@ -281,10 +284,12 @@ def encode(
     """
     cfg = build_config(config, **flags_of(locals()))
     preflight(cfg)  # settings that cannot work fail here, before the model loads or the video opens
-    from ..pipeline import default_output, encode_to_file
+    with Stages() as stage:  # a spinner with the stage and its time, on a terminal
+        stage("importing torch")
+        from ..pipeline import default_output, encode_to_file
 
-    target = output or default_output(video)
-    result = encode_to_file(video, target, cfg, features_out=save_features, overwrite=overwrite)
+        target = output or default_output(video)
+        result = encode_to_file(video, target, cfg, features_out=save_features, overwrite=overwrite, stage=stage)
     for w in result.warnings:
         warn(w)
     m = result.meta

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..errors import SlowfastError
 from .batch import _exit, _run, _show, _write_report
+from .failures import parse_max_failures
 from .output import err, warn
 
 
@@ -17,11 +18,13 @@ def aggregate_folder(
     flags: dict[str, Any],
     overwrite: bool,
     fail_fast: bool,
+    max_failures: str | None,
     json_: bool,
 ) -> None:
     """Plan (lock, resume), name the settings that differ from the files' own, run, report, exit as batch does."""
     from ..reaggregate import AggregateRun, plan_folder
 
+    allowed = parse_max_failures(max_failures)
     with plan_folder(in_dir, out_dir, preset, flags, overwrite) as folder:
         plan = folder.plan
         for problem in plan.problems:
@@ -34,4 +37,4 @@ def aggregate_folder(
         outcome = _run(plan, None, engine, fail_fast, show_bar=err.is_terminal and not json_)
         report = _write_report(plan, engine, outcome)
         _show(report, outcome, plan.out_dir, json_)
-        _exit(outcome, report, plan)
+        _exit(outcome, report, plan, allowed)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ...config import Config
-from ...errors import ConfigError
+from ...errors import ConfigError, SlowfastError
 from ..plan import BatchPlan, existing_output
 from ..records import Record
 from ..run import EngineOptions, Outcome, Prepared, encode_one, write_one
@@ -37,6 +37,7 @@ class LocalEngine:
         self.workers = options.workers or default_workers()
         self.timeout = options.timeout
         self.features_dir = options.features_dir
+        self.planned: dict | None = None  # the provenance prepare() planned with
         self.pipeline = None  # built by start(), once there is work
 
     def __enter__(self) -> LocalEngine:
@@ -46,16 +47,29 @@ class LocalEngine:
         self.pipeline = None
 
     def prepare(self, config: Config, root: Path, out_dir: Path) -> Prepared:
-        """The provenance this machine's files will carry (``--dtype auto`` resolved here), without the model."""
-        from ...pipeline import run_provenance
+        """The provenance this machine's files will carry (``--dtype auto`` resolved here), without the model, and
+        without torch where the dtype is certain without it (``runtime.planned_dtype``): usage errors come at once."""
+        from ...provenance import provenance
+        from ...runtime import planned_dtype
 
-        return Prepared(config, run_provenance(config))
+        dtype = planned_dtype(config.runtime.device, config.runtime.dtype)
+        if dtype is None:
+            from ...pipeline import run_provenance
+
+            self.planned = run_provenance(config)
+        else:
+            self.planned = provenance(config, dtype)
+        return Prepared(config, self.planned)
 
     def start(self, plan: BatchPlan, config: Config) -> list[str]:
         """Load the model (before the progress bar, so its warnings come first); its warnings."""
         from ...pipeline import Pipeline
 
         self.pipeline = Pipeline(config)
+        planned = self.planned
+        if planned is not None and planned["dtype"] != self.pipeline.provenance["dtype"]:  # runtime.py was wrong
+            raise SlowfastError(f"the model runs in {self.pipeline.provenance['dtype']}, not the {planned['dtype']} "
+                                "planned; pass --dtype explicitly")  # fmt: skip
         return self.pipeline.warnings
 
     def outcomes(self, plan: BatchPlan, config: Config) -> Iterator[Outcome]:
