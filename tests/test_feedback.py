@@ -60,8 +60,9 @@ class TestPiped:
 
     def test_report_has_times_throughput_and_the_config(self, piped):
         run_ = json.loads((piped[1] / "report.json").read_text())["run"]
-        assert run_["started"] <= run_["finished"] and run_["wall_seconds"] > 0
-        assert run_["videos_per_second"] > 0 and run_["frames_per_second"] > 0
+        timing = run_["timing"]
+        assert timing["started"] <= timing["finished"] and timing["wall_seconds"] > 0
+        assert timing["videos_per_second"] > 0 and timing["frames_per_second"] > 0
         config = run_["config"]
         assert config["encoder"]["model"] == "slowfast-tiny-vit" and config["runtime"]["dtype"] == "fp32"
 

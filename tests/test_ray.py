@@ -88,7 +88,8 @@ def lines(out: Path) -> list[dict]:
 def summary(out: Path) -> dict:
     report = json.loads((out / "report.json").read_text())
     run = dict(report.pop("run"))
-    run.pop("engine")
+    for own in ("engine", "timing", "config"):  # which engine, how fast, its resolved config (the dtype pinned)
+        run.pop(own)
     run["failed_files"] = sorted(run["failed_files"])
     return {**report, "run": run}
 

@@ -244,19 +244,19 @@ def _run(plan: BatchPlan, cfg: Config, engine: Engine, fail_fast: bool, show_bar
 
 
 def run_times(outcome: _Outcome) -> dict:
-    """report.json's ``run`` timing: start and end (UTC), wall time, throughput over the videos encoded (skipped ones
-    are not work), and the resolved config."""
+    """report.json's ``run.timing`` (start and end in UTC, wall time, throughput over the videos encoded: skipped
+    ones are not work) and ``run.config`` (the resolved config the run computed with)."""
     wall = time.monotonic() - outcome.t0
     ok = [r for r in outcome.records if r.status == "ok"]
     frames = sum(r.frames or 0 for r in ok)
-    return {
+    timing = {
         "started": outcome.started.isoformat(timespec="seconds"),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_seconds": round(wall, 3),
         "videos_per_second": round(len(ok) / wall, 4) if wall > 0 else None,
         "frames_per_second": round(frames / wall, 3) if wall > 0 else None,
-        "config": outcome.config,
     }
+    return {"timing": timing, "config": outcome.config}
 
 
 def _write_report(plan: BatchPlan, engine: Engine, outcome: _Outcome) -> dict:
