@@ -138,13 +138,15 @@ class Pipeline:
 
         return load_clip(video, self.config.video, self.image_size, min_scale=DECODE_RESIZE_MIN)
 
-    def encode_clip(self, clip, keep_features: bool = False, timings: dict | None = None) -> EncodeResult:
-        """Encoder -> projector -> aggregator for an already decoded clip."""
+    def encode_clip(
+        self, clip, keep_features: bool = False, timings: dict | None = None, progress: Callable | None = None
+    ) -> EncodeResult:
+        """Encoder -> projector -> aggregator for an already decoded clip (``progress``: see ``Encoder.encode``)."""
         timings = {} if timings is None else timings
         cfg, a = self.config, self.config.aggregator
         t0 = time.perf_counter()
         with torch.inference_mode():
-            feats = self.encoder.encode(clip.frames, cfg.encoder.batch_frames)  # (T, N, D_vision)
+            feats = self.encoder.encode(clip.frames, cfg.encoder.batch_frames, progress)  # (T, N, D_vision)
             t1 = time.perf_counter()
             feats = self.projector(feats)  # (T, N, D_llm)
             t2 = time.perf_counter()
@@ -232,10 +234,11 @@ def encode_to_file(
     config: Config,
     features_out: str | Path | None = None,
     overwrite: bool = False,
-    stage: Callable[[str], None] | None = None,
+    stage: Callable[..., None] | None = None,
 ) -> EncodeResult:
     """``slowfast encode``: one video to one token file (and optionally a features file), atomically; ``stage`` is
-    told what is happening (loading the model, decoding, encoding T frames), for a status display."""
+    told what is happening (loading the model, decoding, encoding: ``stage(text, done, total)`` after each pass
+    of the ViT), for a status display."""
     out, video = Path(out), Path(video)
     _check_overwrite(out, overwrite, (video,))
     if features_out is not None:
@@ -244,15 +247,17 @@ def encode_to_file(
         same = out.exists() and features_out.exists() and os.path.samefile(out, features_out)  # links included
         if features_out.resolve() == out.resolve() or same:
             raise ConfigError(f"{out}: the token file and --save-features must be different files")
-    stage = stage or (lambda text: None)
+    stage = stage or (lambda text, done=None, total=None: None)
     stage(f"loading {config.encoder.model} ({config.encoder.pretrained})")
     pipe = Pipeline(config)
     stage(f"decoding {video.name}")
     t0 = time.perf_counter()
     clip = pipe.load(video)
     timings = {"decode": time.perf_counter() - t0}
-    stage(f"encoding {len(clip.indices)} frames ({config.encoder.model}, {pipe.device}, {DTYPE_NAMES[pipe.dtype]})")
-    result = pipe.encode_clip(clip, features_out is not None, timings)
+    t = len(clip.indices)
+    encoding = f"encoding {t} frames ({config.encoder.model}, {pipe.device}, {DTYPE_NAMES[pipe.dtype]})"
+    stage(encoding)
+    result = pipe.encode_clip(clip, features_out is not None, timings, lambda done: stage(encoding, done, t))
     stage(f"writing {out.name}")
     write_result(result, out, features_out)
     return result

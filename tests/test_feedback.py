@@ -112,3 +112,34 @@ def test_a_settings_mismatch_is_found_without_importing_torch(videos, piped):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_encode_shows_its_stages_on_a_terminal(small_video, tmp_path):
+    """On a pseudo-terminal `encode` shows what it is doing: the model loading, then the frames through the ViT."""
+    import pty
+    import select
+    import time
+
+    primary, secondary = pty.openpty()
+    cmd = [sys.executable, "-m", "slowfast_cli", "encode", str(small_video), "-o", str(tmp_path / "t.pt"),
+           "--config", "tiny", "--batch-frames", "4"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdin=secondary, stdout=secondary, stderr=secondary, close_fds=True)
+    os.close(secondary)
+    chunks, deadline = [], time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([primary], [], [], 0.2)
+        if ready:
+            try:
+                data = os.read(primary, 65536)
+            except OSError:  # the terminal closed: the process is done
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    os.close(primary)
+    assert proc.wait(timeout=30) == 0
+    screen = b"".join(chunks).decode("utf-8", "replace")
+    assert "loading slowfast-tiny-vit (none)" in screen and "encoding 16 frames (slowfast-tiny-vit" in screen
+    assert (tmp_path / "t.pt").exists()  # (frames done, "4/16", show only if a pass outlasts a refresh: not tested)

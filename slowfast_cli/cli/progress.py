@@ -71,8 +71,8 @@ def loading(what: str) -> Iterator[None]:
 
 
 class Stages:
-    """The stage one ``encode`` is in, as a transient spinner with elapsed time; only on a terminal (a script's
-    stderr keeps only warnings and errors)."""
+    """The stage one ``encode`` is in, as a transient status with elapsed time (and frames done of all while
+    encoding); only on a terminal (a script's stderr keeps only warnings and errors)."""
 
     def __init__(self) -> None:
         self.progress = stage_spinner() if err.is_terminal else None
@@ -87,8 +87,12 @@ class Stages:
         if self.progress is not None:
             self.progress.stop()
 
-    def __call__(self, text: str) -> None:
+    def __call__(self, text: str, done: int | None = None, total: int | None = None) -> None:
+        """A new stage (``text``), or ``done`` of ``total`` within the current one (its time goes on)."""
         if self.progress is None:
+            return
+        if done is not None and self.task is not None:
+            self.progress.update(self.task, description=f"{shown(text)}: {done}/{total}")
             return
         if self.task is not None:
             self.progress.remove_task(self.task)

@@ -10,6 +10,7 @@ ViT, or a timm ViT that open_clip wraps: SigLIP, EVA, ...) is behind a ``towers.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,12 +59,15 @@ class Encoder:
         """(B, 3, Hs, Ws) -> (B, N, D) output of block ``block_index``, prefix tokens (a class token) dropped."""
         return self.adapter.tokens(self.visual, x, self.block_index)
 
-    def encode(self, frames: torch.Tensor | np.ndarray, batch_frames: int = 32) -> torch.Tensor:
+    def encode(
+        self, frames: torch.Tensor | np.ndarray, batch_frames: int = 32, progress: Callable[[int], None] | None = None
+    ) -> torch.Tensor:
         """Patch tokens of block ``layer`` for every frame, ``batch_frames`` frames per forward pass.
 
         Args:
             frames: uint8 (T, H, W, 3), numpy or torch, on any device.
             batch_frames: frames per ViT forward pass.
+            progress: told the frames done after each pass (for a status display).
 
         Returns:
             (T, N, D) with N = Gh * Gw in row-major order, on ``self.device`` in ``self.dtype``.
@@ -75,7 +79,14 @@ class Encoder:
             n = self.grid[0] * self.grid[1]
             return torch.empty(0, n, self.width, device=self.device, dtype=self.dtype)
         with torch.inference_mode():
-            return torch.cat([self._tokens(self.preprocess(chunk)) for chunk in frames.split(batch_frames)])
+            if progress is None:
+                return torch.cat([self._tokens(self.preprocess(chunk)) for chunk in frames.split(batch_frames)])
+            out, done = [], 0
+            for chunk in frames.split(batch_frames):
+                out.append(self._tokens(self.preprocess(chunk)))  # (B, N, D)
+                done += len(chunk)
+                progress(done)
+            return torch.cat(out)
 
 
 def _quick_gelu(model: str, model_cfg: dict[str, Any], weights: Weights) -> bool:
