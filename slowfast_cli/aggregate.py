@@ -19,7 +19,8 @@ from torch import nn
 
 from .budget import Budget, token_budget
 from .errors import ConfigError
-from .policies import check_grid, slow_frame_count
+from .layout import Group, add_newlines
+from .policies import check_grid, check_layout, pooled_grid, slow_frame_count
 
 
 @dataclass
@@ -126,19 +127,25 @@ def pool_fast(x: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> 
     return rearrange(pooled, "t d h w -> t (h w) d")
 
 
-def slow_fast(
+def pooled_groups(
     x: torch.Tensor,
     grid: tuple[int, int],
     slow_frames: int = 32,
     slow_pool: str = "1d_max",
     fast_size: tuple[int, int] = (4, 4),
     slow_index: str = "linspace",
-) -> Aggregated:
-    """Aggregate (T, N, D) patch tokens into (1, L, D): slow tokens, then fast tokens.
+    layout: str = "slowfast",
+) -> tuple[list[Group], torch.Tensor]:
+    """The pooled frame groups of a layout and the slow-frame indices, before any newline token.
 
-    With ``slow_index="segment_start"``, ``slow_pool="1d_max"``, ``fast_size=(4, 4)`` and ``slow_frames=10`` this is
-    SlowFast-LLaVA's ``prepare_slowfast`` (bit for bit, tests/sf_llava_reference.py); on T=50 frames of a 24x24
-    grid, L = 10 * 288 + 50 * 16 = 3680.
+    ``slowfast``: the S slow frames picked by ``slow_index`` pooled by ``slow_pool``, then all T frames pooled to
+    ``fast_size``. ``frames``: all T frames pooled by ``slow_pool`` (indices 0..T-1), no fast pathway.
+
+    Args:
+        x: (T, N, D) with N = Gh * Gw row-major.
+
+    Returns:
+        ([Group (F, n, D), ...], (S,) int64 indices of the detailed frames among T).
 
     Raises:
         ConfigError: if ``x`` is not (T, N, D) with N = Gh * Gw, or the pooling does not fit the grid.
@@ -150,12 +157,50 @@ def slow_fast(
         raise ConfigError("expected at least one frame, got T=0")
     if grid[0] * grid[1] != n:
         raise ConfigError(f"grid {grid[0]}x{grid[1]} has {grid[0] * grid[1]} tokens but the features have N={n}")
-    check_grid(grid, slow_pool, fast_size)
+    check_grid(grid, slow_pool, fast_size, layout)
+    rows = pooled_grid(grid, slow_pool)
+    if layout == "frames":
+        return [Group(pool_slow(x, grid, slow_pool), rows[0] if rows else None)], torch.arange(t)
     idx = slow_indices(t, slow_frames, slow_index)  # (S,)
     slow = pool_slow(x[idx.to(x.device)], grid, slow_pool)  # (S, N_slow, D)
     fast = pool_fast(x, grid, fast_size)  # (T, h*w, D)
-    tokens = torch.cat([slow.flatten(0, 1), fast.flatten(0, 1)], dim=0).unsqueeze(0)  # (1, L, D)
-    budget = token_budget(t, grid, slow_frames, slow_pool, fast_size, slow_index)
+    return [Group(slow, rows[0] if rows else None), Group(fast, fast_size[0])], idx
+
+
+def slow_fast(
+    x: torch.Tensor,
+    grid: tuple[int, int],
+    slow_frames: int = 32,
+    slow_pool: str = "1d_max",
+    fast_size: tuple[int, int] = (4, 4),
+    slow_index: str = "linspace",
+    layout: str = "slowfast",
+    newline: str = "no_token",
+    newline_token: torch.Tensor | None = None,
+    project=None,
+) -> Aggregated:
+    """Aggregate (T, N, D) patch tokens into (1, L, D): slow tokens, then fast tokens (or, with ``layout="frames"``,
+    every frame pooled by ``slow_pool``), with newline tokens placed by ``newline`` (``layout.add_newlines``).
+
+    With ``slow_index="segment_start"``, ``slow_pool="1d_max"``, ``fast_size=(4, 4)`` and ``slow_frames=10`` this is
+    SlowFast-LLaVA's ``prepare_slowfast`` (bit for bit, tests/sf_llava_reference.py); on T=50 frames of a 24x24
+    grid, L = 10 * 288 + 50 * 16 = 3680.
+
+    Args:
+        newline_token: (D_out,) the checkpoint's ``image_newline``, needed unless ``newline`` is ``no_token``.
+        project: applied to each pooled group, (F, n, D) -> (F, n, D_out), before the newlines go in: pooling
+            before the projector (llava-hf's LlavaNextVideo); None when ``x`` is already projected.
+
+    Raises:
+        ConfigError: if ``x`` is not (T, N, D) with N = Gh * Gw, or the pooling or the layout does not fit the grid.
+    """
+    check_layout(grid, slow_pool, layout, newline)
+    groups, idx = pooled_groups(x, grid, slow_frames, slow_pool, fast_size, slow_index, layout)
+    if project is not None:
+        groups = [Group(project(g.tokens), g.rows) for g in groups]
+    tokens = add_newlines(groups, newline, newline_token)  # (1, L, D)
+    t = x.shape[0]
+    budget = token_budget(t, grid, slow_frames, slow_pool, fast_size, slow_index, layout=layout, newline=newline)
     assert tokens.shape[1] == budget.output_tokens, (tokens.shape, budget)
     return Aggregated(tokens=tokens, slow_indices=idx.tolist(), budget=budget)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .errors import ConfigError
-from .policies import check_grid, slow_frame_count, slow_tokens_per_frame
+from .policies import check_grid, check_layout, newlines_per_frame, pooled_grid, slow_frame_count, slow_tokens_per_frame
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,9 @@ class Budget:
     output_tokens: int  # L = slow + fast
     ratio: float  # L / (T * N)
     slow_index: str = "linspace"  # how the S slow frames are picked (config.SLOW_INDICES)
+    layout: str = "slowfast"  # slowfast, or frames: every frame pooled by slow_pool, no fast pathway (S = T)
+    newline: str = "no_token"  # newline tokens (config.NEWLINES): grid, frame, one_token or no_token
+    newline_tokens: int = 0  # of output_tokens, the newline tokens (the checkpoint's image_newline)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -42,11 +45,16 @@ def token_budget(
     slow_pool: str,
     fast_size: tuple[int, int],
     slow_index: str = "linspace",
+    layout: str = "slowfast",
+    newline: str = "no_token",
 ) -> Budget:
-    """Counts of the slow/fast aggregator for T frames of a (Gh, Gw) grid; no tensors involved.
+    """Counts of the aggregator for T frames of a (Gh, Gw) grid; no tensors involved.
 
-    S is :func:`slow_frame_count` (min(T, slow_frames), or slow_frames with ``segment_start``); L =
-    S * :func:`slow_tokens_per_frame` + T * h * w.
+    ``slowfast`` layout: S is :func:`slow_frame_count` (min(T, slow_frames), or slow_frames with
+    ``segment_start``); L = S * :func:`slow_tokens_per_frame` + T * h * w. ``frames`` layout (the LLaVA-Video /
+    OneVision / NeXT-Video input): every one of the T frames pooled by ``slow_pool``, no fast pathway, S = T.
+    Newline tokens add one per row of every frame (``grid``), one per frame (``frame``) or one in all
+    (``one_token``), see ``layout.add_newlines``.
 
     Example (the seed demo, then SlowFast-LLaVA's 50 frames of a 24x24 grid, and 6 frames of it):
         >>> token_budget(64, (14, 14), 32, "none", (4, 4)).output_tokens
@@ -55,17 +63,27 @@ def token_budget(
         3680
         >>> token_budget(6, (24, 24), 10, "1d_max", (4, 4), slow_index="segment_start").output_tokens
         2976
+
+    LLaVA-Video-7B: 64 frames of SigLIP's 27x27 grid, bilinear to 14x14, a newline after each row: 64 x 210.
+        >>> token_budget(64, (27, 27), 64, "2x2_bilinear", (4, 4), layout="frames", newline="grid").output_tokens
+        13440
     """
     if frames <= 0:
         raise ConfigError(f"frames must be a positive integer, got {frames}")
     if slow_frames <= 0:
         raise ConfigError(f"slow frames must be a positive integer, got {slow_frames}")
-    check_grid(grid, slow_pool, fast_size)
+    check_grid(grid, slow_pool, fast_size, layout)
+    check_layout(grid, slow_pool, layout, newline)
     n = grid[0] * grid[1]
-    s = slow_frame_count(frames, slow_frames, slow_index)
+    s = frames if layout == "frames" else slow_frame_count(frames, slow_frames, slow_index)
     per = slow_tokens_per_frame(grid, slow_pool)
-    fast = frames * fast_size[0] * fast_size[1]
-    out = s * per + fast
+    fast = 0 if layout == "frames" else frames * fast_size[0] * fast_size[1]
+    rows = pooled_grid(grid, slow_pool)
+    lines = s * newlines_per_frame(rows[0] if rows else None, newline)
+    if layout == "slowfast":
+        lines += frames * newlines_per_frame(fast_size[0], newline)
+    lines += newline == "one_token"
+    out = s * per + fast + lines
     return Budget(
         frames=frames,
         grid=tuple(grid),
@@ -80,4 +98,12 @@ def token_budget(
         output_tokens=out,
         ratio=out / (frames * n),
         slow_index=slow_index,
+        layout=layout,
+        newline=newline,
+        newline_tokens=lines,
     )
+
+
+def aggregator_budget(frames: int, grid: tuple[int, int], a) -> Budget:
+    """:func:`token_budget` for the settings of a ``config.AggregatorCfg``."""
+    return token_budget(frames, grid, a.slow_frames, a.slow_pool, a.fast_size, a.slow_index, a.layout, a.newline)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .policies import RESIZES, SAMPLINGS, SLOW_INDICES, SLOW_POOLS
+from .policies import LAYOUTS, NEWLINES, POOL_STAGES, RESIZES, SAMPLINGS, SLOW_INDICES, SLOW_POOLS
 from .reading import path_problem, read_bounded
 
 PRESET_LIMIT = 1 << 20  # bytes: a preset file (ours are under 2 KB)
@@ -31,10 +31,10 @@ PACKAGED_PRESET_DIR = Path(__file__).resolve().parent / "configs"  # the same fi
 @dataclass
 class VideoCfg:
     frames: int = 64  # T frames sampled uniformly over the whole video: the seed design's 64
-    sample_fps: float | None = None  # if set, sample at this rate, not a fixed T (capped by max_frames); centers only
+    sample_fps: float | None = None  # centers: sample at this rate, not a fixed T (max_frames caps it); llava_next's
     max_frames: int = 256  # upper bound on T when sampling by fps, so a 2-hour video stays bounded
     decode_resize: bool = True  # let the decoder scale to the model's size (fast); False decodes full size
-    sampling: str = "centers"  # centers (segment centres) | sf_llava (SF-LLaVA's dataset.py) | linspace (LLaVA-NeXT)
+    sampling: str = "centers"  # centers | sf_llava (SF-LLaVA) | linspace (LLaVA-NeXT) | llava_next (fps, else linspace)
 
 
 @dataclass
@@ -61,6 +61,9 @@ class AggregatorCfg:
     slow_pool: str = "1d_max"  # spatial pooling of slow frames, one of SLOW_POOLS
     fast_size: tuple[int, int] = (4, 4)  # (h, w) every frame is average-pooled to; integers only (4.0 is refused)
     slow_index: str = "linspace"  # linspace: S = min(T, slow_frames) spread over T | segment_start: SF-LLaVA's
+    layout: str = "slowfast"  # slowfast | frames: every frame pooled by slow_pool, no fast pathway (LLaVA-Video's)
+    newline: str = "no_token"  # newline tokens: no_token | grid (per row) | frame | one_token (LLaVA-NeXT's)
+    pool_stage: str = "after"  # pool after the projector (LLaVA-NeXT) | before it (llava-hf LlavaNextVideo)
 
 
 @dataclass
@@ -115,6 +118,9 @@ FLAG_KEYS = {
     "slow_pool": ("aggregator", "slow_pool"),
     "fast_size": ("aggregator", "fast_size"),
     "slow_index": ("aggregator", "slow_index"),
+    "layout": ("aggregator", "layout"),
+    "newline": ("aggregator", "newline"),
+    "pool_stage": ("aggregator", "pool_stage"),
     "device": ("runtime", "device"),
     "dtype": ("runtime", "dtype"),
 }
@@ -253,9 +259,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"unknown frame sampling {v.sampling!r} (video.sampling, --sampling); valid: {', '.join(SAMPLINGS)}"
         )
-    if v.sample_fps is not None and v.sampling != "centers":
+    if v.sample_fps is not None and v.sampling not in ("centers", "llava_next"):
         raise ConfigError(
-            f"video.sample_fps (--sample-fps) works only with sampling centers, not {v.sampling!r}: "
+            f"video.sample_fps (--sample-fps) works only with sampling centers or llava_next, not {v.sampling!r}: "
             f"{v.sampling} takes a fixed number of frames (video.frames, --frames)"
         )
     if e.resize not in RESIZES:
@@ -267,6 +273,13 @@ def validate(cfg: Config) -> Config:
             f"unknown slow index {a.slow_index!r} (aggregator.slow_index, --slow-index); "
             f"valid: {', '.join(SLOW_INDICES)}"
         )
+    for what, where, value, valid in [
+        ("layout", "aggregator.layout, --layout", a.layout, LAYOUTS),
+        ("newline position", "aggregator.newline, --newline", a.newline, NEWLINES),
+        ("pool stage", "aggregator.pool_stage, --pool-stage", a.pool_stage, POOL_STAGES),
+    ]:
+        if value not in valid:
+            raise ConfigError(f"unknown {what} {value!r} ({where}); valid: {', '.join(valid)}")
     if p.kind not in PROJECTORS:
         raise ConfigError(f"unknown projector {p.kind!r}; valid: {', '.join(PROJECTORS)}")
     if p.llm_dim is not None and p.llm_dim <= 0:

@@ -21,7 +21,7 @@ from .aggregate import slow_fast
 from .config import AggregatorCfg, Config, config_from_dict
 from .encoder.device import DTYPE_NAMES, resolve_device, resolve_dtype
 from .errors import ConfigError, SlowfastError
-from .policies import check_grid
+from .policies import check_grid, check_layout
 from .provenance import file_fingerprint, provenance
 from .reading import path_problem
 from .tokenfile import features_object, load_features, save_all, save_pending, save_tokens, token_object
@@ -56,6 +56,9 @@ def aggregation_meta(agg, frame_indices: list[int] | None) -> dict:
         "fast_tokens": b.fast_tokens,
         "output_tokens": b.output_tokens,
         "ratio": b.ratio,
+        "layout": b.layout,  # slowfast | frames (see layout.py: where each group and newline token sits)
+        "newline": b.newline,
+        "newline_tokens": b.newline_tokens,
     }
     if frame_indices is not None:
         meta["slow_video_indices"] = [frame_indices[i] for i in agg.slow_indices]  # frame numbers in the video
@@ -105,7 +108,7 @@ class Pipeline:
 
     def __init__(self, config: Config):
         from .encoder.encoder import build_encoder
-        from .projector import build_projector
+        from .projector import build_projector, load_newline
 
         self.config = config
         rt = config.runtime
@@ -115,6 +118,10 @@ class Pipeline:
         self.projector, self.projector_info = build_projector(
             config.projector, self.encoder.width, self.device, self.dtype, config.encoder.model
         )
+        self.newline, self.newline_info = None, None
+        if config.aggregator.newline != "no_token":
+            info = self.projector_info
+            self.newline, self.newline_info = load_newline(config.projector, info, self.device, self.dtype)
         self.provenance = provenance(config, DTYPE_NAMES[self.dtype])  # what batch resume compares
         self.warnings: list[str] = []
         if self.encoder.random_weights:
@@ -123,6 +130,8 @@ class Pipeline:
             )
         if self.projector_info.get("random"):
             self.warnings.append("the projector has random weights (--random-projector): the tokens carry no meaning")
+        if self.newline_info and self.newline_info.get("random") and not self.projector_info.get("random"):
+            self.warnings.append("the newline token is random (--random-projector): the tokens carry no meaning")
 
     @property
     def image_size(self) -> int | None:
@@ -148,9 +157,15 @@ class Pipeline:
         with torch.inference_mode():
             feats = self.encoder.encode(clip.frames, cfg.encoder.batch_frames, progress)  # (T, N, D_vision)
             t1 = time.perf_counter()
-            feats = self.projector(feats)  # (T, N, D_llm)
+            before = a.pool_stage == "before"  # pool the tower's tokens, then project (llava-hf LlavaNextVideo)
+            pooled = feats
+            if not before or keep_features:
+                feats = self.projector(feats)  # (T, N, D_llm)
             t2 = time.perf_counter()
-            agg = slow_fast(feats, self.encoder.grid, a.slow_frames, a.slow_pool, a.fast_size, a.slow_index)
+            agg = slow_fast(
+                pooled if before else feats, self.encoder.grid, a.slow_frames, a.slow_pool, a.fast_size,
+                a.slow_index, a.layout, a.newline, self.newline, self.projector if before else None,
+            )  # fmt: skip
             # agg.tokens: (1, L, D)
             tokens = agg.tokens.cpu()
             features = feats.cpu() if keep_features else None  # .cpu() waits for the device: t3 is honest
@@ -191,7 +206,10 @@ class Pipeline:
             "pretrained": self.config.encoder.pretrained,
             "random_weights": self.encoder.random_weights,
             "layer": self.config.encoder.layer,
+            "activation": self.encoder.activation,  # quick_gelu, gelu, or gelu_tanh (SigLIP checkpoints)
             "projector": self.projector_info,
+            "newline_token": self.newline_info,  # where the image_newline came from, None without newlines
+            "pool_stage": self.config.aggregator.pool_stage,
             "dtype": DTYPE_NAMES.get(self.dtype, str(self.dtype)),
             "device": str(self.device),
             "config": self.config.to_dict(),
@@ -271,8 +289,14 @@ def aggregate_file(features_path: str | Path, out: str | Path, config: Config, o
     x, fmeta = obj["features"], obj["meta"]
     grid = tuple(fmeta["grid"])
     a = config.aggregator
-    check_grid(grid, a.slow_pool, a.fast_size)  # a usage error (exit 2) before any tensor work
-    agg = slow_fast(x, grid, a.slow_frames, a.slow_pool, a.fast_size, a.slow_index)
+    check_grid(grid, a.slow_pool, a.fast_size, a.layout)  # a usage error (exit 2) before any tensor work
+    check_layout(grid, a.slow_pool, a.layout, a.newline)
+    if a.newline != "no_token" or a.pool_stage != "after":  # both need the model's weights, not only its features
+        raise ConfigError(
+            f"{features_path}: aggregate re-pools saved features without the model, so it cannot place newline tokens "
+            "(--newline) or pool before the projector (--pool-stage before); use encode with the checkpoint"
+        )
+    agg = slow_fast(x, grid, a.slow_frames, a.slow_pool, a.fast_size, a.slow_index, a.layout)
     meta: dict[str, Any] = {k: v for k, v in fmeta.items() if k != "config"}
     meta.setdefault("source", str(features_path))
     base = config_from_dict(fmeta["config"]) if "config" in fmeta else config  # validated by load_features

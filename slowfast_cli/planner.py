@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from .budget import Budget, token_budget
 from .errors import ConfigError
-from .policies import check_grid, slow_frame_count
+from .policies import check_grid, check_layout, slow_frame_count
 
 PLAN_FRAMES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 PLAN_FAST = (1, 2, 3, 4, 6, 8)
@@ -21,7 +21,7 @@ class PlanEntry:
     def key(self) -> tuple[int, int, int]:
         """The three things a user trades: frames covered, slow detail, fast detail (all: more is better)."""
         b = self.budget
-        return b.frames, b.slow_tokens, b.fast_size[0] * b.fast_size[1]
+        return b.frames, b.slow_tokens, b.fast_size[0] * b.fast_size[1] if b.layout != "frames" else 0
 
 
 def _dominates(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
@@ -36,6 +36,8 @@ def plan(
     reserve: int = 0,
     pools: tuple[str, ...] = ("none", "1d_max", "2x2_max", "2x2_bilinear"),
     slow_index: str = "linspace",
+    layout: str = "slowfast",
+    newline: str = "no_token",
 ) -> list[PlanEntry]:
     """The Pareto front of aggregator settings whose output fits ``context - reserve`` tokens.
 
@@ -49,6 +51,9 @@ def plan(
     (T), slow detail (slow tokens) and fast detail (tokens per frame in the fast pathway) and better on one.
     Among configs with the same three values the one using fewer tokens is kept (the earlier pool in ``pools``
     on a tie). Ranked by frames, then slow detail, then fast detail, all descending.
+
+    ``layout="frames"`` (every frame pooled alike, no fast pathway) searches T and the pool only; ``newline``
+    counts the newline tokens of each candidate, and drops the pools it cannot apply to (``grid`` needs rows).
     """
     slow_frame_count(1, 1, slow_index)  # an unknown slow_index fails even when nothing would fit
     if context <= 0:
@@ -60,18 +65,19 @@ def plan(
         raise ConfigError(f"reserve {reserve} leaves no room in a context of {context}")
     frame_options = sorted({t for t in PLAN_FRAMES if min_frames <= t <= max_frames} | {min_frames, max_frames})
     gh, gw = grid
-    fast_options = [(k, k) for k in PLAN_FAST if k <= gh and k <= gw]
+    fast_options = [(k, k) for k in PLAN_FAST if k <= gh and k <= gw] if layout != "frames" else [(1, 1)]
     best: dict[tuple[int, int, int], PlanEntry] = {}
     for t in frame_options:
-        slow_options = sorted({2**i for i in range(t.bit_length()) if 2**i <= t} | {t})
+        slow_options = sorted({2**i for i in range(t.bit_length()) if 2**i <= t} | {t}) if layout != "frames" else [t]
         for pool in pools:
             try:
                 check_grid(grid, pool, (1, 1))
+                check_layout(grid, pool, layout, newline)
             except ConfigError:
                 continue
             for s in slow_options:
                 for fast in fast_options:
-                    b = token_budget(t, grid, s, pool, fast, slow_index)
+                    b = token_budget(t, grid, s, pool, fast, slow_index, layout, newline)
                     if b.output_tokens > limit:
                         continue
                     entry = PlanEntry(b, limit - b.output_tokens)

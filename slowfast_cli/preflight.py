@@ -11,7 +11,7 @@ from pathlib import Path
 from .config import Config, ProjectorCfg, validate
 from .errors import ConfigError
 from .models import VISION_DEFAULTS, block_index, grid_of, looks_like_path, vision_config
-from .policies import check_grid
+from .policies import check_grid, check_layout
 from .reading import path_kind, path_problem
 
 
@@ -48,7 +48,8 @@ def preflight(cfg: Config) -> tuple[int, int]:
     vision = vision_config(e.model)
     grid = grid_of(vision, e.model)
     try:
-        check_grid(grid, a.slow_pool, a.fast_size)
+        check_grid(grid, a.slow_pool, a.fast_size, a.layout)
+        check_layout(grid, a.slow_pool, a.layout, a.newline)
     except ConfigError as exc:
         raise ConfigError(f"{e.model}: {exc}") from None
     block_index(e.layer, vision.get("layers", VISION_DEFAULTS["layers"]), e.model)
@@ -60,6 +61,12 @@ def preflight(cfg: Config) -> tuple[int, int]:
             "file or checkpoint folder, an open_clip tag such as openai, or none for random weights"
         )
     check_projector(cfg.projector, vision.get("width", VISION_DEFAULTS["width"]), e.model)
+    if a.newline != "no_token" and cfg.projector.kind == "identity":
+        raise ConfigError(
+            f"aggregator.newline (--newline) {a.newline} places the checkpoint's image_newline, which lives beside its "
+            "projector, but projector.kind (--projector) is identity; pass --projector mlp2x_gelu --projector-weights "
+            "CHECKPOINT (or --random-projector --llm-dim N for a dry run), or --newline no_token"
+        )
     return grid
 
 

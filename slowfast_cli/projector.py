@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoints import open_checkpoint, projector_keys
+from .checkpoints import newline_keys, open_checkpoint, projector_keys
 from .config import PROJECTORS, ProjectorCfg
 from .errors import ConfigError, SlowfastError
 from .preflight import check_projector
@@ -162,6 +162,51 @@ def build_projector(
         "seed": cfg.seed if random else None,
     }
     return module, info
+
+
+def load_newline(
+    cfg: ProjectorCfg, info: dict[str, Any], device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """LLaVA-NeXT's learned newline token (D_llm,) for the newline layouts, and plain-value info for ``meta``.
+
+    From the projector's checkpoint (``--projector-weights``: ``model.image_newline`` in a LLaVA-NeXT /
+    LLaVA-OneVision / LLaVA-Video checkpoint, ``image_newline`` or ``model.image_newline`` in a llava-hf one);
+    with a random projector (``--random-projector``), ``randn(D) / sqrt(D)`` under ``manual_seed(seed + 1)``
+    (LLaVA-NeXT's own initialisation, ``llava_arch.py``: ``torch.randn(hidden_size) * embed_std``).
+
+    Raises:
+        SlowfastError: no projector checkpoint and no random projector, a checkpoint without ``image_newline``
+            (or with two), or a token that is not a vector of the projector's output width.
+    """
+    width = info["out_dim"]
+    if info.get("random"):
+        generator = torch.Generator().manual_seed(cfg.seed + 1)
+        token = torch.randn(width, generator=generator) / width**0.5
+        source = {"weights": None, "random": True, "seed": cfg.seed + 1}
+    elif cfg.weights and cfg.kind != "identity":
+        checkpoint = open_checkpoint(cfg.weights, "projector weights")
+        keys = newline_keys(checkpoint.keys)
+        if len(keys) != 1:
+            found = "no image_newline" if not keys else f"{len(keys)} image_newline keys ({', '.join(keys)})"
+            raise SlowfastError(
+                f"projector weights {cfg.weights}: the layout places newline tokens (--newline) but the checkpoint "
+                f"has {found}; give the LLaVA-NeXT / OneVision / Video checkpoint folder, or --newline no_token"
+            )
+        token = checkpoint.read(keys)[keys[0]]
+        check_tensors({keys[0]: token}, f"projector weights {cfg.weights}")
+        if token.ndim != 1 or token.shape[0] != width:
+            raise SlowfastError(
+                f"projector weights {cfg.weights}: {keys[0]} has shape {tuple(token.shape)} but the projector gives "
+                f"{width}-wide tokens; the newline must be a vector of the LLM's width"
+            )
+        source = {"weights": str(cfg.weights), "key": keys[0], "random": False, "seed": None}
+    else:
+        raise SlowfastError(
+            "the layout places newline tokens (aggregator.newline, --newline) but there is no image_newline to place: "
+            "give the model's checkpoint with --projector linear|mlp2x_gelu --projector-weights FOLDER, use "
+            "--random-projector for a dry run, or --newline no_token"
+        )
+    return token.to(device=device, dtype=dtype), source
 
 
 def project(x: torch.Tensor, projector: nn.Module) -> torch.Tensor:

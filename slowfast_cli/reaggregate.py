@@ -139,7 +139,7 @@ def _plan(in_dir: Path, out_dir: Path, preset: str | None, flags: dict[str, Any]
         grid = meta.get("grid")
         if isinstance(grid, list) and len(grid) == 2:
             try:
-                check_grid(tuple(grid), a.slow_pool, a.fast_size)
+                check_grid(tuple(grid), a.slow_pool, a.fast_size, a.layout)
             except ConfigError as exc:
                 raise ConfigError(f"{in_dir / rel}: {exc}") from None
         configs[rel] = cfg

@@ -7,6 +7,7 @@ the reason, so a report never silently hides a broken file.
 
 from __future__ import annotations
 
+import collections
 import os
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,8 @@ class FileStats:
     output_tokens: int  # L, from the tensor itself
     ratio: float | None
     dim: int
+    layout: str = "slowfast"  # meta's layout and newline position ("frames/grid"); files before them: slowfast
+    newline_tokens: int = 0
 
 
 @dataclass
@@ -39,6 +42,8 @@ class Report:
     tokens_per_file_max: int | None = None
     tokens_per_file_mean: float | None = None
     dims: list[int] = field(default_factory=list)  # distinct token widths seen
+    layouts: dict[str, int] = field(default_factory=dict)  # "layout/newline" -> files, e.g. {"frames/grid": 3}
+    newline_tokens: int = 0  # of output_tokens, the newline tokens (the checkpoint's image_newline)
     skipped: list[dict] = field(default_factory=list)  # {"path", "error"} for files that are not token files
 
     def to_dict(self) -> dict:
@@ -90,7 +95,10 @@ def file_stats(path: Path, verify: bool = True) -> FileStats:
         inp = check_counts(meta, out)
     except SlowfastError as exc:
         raise SlowfastError(f"{path}: inconsistent token file ({exc})") from None
-    return FileStats(str(path), inp, out, out / inp if inp else None, int(shape[2]))
+    layout = f"{meta.get('layout', 'slowfast')}/{meta.get('newline', 'no_token')}"
+    lines = meta.get("newline_tokens", 0)
+    lines = lines if isinstance(lines, int) and not isinstance(lines, bool) and 0 <= lines <= out else 0
+    return FileStats(str(path), inp, out, out / inp if inp else None, int(shape[2]), layout, lines)
 
 
 def find_token_files(root: Path, problems: list[dict] | None = None) -> list[Path]:
@@ -129,6 +137,8 @@ def summarize(stats: list[FileStats], skipped: list[dict] | None = None) -> Repo
     r.tokens_per_file_median = statistics.median(lengths)
     r.tokens_per_file_mean = statistics.fmean(lengths)
     r.dims = sorted({s.dim for s in stats})
+    r.layouts = dict(sorted(collections.Counter(s.layout for s in stats).items()))
+    r.newline_tokens = sum(s.newline_tokens for s in stats)
     return r
 
 

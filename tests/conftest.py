@@ -39,7 +39,8 @@ SPLIT = {
     },
 }
 ORDER = ["test_ray.py", "ray:faults", "ray:two-node", "batch:signals", "test_batch.py", "test_gpu_check.py",
-         "test_checkpoints.py", "test_siglip.py", "test_encoder.py", "test_pipeline.py"]  # fmt: skip
+         "test_checkpoints.py", "test_siglip.py", "test_llava_models.py", "test_encoder.py",
+         "test_pipeline.py"]  # fmt: skip
 
 
 def work_unit(nodeid: str) -> str:
@@ -60,6 +61,7 @@ SLOW = {
     "test_batch.py::TestResumeKeepsNothingWrong::test_a_second_run_into_the_same_folder_is_refused_and_deletes_nothing",
     "test_batch.py::TestHostile::test_sigterm_stops_like_ctrl_c",
     "test_checkpoints.py::TestViTL14At336",
+    "test_llava_models.py::TestSO400MAt384",
     "test_siglip.py::TestAgainstTransformers",
     "test_siglip.py::TestTower",
     "test_encoder.py::TestPretrainedTags::test_a_hub_that_never_answers_fails_within_seconds",

@@ -341,13 +341,19 @@ class TestWhatDoesNotMap:
             hf_clip_to_open_clip(state, tower, "w")
         assert "missing vision_model.encoder.layers.0." in str(err.value) and "(47 in all)" in str(err.value)
 
-    def test_a_tower_of_another_size_names_both_shapes(self, tmp_path):
-        path = _saved(tmp_path, tower_state(hf_tower(num_hidden_layers=2)))
+    def test_a_tower_without_the_block_taken_is_refused(self, tmp_path):
+        """2 of the tiny model's 3 blocks: layer -1 (block 2) is missing; layer -2 (block 1) is all there, and the
+        tower cut after it is the checkpoint's own (LLaVA's SigLIP checkpoints hold 26 of 27 layers the same way)."""
+        tower = hf_tower(num_hidden_layers=2)
+        path = _saved(tmp_path, tower_state(tower))
         with pytest.raises(SlowfastError) as err:
-            encoder(path)
-        message = str(err.value)
-        assert "missing transformer.resblocks.2." in message
-        assert "the weights' tower: 2 blocks of width 64" in message and f"{TINY}'s: 3 blocks of width 64" in message
+            encoder(path, layer=-1)
+        assert "missing transformer.resblocks.2." in str(err.value)
+        enc = encoder(path, layer=-2)
+        x = pixels(enc.image_size[0])
+        with torch.no_grad():
+            expected = tower(pixel_values=x, output_hidden_states=True).hidden_states[-1][:, 1:]
+        torch.testing.assert_close(enc._tokens(x), expected, rtol=1e-5, atol=1e-5)
 
     def test_other_heads_in_the_config_are_refused(self, tmp_path):
         """4 heads of 16 instead of the tiny model's 2 of 32: the weights load but compute other numbers."""
@@ -360,10 +366,10 @@ class TestWhatDoesNotMap:
         with pytest.raises(SlowfastError, match="hidden_act 'gelu_new'.*quick_gelu or gelu only"):
             encoder(tmp_path / "act")
 
-    def test_a_siglip_like_tower_is_refused_with_the_reason(self, tmp_path):
+    def test_a_siglip_tower_into_a_clip_model_is_refused_with_the_reason(self, tmp_path):
         state = tower_state(hf_tower())
-        del state["vision_model.embeddings.class_embedding"]
-        with pytest.raises(SlowfastError, match="without a class token.*only CLIP towers"):
+        del state["vision_model.embeddings.class_embedding"]  # Hugging Face naming without a class token: SigLIP's
+        with pytest.raises(SlowfastError, match="hold a SigLIP tower but slowfast-tiny-vit is not a SigLIP model"):
             encoder(_saved(tmp_path, state))
 
     def test_a_folder_without_a_checkpoint_says_what_it_looked_for(self, tmp_path):

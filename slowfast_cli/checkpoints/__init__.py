@@ -5,7 +5,15 @@ The names other modules use are re-exported here.
 """
 
 from .files import FOLDER_FILES, Checkpoint, open_checkpoint, read_weights
-from .hf import UNUSED_BY_TOKENS, HFTower, describe_tower, find_hf_tower, hf_clip_to_open_clip, projector_keys
+from .hf import (
+    UNUSED_BY_TOKENS,
+    HFTower,
+    describe_tower,
+    find_hf_tower,
+    hf_clip_to_open_clip,
+    newline_keys,
+    projector_keys,
+)
 
 __all__ = [
     "FOLDER_FILES",
@@ -15,6 +23,7 @@ __all__ = [
     "describe_tower",
     "find_hf_tower",
     "hf_clip_to_open_clip",
+    "newline_keys",
     "open_checkpoint",
     "projector_keys",
     "read_weights",

@@ -73,6 +73,12 @@ HF_NO_WEIGHTS = ("embeddings.position_ids",)  # an arange buffer that transforme
 HF_OPTIONAL = ("post_layernorm.weight", "post_layernorm.bias")  # ln_post comes after the blocks patch tokens use
 UNUSED_BY_TOKENS = ("ln_post.weight", "ln_post.bias", "proj")  # open_clip keys past the last block: pruned anyway
 HF_ACTIVATIONS = {"quick_gelu": True, "gelu": False}  # hidden_act -> QuickGELU; the two open_clip's towers compute
+# A SigLIP tower's hidden_act -> the activation slowfast builds (towers.ACTIVATIONS). Without a config.json (an original
+# LLaVA-OneVision / LLaVA-Video checkpoint, whose config names only mm_vision_tower) it is gelu_pytorch_tanh: the
+# default of transformers' SiglipVisionConfig and of LLaVA-NeXT's own copy (llava/model/multimodal_encoder/
+# siglip_encoder.py, SigLipVisionConfig), and what google/siglip-so400m-patch14-384's config.json says.
+SIGLIP_ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+VISION_MODEL_TYPES = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}
 _BLOCK_KEY = re.compile(r"encoder\.layers\.(\d+)\.(.+)")
 _RESBLOCK_KEY = re.compile(r"transformer\.resblocks\.(\d+)\.")
 LLAVA_PROJECTOR = "mm_projector."  # LLaVA's model.mm_projector.{0,2}.* (or .weight/.bias for a linear one)
@@ -90,6 +96,9 @@ class HFTower:
     heads: int | None = None  # num_attention_heads, when a config.json says (the weights cannot tell)
     eps: float = 1e-5  # layer_norm_eps (CLIPVisionConfig's default, and open_clip's)
     config: Path | None = None  # the config.json these settings came from
+    family: str = "clip"  # clip (a class token, open_clip's VisionTransformer) | siglip (none; a timm ViT)
+    activation: str = "quick_gelu"  # what the tower computes: quick_gelu | gelu | gelu_tanh
+    shape: tuple[tuple[str, int], ...] = ()  # (hidden_size, image_size, patch_size) as the config.json states them
 
     @property
     def projection(self) -> str:
@@ -107,6 +116,16 @@ class HFTower:
             raise SlowfastError(
                 f"vision weights {name}: {self.config} says layer_norm_eps {self.eps} but {model}'s tower uses {eps}"
             )
+
+    def check_shape(self, geometry: dict[str, int], name: str, model: str) -> None:
+        """Refuse a config.json whose width, input size or patch size is not the tower's (``geometry`` has the
+        same keys): the weights might even load (position tables aside) and compute something else."""
+        for key, value in self.shape:
+            if key in geometry and geometry[key] != value:
+                raise SlowfastError(
+                    f"vision weights {name}: {self.config} says {key} {value} but {model}'s tower has {geometry[key]}; "
+                    "pick the --model with the checkpoint's architecture"
+                )
 
 
 def config_file(checkpoint: Path) -> Path | None:
@@ -148,7 +167,7 @@ def _hf_vision_config(checkpoint: Path) -> tuple[dict, Path] | None:
     vision = cfg.get("vision_config")
     if isinstance(vision, dict):
         return vision, path
-    return (cfg, path) if cfg.get("model_type") == "clip_vision_model" else None
+    return (cfg, path) if cfg.get("model_type") in VISION_MODEL_TYPES else None
 
 
 def find_hf_tower(checkpoint: Checkpoint) -> HFTower | None:
@@ -156,8 +175,8 @@ def find_hf_tower(checkpoint: Checkpoint) -> HFTower | None:
     are not in Hugging Face naming (open_clip's ``visual.*`` or the tower's own).
 
     Raises:
-        SlowfastError: several towers; a Hugging Face tower other than CLIP's (SigLIP); a config.json whose
-            activation open_clip's towers cannot compute.
+        SlowfastError: several towers; a config.json that describes another tower than the weights hold, or an
+            activation slowfast's towers cannot compute.
     """
     name = checkpoint.path
     prefixes = sorted({k.removesuffix(HF_MARK) for k in checkpoint.keys if k == HF_MARK or k.endswith("." + HF_MARK)})
@@ -166,26 +185,35 @@ def find_hf_tower(checkpoint: Checkpoint) -> HFTower | None:
     if len(prefixes) > 1:
         raise SlowfastError(f"vision weights {name} hold {len(prefixes)} vision towers ({', '.join(prefixes)})")
     prefix = prefixes[0]
-    if prefix + "embeddings.class_embedding" not in checkpoint.where:
-        raise SlowfastError(
-            f"vision weights {name} hold a Hugging Face vision tower without a class token at {prefix or 'the top'} "
-            "(SigLIP's naming?): only CLIP towers are mapped from Hugging Face naming; pass open_clip weights"
-        )
+    family = "clip" if prefix + "embeddings.class_embedding" in checkpoint.where else "siglip"
     projection = prefix.removesuffix(HF_TOWER) + HF_PROJECTION
-    keys = tuple(k for k in checkpoint.keys if k.startswith(prefix) or k == projection)
-    tower = HFTower(prefix, keys, ignored=len(checkpoint.where) - len(keys))
+    keys = tuple(k for k in checkpoint.keys if k.startswith(prefix) or (family == "clip" and k == projection))
     found = _hf_vision_config(checkpoint.path)
-    if found is None:
-        return tower
-    vision, config = found
-    if vision.get("model_type", "clip_vision_model") != "clip_vision_model":
-        raise SlowfastError(f"vision weights {name}: {config} describes a {vision['model_type']} tower, not CLIP's")
-    act = vision.get("hidden_act", "quick_gelu")
-    if not isinstance(act, str) or act not in HF_ACTIVATIONS:
+    vision, config = found if found is not None else ({}, None)
+    declared = VISION_MODEL_TYPES.get(vision.get("model_type", f"{family}_vision_model"))
+    if declared != family:
+        what = vision.get("model_type")
         raise SlowfastError(
-            f"vision weights {name}: {config} says hidden_act {act!r}; open_clip's towers compute "
-            f"{' or '.join(HF_ACTIVATIONS)} only"
+            f"vision weights {name}: {config} describes a {what} tower, but the weights at {prefix or 'the top'} are a "
+            f"Hugging Face {family.upper()} tower ({'a' if family == 'clip' else 'no'} class token); only CLIP and "
+            "SigLIP towers are mapped from Hugging Face naming"
         )
+    if family == "clip":
+        act = vision.get("hidden_act", "quick_gelu")
+        if not isinstance(act, str) or act not in HF_ACTIVATIONS:
+            raise SlowfastError(
+                f"vision weights {name}: {config} says hidden_act {act!r}; open_clip's towers compute "
+                f"{' or '.join(HF_ACTIVATIONS)} only"
+            )
+        activation, eps_default = act, 1e-5
+    else:
+        act = vision.get("hidden_act", "gelu_pytorch_tanh")
+        if not isinstance(act, str) or act not in SIGLIP_ACTIVATIONS:
+            raise SlowfastError(
+                f"vision weights {name}: {config} says hidden_act {act!r}; SigLIP towers are built with "
+                f"{' or '.join(SIGLIP_ACTIVATIONS)} only"
+            )
+        activation, eps_default = SIGLIP_ACTIVATIONS[act], 1e-6
 
     def positive_int(v):
         return v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0)
@@ -194,9 +222,14 @@ def find_hf_tower(checkpoint: Checkpoint) -> HFTower | None:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
     heads = _setting(vision, "num_attention_heads", None, positive_int, "a positive integer", config, name)
-    eps = _setting(vision, "layer_norm_eps", 1e-5, positive_number, "a positive finite number", config, name)
-    return HFTower(prefix, keys, tower.ignored, quick_gelu=HF_ACTIVATIONS[act], heads=heads, eps=float(eps),
-                   config=config)  # fmt: skip
+    eps = _setting(vision, "layer_norm_eps", eps_default, positive_number, "a positive finite number", config, name)
+    shape = tuple(
+        (key, _setting(vision, key, None, positive_int, "a positive integer", config, name))
+        for key in ("hidden_size", "image_size", "patch_size")
+        if key in vision
+    )
+    return HFTower(prefix, keys, len(checkpoint.where) - len(keys), quick_gelu=activation == "quick_gelu", heads=heads,
+                   eps=float(eps), config=config, family=family, activation=activation, shape=shape)  # fmt: skip
 
 
 def hf_clip_to_open_clip(state: Mapping[str, torch.Tensor], tower: HFTower, name: str) -> dict[str, torch.Tensor]:
@@ -289,3 +322,11 @@ def projector_keys(keys: Iterable[str], name: str = "projector weights") -> dict
             raise SlowfastError(f"{name} hold two projectors: {seen[module_key]} and {key} are both {module_key}")
         seen[module_key] = key
     return out
+
+
+NEWLINE = "image_newline"  # LLaVA-NeXT's learned newline token: model.image_newline (llava-hf: image_newline too)
+
+
+def newline_keys(keys: Iterable[str]) -> list[str]:
+    """The keys of a checkpoint that hold LLaVA-NeXT's ``image_newline`` (under any prefix)."""
+    return [k for k in keys if k == NEWLINE or k.endswith("." + NEWLINE)]

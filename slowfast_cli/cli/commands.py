@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from ..budget import token_budget
+from ..budget import aggregator_budget
 from ..config import list_presets, load_preset, parse_hw
 from ..errors import ConfigError, SlowfastError
 from ..models import model_grid
@@ -27,11 +27,14 @@ from .options import (
     FramesOpt,
     JsonOpt,
     LayerOpt,
+    LayoutOpt,
     LlmDimOpt,
     MaxFailuresOpt,
     MaxFramesOpt,
     ModelOpt,
+    NewlineOpt,
     OverwriteOpt,
+    PoolStageOpt,
     PretrainedOpt,
     ProjectorOpt,
     ProjectorWeightsOpt,
@@ -73,6 +76,8 @@ def budget(
     slow_pool: SlowPoolOpt = None,
     fast_size: FastSizeOpt = None,
     slow_index: SlowIndexOpt = None,
+    layout: LayoutOpt = None,
+    newline: NewlineOpt = None,
     context: Annotated[int | None, typer.Option(help="LLM context length to check the fit against.")] = None,
     plan_: Annotated[bool, typer.Option("--plan", help="List the best settings that fit --context.")] = False,
     frames_range: Annotated[str, typer.Option(help="Frame range MIN:MAX the planner may use.")] = "8:128",
@@ -85,7 +90,7 @@ def budget(
     Example: slowfast budget --frames 64 --grid 14x14 --slow-pool none --context 8192
     """
     cfg = build_config(config, model=model, frames=frames, slow_frames=slow_frames, slow_pool=slow_pool,
-                       fast_size=fast_size, slow_index=slow_index)  # fmt: skip
+                       fast_size=fast_size, slow_index=slow_index, layout=layout, newline=newline)  # fmt: skip
     at_least(context, 1, "--context")
     at_least(reserve, 0, "--reserve")
     at_least(top, 1, "--top")
@@ -94,11 +99,12 @@ def budget(
         if context is None:
             raise ConfigError("--plan needs --context N (the LLM's context length)")
         lo, hi = _parse_range(frames_range)
-        entries = plan(context, g, lo, hi, reserve, slow_index=cfg.aggregator.slow_index)
+        a = cfg.aggregator
+        entries = plan(context, g, lo, hi, reserve, slow_index=a.slow_index, layout=a.layout, newline=a.newline)
         show_plan(entries, context, reserve, g, top, json_)
         return
     a = cfg.aggregator
-    b = token_budget(cfg.video.frames, g, a.slow_frames, a.slow_pool, a.fast_size, slow_index=a.slow_index)
+    b = aggregator_budget(cfg.video.frames, g, a)
     notes = budget_warnings(b)
     if json_:
         d = b.to_dict()
@@ -135,15 +141,18 @@ def configs(json_: JsonOpt = False) -> None:
         c = load_preset(str(path))
         a = c.aggregator
         rows.append({"name": name, "path": str(path), "description": c.description, **c.to_dict()})
-        rows[-1]["summary"] = (c.encoder.model, c.encoder.pretrained, c.video.frames, a.slow_frames, a.slow_pool,
-                               f"{a.fast_size[0]}x{a.fast_size[1]}", c.projector.kind)  # fmt: skip
+        frames_layout = a.layout == "frames"  # every frame pooled alike: no slow count, no fast pathway
+        rows[-1]["summary"] = (c.encoder.model, c.encoder.pretrained, c.video.frames,
+                               "all" if frames_layout else a.slow_frames, a.slow_pool,
+                               "-" if frames_layout else f"{a.fast_size[0]}x{a.fast_size[1]}", a.newline,
+                               c.projector.kind)  # fmt: skip
     if json_:
         for r in rows:
             r.pop("summary")
         print_json(rows)
         return
     t = Table(title="presets (--config NAME)")
-    for col in ("name", "model", "pretrained", "frames", "slow", "pool", "fast", "projector"):
+    for col in ("name", "model", "pretrained", "frames", "slow", "pool", "fast", "newline", "projector"):
         t.add_column(col, justify="right" if col in ("frames", "slow") else "left")
     for r in rows:
         t.add_row(shown(r["name"]), *[shown(v) for v in r["summary"]])
@@ -202,6 +211,8 @@ def aggregate(
     slow_pool: SlowPoolOpt = None,
     fast_size: FastSizeOpt = None,
     slow_index: SlowIndexOpt = None,
+    layout: LayoutOpt = None,
+    newline: NewlineOpt = None,
     overwrite: OverwriteOpt = False,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Folder: stop at the first failed file.")] = False,
     max_failures: MaxFailuresOpt = None,
@@ -217,7 +228,8 @@ def aggregate(
 
     if config is not None and not config:
         raise ConfigError("--config is empty; give a preset name (see `slowfast configs`) or a TOML file")
-    flags = {"slow_frames": slow_frames, "slow_pool": slow_pool, "fast_size": fast_size, "slow_index": slow_index}
+    flags = {"slow_frames": slow_frames, "slow_pool": slow_pool, "fast_size": fast_size, "slow_index": slow_index,
+             "layout": layout, "newline": newline}  # fmt: skip
     if fast_size is not None:
         flags["fast_size"] = parse_hw(fast_size, "--fast-size")
     if features.is_dir():
@@ -265,6 +277,9 @@ def encode(
     slow_pool: SlowPoolOpt = None,
     fast_size: FastSizeOpt = None,
     slow_index: SlowIndexOpt = None,
+    layout: LayoutOpt = None,
+    newline: NewlineOpt = None,
+    pool_stage: PoolStageOpt = None,
     sampling: SamplingOpt = None,
     resize: ResizeOpt = None,
     projector: ProjectorOpt = None,

@@ -42,8 +42,22 @@ FastSizeOpt = Annotated[str | None, typer.Option(help="Fast pathway grid per fra
 SamplingOpt = Annotated[
     str | None,
     typer.Option(
-        help="Frame sampling: centers (segment centres), sf_llava (SlowFast-LLaVA's), linspace (LLaVA-NeXT's)."
+        help="Frame sampling: centers (segment centres), sf_llava (SlowFast-LLaVA's), linspace (LLaVA-NeXT's), "
+        "llava_next (one frame a second, linspace past --frames), arange (the llava-hf model cards')."
     ),
+]
+
+
+LayoutOpt = Annotated[
+    str | None,
+    typer.Option(help="Token layout: slowfast (slow then fast frames) or frames (every frame pooled by --slow-pool)."),
+]
+NewlineOpt = Annotated[
+    str | None,
+    typer.Option(help="Newline tokens (the checkpoint's image_newline): no_token, grid (per row), frame, one_token."),
+]
+PoolStageOpt = Annotated[
+    str | None, typer.Option(help="Pool after the projector (LLaVA-NeXT's get_2dPool) or before it (llava-hf's).")
 ]
 
 

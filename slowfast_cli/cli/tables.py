@@ -31,11 +31,23 @@ def budget_table(b: Budget, context: int | None) -> Table:
     t.add_row("patch grid", f"{b.grid[0]}x{b.grid[1]}", "image size / patch size")
     t.add_row("tokens per frame (N)", _fmt_int(b.tokens_per_frame), "Gh * Gw")
     t.add_row("input tokens", _fmt_int(b.input_tokens), "T * N")
-    how = "min(T, slow frames), linspace" if b.slow_index == "linspace" else "slow frames, segment_start"
-    t.add_row("slow frames (S)", _fmt_int(b.slow_frames), how)
-    t.add_row("slow tokens", _fmt_int(b.slow_tokens), f"S * {b.slow_tokens_per_frame} ({b.slow_pool})")
-    t.add_row("fast tokens", _fmt_int(b.fast_tokens), f"T * {b.fast_size[0]}x{b.fast_size[1]}")
-    t.add_row("output tokens (L)", f"[bold]{_fmt_int(b.output_tokens)}[/]", "slow + fast")
+    if b.layout == "frames":
+        t.add_row("layout", "frames", "every frame pooled alike, no fast pathway")
+        t.add_row("frame tokens", _fmt_int(b.slow_tokens), f"T * {b.slow_tokens_per_frame} ({b.slow_pool})")
+    else:
+        how = "min(T, slow frames), linspace" if b.slow_index == "linspace" else "slow frames, segment_start"
+        t.add_row("slow frames (S)", _fmt_int(b.slow_frames), how)
+        t.add_row("slow tokens", _fmt_int(b.slow_tokens), f"S * {b.slow_tokens_per_frame} ({b.slow_pool})")
+        t.add_row("fast tokens", _fmt_int(b.fast_tokens), f"T * {b.fast_size[0]}x{b.fast_size[1]}")
+    if b.newline != "no_token":
+        where = {
+            "grid": "one after each row of each frame",
+            "frame": "one after each frame",
+            "one_token": "one at the end",
+        }
+        t.add_row("newline tokens", _fmt_int(b.newline_tokens), f"{b.newline}: {where[b.newline]}")
+    parts = ("frames" if b.layout == "frames" else "slow + fast") + (" + newlines" if b.newline_tokens else "")
+    t.add_row("output tokens (L)", f"[bold]{_fmt_int(b.output_tokens)}[/]", parts)
     t.add_row("ratio", f"{b.ratio:.2f}", "L / input")
     if context is not None:
         spare = context - b.output_tokens
@@ -64,10 +76,13 @@ def plan_table(entries, context: int, reserve: int, grid, top: int) -> Table:
 def plan_hint(entries) -> str:
     """The flags of the planner's first row."""
     b = entries[0].budget
+    newline = f" --newline {b.newline}" if b.newline != "no_token" else ""
+    if b.layout == "frames":
+        return f"use #1 with: --layout frames --frames {b.frames} --slow-pool {b.slow_pool}{newline}"
     return (
         f"use #1 with: --frames {b.frames} --slow-frames {b.slow_frames} --slow-pool {b.slow_pool} "
-        f"--fast-size {b.fast_size[0]}x{b.fast_size[1]} --slow-index {b.slow_index}  (the *_avg pools cost the "
-        "same as *_max)"
+        f"--fast-size {b.fast_size[0]}x{b.fast_size[1]} --slow-index {b.slow_index}{newline}  (the *_avg pools cost "
+        "the same as *_max)"
     )
 
 
@@ -89,6 +104,9 @@ def report_table(r, title: str) -> Table:
         f"{f(r.tokens_per_file_min)} / {f(r.tokens_per_file_median, 1)} / {f(r.tokens_per_file_max)}",
     )
     t.add_row("token width (D)", ", ".join(map(str, r.dims)) or "-")
+    t.add_row("layout / newlines", ", ".join(f"{k}: {_fmt_int(v)}" for k, v in r.layouts.items()) or "-")
+    if r.newline_tokens:
+        t.add_row("of which newline tokens", _fmt_int(r.newline_tokens))
     if r.skipped:
         t.add_row("skipped (not token files)", f"[yellow]{len(r.skipped)}[/]")
     return t
@@ -106,10 +124,15 @@ def encode_summary(m: dict, target: Path, features: Path | None) -> Table:
     t.add_row("sampled", f"{m['frames']} frames{note}")
     t.add_row("model", shown(f"{m['model']} ({m['pretrained']}), layer {m['layer']}, {m['dtype']} on {m['device']}"))
     t.add_row("grid", f"{m['grid'][0]}x{m['grid'][1]} = {m['tokens_per_frame']} tokens per frame")
+    if m.get("layout") == "frames":
+        parts = f"{m['frames']} frames of {m['slow_tokens'] // max(m['frames'], 1):,}"
+    else:
+        parts = f"slow {m['slow_tokens']:,} + fast {m['fast_tokens']:,}"
+    if m.get("newline_tokens"):
+        parts += f" + {m['newline_tokens']:,} newlines ({m['newline']})"
     t.add_row(
         "tokens",
-        f"{m['input_tokens']:,} -> [bold]{m['output_tokens']:,}[/] (slow {m['slow_tokens']:,} + fast "
-        f"{m['fast_tokens']:,}), ratio {m['ratio']:.2f}, width {m['dim']}",
+        f"{m['input_tokens']:,} -> [bold]{m['output_tokens']:,}[/] ({parts}), ratio {m['ratio']:.2f}, width {m['dim']}",
     )
     tm = m.get("timings", {})
     t.add_row("time", ", ".join(f"{k} {v:.2f}s" for k, v in tm.items()))

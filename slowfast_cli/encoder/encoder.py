@@ -41,7 +41,8 @@ class Encoder:
     device: torch.device
     dtype: torch.dtype
     random_weights: bool  # pretrained == "none"
-    quick_gelu: bool  # the activation the tower computes
+    quick_gelu: bool  # the tower computes QuickGELU
+    activation: str = "gelu"  # what its MLPs compute: quick_gelu | gelu | gelu_tanh (a SigLIP checkpoint's)
     preprocess_cfg: dict[str, Any] = dataclasses.field(default_factory=dict)  # open_clip PreprocessCfg fields
     timm_model: str | None = None  # the timm model of a timm tower (vit_so400m_patch14_siglip_384), else None
     adapter: type[towers.TowerAdapter] = towers.OpenClipViT  # the tower's family
@@ -125,11 +126,19 @@ def build_encoder(cfg: EncoderCfg, device: torch.device, dtype: torch.dtype) -> 
     weights = resolve_weights(cfg.model, cfg.pretrained)
     quick_gelu = _quick_gelu(cfg.model, model_cfg, weights)
     visual, adapter, geometry = towers.build_tower(cfg.model, model_cfg, quick_gelu, dtype)
-    if weights.path is not None:
-        load_weights(visual, adapter, weights, cfg.model)
     towers.check_geometry(cfg.model, geometry)
     block = block_index(cfg.layer, geometry.blocks, cfg.model)
-    adapter.prune(visual, block)
+    activation = "quick_gelu" if quick_gelu and adapter.follows_quick_gelu else "gelu"
+    if weights.hf is not None:  # cut first: LLaVA's SigLIP holds 26 of 27 layers, a tiny test checkpoint 2 of 12
+        adapter.prune(visual, block)
+        if weights.hf.family == "siglip" and adapter is towers.TimmViT:
+            adapter.set_activation(visual, weights.hf.activation)  # the checkpoint's, never open_clip's default
+            activation = weights.hf.activation
+        load_weights(visual, adapter, weights, cfg.model, geometry, block)
+    else:
+        if weights.path is not None:
+            load_weights(visual, adapter, weights, cfg.model)
+        adapter.prune(visual, block)
     visual = adapter.cast(visual, device, dtype)
     preprocess_cfg = towers.preprocess_cfg(
         cfg.model, weights.tag if weights.kind == "tag" else None, geometry.image_size
@@ -150,6 +159,7 @@ def build_encoder(cfg: EncoderCfg, device: torch.device, dtype: torch.dtype) -> 
         dtype=dtype,
         random_weights=weights.kind == "none",
         quick_gelu=quick_gelu and adapter.follows_quick_gelu,  # timm towers ignore it (always GELU)
+        activation=activation,
         preprocess_cfg=preprocess_cfg,
         timm_model=geometry.timm_model,
         adapter=adapter,

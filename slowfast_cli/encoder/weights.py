@@ -27,6 +27,7 @@ from ..checkpoints import (
     hf_clip_to_open_clip,
     open_checkpoint,
 )
+from ..checkpoints.siglip import hf_siglip_to_timm, needed_keys
 from ..errors import ConfigError, SlowfastError, first_line
 from ..models import looks_like_path
 from ..tensors import check_tensors
@@ -154,20 +155,53 @@ def _vision_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return visual or state
 
 
+def _block_of(key: str) -> int:
+    """The block an open_clip tower key belongs to (-1 for the embeddings and the norms around the blocks)."""
+    parts = key.split(".")
+    return int(parts[2]) if key.startswith("transformer.resblocks.") and parts[2].isdigit() else -1
+
+
 def _few(keys: list[str], n: int = 5) -> str:
     return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
-def load_weights(visual: torch.nn.Module, adapter: type[towers.TowerAdapter], weights: Weights, model: str) -> None:
+def load_weights(
+    visual: torch.nn.Module,
+    adapter: type[towers.TowerAdapter],
+    weights: Weights,
+    model: str,
+    geometry: towers.Geometry | None = None,
+    block: int | None = None,
+) -> None:
     """Load a checkpoint strictly into the vision tower.
 
     open_clip names load as they are (``visual.*`` or the tower's own); a Hugging Face CLIP tower is mapped by
     ``checkpoints.hf_clip_to_open_clip`` and may lack ``ln_post``/``proj``, which patch tokens never use (they are
-    pruned before the first forward pass).
+    pruned before the first forward pass). A Hugging Face SigLIP tower (``checkpoints.siglip``) goes into a timm
+    tower already cut after ``block``, from the layers 0..``block`` alone.
     """
     path = str(weights.path)
     source = weights.source or open_checkpoint(path, "vision weights")
-    if weights.hf is not None:
+    hf = weights.hf
+    if hf is not None and hf.family == "siglip":
+        if adapter is not towers.TimmViT or geometry is None or block is None:
+            raise SlowfastError(
+                f"vision weights {path} hold a SigLIP tower but {model} is not a SigLIP model; pass --model "
+                "ViT-SO400M-14-SigLIP-384 (LLaVA-OneVision, LLaVA-Video) or the SigLIP model of the checkpoint"
+            )
+        heads, eps = adapter.checkpoint_settings(visual)
+        hf.check(hf.heads if heads is None else heads, eps, path, model)
+        shape = {
+            "hidden_size": geometry.width,
+            "image_size": geometry.image_size[0],
+            "patch_size": geometry.patch_size[0],
+        }
+        hf.check_shape(shape, path, model)
+        hf_state = source.read(needed_keys(list(hf.keys), hf.prefix, block, path))
+        check_tensors(hf_state, f"vision weights {path}")
+        state = hf_siglip_to_timm(hf_state, hf.prefix, block, path)
+        optional, expected = (), f"a Hugging Face SigLIP tower of {model}'s shape, layers 0..{block}"
+    elif hf is not None:
         heads, eps = adapter.checkpoint_settings(visual)
         weights.hf.check(
             weights.hf.heads if heads is None else heads, weights.hf.eps if eps is None else eps, path, model
@@ -179,6 +213,8 @@ def load_weights(visual: torch.nn.Module, adapter: type[towers.TowerAdapter], we
         except RuntimeError as exc:  # q, k and v of other shapes cannot be packed into one projection
             raise SlowfastError(f"weights {path} do not fit {model}: {first_line(exc)}") from None
         optional, expected = UNUSED_BY_TOKENS, f"a Hugging Face CLIP vision tower of {model}'s shape"
+        if block is not None:  # the tower is already cut after ``block``: later layers are never computed
+            state = {k: v for k, v in state.items() if k not in UNUSED_BY_TOKENS and _block_of(k) <= block}
     else:
         state = _vision_state(source.read_all())
         check_tensors(state, f"vision weights {path}")

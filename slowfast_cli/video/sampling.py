@@ -74,10 +74,50 @@ def linspace_indices(num_frames: int, frames: int) -> list[int]:
     return np.linspace(0, num_frames - 1, frames, dtype=int).tolist()
 
 
+def llava_next_indices(num_frames: int, fps: float, frames: int, sample_fps: float = 1.0) -> list[int]:
+    """``llava_next`` sampling: one frame every ``round(fps / sample_fps)`` frames from frame 0, and
+    :func:`linspace_indices` instead when that gives more than ``frames``.
+
+    As LLaVA-NeXT's training loader (LLaVA-VL/LLaVA-NeXT ``llava/utils.py`` ``process_video_with_decord``:
+    ``avg_fps = round(vr.get_avg_fps() / data_args.video_fps)``, ``range(0, total_frame_num, avg_fps)``, linspace
+    to ``frames_upbound`` when longer) and lmms-eval's LLaVA-Video evaluator (EvolvingLMMs-Lab/lmms-eval
+    ``lmms_eval/models/llava_vid.py`` ``load_video(video_path, max_frames_num, fps, force_sample=False)``: the same
+    rule, ``max_frames_num`` 20 and ``fps`` 1 by default). ``round`` is Python's (half to even), on decord's average
+    frame rate. Where upstream's step rounds to 0 (``fps < sample_fps / 2``) its ``range`` raises; here the step is 1.
+    The count varies with the video: a 10 s clip at 1 fps gives 10 frames, a 60 s clip ``frames``.
+
+    Example:
+        >>> llava_next_indices(100, 25.0, 20), llava_next_indices(1000, 25.0, 4)
+        ([0, 25, 50, 75], [0, 333, 666, 999])
+    """
+    if not num_frames:
+        return []
+    step = max(1, round(fps / sample_fps))
+    picked = list(range(0, num_frames, step))
+    return linspace_indices(num_frames, frames) if len(picked) > frames else picked
+
+
+def arange_indices(num_frames: int, frames: int) -> list[int]:
+    """``arange`` sampling: ``np.arange(0, num_frames, num_frames / frames).astype(int)``, the llava-hf model cards'
+    video loader (``read_video_pyav`` with ``indices = np.arange(0, total_frames, total_frames / 8).astype(int)``, on
+    llava-hf/LLaVA-NeXT-Video-7B-hf and llava-hf/llava-onevision-qwen2-7b-ov-hf), computed as upstream in float64:
+    the start of each of T equal segments, truncated; a video shorter than T repeats frames.
+
+    Example:
+        >>> arange_indices(100, 8), arange_indices(3, 4)
+        ([0, 12, 25, 37, 50, 62, 75, 87], [0, 0, 1, 2])
+    """
+    if not num_frames:
+        return []
+    return np.arange(0, num_frames, num_frames / frames).astype(int).tolist()
+
+
 SAMPLERS: dict[str, Callable[[int, int], list[int]]] = {
     "centers": centers_indices,
     "sf_llava": sf_llava_indices,
     "linspace": linspace_indices,
+    "llava_next": lambda num_frames, frames: llava_next_indices(num_frames, 1.0, frames),  # see sample_indices
+    "arange": arange_indices,
 }  # config.SAMPLINGS, in that order
 
 
@@ -143,6 +183,8 @@ def sample_indices(
         raise ValueError(f"frames must be >= 1, got {frames}")
     if sampling not in SAMPLERS:
         raise ValueError(f"unknown sampling {sampling!r}; valid: {', '.join(SAMPLERS)}")
+    if sampling == "llava_next":  # its own rate rule (llava_next_indices): sample_fps 1 unless set
+        return llava_next_indices(num_frames, fps, frames, 1.0 if sample_fps is None else sample_fps)
     if sample_fps is None:
         return SAMPLERS[sampling](num_frames, frames)
     if sampling != "centers":
@@ -183,6 +225,8 @@ def requested_frames(info: VideoInfo, cfg: VideoCfg) -> int:
     T for every ``cfg.sampling`` policy (``sf_llava`` then takes min(n, T) and ``linspace`` T with repeats); by
     rate only with ``centers`` (``config.validate`` refuses the others).
     """
+    if cfg.sampling == "llava_next":
+        return len(llava_next_indices(info.num_frames, info.fps, cfg.frames, cfg.sample_fps or 1.0))
     if cfg.sample_fps is None:
         return cfg.frames
     if cfg.sampling != "centers":
