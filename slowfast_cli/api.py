@@ -50,7 +50,6 @@ def make_config(config: Config | str | Path | None = None, **overrides: Any) -> 
     overrides = {k: str(v) if k in PATH_SETTINGS and isinstance(v, Path) else v for k, v in overrides.items()}
     if isinstance(config, Config):
         base = config_from_dict(config.to_dict())  # a copy, checked: the caller's object is never changed
-        base.name, base.description = config.name, config.description
         if not overrides:
             return base
         return _override(base, overrides)
@@ -65,11 +64,9 @@ def _override(cfg: Config, overrides: dict[str, Any]) -> Config:
             section, name = FLAG_KEYS[key]
             d[section][name] = value
     try:
-        out = config_from_dict(d)
+        return config_from_dict(d)
     except ConfigError as exc:
         raise ConfigError(f"overrides ({', '.join(overrides)}): {exc}") from None
-    out.name, out.description = cfg.name, cfg.description
-    return out
 
 
 class VideoEncoder:
