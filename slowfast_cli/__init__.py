@@ -1,8 +1,8 @@
 """slowfast: videos to short SlowFast token sequences for video LLMs.
 
 Importing the package is cheap (no torch); the names below import what they need on first use:
-``VideoEncoder`` (holds the model; ``api.py``), ``encode_video`` (one call), ``load_tokens``, ``splice_video``
-(tokens into an LLM's ``inputs_embeds``; ``llm.py``) and ``resolve_config``.
+``VideoEncoder`` (holds the model; ``api.py``), ``encode_video`` (one call), ``load_tokens`` and ``save_tokens``
+(token files), ``splice_video`` (tokens into an LLM's ``inputs_embeds``; ``llm.py``) and ``resolve_config``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,15 @@ from typing import Any
 
 from .version import __version__
 
-__all__ = ["VideoEncoder", "__version__", "encode_video", "load_tokens", "resolve_config", "splice_video"]
+__all__ = [
+    "VideoEncoder",
+    "__version__",
+    "encode_video",
+    "load_tokens",
+    "resolve_config",
+    "save_tokens",
+    "splice_video",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,10 +27,10 @@ def __getattr__(name: str) -> Any:
         from . import api
 
         return getattr(api, name)
-    if name == "load_tokens":
-        from .tokenfile import load_tokens
+    if name in ("load_tokens", "save_tokens"):
+        from . import tokenfile
 
-        return load_tokens
+        return getattr(tokenfile, name)
     if name == "resolve_config":
         from .config import resolve_config
 
