@@ -24,7 +24,15 @@ from .errors import ConfigError, SlowfastError
 from .policies import check_grid, check_layout
 from .provenance import file_fingerprint, provenance
 from .reading import path_problem
-from .tokenfile import features_object, load_features, save_all, save_pending, save_tokens, token_object
+from .tokenfile import (
+    commit_together,
+    features_object,
+    load_features,
+    save_all,
+    save_pending,
+    save_tokens,
+    token_object,
+)
 from .version import __version__
 
 
@@ -225,20 +233,29 @@ class Pipeline:
         return self.encode_clip(clip, keep_features, timings)
 
 
-def write_result(result: EncodeResult, out: str | Path, features_out: str | Path | None = None) -> None:
-    """Write the token file (and the features file) atomically: both appear, or neither does."""
+def write_result(result: EncodeResult, out: str | Path, features_out: str | Path | None = None, fmt=None) -> None:
+    """Write the token file (and the features file) atomically: both appear, or neither does. ``fmt``: the output
+    format (``formats.OutputFormat``; default ``pt``), through its writer."""
+    from .formats import make_writer
+
     t0 = time.perf_counter()
-    files = [(out, token_object(result.tokens, result.meta))]
-    if features_out is not None:
+    out = Path(out)
+    writer = make_writer(fmt, out.parent)
+    meta = writer.sample_meta(result.meta, Path(out.name))
+    if features_out is None:
+        writer.write(result.tokens, meta, Path(out.name))
+    else:
         fmeta = {k: v for k, v in result.meta.items() if k in FEATURE_META_KEYS}
-        files.append((features_out, features_object(result.features, fmeta)))
-    save_all(files)
+        features = features_object(result.features, fmeta)
+        if writer.name == "pt" and writer.save_dtype is None:
+            save_all([(out, token_object(result.tokens, meta)), (features_out, features)])
+        else:
+            pending = [(writer.pending(result.tokens, meta, Path(out.name)), out)]
+            try:
+                pending.append((save_pending(features_out, features), features_out))
+            finally:
+                commit_together(pending, complete=len(pending) == 2)  # both, or neither (temporary files removed)
     result.meta["timings"]["write"] = time.perf_counter() - t0
-
-
-def write_pending(result: EncodeResult, out: str | Path) -> str:
-    """Write the token file to a temporary file beside ``out``; returns its name, for the caller to rename."""
-    return save_pending(out, token_object(result.tokens, result.meta))
 
 
 FEATURE_META_KEYS = ("source", "video", "short_video", "frame_indices", "timestamps", "model", "pretrained",
@@ -252,11 +269,12 @@ def encode_to_file(
     config: Config,
     features_out: str | Path | None = None,
     overwrite: bool = False,
+    fmt=None,
     stage: Callable[..., None] | None = None,
 ) -> EncodeResult:
-    """``slowfast encode``: one video to one token file (and optionally a features file), atomically; ``stage`` is
-    told what is happening (loading the model, decoding, encoding: ``stage(text, done, total)`` after each pass
-    of the ViT), for a status display."""
+    """``slowfast encode``: one video to one token file (and optionally a features file), atomically, in the output
+    format ``fmt`` (``formats.OutputFormat``, default ``pt``); ``stage`` is told what is happening (loading the
+    model, decoding, encoding: ``stage(text, done, total)`` after each pass of the ViT), for a status display."""
     out, video = Path(out), Path(video)
     _check_overwrite(out, overwrite, (video,))
     if features_out is not None:
@@ -277,7 +295,7 @@ def encode_to_file(
     stage(encoding)
     result = pipe.encode_clip(clip, features_out is not None, timings, lambda done: stage(encoding, done, t))
     stage(f"writing {out.name}")
-    write_result(result, out, features_out)
+    write_result(result, out, features_out, fmt)
     return result
 
 

@@ -1,6 +1,7 @@
 """Statistics over token files: counts, token totals, the distribution of compression ratios.
 
-Files are read with ``header.read_token_header``: shapes and ``meta`` only, no torch, no tensor data. Only token
+Files are read with ``formats.read_output_header`` (``.pt`` and ``.safetensors``) and ``formats.shard_headers``
+(webdataset shards, one entry per sample): shapes and ``meta`` only, no torch, no tensor data. Only token
 files (``{"tokens", "meta"}``) are counted; anything else under a folder is listed as skipped with
 the reason, so a report never silently hides a broken file.
 """
@@ -14,7 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import SlowfastError
-from .header import TMP_PREFIX, read_token_header
+from .formats import OutputHeader, is_output, read_output_header, shard_headers
+from .formats.shards import shard_number
+from .header import TMP_PREFIX
 
 
 @dataclass
@@ -86,10 +89,11 @@ def check_counts(meta: dict, length: int) -> int | None:
     return inp
 
 
-def file_stats(path: Path, verify: bool = True) -> FileStats:
-    """Counts of one token file, read from its header (the tensor data is read only for ``verify``'s CRC check)."""
-    obj = read_token_header(path, verify=verify)
-    shape, meta = obj["tokens"].shape, obj["meta"]
+def file_stats(path: Path, verify: bool = True, header: OutputHeader | None = None) -> FileStats:
+    """Counts of one token file (or a shard's sample, whose ``header`` is given), read from its header (the tensor
+    data is read only for ``verify``'s CRC check)."""
+    header = header or read_output_header(path, verify=verify)
+    shape, meta = header.shape, header.meta
     out = int(shape[1])
     try:
         inp = check_counts(meta, out)
@@ -102,7 +106,8 @@ def file_stats(path: Path, verify: bool = True) -> FileStats:
 
 
 def find_token_files(root: Path, problems: list[dict] | None = None) -> list[Path]:
-    """Every ``.pt`` entry under ``root`` (recursive, sorted), temporary files of interrupted writes excluded.
+    """Every ``.pt``, ``.safetensors`` and ``shard-NNNNNN.tar`` entry under ``root`` (recursive, sorted), temporary
+    files of interrupted writes excluded.
 
     Entries that are not regular files (a dangling symlink, a folder named ``x.pt``) are listed too, so that the
     report names them as skipped instead of leaving them out silently; so is every folder that cannot be listed
@@ -116,7 +121,7 @@ def find_token_files(root: Path, problems: list[dict] | None = None) -> list[Pat
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
         for name in [*filenames, *dirnames]:
-            if name.endswith(".pt") and not name.startswith(TMP_PREFIX):
+            if is_output(name) and not name.startswith(TMP_PREFIX):
                 found.append(Path(dirpath, name))
     return sorted(found)
 
@@ -151,12 +156,23 @@ def build_report(path: str | Path, verify: bool = True) -> Report:
     path = Path(path)
     if not path.exists():
         raise SlowfastError(f"{path}: does not exist")
-    if not path.is_dir():  # a file, or something that is neither (a FIFO, a device): file_stats says which
+    if not path.is_dir() and shard_number(path.name) is None:  # a file, or a FIFO, a device: file_stats says which
         return summarize([file_stats(path, verify)])
-    stats, skipped = [], []
-    for p in find_token_files(path, skipped):
+    stats, skipped, shards = [], [], {}
+    for p in [path] if not path.is_dir() else find_token_files(path, skipped):
+        if shard_number(p.name) is not None and p.is_file():  # samples; a key in a later shard supersedes it
+            for name, header in shard_headers(p, verify):
+                shards[(p.parent, name.rpartition(":")[2])] = (name, header)
+            continue
         try:
             stats.append(file_stats(p, verify))
         except SlowfastError as exc:
             skipped.append({"path": str(p), "error": str(exc)})
+    for name, header in shards.values():
+        try:
+            if isinstance(header, SlowfastError):
+                raise header
+            stats.append(file_stats(Path(name), verify, header))
+        except SlowfastError as exc:
+            skipped.append({"path": name, "error": str(exc)})
     return summarize(stats, skipped)

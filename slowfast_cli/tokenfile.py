@@ -80,6 +80,25 @@ def save_all(files: list[tuple[str | Path, dict]]) -> None:
         raise
 
 
+def commit_together(pending: list[tuple[str, str | Path]], complete: bool = True) -> None:
+    """Rename temporary files over their targets together, with Ctrl-C held (see :func:`save_all`); the temporary
+    files are removed if any rename fails, or without renaming any when not ``complete`` (a later one failed to be
+    written). Errors become ``SlowfastError("PATH: cannot write (REASON)")``."""
+    try:
+        with sigint_deferred() if complete else contextlib.nullcontext():
+            if not complete:
+                return
+            for tmp, path in pending:
+                try:
+                    os.replace(tmp, path)
+                except OSError as exc:
+                    raise SlowfastError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        for tmp, _ in pending:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
 def save_pending(path: str | Path, obj: dict) -> str:
     """``torch.save`` ``obj`` into a new temporary file beside ``path`` (fsynced) and return its name; renaming it
     over ``path`` is left to the caller (the Ray engine's driver, which records it at the same time). Errors from

@@ -17,7 +17,7 @@ OWNERS = {
     "open_clip": {"encoder/towers.py"},
     "timm": {"encoder/towers.py"},
     "huggingface_hub": {"encoder/weights.py"},
-    "PIL": {"encoder/preprocess.py"},
+    "PIL": {"encoder/preprocess.py", "sheet.py"},  # exact squash; drawing `slowfast show`'s sheets
     "safetensors": {"checkpoints/files.py"},
     "ray": {"batch/engines/ray.py", "batch/engines/ray_tasks.py"},
     "typer": {"cli/"},

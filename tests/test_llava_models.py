@@ -208,12 +208,17 @@ class TestLlavaOnevision:
         assert torch.equal(ours["tokens"], theirs["tokens"])
 
 
-class TestLlavaNextVideo:
-    FLAGS = ("--model", "ViT-B-16", "--layer", "1", "--slow-pool", "2x2_avg", "--pool-stage", "before")
+NEXT_VIDEO_FLAGS = ("--model", "ViT-B-16", "--layer", "1", "--slow-pool", "2x2_avg", "--pool-stage", "before")
 
-    @pytest.fixture(scope="class")
-    def before(self, next_video, video, tmp_path_factory):
-        return encode(video, tmp_path_factory.mktemp("nv") / "before.pt", next_video[0], *self.FLAGS)
+
+@pytest.fixture(scope="module")
+def before(next_video, video, tmp_path_factory):
+    """The token file of the NeXT-Video layout (pooled before the projector), encoded once."""
+    return encode(video, tmp_path_factory.mktemp("nv") / "before.pt", next_video[0], *NEXT_VIDEO_FLAGS)
+
+
+class TestLlavaNextVideo:
+    FLAGS = NEXT_VIDEO_FLAGS
 
     def test_features_and_logits_equal_the_models(self, next_video, video, before):
         folder, model = next_video
@@ -277,7 +282,7 @@ class TestLayouts:
                         torch.randn(width))  # fmt: skip
         assert out.tokens.shape[1] == budget.output_tokens == tokens
         result = runner.invoke(app, ["budget", "--config", preset, "--json"])
-        assert result.exit_code == 0 and json.loads(result.output)["output_tokens"] == budget.output_tokens
+        assert result.exit_code == 0 and json.loads(result.stdout)["output_tokens"] == budget.output_tokens
 
     def test_the_planner_searches_the_frames_layout_with_its_newlines(self):
         entries = plan(8192, (27, 27), layout="frames", newline="grid")

@@ -171,6 +171,31 @@ class TestSameAsLocal:
         assert "Traceback" not in err and "core_worker" not in err
         assert not [p for p in rout.rglob("*") if p.name.startswith(TMP_PREFIX) or "attempts" in p.name]
 
+    def test_webdataset_shards_hold_the_local_engines_tensors(self, both, corpus, cluster, tmp_path):
+        """The Ray driver writes through the same shard writer: its samples equal the local engine's .pt tensors."""
+        import tarfile
+
+        from safetensors.torch import load as st_load
+
+        _, _, lout, _ = both
+        good = tmp_path / "in"
+        good.mkdir()
+        for name in ("a/v0.mp4", "a/v1.mp4", "b/deep/v2.mkv"):
+            (good / name).parent.mkdir(parents=True, exist_ok=True)
+            (good / name).symlink_to(corpus / name)
+        r = ray_batch(cluster, good, tmp_path / "wds", "--format", "webdataset", "--shard-size", "2")
+        assert r.returncode == 0, r.stderr.decode()
+        samples = {}
+        for shard in sorted((tmp_path / "wds").glob("shard-*.tar")):
+            with tarfile.open(shard) as tar:
+                for m in tar.getmembers():
+                    if m.name.endswith(".safetensors"):
+                        samples[m.name.removesuffix(".safetensors")] = st_load(tar.extractfile(m).read())["tokens"]
+        assert sorted(samples) == ["a/v0", "a/v1", "b/deep/v2"]
+        for key, tokens in samples.items():
+            ref = next(p for p in lout.rglob("*.pt") if str(p.relative_to(lout).with_suffix("")) == key)
+            assert torch.equal(tokens, torch.load(ref, weights_only=True)["tokens"]), key
+
 
 class TestResume:
     def test_rerun_skips_what_is_done_and_retries_the_failures(self, both, cluster, tmp_path):

@@ -140,6 +140,25 @@ class TestBudget:
             preflight(resolve_config(None, {**overrides, "llm_dim": 1024}))
 
 
+class TestMetaBuild:
+    """A tower to be filled from a checkpoint is built on the meta device (no wasted init), unless it has buffers,
+    which checkpoints do not hold (PE-Core's and EVA-02's rotary tables): those are built for real."""
+
+    def test_a_siglip_tower_is_built_on_meta(self):
+        cfg = towers.model_config(SIGLIP)
+        visual, _, _ = towers.build_tower(SIGLIP, cfg, False, torch.float32, random_init=False)
+        assert all(p.is_meta for p in visual.parameters())
+
+    def test_a_tower_with_rotary_buffers_is_built_for_real(self):
+        model = "PE-Core-T-16-384"
+        cfg = towers.model_config(model)
+        visual, _, _ = towers.build_tower(model, cfg, False, torch.float32, random_init=False)
+        reference, _, _ = towers.build_tower(model, cfg, False, torch.float32)
+        buffers = dict(reference.named_buffers())
+        assert buffers and not any(b.is_meta for b in visual.buffers())
+        assert all(torch.equal(b, buffers[name]) for name, b in visual.named_buffers())
+
+
 class TestTower:
     def test_geometry(self):
         e = siglip()

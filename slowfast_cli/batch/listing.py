@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -18,6 +18,8 @@ VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".m
 class Listing:
     videos: list[Path]  # relative to the root, sorted
     problems: list[str]  # unreadable folders, symlink loops: reported, never fatal
+    keys: dict[Path, str] = field(default_factory=dict)  # sample keys given by a CSV/JSONL list
+    columns: dict[Path, dict] = field(default_factory=dict)  # its other columns, per video (every row of a table)
 
 
 def matches(rel: Path, pattern: str) -> bool:
@@ -59,11 +61,6 @@ def find_videos(root: Path, pattern: str | None = None) -> Listing:
     return Listing(sorted(videos, key=lambda p: p.parts), problems)  # as Path order, compared in C
 
 
-def output_path(rel: Path) -> Path:
-    """``a/b.mp4`` -> ``a/b.pt``."""
-    return rel.with_suffix(".pt")
-
-
 def read_files_from(path: Path, root: Path) -> Listing:
     """``--files-from``: the inputs listed in a file, one path per line, relative to ``root`` (absolute paths
     inside ``root`` are accepted too), instead of walking the folder, which is how a list of millions is given.
@@ -73,6 +70,7 @@ def read_files_from(path: Path, root: Path) -> Listing:
     a path listed twice counts once, and the list's order does not matter (outputs are planned sorted). A listed
     file that does not exist is that video's ``missing`` failure, as any unreadable video is; its extension is
     not checked (a listed file is meant). A path outside ``root`` is a usage error naming its line.
+    (A list whose name ends in ``.csv`` or ``.jsonl`` is a table: ``batch.table``.)
     """
     path = Path(path)
     root_abs = Path(os.path.abspath(root))
@@ -94,7 +92,11 @@ def _add_listed(videos: set[Path], path: Path, n: int, raw: bytes, root: Path, r
         return
     if b"\0" in raw:
         raise ConfigError(f"{path}:{n}: holds NUL bytes, which no file name has; list one path per line (not -print0)")
-    name = os.fsdecode(raw)
+    videos.add(listed_path(path, n, os.fsdecode(raw), root, root_abs))
+
+
+def listed_path(path: Path, n: int | str, name: str, root: Path, root_abs: Path) -> Path:
+    """A listed video's path relative to ``root``; outside ``root`` is a usage error naming line ``n``."""
     p = Path(name)
     if p.is_absolute():
         absolute = Path(os.path.abspath(p))
@@ -103,4 +105,4 @@ def _add_listed(videos: set[Path], path: Path, n: int, raw: bytes, root: Path, r
         p = absolute.relative_to(root_abs)
     if ".." in p.parts or not p.parts or p == Path("."):
         raise ConfigError(f"{path}:{n}: {name!r} is not a file inside {root}; list paths relative to IN_DIR")
-    videos.add(p)
+    return p

@@ -9,21 +9,29 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, SlowfastError
-from ..header import TMP_PREFIX, ForeignFile, read_token_header
+from ..formats import OutputHeader, make_writer, read_output_header
+from ..header import TMP_PREFIX, ForeignFile
 from ..provenance import differences, file_fingerprint
-from .listing import Listing, find_videos, matches, output_path, read_files_from
+from .listing import Listing, find_videos, matches, read_files_from
 from .records import Record
+from .table import read_table
+
+if TYPE_CHECKING:
+    from ..formats.writers import Writer
 
 RESERVED = ".slowfast"  # OUT_DIR names slowfast keeps for itself: temporary files, the lock, Ray's attempt counters
-TEMP_SUFFIXES = (".pt", ".json")  # what atomic writes leave behind when interrupted: token/features files, reports
+TEMP_SUFFIXES = (".pt", ".json", ".safetensors", ".tar", ".jsonl")  # what atomic writes leave when interrupted
 LOCK = ".slowfast.lock"
 
 
@@ -118,22 +126,33 @@ def clean_stale_temp_files(out_dir: Path) -> int:
 def existing_output(
     path: Path, current: dict | None, source: Path | None = None, verify: bool = True
 ) -> tuple[str, str | None]:
+    """What an existing output file (``.pt`` or ``.safetensors``) is for resume; see :func:`judge_output`."""
+    return judge_output(lambda: read_output_header(path, verify), path, current, source)
+
+
+def judge_output(
+    read: Callable[[], OutputHeader],
+    path: Path | str,
+    current: dict | None,
+    source: Path | None = None,
+    stored: str | None = None,
+) -> tuple[str, str | None]:
     """What an existing output is for resume: ``("done", None)``, ``("damaged", why)``, ``("stale", why)``,
     ``("foreign", why)`` (a readable archive of something else, such as weights: never replaced unasked) or
-    ``("other", what differs)``.
+    ``("other", what differs)``. ``read`` gives its header (``formats.read_output_header`` or a shard's sample).
 
-    Done means it reads as a complete token file whose every byte passes the zip's CRC-32 check, was made from
-    ``source`` as it is now (same file name, same size in bytes), and (when ``current`` is given) with the same
-    provenance (see ``provenance.py``). Stale means it was made from another video, or from this one before it
-    changed: it is redone. ``verify=False`` reads the header only and skips the CRC-32 check of every byte (the
-    Ray engine runs that check in its tasks, on the nodes, not on the driver).
+    Done means it reads as a complete token file whose every byte passes its CRC-32 check (when ``read`` verifies),
+    was made from ``source`` as it is now (same file name, same size in bytes), and (when ``current`` is given) with
+    the same provenance (see ``provenance.py``) and stored in the dtype ``stored`` (``--save-dtype``, else the one
+    computed in). Stale means it was made from another video, or from this one before it changed: it is redone.
     """
     try:
-        meta = read_token_header(path, verify=verify)["meta"]
+        header = read()
     except ForeignFile as exc:  # someone's weights or tensors where an output goes: never replaced unasked
         return "foreign", str(exc)
     except SlowfastError as exc:
         return "damaged", str(exc)
+    meta = header.meta
     if source is not None:
         made_from = meta.get("source")
         video = meta["video"] if isinstance(meta.get("video"), dict) else {}
@@ -155,6 +174,9 @@ def existing_output(
         diff = differences(meta.get("provenance"), current)
         if diff:
             return "other", "; ".join(diff)
+        wanted = stored or current.get("dtype")
+        if wanted and header.dtype != wanted:
+            return "other", f"stored dtype: {header.dtype} -> {wanted}"
     return "done", None
 
 
@@ -167,6 +189,8 @@ class BatchPlan:
     problems: list[str]  # listing problems and damaged outputs that will be redone: reported, never fatal
     lock: OutputLock | None = None  # held from planning to the end of the run
     unverified: set[Path] = field(default_factory=set)  # sources in todo whose existing output awaits its CRC check
+    writer: Writer | None = None  # the output format's writer (``formats``), loaded under the lock
+    columns: dict[Path, dict] = field(default_factory=dict)  # extra columns per source, from a CSV/JSONL list
 
     @property
     def total(self) -> int:
@@ -191,6 +215,7 @@ def plan_batch(
     provenance: dict | None = None,
     files_from: Path | None = None,
     verify: bool = True,
+    writer: Writer | None = None,
 ) -> BatchPlan:
     """Lock ``out_dir``, list the videos, map them to outputs, find what is already done and which outputs collide.
 
@@ -201,17 +226,22 @@ def plan_batch(
     The returned plan holds the lock on ``out_dir``; release it (``with plan_batch(...) as plan``) when done.
 
     ``files_from`` names a list of inputs (see :func:`read_files_from`) used instead of walking ``root``.
+    ``writer`` (``formats.make_writer``; default ``pt``) names the outputs and reads the existing ones.
     ``verify=False`` leaves the CRC-32 check of outputs that look done to the engine: they stay in ``todo``, listed
     in ``plan.unverified``, and the engine skips each one that passes (the Ray engine checks them on the nodes).
     """
     root, out_dir = Path(root), Path(out_dir)
     if not root.is_dir():
         raise SlowfastError(f"{root}: not a folder")
-    listing = read_files_from(files_from, root) if files_from is not None else None  # its errors come first
+    writer = writer or make_writer(None, out_dir)
+    listing = None
+    if files_from is not None:  # its errors come first
+        table = Path(files_from).suffix.lower() in (".csv", ".jsonl")
+        listing = read_table(files_from, root, writer) if table else read_files_from(files_from, root)
     prepare_output_dir(root, out_dir)
     lock = OutputLock(out_dir).acquire()
     try:
-        plan = _plan(root, out_dir, pattern, overwrite, provenance, listing, verify)
+        plan = _plan(root, out_dir, pattern, overwrite, provenance, listing, verify, writer)
     except BaseException:
         lock.release()
         raise
@@ -227,8 +257,12 @@ def _plan(
     current: dict | None,
     listing: Listing | None = None,
     verify: bool = True,
+    writer: Writer | None = None,
 ) -> BatchPlan:
     clean_stale_temp_files(out_dir)
+    writer = writer or make_writer(None, out_dir)
+    writer.load()
+    verify = verify or writer.in_shards  # a shard's samples are read here, by the process that holds the shards
     problems: list[str] = []
     if listing is None:
         listing = find_videos(root, pattern)
@@ -246,7 +280,7 @@ def _plan(
     problems = list(listing.problems) + problems
     foreign: list[str] = []
     for rel in listing.videos:
-        out_rel = output_path(rel)
+        out_rel = writer.output(rel, listing.keys.get(rel))
         if any(part.startswith(RESERVED) for part in out_rel.parts):  # cleanup would take it for one of ours
             msg = f"{rel}: its output {out_rel} would be named like slowfast's own files ({RESERVED}*); rename it"
             records.append(Record.failed(rel, out_rel, msg, "collision"))
@@ -257,9 +291,9 @@ def _plan(
             records.append(Record.failed(rel, out_rel, msg, "collision"))
             continue
         claimed[key] = rel
-        target = out_dir / out_rel
-        if not overwrite and (target.exists() or target.is_symlink()):
-            state, why = existing_output(target, current, root / rel, verify)
+        if not overwrite and _exists(writer, out_rel):
+            read = functools.partial(writer.read_existing, out_rel, verify)  # what is there now
+            state, why = judge_output(read, out_dir / out_rel, current, root / rel, writer.save_dtype)
             if state == "done" and verify:
                 records.append(Record.skipped(rel, out_rel))
                 continue
@@ -283,4 +317,13 @@ def _plan(
             f"{out_dir}: {len(other)} existing token file(s) were made with other settings than this run's (e.g. "
             f"{first}: {why}); pass --overwrite to redo them with these settings, or choose a new output folder"
         )
-    return BatchPlan(root, out_dir, todo, records, problems, unverified=unverified)
+    columns = {rel: listing.columns[rel] for rel, _ in todo if rel in listing.columns}
+    return BatchPlan(root, out_dir, todo, records, problems, unverified=unverified, writer=writer, columns=columns)
+
+
+def _exists(writer: Writer, out_rel: Path) -> bool:
+    """Whether an output (a file, a link, or a sample in a shard) is there for ``out_rel``."""
+    if writer.in_shards:
+        return writer.has(out_rel)
+    target = writer.out_dir / out_rel
+    return target.exists() or target.is_symlink()

@@ -8,6 +8,7 @@ bit-identical.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 from ..atomic import sigint_deferred
 from ..config import Config
 from ..errors import SlowfastError, first_line
+from ..formats import make_writer
 from .plan import BatchPlan
 from .records import MANIFEST, Manifest, Record
 
@@ -98,7 +100,9 @@ def record_all(plan: BatchPlan, outcomes: Iterator[Outcome], fail_fast: bool = F
                 try:
                     manifest.write(record)
                 except SlowfastError:  # written but not recorded: take it back, a rerun redoes it
-                    if record.status == "ok":
+                    if record.status == "ok" and plan.writer is not None:
+                        plan.writer.discard(Path(record.output))
+                    elif record.status == "ok":
                         with contextlib.suppress(OSError):
                             (plan.out_dir / record.output).unlink()
                     raise
@@ -107,6 +111,8 @@ def record_all(plan: BatchPlan, outcomes: Iterator[Outcome], fail_fast: bool = F
                 raise KeyboardInterrupt
             if fail_fast and record.status == "failed":
                 return
+        if plan.writer is not None:
+            plan.writer.finish()  # a complete run: the last, partly filled shard is finished too
     finally:
         close = getattr(outcomes, "close", None)
         try:
@@ -131,20 +137,45 @@ def encode_one(done, rel: Path, out_rel: Path, root: Path, pipe, keep_features: 
     return result
 
 
-def write_one(result, rel: Path, out_rel: Path, out_dir: Path, features_dir: Path | None = None) -> Record:
-    """Write one token file in place (and its features file under ``features_dir``: both or neither); a failure of
-    the disk is this video's ``write`` failure."""
-    from ..pipeline import write_result
+def features_path(features_dir: Path, out_rel: Path) -> Path:
+    """Where ``--save-features`` keeps a video's features: its output's name as a ``.pt`` features file under
+    ``features_dir`` (``a/b.pt`` and ``a/b.safetensors`` -> ``a/b.pt``; a webdataset key ``a/b`` -> ``a/b.pt``)."""
+    name = out_rel.name.removesuffix(".safetensors").removesuffix(".pt") + ".pt"
+    return features_dir / out_rel.parent / name
 
-    target = out_dir / out_rel
-    features = features_dir / out_rel if features_dir is not None else None
+
+def write_one(
+    result,
+    rel: Path,
+    out_rel: Path,
+    out_dir: Path,
+    writer=None,
+    columns: dict | None = None,
+    features_dir: Path | None = None,
+) -> Record:
+    """Write one video's tokens in place through the output format's ``writer`` (default ``pt``); a failure of the
+    disk is this video's ``write`` failure. ``columns``: the video's row of a CSV/JSONL ``--files-from``.
+    ``features_dir`` (``--save-features``): its features file is written first and removed again if the tokens
+    cannot be written, so a failure leaves neither."""
+    writer = writer or make_writer(None, out_dir)
+    t0 = time.perf_counter()
+    features = features_path(features_dir, out_rel) if features_dir is not None else None
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
         if features is not None:
+            from ..pipeline import FEATURE_META_KEYS
+            from ..tokenfile import save_features
+
             features.parent.mkdir(parents=True, exist_ok=True)
-        write_result(result, target, features)
+            save_features(features, result.features, {k: v for k, v in result.meta.items() if k in FEATURE_META_KEYS})
+        try:
+            writer.write(result.tokens, writer.sample_meta(result.meta, out_rel, columns), out_rel)
+        except BaseException:
+            if features is not None:
+                features.unlink(missing_ok=True)
+            raise
     except (SlowfastError, OSError) as exc:
         return Record.write_failed(exc, rel, out_rel)
+    result.meta["timings"]["write"] = time.perf_counter() - t0
     return Record.ok(result.meta, rel, out_rel)
 
 

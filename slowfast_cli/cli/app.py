@@ -16,6 +16,7 @@ from typer.core import TyperGroup
 from ..version import __version__
 from .batch import batch
 from .commands import aggregate, budget, configs, encode, report
+from .formats import export, show
 from .output import _state, err
 
 
@@ -83,5 +84,5 @@ def _terminated(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-for command in (budget, configs, report, aggregate, encode, batch):
+for command in (budget, configs, report, aggregate, encode, batch, export, show):
     app.command()(command)

@@ -20,6 +20,7 @@ from ..config import Config
 from ..errors import ConfigError, SlowfastError
 from ..preflight import preflight
 from .failures import MaxFailures, parse_max_failures
+from .formats import FormatOpt, SaveDtypeOpt, ShardSizeOpt, output_format
 from .options import (
     BatchFramesOpt,
     ConfigOpt,
@@ -79,7 +80,8 @@ def batch(
         typer.Option(
             "--files-from",
             help="Encode the videos listed in this file (one path per line, relative to IN_DIR) instead of "
-            "searching IN_DIR.",
+            "searching IN_DIR; a .csv (with a header) or .jsonl file has a 'path' column, an optional 'key' (the "
+            "output's name) and any other columns, kept in each sample's meta.",
             dir_okay=False,
         ),
     ] = None,
@@ -114,6 +116,9 @@ def batch(
             parser=path_named,
         ),
     ] = None,
+    format_: FormatOpt = "pt",
+    shard_size: ShardSizeOpt = 1000,
+    save_dtype: SaveDtypeOpt = None,
     config: ConfigOpt = "default",
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
@@ -148,9 +153,11 @@ def batch(
     from ..batch.engines import make_engine
     from ..batch.plan import plan_batch
     from ..batch.run import EngineOptions
+    from ..formats import make_writer
 
     cfg = build_config(config, **flags_of(locals()))
     allowed = parse_max_failures(max_failures)
+    fmt = output_format(format_, shard_size, save_dtype)
     for flag, value in (("--workers", workers), ("--decoders", decoders), ("--encoders", encoders)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
@@ -165,7 +172,8 @@ def batch(
     with runner:
         prepared = runner.prepare(cfg, in_dir, output)
         verify = runner.verifies_outputs  # else outputs that look done are CRC-checked by the engine, as it goes
-        with plan_batch(in_dir, output, pattern, overwrite, prepared.provenance, files_from, verify=verify) as plan:
+        writer = make_writer(fmt, output)
+        with plan_batch(in_dir, output, pattern, overwrite, prepared.provenance, files_from, verify, writer) as plan:
             for problem in plan.problems:
                 warn(problem)
             if plan.total == 0:
@@ -191,7 +199,11 @@ def check_features_dir(features: Path, output: Path, engine: str) -> None:
 
 def _features_missing(outcome: _Outcome, features: Path) -> None:
     """Videos skipped as done keep their token files; say how many have no features file (an earlier run's)."""
-    missing = [r for r in outcome.records if r.status == "skipped" and not (features / str(r.output)).exists()]
+    from ..batch.run import features_path
+
+    missing = [
+        r for r in outcome.records if r.status == "skipped" and not features_path(features, Path(r.output)).exists()
+    ]
     if missing:
         warn(f"{len(missing)} video(s) already done have no features file in {features} (e.g. {missing[0].source}); "
              "rerun with --overwrite to redo them with features")  # fmt: skip

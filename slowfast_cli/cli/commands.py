@@ -17,6 +17,7 @@ from ..errors import ConfigError, SlowfastError
 from ..models import model_grid
 from ..planner import plan
 from ..preflight import preflight
+from .formats import FormatOpt, SaveDtypeOpt, output_format
 from .options import (
     BatchFramesOpt,
     ConfigOpt,
@@ -106,6 +107,13 @@ def budget(
     a = cfg.aggregator
     b = aggregator_budget(cfg.video.frames, g, a)
     notes = budget_warnings(b)
+    v = cfg.video
+    if v.sampling == "llava_next" or v.sample_fps is not None:  # the count depends on the video's length
+        cap = v.frames if v.sampling == "llava_next" else v.max_frames
+        notes.append(
+            f"T varies with the video ({v.sampling}, {v.sample_fps or 1:g} fps, at most {cap}): this is the "
+            f"{b.frames}-frame case; a shorter video gets fewer frames and tokens"
+        )
     if json_:
         d = b.to_dict()
         if context is not None:
@@ -261,7 +269,8 @@ SUMMARY_KEYS = ("source", "frames", "grid", "input_tokens", "slow_tokens", "fast
 def encode(
     video: Annotated[Path, typer.Argument(help="Video file.", exists=True, dir_okay=False)],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Token file (default: VIDEO.tokens.pt).", parser=path_named)
+        Path | None,
+        typer.Option("--output", "-o", help="Token file (default: VIDEO.tokens.pt, .safetensors).", parser=path_named),
     ] = None,
     save_features: Annotated[
         Path | None, typer.Option(help="Also write pre-aggregation features here.", parser=path_named)
@@ -290,6 +299,8 @@ def encode(
     dtype: DtypeOpt = None,
     batch_frames: BatchFramesOpt = None,
     decode_resize: DecodeResizeOpt = None,
+    format_: FormatOpt = "pt",
+    save_dtype: SaveDtypeOpt = None,
     overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -298,13 +309,15 @@ def encode(
     Example: slowfast encode clip.mp4 --config tiny -o clip.pt
     """
     cfg = build_config(config, **flags_of(locals()))
+    fmt = output_format(format_, save_dtype=save_dtype, files=True)
     preflight(cfg)  # settings that cannot work fail here, before the model loads or the video opens
     with Stages() as stage:  # a spinner with the stage and its time, on a terminal
         stage("importing torch")
         from ..pipeline import default_output, encode_to_file
 
-        target = output or default_output(video)
-        result = encode_to_file(video, target, cfg, features_out=save_features, overwrite=overwrite, stage=stage)
+        target = output or default_output(video).with_suffix(".safetensors" if fmt.name == "safetensors" else ".pt")
+        result = encode_to_file(video, target, cfg, features_out=save_features, overwrite=overwrite, fmt=fmt,
+                                stage=stage)  # fmt: skip
     for w in result.warnings:
         warn(w)
     m = result.meta

@@ -125,7 +125,8 @@ def build_encoder(cfg: EncoderCfg, device: torch.device, dtype: torch.dtype) -> 
     model_cfg = towers.model_config(cfg.model)
     weights = resolve_weights(cfg.model, cfg.pretrained)
     quick_gelu = _quick_gelu(cfg.model, model_cfg, weights)
-    visual, adapter, geometry = towers.build_tower(cfg.model, model_cfg, quick_gelu, dtype)
+    # with weights to load, the tower is built on the meta device: no random init that the checkpoint overwrites
+    visual, adapter, geometry = towers.build_tower(cfg.model, model_cfg, quick_gelu, dtype, weights.path is None)
     towers.check_geometry(cfg.model, geometry)
     block = block_index(cfg.layer, geometry.blocks, cfg.model)
     activation = "quick_gelu" if quick_gelu and adapter.follows_quick_gelu else "gelu"
@@ -134,10 +135,10 @@ def build_encoder(cfg: EncoderCfg, device: torch.device, dtype: torch.dtype) -> 
         if weights.hf.family == "siglip" and adapter is towers.TimmViT:
             adapter.set_activation(visual, weights.hf.activation)  # the checkpoint's, never open_clip's default
             activation = weights.hf.activation
-        load_weights(visual, adapter, weights, cfg.model, geometry, block)
+        load_weights(visual.to_empty(device="cpu"), adapter, weights, cfg.model, geometry, block, complete=True)
     else:
         if weights.path is not None:
-            load_weights(visual, adapter, weights, cfg.model)
+            load_weights(visual.to_empty(device="cpu"), adapter, weights, cfg.model, complete=True)
         adapter.prune(visual, block)
     visual = adapter.cast(visual, device, dtype)
     preprocess_cfg = towers.preprocess_cfg(

@@ -264,18 +264,29 @@ def _vision_tower(name: str, model_cfg: dict[str, Any], quick_gelu: bool, cast_d
 
 
 def build_tower(
-    name: str, model_cfg: dict[str, Any], quick_gelu: bool, dtype: torch.dtype
+    name: str, model_cfg: dict[str, Any], quick_gelu: bool, dtype: torch.dtype, random_init: bool = True
 ) -> tuple[torch.nn.Module, type[TowerAdapter], Geometry]:
     """The fp32 tower with its random init under ``manual_seed(0)``, so ``--pretrained none`` is reproducible, with
     its adapter and geometry: an open_clip ``VisionTransformer``, or a ``TimmModel`` around a timm ViT, whose random
     init is timm's, under the same seed. ``dtype`` only selects fp32 LayerNorms for a later bf16/fp16 cast.
 
+    ``random_init=False`` builds it on the meta device (shapes only: SO400M's random init costs about 6 CPU-seconds
+    that a checkpoint then overwrites); the caller makes it real with ``to_empty`` and loads every tensor. A tower
+    with buffers (EVA-02's and PE-Core's rotary tables: computed at init, not in checkpoints) is built for real all
+    the same, so that nothing is left uninitialised.
+
     Raises:
         SlowfastError: a tower of no family in ``ADAPTERS``.
     """
     low_precision = dtype if dtype in (torch.bfloat16, torch.float16) else None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        visual = _vision_tower(name, model_cfg, quick_gelu, low_precision)
+    if random_init:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            visual = _vision_tower(name, model_cfg, quick_gelu, low_precision)
+    else:
+        with torch.device("meta"):
+            visual = _vision_tower(name, model_cfg, quick_gelu, low_precision)
+        if any(True for _ in visual.buffers()):  # EVA's and PE's rotary tables are computed, not loaded: init for real
+            return build_tower(name, model_cfg, quick_gelu, dtype, random_init=True)
     adapter, geometry = adapter_for(visual, name)
     return visual, adapter, geometry

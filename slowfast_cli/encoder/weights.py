@@ -172,13 +172,15 @@ def load_weights(
     model: str,
     geometry: towers.Geometry | None = None,
     block: int | None = None,
+    complete: bool = False,
 ) -> None:
     """Load a checkpoint strictly into the vision tower.
 
     open_clip names load as they are (``visual.*`` or the tower's own); a Hugging Face CLIP tower is mapped by
     ``checkpoints.hf_clip_to_open_clip`` and may lack ``ln_post``/``proj``, which patch tokens never use (they are
     pruned before the first forward pass). A Hugging Face SigLIP tower (``checkpoints.siglip``) goes into a timm
-    tower already cut after ``block``, from the layers 0..``block`` alone.
+    tower already cut after ``block``, from the layers 0..``block`` alone. ``complete``: the tower was built without
+    an init (``towers.build_tower(random_init=False)``), so every one of its tensors must come from the checkpoint.
     """
     path = str(weights.path)
     source = weights.source or open_checkpoint(path, "vision weights")
@@ -227,7 +229,7 @@ def load_weights(
         detail = " ".join(line.strip() for line in str(exc).splitlines()[1:4])
         raise SlowfastError(f"weights {path} do not fit {model}: {detail}{shapes}") from None
     problems = []
-    missing = [k for k in result.missing_keys if k not in optional]
+    missing = [k for k in result.missing_keys if complete or k not in optional]
     if missing:
         problems.append(f"missing {_few(missing)}")
     if result.unexpected_keys:

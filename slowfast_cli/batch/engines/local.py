@@ -121,7 +121,7 @@ def _outcome(done, rel: Path, out_rel: Path, plan: BatchPlan, pipe, features_dir
             encoded.seconds = done.seconds
             return encoded
         t1 = time.perf_counter()
-        record = write_one(encoded, rel, out_rel, plan.out_dir, features_dir)
+        record = write_one(encoded, rel, out_rel, plan.out_dir, plan.writer, plan.columns.get(rel), features_dir)
         record.seconds = done.seconds + (encode_seconds + time.perf_counter() - t1 if record.status == "ok" else 0)
         return record
 

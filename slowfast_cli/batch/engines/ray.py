@@ -193,6 +193,8 @@ class RayEngine:
                 "out_dir": str(plan.out_dir),
                 "timeout": self.timeout,
                 "image_size": self.image_size,  # the decode-time size, as the probe's Pipeline gave it
+                "format": plan.writer.fmt.to_dict() if plan.writer else None,  # the nodes write its pending files
+                "columns": {os.fsencode(rel): c for rel, c in plan.columns.items()},  # a CSV/JSONL list's rows
             }
             ds = self.dataset(plan, job)
             received: set[Path] = set()
@@ -211,7 +213,7 @@ class RayEngine:
                             self.nodes.setdefault(node, Counter())[stage] += 1
                     if out.problem:
                         plan.problems.append(out.problem)
-                    yield _outcome(out, plan.out_dir)
+                    yield _outcome(out, plan)
             except (KeyboardInterrupt, GeneratorExit):
                 raise
             except Exception as exc:  # the pipeline as a whole failed (an actor that cannot start): stop here
@@ -299,23 +301,26 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first_line(exc, 300)}"
 
 
-def _outcome(out: RayRow, out_dir: Path) -> Outcome:
-    rel, out_rel = out.rel, out.out_rel
+def _outcome(out: RayRow, plan: BatchPlan) -> Outcome:
+    from ...formats import make_writer
+
+    rel, out_rel, out_dir = out.rel, out.out_rel, plan.out_dir
+    writer = plan.writer or make_writer(None, out_dir)
     if out.status == "skipped":
         return lambda: Record.skipped(rel, out_rel)
     record = Record(**{k: v for k, v in asdict(out.record).items() if k != "time"})  # recorded now, here
     if out.status == "failed":
         return lambda: record
 
-    def finish() -> Record:  # status "written": put the worker's temporary file in place
+    def finish() -> Record:  # status "written": put the worker's temporary file in place (the format's writer)
         try:
-            os.replace(out.tmp, out_dir / out_rel)
+            writer.commit(out.tmp, out_rel)
         except FileNotFoundError:
             msg = (
                 f"{out_rel}: the token file written on Ray node {out.encoded} is not visible here ({out.tmp}); {SHARED}"
             )
             return Record.failed(rel, out_rel, msg, "write")
-        except OSError as exc:
+        except (OSError, SlowfastError) as exc:
             with contextlib.suppress(OSError):
                 os.unlink(out.tmp)
             return Record.write_failed(exc, rel, out_rel)

@@ -195,7 +195,7 @@ def encoder_class(job: dict) -> type:
             return out
 
         def _encode(self, row: RayRow) -> RayRow:
-            from ...pipeline import write_pending
+            from ...formats import make_writer
             from ..workers import Done
 
             rel, out_rel = row.source, row.output
@@ -210,10 +210,10 @@ def encoder_class(job: dict) -> type:
                 encoded.seconds = row.seconds
                 out.record = encoded
                 return out
-            target = Path(job["out_dir"]) / row.out_rel
+            writer = make_writer(job.get("format"), job["out_dir"])  # the driver commits what it writes here
             try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = write_pending(encoded, target)
+                meta = writer.sample_meta(encoded.meta, row.out_rel, job.get("columns", {}).get(rel))
+                tmp = writer.pending(encoded.tokens, meta, row.out_rel)
             except (SlowfastError, OSError) as exc:
                 out.record = Record.write_failed(exc, row.rel, row.out_rel)
                 out.record.seconds = row.seconds
