@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from slowfast_cli.cli.app import app
-from slowfast_cli.tokenfile import load_tokens
+from slowfast_cli.tokenfile import load_features, load_tokens
 
 TINY = ["--config", "tiny", "--dtype", "fp32"]
 
@@ -114,6 +114,17 @@ class TestSaveFeaturesOption:
         args = ["--engine", "ray", "--save-features", tmp_path / "f"]
         r = run("batch", small_video.parent, "-o", tmp_path / "o", *args, *TINY)
         assert r.exit_code == 2 and "--engine local only" in r.stderr
+
+    @pytest.mark.parametrize("fmt", ["safetensors", "webdataset"])
+    def test_features_are_pt_files_whatever_the_tokens_format(self, batched, tmp_path, fmt):
+        feat = tmp_path / "feat"
+        r = run("batch", batched / "in", "-o", tmp_path / "tok", "--format", fmt, "--save-features", feat, *TINY)
+        assert r.exit_code == 0, r.output
+        names = sorted(str(p.relative_to(feat)) for p in feat.rglob("*.pt"))
+        assert names == ["a.pt", "c.pt", "sub/b.pt"]
+        for name in names:
+            a, b = load_features(feat / name), load_features(batched / "feat" / name)
+            assert torch.equal(a["features"], b["features"])
 
     def test_done_videos_without_features_are_named(self, batched, tmp_path):
         r = run("batch", batched / "in", "-o", batched / "tok", "--save-features", tmp_path / "f2", *TINY)
