@@ -105,3 +105,29 @@ def test_a_third_engine_plugs_in_by_name_and_gives_the_local_engines_files(tmp_p
     assert sorted(map(str, lines)) == sorted(map(str, other))
     r = runner.invoke(app, ["batch", str(src), "-o", str(inline), "--engine", "inline", *TINY, "--json"])
     assert json.loads(r.stdout)["run"]["skipped"] == 2  # resume works for it as for every engine
+
+
+class OrphaningEngine(InlineEngine):
+    """The inline engine, whose first video leaves a temporary file behind, as an encoder actor killed mid-write on
+    another node does (the retry writes the video again under another temporary name)."""
+
+    name = "orphaning"
+
+    def outcomes(self, plan, config):
+        for i, finish in enumerate(super().outcomes(plan, config)):
+            if i == 0:
+                (plan.out_dir / ".slowfast-tmp-killed-actor.pt").write_bytes(b"x" * 4096)
+            yield finish
+
+
+def test_a_complete_run_leaves_no_temporary_file(tmp_path, monkeypatch):
+    src = tmp_path / "in"
+    src.mkdir()
+    media.make_video(src / "a.mp4", frames=12)
+    media.make_video(src / "b.mp4", frames=12)
+    monkeypatch.setitem(engines.ENGINES, "orphaning", (__name__, "OrphaningEngine", None))
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["batch", str(src), "-o", str(out), "--engine", "orphaning", *TINY])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".slowfast-tmp")) == []
+    assert (out / "a.pt").exists() and (out / "b.pt").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from slowfast_cli.checkpoints import open_checkpoint
 from slowfast_cli.cli.app import app
 from slowfast_cli.config import EncoderCfg, ProjectorCfg
 from slowfast_cli.encoder.encoder import build_encoder
-from slowfast_cli.errors import SlowfastError
+from slowfast_cli.errors import ConfigError, SlowfastError
 from slowfast_cli.projector import build_projector
 from slowfast_cli.tokenfile import load_tokens, save_tokens
 from slowfast_cli.video.decode import probe
@@ -183,6 +184,57 @@ class TestExitCodesAndMessages:
         with pytest.raises(SlowfastError, match="bad.mp4: not a readable video"):
             probe(bad)
         assert "ERROR" not in capfd.readouterr().err
+
+    def test_an_unreachable_ray_address_fails_at_once_and_writes_nothing(self, tmp_path, small_video):
+        """ray.init retries an address that does not answer for minutes without a word (issue 20): a HOST:PORT
+        that refuses the connection is one line, exit 1, before anything is planned or written."""
+        with socket.socket() as s:  # a loopback port nobody listens on once this socket is closed
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        (tmp_path / "in").mkdir()
+        shutil.copy(small_video, tmp_path / "in" / "a.mp4")
+        r = run("batch", tmp_path / "in", "-o", tmp_path / "out", *TINY, "--engine", "ray", "--address",
+                f"127.0.0.1:{port}")  # fmt: skip
+        assert r.exit_code == 1 and f"cannot connect to the Ray cluster at 127.0.0.1:{port}" in one_line(r)
+        assert "does not accept a connection" in one_line(r) and not (tmp_path / "out").exists()
+
+    def test_a_ray_node_that_sees_another_file_refuses_it(self, tmp_path, small_video):
+        """The driver stats each video; a decoding node that sees another size or time there (another copy of
+        IN_DIR, swapped files) or no file (an empty mount point) fails that video with one line naming the node,
+        instead of encoding another video's frames under its name (issue 20)."""
+        from slowfast_cli.batch.engines.ray import identity
+        from slowfast_cli.batch.engines.ray_tasks import _decode_row
+
+        (tmp_path / "in").mkdir()
+        shutil.copy(small_video, tmp_path / "in" / "a.mp4")
+        seen = identity(tmp_path / "in" / "a.mp4")
+        job = {"root": str(tmp_path / "in"), "out_dir": str(tmp_path / "out")}
+        swapped = _decode_row(b"a.mp4", b"a.pt", False, job, (seen[0] + 1, seen[1]))
+        assert swapped.status == "failed" and swapped.record.kind == "mismatch"
+        assert (
+            "sees another file than the driver" in swapped.record.error
+            and f"{seen[0] + 1:,} bytes" in swapped.record.error
+        )
+        gone = _decode_row(b"b.mp4", b"b.pt", False, job, seen)
+        assert gone.record.kind == "mismatch" and "does not exist on Ray node" in gone.record.error
+
+    def test_ray_nodes_that_resolve_the_model_differently_are_named(self):
+        """Every node that will encode builds the model in the probe; one that computes in another dtype under
+        --dtype auto, or sees other weights at the same path, stops the run before it starts (issue 20)."""
+        from slowfast_cli.batch.engines.ray import _agree
+        from slowfast_cli.config import resolve_config
+
+        cfg = resolve_config("tiny")
+        a = {"node": "hostA/1a2b", "dtype": "bf16", "provenance": {"weights": "sha256:1", "dtype": "bf16"}}
+        decoder_only = {"node": "hostC/9f9f", "provenance": None}
+        assert _agree({"a": a, "c": decoder_only}, cfg) is a
+        with pytest.raises(ConfigError, match="Ray node hostB/3c4d computes in fp32 and hostA/1a2b in bf16"):
+            _agree({"a": a, "b": {**a, "node": "hostB/3c4d", "dtype": "fp32"}}, cfg)
+        other = {**a, "node": "hostB/3c4d", "provenance": {"weights": "sha256:2", "dtype": "bf16"}}
+        with pytest.raises(
+            SlowfastError, match=r"Ray node hostB/3c4d sees other model files than hostA/1a2b \(weights"
+        ):
+            _agree({"a": a, "b": other}, cfg)
 
 
 class TestReservedNames:

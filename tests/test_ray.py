@@ -252,6 +252,19 @@ def test_dead_workers_are_retried_a_bounded_number_of_times(cluster, tmp_path):
     assert not (tmp_path / "out" / ".slowfast-attempts").exists()
 
 
+def test_more_encoders_than_the_cluster_can_hold_is_refused_up_front(cluster, tmp_path):
+    """--encoders at the cluster's CPU count (2) would hold every CPU and leave no decode task a CPU: the run could
+    never start (issue 20: 0 of 5 after 150 s). One line, exit 2, nothing written."""
+    src = tmp_path / "in"
+    src.mkdir()
+    media.make_video(src / "a.mp4", frames=10)
+    r = ray_batch(cluster, src, tmp_path / "out", "--encoders", "2")
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    assert "--encoders 2: the Ray cluster has 2 CPUs" in err and "use --encoders 1 or fewer" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_ctrl_c_leaves_files_and_lines_together_and_resumes(cluster, tmp_path):
     src = tmp_path / "in"
     src.mkdir()

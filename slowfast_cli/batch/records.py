@@ -64,6 +64,7 @@ class Record:
 
 
 KINDS = [  # (kind, pattern in the message), first match wins
+    ("mismatch", r"sees another file"),  # before missing: a Ray node that sees another copy of IN_DIR
     ("missing", r"does not exist|no such file"),
     ("empty", r"is empty|zero bytes|0 bytes"),
     ("no_video_stream", r"no video stream|audio only|audio-only"),

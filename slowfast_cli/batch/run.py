@@ -19,7 +19,7 @@ from ..atomic import sigint_deferred
 from ..config import Config
 from ..errors import SlowfastError, first_line
 from ..formats import make_writer
-from .plan import BatchPlan
+from .plan import BatchPlan, clean_stale_temp_files
 from .records import MANIFEST, Manifest, Record
 
 REPORT = "report.json"
@@ -88,6 +88,7 @@ def record_all(plan: BatchPlan, outcomes: Iterator[Outcome], fail_fast: bool = F
     A manifest line that cannot be written takes its token file back (a rerun redoes it) and stops the batch.
     """
     manifest = Manifest(plan.out_dir / MANIFEST)
+    complete = False
     try:
         for r in plan.records:
             manifest.write(r)
@@ -113,6 +114,7 @@ def record_all(plan: BatchPlan, outcomes: Iterator[Outcome], fail_fast: bool = F
                 return
         if plan.writer is not None:
             plan.writer.finish()  # a complete run: the last, partly filled shard is finished too
+        complete = True
     finally:
         close = getattr(outcomes, "close", None)
         try:
@@ -120,6 +122,8 @@ def record_all(plan: BatchPlan, outcomes: Iterator[Outcome], fail_fast: bool = F
                 close()  # the engine stops its workers
         finally:
             manifest.close()
+    if complete:  # workers stopped, lock held: a temporary file now is an orphan (a killed Ray actor's, issue 20)
+        clean_stale_temp_files(plan.out_dir)
 
 
 def encode_one(done, rel: Path, out_rel: Path, root: Path, pipe, keep_features: bool = False):

@@ -37,6 +37,7 @@ import os
 import pickle
 import shutil
 import signal
+import socket
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -56,6 +57,34 @@ from ..run import EngineOptions, Outcome, Prepared
 from .ray_tasks import ATTEMPTS, SHARED, RayRow, decode_batch, encoder_class, probe_task
 
 DECODE_MEMORY = 1 << 30  # logical memory a decode task asks for: one decoder and one clip, with room
+
+
+def identity(path: Path) -> tuple[int, int] | None:
+    """(size, mtime_ns) of a video as the driver sees it, which the decoding node must see too (``ray_tasks``);
+    None when the driver cannot stat it (the node then says what it sees)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+REACH_TIMEOUT_S = 5.0  # a HOST:PORT that does not accept a TCP connection in this time is refused (ray.init waits on)
+
+
+def unreachable(address: str | None) -> str | None:
+    """Why the GCS at ``address`` (``--address HOST:PORT``, else ``RAY_ADDRESS``) does not accept a connection
+    within ``REACH_TIMEOUT_S``, or None when it does or when the address is not a HOST:PORT (``auto``, none: Ray
+    finds or starts a local one). ``ray.init`` itself retries an unreachable address for minutes, silently."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    host, sep, port = (address or "").strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or "://" in address:
+        return None
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
 
 
 class RayEngine:
@@ -92,6 +121,14 @@ class RayEngine:
     def __enter__(self) -> RayEngine:
         previous = signal.getsignal(signal.SIGTERM)
         if not ray.is_initialized():
+            why = unreachable(self.address)
+            if why is not None:
+                where = self.address or f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS')}"
+                raise SlowfastError(
+                    f"cannot connect to the Ray cluster at {where}: it does not accept a connection ({why}; waited at "
+                    f"most {REACH_TIMEOUT_S:g} s); "
+                    "check the head node's address and port (ray start --head prints it) and the firewall"
+                )
             # Ray's C++ side logs an "E" line on stderr for every encoder actor (its constructor arguments live
             # in the object store, ray-project/ray#53727), which is Ray Data's own doing and harmless here: keep
             # the terminal to slowfast's one-line messages unless the user chose a Ray log level
@@ -132,7 +169,9 @@ class RayEngine:
 
     # --- probe: what the workers will compute ----------------------------------------------------------------
     def prepare(self, config: Config, root: Path, out_dir: Path) -> Prepared:
-        """Create OUT_DIR and :meth:`probe` the cluster: the config pinned for it and the provenance to resume by."""
+        """Size the actors and tasks to the cluster (:meth:`size`), create OUT_DIR and :meth:`probe` the cluster: the
+        config pinned for it and the provenance to resume by."""
+        self.size(config)
         prepare_output_dir(root, out_dir)
         pinned, provenance, self.warnings = self.probe(config, root, out_dir)
         return Prepared(pinned, provenance)
@@ -140,6 +179,39 @@ class RayEngine:
     def start(self, plan: BatchPlan, config: Config) -> list[str]:
         """Nothing to load here (each actor loads the model); the probe's warnings."""
         return self.warnings
+
+    def size(self, config: Config) -> None:
+        """Encoders and decoders for the cluster's resources, or one line when they cannot all run at once.
+
+        Every encoder actor holds a CPU (and a GPU when the cluster has GPUs and ``--device`` is not cpu) for the
+        whole run, and each decode task needs a CPU of its own: ``--encoders`` at or above the cluster's CPUs (or
+        above its GPUs) would leave the actors or every decode task waiting for ever (issue 20: 0 of 5 after 150 s).
+        """
+        resources = self.resources()
+        gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+        device = config.runtime.device
+        if device.startswith("cuda") and not gpus:
+            raise SlowfastError(f"--device {device}: the Ray cluster has no GPUs")
+        self.num_gpus = 1 if gpus and device != "cpu" else 0
+        if self.encoders is None:
+            self.encoders = max(1, gpus) if self.num_gpus else 1
+        if self.num_gpus and self.encoders > gpus:
+            raise ConfigError(
+                f"--encoders {self.encoders}: the Ray cluster has {gpus} GPU{'s' if gpus > 1 else ''} and each encoder "
+                f"holds one; use --encoders {gpus} or fewer"
+            )
+        if self.encoders >= cpus:
+            raise ConfigError(
+                f"--encoders {self.encoders}: the Ray cluster has {cpus} CPU{'s' if cpus != 1 else ''}; each encoder "
+                "holds one for the whole run and the decode tasks need at least one more, so the run could never "
+                f"start; use --encoders {max(cpus - 1, 1)} or fewer, or add CPUs (ray start --num-cpus)"
+                if cpus > 1
+                else f"--encoders {self.encoders}: the Ray cluster has {cpus} CPU; an encoder and a decode task need "
+                "one each: start Ray with at least 2 CPUs (ray start --num-cpus 2)"
+            )
+        if self.decoders is None:
+            cpu_encoders = 0 if self.num_gpus else self.encoders
+            self.decoders = max(1, cpus - cpu_encoders)
 
     def probe(self, config: Config, root: Path, out_dir: Path) -> tuple[Config, dict, list[str]]:
         """Build the model once on a worker (as the encoder actors will), with device and dtype resolved there.
@@ -150,33 +222,42 @@ class RayEngine:
         carry, and the Pipeline's warnings. It also checks that the worker sees IN_DIR and OUT_DIR as this
         process does (a file written here must be readable there).
         """
-        resources = self.resources()
-        gpus = int(resources.get("GPU", 0))
-        device = config.runtime.device
-        if device.startswith("cuda") and not gpus:
-            raise SlowfastError(f"--device {device}: the Ray cluster has no GPUs")
-        self.num_gpus = 1 if gpus and device != "cpu" else 0
-        if self.encoders is None:
-            self.encoders = max(1, gpus) if self.num_gpus else 1
-        if self.decoders is None:
-            cpu_encoders = 0 if self.num_gpus else self.encoders
-            self.decoders = max(1, int(resources.get("CPU", 1)) - cpu_encoders)
         token = uuid.uuid4().hex
         mark = out_dir / f".slowfast-probe-{token}"
         mark.write_text(token, encoding="ascii")
         try:
-            task = ray.remote(probe_task).options(num_cpus=1, num_gpus=self.num_gpus, max_retries=0)
-            info = _get(task.remote(config.to_dict(), str(root), str(mark), token))
+            infos = self.probe_nodes(config, root, mark, token)
         finally:
             with contextlib.suppress(OSError):
                 mark.unlink()
+        info = _agree(infos, config)
         pinned = config_from_dict(config.to_dict())
-        if device.startswith("cuda:"):  # an actor sees only the GPU Ray gave it, as cuda:0
+        if config.runtime.device.startswith("cuda:"):  # an actor sees only the GPU Ray gave it, as cuda:0
             pinned.runtime.device = "cuda"
         if config.runtime.dtype == "auto":  # resolved once: CPUs with and without native bf16 would differ
             pinned.runtime.dtype = info["dtype"]
         self.image_size = info["image_size"]
         return pinned, info["provenance"], info["warnings"]
+
+    def probe_nodes(self, config: Config, root: Path, mark: Path, token: str) -> dict[str, dict]:
+        """``probe_task`` on every alive node with a CPU (pinned to it), at once: node id -> what it resolved.
+
+        Nodes that can run an encoder (all of them, or those with a GPU when encoders take one) build the model;
+        the others, which only decode, check IN_DIR and OUT_DIR. A node that joins after the probe is not checked
+        here; its decode tasks still compare every file with the driver's (``ray_tasks.other_file``).
+        """
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= 1]
+        refs = {}
+        for node in nodes or [None]:
+            model = not self.num_gpus or (node or {}).get("Resources", {}).get("GPU", 0) >= 1
+            options = {"num_cpus": 1, "num_gpus": self.num_gpus if model else 0, "max_retries": 0}
+            if node is not None:
+                options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+            task = ray.remote(probe_task).options(**options)
+            refs[(node or {}).get("NodeID", "any")] = task.remote(config.to_dict(), str(root), str(mark), token, model)
+        return {node: _get(ref) for node, ref in refs.items()}
 
     # --- the run ---------------------------------------------------------------------------------------------
     def outcomes(self, plan: BatchPlan, config: Config) -> Iterator[Outcome]:
@@ -228,7 +309,11 @@ class RayEngine:
     def dataset(self, plan: BatchPlan, job: dict) -> ray.data.Dataset:
         """The two-operator pipeline over ``plan.todo`` (not executed until iterated)."""
         items = [
-            {"item": pickle.dumps((os.fsencode(rel), os.fsencode(out_rel), rel in plan.unverified))}
+            {
+                "item": pickle.dumps(
+                    (os.fsencode(rel), os.fsencode(out_rel), rel in plan.unverified, identity(plan.root / rel))
+                )
+            }
             for rel, out_rel in plan.todo
         ]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
@@ -282,6 +367,30 @@ def _quiet_driver_errors() -> None:
 
     to_stderr_or_nowhere.slowfast = True
     worker.print_to_stdstream = to_stderr_or_nowhere
+
+
+def _agree(infos: dict[str, dict], config: Config) -> dict:
+    """The one probe result every node that built the model agrees on, or one line naming the node that differs:
+    another dtype for ``--dtype auto`` (a CPU with native bf16 beside one without), other weights at the same path
+    (another provenance)."""
+    built = [info for info in infos.values() if info.get("provenance") is not None]
+    if not built:
+        raise SlowfastError("no node of the Ray cluster can run an encoder (none has the GPU the encoders take)")
+    first = built[0]
+    for info in built:
+        if info["dtype"] != first["dtype"]:
+            raise ConfigError(
+                f"--dtype {config.runtime.dtype}: Ray node {info['node']} computes in {info['dtype']} and "
+                f"{first['node']} in {first['dtype']}; pass --dtype fp32 or --dtype bf16 so every node computes alike"
+            )
+        if info["provenance"] != first["provenance"]:
+            keys = sorted(k for k in {*info["provenance"], *first["provenance"]}
+                          if info["provenance"].get(k) != first["provenance"].get(k))  # fmt: skip
+            raise SlowfastError(
+                f"Ray node {info['node']} sees other model files than {first['node']} ({', '.join(keys)} differ); "
+                "every node must see the same weights at the same path"
+            )
+    return first
 
 
 def _get(ref):

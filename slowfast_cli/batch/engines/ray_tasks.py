@@ -69,9 +69,10 @@ def _key(d: dict) -> str:
     return hashlib.sha256(repr(sorted(d.items())).encode()).hexdigest()
 
 
-def probe_task(config_dict: dict, root: str, mark: str, token: str) -> dict:
-    """On a worker: check it sees IN_DIR and OUT_DIR (``mark`` holds ``token``), build the model as an actor will,
-    and say what it resolved (dtype, provenance, warnings, decode-time image size)."""
+def probe_task(config_dict: dict, root: str, mark: str, token: str, model: bool = True) -> dict:
+    """On a worker: check it sees IN_DIR and OUT_DIR (``mark`` holds ``token``), build the model as an actor will
+    (``model``; a node that only decodes skips it), and say what it resolved (dtype, provenance, warnings,
+    decode-time image size, and its node's name)."""
     from ...encoder.device import DTYPE_NAMES
     from ...pipeline import Pipeline
 
@@ -84,8 +85,11 @@ def probe_task(config_dict: dict, root: str, mark: str, token: str) -> dict:
         seen = None
     if seen != token:
         raise SlowfastError(f"{Path(mark).parent}: not the same folder on Ray node {where}; {SHARED}")
+    if not model:
+        return {"node": where, "provenance": None}
     pipe = Pipeline(config_from_dict(config_dict))
     return {
+        "node": where,
         "dtype": DTYPE_NAMES[pipe.dtype],
         "provenance": pipe.provenance,
         "warnings": pipe.warnings,
@@ -102,6 +106,26 @@ def _attempt(out_dir: str, rel: bytes, stage: str) -> int:
         return os.fstat(fd).st_size
     finally:
         os.close(fd)
+
+
+def other_file(src: Path, expect: tuple[int, int] | None, where: str) -> str | None:
+    """Why the file this node sees at ``src`` is not the one the driver planned (another size or modification
+    time, as a node with another copy of IN_DIR, or an empty mount point, has), or None when it is the same. A
+    node that sees no file says so too: the driver saw one."""
+    if expect is None:
+        return None
+    try:
+        st = src.stat()
+    except FileNotFoundError:
+        return f"{src}: does not exist on Ray node {where}, but the driver sees it; {SHARED}"
+    except OSError:
+        return None  # unreadable: the decoder says why, in its own words
+    if (st.st_size, st.st_mtime_ns) != tuple(expect):
+        return (
+            f"{src}: Ray node {where} sees another file than the driver ({st.st_size:,} bytes, modified "
+            f"{st.st_mtime_ns} ns, where the driver sees {expect[0]:,} bytes, {expect[1]} ns); not encoded. {SHARED}"
+        )
+    return None
 
 
 def _failed(rel: bytes, out_rel: bytes, msg: str, kind: str | None = None, seconds: float = 0.0, **more) -> RayRow:
@@ -134,17 +158,27 @@ def _decode_pool(job: dict):
 
 
 def decode_batch(batch: dict, job: dict) -> dict:
-    """The decode stage: planned items (pickled ``(source, output, unverified)``) to pickled RayRows."""
-    return {"item": [pickle.dumps(_decode_row(*pickle.loads(item), job)) for item in batch["item"]]}
+    """The decode stage: planned items (pickled ``(source, output, unverified, (size, mtime_ns) or None)``, the
+    last as the driver saw the file) to pickled RayRows."""
+    rows = []
+    for item in batch["item"]:
+        rel, out_rel, unverified, expect = pickle.loads(item)
+        rows.append(pickle.dumps(_decode_row(rel, out_rel, unverified, job, expect)))
+    return {"item": rows}
 
 
-def _decode_row(rel: bytes, out_rel: bytes, unverified: bool, job: dict) -> RayRow:
+def _decode_row(
+    rel: bytes, out_rel: bytes, unverified: bool, job: dict, expect: tuple[int, int] | None = None
+) -> RayRow:
     root, out_dir = Path(job["root"]), Path(job["out_dir"])
     where = node_name()
     src = root / os.fsdecode(rel)
     try:
         if not root.is_dir():
             return _failed(rel, out_rel, f"{root}: not visible on Ray node {where}; {SHARED}", "missing")
+        other = other_file(src, expect, where)
+        if other is not None:
+            return _failed(rel, out_rel, other, "mismatch", decoded=where)
         problem = None
         if unverified:
             state, why = existing_output(out_dir / os.fsdecode(out_rel), None, src)
