@@ -82,7 +82,7 @@ def main() -> None:
     t0 = time.perf_counter()
     pipe = Pipeline(cfg)
     build_s = time.perf_counter() - t0
-    enc, bf = pipe.encoder, cfg.encoder.batch_frames
+    enc, bf = pipe.encoder, pipe.batch_frames
     per_forward = min(bf, args.frames)
     print(
         f"{model} {pipe.dtype} on {device}, {n_videos} videos x {seconds:g}s 640x360 30fps, T={args.frames}, "

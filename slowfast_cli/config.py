@@ -42,7 +42,8 @@ class EncoderCfg:
     model: str = "ViT-B-16"  # any open_clip model name with a ViT vision tower
     pretrained: str = "openai"  # open_clip tag, a local weights file, or "none" for random weights
     layer: int = -2  # LLaVA takes the penultimate block's patch tokens
-    batch_frames: int = 32  # frames per ViT forward pass: large enough to fill a GPU, small enough for a CPU
+    batch_frames: int = 0  # frames per ViT forward pass (several videos' frames share one); 0: by device, 16 on a
+    # CPU, 128 on CUDA (encoder.packing.pass_frames; measured in BENCHMARKS.md §17)
     resize: str = "shortest"  # shortest: the model's own (CLIP: short side + centre crop; SigLIP: squash) | squash
 
 
@@ -243,12 +244,10 @@ def validate(cfg: Config) -> Config:
     """
     _normalise_types(cfg)
     v, e, p, a, r = cfg.video, cfg.encoder, cfg.projector, cfg.aggregator, cfg.runtime
-    for where, value in [
-        ("video.frames (--frames)", v.frames),
-        ("video.max_frames (--max-frames)", v.max_frames),
-        ("encoder.batch_frames (--batch-frames)", e.batch_frames),
-        ("aggregator.slow_frames (--slow-frames)", a.slow_frames),
-    ]:
+    counts = [("video.frames (--frames)", v.frames), ("video.max_frames (--max-frames)", v.max_frames)]
+    if e.batch_frames != 0:  # 0: chosen by device (encoder.packing.pass_frames)
+        counts.append(("encoder.batch_frames (--batch-frames)", e.batch_frames))
+    for where, value in [*counts, ("aggregator.slow_frames (--slow-frames)", a.slow_frames)]:
         if value <= 0:
             raise ConfigError(f"{where} must be a positive integer, got {value}")
         if value > MAX_FRAMES:  # beyond it, index lists alone would take gigabytes (--frames 2e9: killed, no word)

@@ -116,6 +116,7 @@ class Pipeline:
 
     def __init__(self, config: Config):
         from .encoder.encoder import build_encoder
+        from .encoder.packing import pass_frames
         from .projector import build_projector, load_newline
 
         self.config = config
@@ -123,6 +124,7 @@ class Pipeline:
         self.device = resolve_device(rt.device)
         self.dtype = resolve_dtype(rt.dtype, self.device)
         self.encoder = build_encoder(config.encoder, self.device, self.dtype)
+        self.batch_frames = pass_frames(config.encoder.batch_frames, self.device.type)  # frames per ViT pass
         self.projector, self.projector_info = build_projector(
             config.projector, self.encoder.width, self.device, self.dtype, config.encoder.model
         )
@@ -160,11 +162,18 @@ class Pipeline:
     ) -> EncodeResult:
         """Encoder -> projector -> aggregator for an already decoded clip (``progress``: see ``Encoder.encode``)."""
         timings = {} if timings is None else timings
-        cfg, a = self.config, self.config.aggregator
         t0 = time.perf_counter()
+        feats = self.encoder.encode(clip.frames, self.batch_frames, progress)  # (T, N, D_vision)
+        timings["encode"] = time.perf_counter() - t0
+        return self.finish_clip(clip, feats, keep_features, timings)
+
+    def finish_clip(self, clip, feats: torch.Tensor, keep_features: bool = False, timings: dict | None = None):
+        """Projector -> aggregator for a clip whose patch tokens ``feats`` (T, N, D_vision) the encoder gave (alone,
+        or packed with other videos' frames by ``encoder.packing.Packer``: the same bits)."""
+        timings = {} if timings is None else timings
+        a = self.config.aggregator
+        t1 = time.perf_counter()
         with torch.inference_mode():
-            feats = self.encoder.encode(clip.frames, cfg.encoder.batch_frames, progress)  # (T, N, D_vision)
-            t1 = time.perf_counter()
             before = a.pool_stage == "before"  # pool the tower's tokens, then project (llava-hf LlavaNextVideo)
             pooled = feats
             if not before or keep_features:
@@ -183,7 +192,7 @@ class Pipeline:
                 f"{clip.info.path}: the model produced non-finite tokens (NaN or inf) in "
                 f"{DTYPE_NAMES.get(self.dtype, self.dtype)}; check the weights, or try --dtype fp32"
             )
-        timings.update(encode=t1 - t0, project=t2 - t1, aggregate=t3 - t2)
+        timings.update(project=t2 - t1, aggregate=t3 - t2)
         meta = self.clip_meta(clip)
         meta.update(aggregation_meta(agg, clip.indices))
         meta.update(dim=int(tokens.shape[-1]), timings=timings)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import stat
@@ -48,6 +49,7 @@ TOKENS_VERSION = 2  # raise when slowfast's output for the same settings changes
 #    decode-time size truncates the long side as PIL/HF do (version 1 rounded it half up: a 1-pixel shift)
 IGNORED = {"encoder": ("pretrained", "batch_frames"), "projector": ("weights",)}  # replaced by weights / rounding
 DECODER = "decord"  # the decoder library (video.decode): its version is part of the record
+DECODER_DISTRIBUTIONS = ("decord", "decord2")  # the distributions that install ``import decord``
 ADDED = {"decoder": "decord 0.6.0", "weights_config": None}  # see the module docstring
 LIBRARIES = ("open_clip_torch", "Pillow")  # distributions whose version can change the tokens (module docstring)
 FINGERPRINT_BYTES = 1 << 20  # bytes read from each end of a video for its fingerprint
@@ -163,7 +165,17 @@ def provenance(config: Config, dtype: str) -> dict[str, Any]:
 
 
 def decoder_identity() -> str:
-    """``decord VERSION`` as installed (read from its metadata: decord is not imported here)."""
+    """``NAME VERSION`` of the distribution that provides ``import decord``: ``decord 0.6.0``, or ``decord2 3.4.0``
+    (the same module name with another FFmpeg: docs/decord.md), read from metadata; decord is not imported here."""
+    spec = importlib.util.find_spec(DECODER)  # locates the package without running it
+    where = Path(spec.origin).parent.parent if spec is not None and spec.origin else None
+    for name in DECODER_DISTRIBUTIONS:
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if where is None or Path(dist.locate_file("")).resolve() == where.resolve():
+            return f"{name} {dist.version}"
     return f"{DECODER} {_version(DECODER)}"
 
 

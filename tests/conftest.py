@@ -63,6 +63,7 @@ SLOW = {
     "test_batch.py::TestResumeKeepsNothingWrong::test_a_second_run_into_the_same_folder_is_refused_and_deletes_nothing",
     "test_batch.py::TestHostile::test_sigterm_stops_like_ctrl_c",
     "test_checkpoints.py::TestViTL14At336",
+    "test_packing.py::TestSameBitsAsAlone::test_a_real_tower_viT_b_32_fp32_and_bf16",
     "test_llava_models.py::TestSO400MAt384",
     "test_siglip.py::TestAgainstTransformers",
     "test_siglip.py::TestTower",

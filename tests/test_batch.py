@@ -262,14 +262,14 @@ class TestResumeAndSafety:
         encoding and every file written are real."""
         from slowfast_cli.pipeline import Pipeline
 
-        real = Pipeline.encode_clip
+        real = Pipeline.finish_clip  # after the ViT: a pass's own failures are tests/test_packing.py's
 
-        def encode_clip(self, clip, *args, **kwargs):
+        def finish_clip(self, clip, *args, **kwargs):
             if Path(clip.info.path).name == "v1.mp4":
                 raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nsecond line of torch's message")
             return real(self, clip, *args, **kwargs)
 
-        monkeypatch.setattr(Pipeline, "encode_clip", encode_clip)
+        monkeypatch.setattr(Pipeline, "finish_clip", finish_clip)
         out = tmp_path / "out"
         r = run("batch", folder, "-o", out, *TINY)
         assert r.exit_code == 1 and "1 of 4 videos failed" in r.stderr
@@ -843,3 +843,46 @@ class TestFilesFrom:
         (tmp_path / "list").write_text("v1.mp4\nv3.mp4\n")
         r = run("batch", folder, "-o", tmp_path / "out", *TINY, "--files-from", tmp_path / "list", "--pattern", "v3*")
         assert r.exit_code == 0 and [row["source"] for row in manifest(tmp_path / "out")] == ["v3.mp4"]
+
+
+class TestSharedFrames:
+    """Decoded frames cross from a decode worker through shared memory when they are large (workers.SharedFrames)."""
+
+    def test_a_large_clip_arrives_through_shared_memory_with_the_same_frames_and_no_block_left(self, tmp_path):
+        from slowfast_cli.batch.workers import SHM_DIR
+        from slowfast_cli.config import VideoCfg
+        from slowfast_cli.video.decode import load_clip
+
+        video = media.make_video(tmp_path / "big.mp4", frames=24, size=(640, 360))  # 24 x 0.69 MB: over 1 MiB
+        cfg = VideoCfg(frames=8, decode_resize=False)
+        before = set(os.listdir(SHM_DIR)) if os.path.isdir(SHM_DIR) else set()
+        with DecodePool(cfg, None, workers=1, timeout=60) as pool:
+            pool.submit("big", str(video))
+            done = []
+            while pool.busy:
+                done += pool.get()
+        (d,) = done
+        assert d.ok and d.clip.frames.shape == (8, 360, 640, 3)
+        assert (d.clip.frames == load_clip(video, cfg).frames).all()  # the same frames as decoded here
+        if os.path.isdir(SHM_DIR):
+            assert not {n for n in set(os.listdir(SHM_DIR)) - before if n.startswith("psm_")}
+
+    def test_small_frames_and_a_full_tmpfs_stay_on_the_pipe(self, monkeypatch):
+        import numpy as np
+
+        from slowfast_cli.batch import workers
+        from slowfast_cli.errors import SlowfastError
+        from slowfast_cli.video.info import Clip, VideoInfo
+
+        info = VideoInfo("x.mp4", 2, 1.0, 2.0, 8, 8)
+        small = Clip(np.zeros((2, 8, 8, 3), np.uint8), [0, 1], [0.0, 1.0], info, False)
+        assert workers.share_frames(small) is small
+        big = Clip(np.ones((8, 360, 640, 3), np.uint8), list(range(8)), [0.0] * 8, info, False)
+        monkeypatch.setattr(workers, "SHM_ROOM", 10**12)  # no tmpfs has that much room
+        assert workers.share_frames(big) is big
+        monkeypatch.setattr(workers, "SHM_ROOM", 1)
+        shared = workers.share_frames(big)
+        if isinstance(shared.frames, workers.SharedFrames):  # where /dev/shm exists
+            assert (workers.take_frames(shared).frames == big.frames).all()
+            with pytest.raises(SlowfastError, match="x.mp4: its decoded frames were lost"):
+                workers.take_frames(shared)  # taken once: the block is gone

@@ -126,12 +126,23 @@ def record_all(plan: BatchPlan, outcomes: Iterator[Outcome], fail_fast: bool = F
         clean_stale_temp_files(plan.out_dir)
 
 
-def encode_one(done, rel: Path, out_rel: Path, root: Path, pipe, keep_features: bool = False):
-    """The EncodeResult of a decoded video, or the failure Record of one that did not decode or encode."""
+def encode_one(done, rel: Path, out_rel: Path, root: Path, pipe, packed=None, keep_features: bool = False):
+    """The EncodeResult of a decoded video, or the failure Record of one that did not decode or encode.
+
+    ``packed``: the video's ``encoder.packing.Packed`` when its frames went through the ViT packed with other videos'
+    (its patch tokens, or what failed it); without it the clip is encoded here, alone (the same bits).
+    ``keep_features``: the result keeps its pre-aggregation features too (``--save-features``).
+    """
     if not done.ok:
         return Record.decode_failed(done, rel, out_rel)
     try:
-        result = pipe.encode_clip(done.clip, keep_features, timings={"decode": done.seconds})
+        if packed is None:
+            result = pipe.encode_clip(done.clip, keep_features, timings={"decode": done.seconds})
+        elif packed.error is not None:
+            raise packed.error
+        else:
+            timings = {"decode": done.seconds, "encode": packed.seconds}
+            result = pipe.finish_clip(done.clip, packed.tokens, keep_features, timings=timings)
     except SlowfastError as exc:
         return Record.failed(rel, out_rel, str(exc))
     except Exception as exc:  # torch's errors (out of memory, a kernel), any bug: this video fails, the batch goes on

@@ -1,7 +1,9 @@
 """Decoding worker processes for ``slowfast batch`` (both engines: the Ray engine runs one inside each task).
 
 Design: the main process owns the model; N worker processes (spawned, so none inherits torch's threads) each
-decode one video at a time and send back uint8 frames (not floats: 4x less to copy). Every worker has its own
+decode one video at a time and send back uint8 frames (not floats: 4x less to copy), through a shared memory block
+(``SharedFrames``; the pipe carries its name) when they are large and /dev/shm has room, else pickled through the
+pipe. Every worker has its own
 pair of pipes (a killed worker can only break its own), and a worker gets its next video only when its last
 one was read, so at most N + 1 decoded clips exist at once. A worker that runs past the per-video timeout is
 killed and replaced, and so is one that dies (a decoder crash); in both cases that video becomes a recorded
@@ -16,12 +18,73 @@ import multiprocessing as mp
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import wait as wait_any
 from typing import Any
 
 from ..errors import SlowfastError
 from .faults import test_fault
+
+SHM_MIN_BYTES = 1 << 20  # frames smaller than this go through the pipe: a shared block costs two page-fault runs
+SHM_ROOM = 4  # a block only when /dev/shm has this many times its size free (a full tmpfs kills with SIGBUS)
+SHM_DIR = "/dev/shm"
+
+
+@dataclass(frozen=True)
+class SharedFrames:
+    """A clip's uint8 frames (``shape``) left by a decode worker in the shared memory block ``name``: the main
+    process copies them out and removes the block (``take_frames``): less of the main process's CPU than unpickling
+    them from the pipe (BENCHMARKS.md section 17)."""
+
+    name: str
+    shape: tuple[int, ...]
+
+
+def share_frames(clip):
+    """``clip`` with its frames moved into a new shared memory block, or ``clip`` itself when the frames are small,
+    /dev/shm is short of room (or absent) or the block cannot be made: the pipe then carries them."""
+    from multiprocessing import shared_memory
+
+    import numpy as np
+
+    frames = clip.frames
+    try:
+        st = os.statvfs(SHM_DIR)
+        if frames.nbytes < SHM_MIN_BYTES or st.f_bavail * st.f_frsize < SHM_ROOM * frames.nbytes:
+            return clip
+        shm = shared_memory.SharedMemory(create=True, size=frames.nbytes)
+    except OSError:
+        return clip
+    try:
+        np.ndarray(frames.shape, np.uint8, buffer=shm.buf)[...] = frames
+    except BaseException:
+        shm.close()
+        shm.unlink()
+        raise
+    shm.close()
+    return replace(clip, frames=SharedFrames(shm.name, tuple(frames.shape)))
+
+
+def take_frames(clip):
+    """``clip`` with its frames copied out of their shared memory block, which is removed; any other clip as it is.
+    A block that is gone (a cleanup of /dev/shm) raises SlowfastError: that video's failure."""
+    shared = clip.frames
+    if not isinstance(shared, SharedFrames):
+        return clip
+    from multiprocessing import shared_memory
+
+    import numpy as np
+
+    try:
+        shm = shared_memory.SharedMemory(name=shared.name)
+    except OSError as exc:
+        raise SlowfastError(f"{clip.info.path}: its decoded frames were lost ({exc.strerror or exc})") from None
+    try:
+        frames = np.ndarray(shared.shape, np.uint8, buffer=shm.buf).copy()
+    finally:
+        shm.close()
+        shm.unlink()
+    return replace(clip, frames=frames)
 
 
 def _worker_main(inbox, outbox, video_cfg, image_size: int | None, threads: int) -> None:
@@ -42,7 +105,7 @@ def _worker_main(inbox, outbox, video_cfg, image_size: int | None, threads: int)
         test_fault("decode", path)
         try:
             clip = load_clip(path, video_cfg, image_size, num_threads=threads, min_scale=DECODE_RESIZE_MIN)
-            outbox.send((job_id, "ok", clip, time.perf_counter() - t0))
+            outbox.send((job_id, "ok", share_frames(clip), time.perf_counter() - t0))
         except SlowfastError as exc:
             outbox.send((job_id, "error", str(exc), time.perf_counter() - t0))
         except Exception as exc:  # a decoder bug must not take the batch down; report it as this video's failure
@@ -167,7 +230,10 @@ class DecodePool:
             msg = f"decoding took {seconds:.2f}s, longer than --timeout {self.timeout:g}s"
             return Done(job_id, payload, False, error=msg, kind="timeout", seconds=seconds)
         if status == "ok":
-            return Done(job_id, payload, True, clip=value, seconds=seconds)
+            try:
+                return Done(job_id, payload, True, clip=take_frames(value), seconds=seconds)
+            except SlowfastError as exc:
+                return Done(job_id, payload, False, error=str(exc), seconds=seconds)
         return Done(job_id, payload, False, error=value, seconds=seconds)
 
     def close(self) -> None:

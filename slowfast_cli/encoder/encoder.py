@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from ..config import EncoderCfg
-from ..errors import SlowfastError
 from ..models import block_index
 from . import towers
+from .packing import Packer
 from .preprocess import as_frames, preprocess
 from .weights import Weights, load_weights, resolve_weights
 
@@ -63,7 +63,11 @@ class Encoder:
     def encode(
         self, frames: torch.Tensor | np.ndarray, batch_frames: int = 32, progress: Callable[[int], None] | None = None
     ) -> torch.Tensor:
-        """Patch tokens of block ``layer`` for every frame, ``batch_frames`` frames per forward pass.
+        """Patch tokens of block ``layer`` for every frame, in forward passes of exactly ``batch_frames`` frames.
+
+        The last pass is padded with zero frames (``packing.Packer``), so the tokens are bit-identical to the same
+        frames packed next to other videos' in ``slowfast batch``. With ``progress``, the frames go in one pass at a
+        time (the same passes, so the same tokens) and ``progress`` is told the frames done after each.
 
         Args:
             frames: uint8 (T, H, W, 3), numpy or torch, on any device.
@@ -73,21 +77,18 @@ class Encoder:
         Returns:
             (T, N, D) with N = Gh * Gw in row-major order, on ``self.device`` in ``self.dtype``.
         """
-        frames = as_frames(frames)
-        if batch_frames <= 0:
-            raise SlowfastError(f"batch_frames must be a positive integer, got {batch_frames}")
-        if len(frames) == 0:
-            n = self.grid[0] * self.grid[1]
-            return torch.empty(0, n, self.width, device=self.device, dtype=self.dtype)
-        with torch.inference_mode():
-            if progress is None:
-                return torch.cat([self._tokens(self.preprocess(chunk)) for chunk in frames.split(batch_frames)])
-            out, done = [], 0
-            for chunk in frames.split(batch_frames):
-                out.append(self._tokens(self.preprocess(chunk)))  # (B, N, D)
-                done += len(chunk)
-                progress(done)
-            return torch.cat(out)
+        packer = Packer(self, batch_frames)
+        pieces = [frames] if progress is None else list(as_frames(frames).split(batch_frames)) or [frames]
+        out, finished = [], 0
+        for i, piece in enumerate(pieces):
+            (done,) = packer.add(i, piece) or packer.flush()
+            if done.error is not None:
+                raise done.error
+            out.append(done.tokens)  # (t, N, D)
+            finished += len(piece)
+            if progress is not None:
+                progress(finished)
+        return out[0] if len(out) == 1 else torch.cat(out)
 
 
 def _quick_gelu(model: str, model_cfg: dict[str, Any], weights: Weights) -> bool:

@@ -17,15 +17,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import open_clip
 import torch
-from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
-from open_clip.timm_model import TimmModel
-from open_clip.transform import PreprocessCfg, merge_preprocess_dict
-from open_clip.transformer import VisionTransformer
 
 from ..errors import SlowfastError
 from ..models import OWN_MODEL_CONFIGS, VISION_DEFAULTS, model_grid, vision_config
+from .hidden import without
+
+with without("transformers"):  # open_clip's Hugging Face *text* towers need it, vision towers never (hidden.py)
+    import open_clip
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+    from open_clip.timm_model import TimmModel
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+    from open_clip.transformer import VisionTransformer
 
 TOWER_BUILDER = "_build_vision_tower"  # open_clip.model's private vision-only builder, used when present
 HUB_WEIGHT_NAMES = (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME)  # what open_clip tries in a hub repo, safetensors first

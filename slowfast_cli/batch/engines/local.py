@@ -1,8 +1,11 @@
 """The local engine of ``slowfast batch`` (the default): decoding processes on this machine, the model here.
 
-``workers.DecodePool`` decodes in worker processes while this process runs the model, one video per forward
-pass; each finished video becomes an *outcome* for ``run.record_all``, which writes the token file and its
-manifest line together. At most ``workers`` videos decode at once plus one decoded clip waiting per worker.
+``workers.DecodePool`` decodes in worker processes while this process runs the model, the frames of several
+videos packed into forward passes of exactly ``encoder.batch_frames`` frames (``encoder.packing``: the tokens are
+the same bits as a video's alone); each encoded video becomes an *outcome* for ``run.record_all``, which writes the
+token file and its manifest line together. At most ``workers`` videos decode at once plus one decoded clip waiting
+per worker, plus the clips whose frames wait for a full pass (fewer than ``batch_frames`` frames in all, and the
+last one added). When no video is left to decode, the last pass is padded with zero frames.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ class LocalEngine:
 
     def outcomes(self, plan: BatchPlan, config: Config) -> Iterator[Outcome]:
         """One outcome per video of ``plan.todo``, in the order they finish decoding."""
+        from ...encoder.packing import Packer
         from ..workers import DecodePool
 
         todo = []
@@ -92,29 +96,40 @@ class LocalEngine:
         pipe, workers = self.pipeline, self.workers
         threads = 1 if workers > 1 else 0
         jobs = iter(todo)
+        packer = Packer(pipe.encoder, pipe.batch_frames)  # frames of several videos per forward pass
+        decoded: dict[int, Any] = {}  # job id -> its Done, while its frames wait in the packer
         with DecodePool(config.video, pipe.image_size, workers, self.timeout, threads) as pool:
             for _ in range(max(1, workers) * 2):  # keep every worker busy plus one clip ready per worker
                 job = next(jobs, None)
                 if job is None:
                     break
                 pool.submit(job, str(plan.root / job[0]))
-            while pool.busy:
-                for done in pool.get():
-                    rel, out_rel = done.payload
-                    yield _outcome(done, rel, out_rel, plan, pipe, self.features_dir)
+            while pool.busy or decoded:
+                packed = []
+                for done in pool.get() if pool.busy else []:
                     job = next(jobs, None)
                     if job is not None:
                         pool.submit(job, str(plan.root / job[0]))
+                    if not done.ok:
+                        yield _outcome(done, plan, pipe, features_dir=self.features_dir)
+                        continue
+                    decoded[done.job_id] = done
+                    packed += packer.add(done.job_id, done.clip.frames)
+                if not pool.busy:  # nothing more is coming: the last pass, padded
+                    packed += packer.flush()
+                for p in packed:
+                    yield _outcome(decoded.pop(p.key), plan, pipe, p, self.features_dir)
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "workers": self.workers}
 
 
-def _outcome(done, rel: Path, out_rel: Path, plan: BatchPlan, pipe, features_dir: Path | None = None) -> Outcome:
-    """Encode now (outside the Ctrl-C hold); the returned ``finish`` writes the file and gives the Record."""
+def _outcome(done, plan: BatchPlan, pipe, packed=None, features_dir: Path | None = None) -> Outcome:
+    """Finish encoding now (outside the Ctrl-C hold); the returned ``finish`` writes the file and gives the Record."""
+    rel, out_rel = done.payload
     t0 = time.perf_counter()
-    encoded = encode_one(done, rel, out_rel, plan.root, pipe, keep_features=features_dir is not None)
-    encode_seconds = time.perf_counter() - t0
+    encoded = encode_one(done, rel, out_rel, plan.root, pipe, packed, keep_features=features_dir is not None)
+    encode_seconds = time.perf_counter() - t0 + (packed.seconds if packed is not None else 0.0)
 
     def finish() -> Record:
         if isinstance(encoded, Record):

@@ -4,14 +4,16 @@ The driver (the ``slowfast batch`` process) plans as the local engine does, then
 
     from_items(planned videos, one per block)
       -> decode:  map_batches(TaskPoolStrategy(size=decoders), num_cpus=1, memory=DECODE_MEMORY, batch_size=1)
-      -> encode:  map_batches(encoder actor, ActorPoolStrategy(size=encoders), num_cpus=1 [num_gpus=1], batch_size=1)
+      -> encode:  map_batches(encoder actor, ActorPoolStrategy(size=encoders), num_cpus=1 [num_gpus=1],
+                              batch_size=videos_per_batch: enough videos to fill a forward pass)
       -> iter_rows() on the driver: one small record per video
 
 - **Decode** runs in a child process of the Ray task (``batch.workers.DecodePool``, the local engine's worker, one per
   task process), under the same ``--timeout``: a hung or crashing decoder costs its video, never the task.
   A resumed output that still awaits its CRC-32 check is checked here, on the node, not on the driver.
-- **Encode**: each actor loads the model once and encodes one video per forward pass (tokens never depend on which
-  node or batch a video landed in). It writes the token file to a temporary file beside its target in OUT_DIR and
+- **Encode**: each actor loads the model once and encodes the videos of a Ray batch together, their frames packed
+  into forward passes of ``encoder.batch_frames`` (``encoder.packing``: tokens never depend on which node or batch
+  a video landed in). It writes the token file to a temporary file beside its target in OUT_DIR and
   returns only the record; tokens never travel to the driver. The driver renames the file into place and appends
   its manifest line with Ctrl-C held, as the local engine writes both: an interrupt leaves both or neither, and
   temporary files of an interrupted run are removed by the next run (under the output lock).
@@ -54,7 +56,7 @@ from ...video.files import stderr_quiet
 from ..plan import BatchPlan, prepare_output_dir
 from ..records import Record
 from ..run import EngineOptions, Outcome, Prepared
-from .ray_tasks import ATTEMPTS, SHARED, RayRow, decode_batch, encoder_class, probe_task
+from .ray_tasks import ATTEMPTS, SHARED, RayRow, decode_batch, encoder_class, probe_task, videos_per_batch
 
 DECODE_MEMORY = 1 << 30  # logical memory a decode task asks for: one decoder and one clip, with room
 
@@ -327,7 +329,7 @@ class RayEngine:
         )
         return ds.map_batches(
             encoder_class(job),
-            batch_size=1,
+            batch_size=videos_per_batch(job["config"]),
             compute=ray.data.ActorPoolStrategy(size=self.encoders),
             num_cpus=1,
             num_gpus=self.num_gpus or None,

@@ -204,6 +204,15 @@ def _decode_row(
         return _failed(rel, out_rel, f"{src}: decoding failed on Ray node {where} ({type(exc).__name__}: {exc})")
 
 
+def videos_per_batch(config: dict) -> int:
+    """Videos per Ray batch of the encode stage: as many as fill one forward pass (``encoder.batch_frames``) at the
+    frames a video gives (``video.frames``), at least 1; the last pass of each Ray batch is padded."""
+    from ...encoder.packing import pass_frames
+
+    device = str(config["runtime"]["device"]).partition(":")[0]  # pinned for the cluster by the probe
+    return max(1, pass_frames(config["encoder"]["batch_frames"], device) // max(1, config["video"]["frames"]))
+
+
 def encoder_class(job: dict) -> type:
     """The encoder actor class, with the job in the class itself: no constructor arguments in the object store."""
 
@@ -215,30 +224,52 @@ def encoder_class(job: dict) -> type:
             self.where = node_name()
 
         def __call__(self, batch: dict) -> dict:
-            return {"item": [pickle.dumps(self.encode(pickle.loads(item))) for item in batch["item"]]}
+            """Every decoded video of the Ray batch through the ViT together (``encoder.packing``: the frames of
+            several videos per forward pass, the same bits as each alone), then one token file each."""
+            from ...encoder.packing import Packer
 
-        def encode(self, row: RayRow) -> RayRow:
-            if row.status != "decoded":
-                return row
-            try:
-                out = self._encode(row)
-            except Exception as exc:  # any bug: this video fails, the batch goes on
-                msg = f"{row.rel}: encoding failed ({type(exc).__name__}: {first_line(exc, 200)})"
-                return _failed(row.source, row.output, msg, "encode", decoded=row.decoded)
-            out.decoded, out.problem = row.decoded, row.problem
-            return out
+            rows = [pickle.loads(item) for item in batch["item"]]
+            out: dict[int, RayRow] = {}
+            clips = {}
+            for i, row in enumerate(rows):
+                if row.status != "decoded":
+                    out[i] = row
+                    continue
+                try:
+                    if _attempt(job["out_dir"], row.source, "encode") > MAX_ATTEMPTS:
+                        out[i] = _given_up(row.source, row.output, "encode", encoded=self.where)
+                        continue
+                    test_fault("encode", os.fsdecode(row.source))
+                    clips[i] = pickle.loads(row.clip)
+                except Exception as exc:  # any bug: this video fails, the batch goes on
+                    out[i] = self._failed(row, exc)
+            packer = Packer(self.pipe.encoder, self.pipe.batch_frames)
+            packed = {}
+            for i, clip in clips.items():
+                packed.update((p.key, p) for p in packer.add(i, clip.frames))
+            packed.update((p.key, p) for p in packer.flush())
+            for i, clip in clips.items():
+                try:
+                    out[i] = self._encode(rows[i], clip, packed[i])
+                except Exception as exc:  # any bug: this video fails, the batch goes on
+                    out[i] = self._failed(rows[i], exc)
+            for i, row in enumerate(rows):
+                if row.status == "decoded":
+                    out[i].decoded, out[i].problem = row.decoded, row.problem
+            return {"item": [pickle.dumps(out[i]) for i in range(len(rows))]}
 
-        def _encode(self, row: RayRow) -> RayRow:
+        def _failed(self, row: RayRow, exc: Exception) -> RayRow:
+            msg = f"{row.rel}: encoding failed ({type(exc).__name__}: {first_line(exc, 200)})"
+            return _failed(row.source, row.output, msg, "encode")
+
+        def _encode(self, row: RayRow, clip, packed) -> RayRow:
             from ...formats import make_writer
             from ..workers import Done
 
             rel, out_rel = row.source, row.output
-            if _attempt(job["out_dir"], rel, "encode") > MAX_ATTEMPTS:
-                return _given_up(rel, out_rel, "encode", encoded=self.where)
-            test_fault("encode", os.fsdecode(rel))
-            done = Done(0, None, True, clip=pickle.loads(row.clip), seconds=row.seconds)
+            done = Done(0, None, True, clip=clip, seconds=row.seconds)
             t0 = time.perf_counter()
-            encoded = encode_one(done, row.rel, row.out_rel, Path(job["root"]), self.pipe)
+            encoded = encode_one(done, row.rel, row.out_rel, Path(job["root"]), self.pipe, packed)
             out = RayRow(rel, out_rel, "failed", encoded=self.where)
             if isinstance(encoded, Record):
                 encoded.seconds = row.seconds
@@ -252,7 +283,8 @@ def encoder_class(job: dict) -> type:
                 out.record = Record.write_failed(exc, row.rel, row.out_rel)
                 out.record.seconds = row.seconds
                 return out
-            out.record = Record.ok(encoded.meta, row.rel, row.out_rel, seconds=row.seconds + time.perf_counter() - t0)
+            seconds = row.seconds + packed.seconds + time.perf_counter() - t0
+            out.record = Record.ok(encoded.meta, row.rel, row.out_rel, seconds=seconds)
             out.status, out.tmp = "written", tmp
             return out
 
