@@ -1,6 +1,8 @@
 """slowfast: videos to short SlowFast token sequences for video LLMs.
 
-Importing the package is cheap (no torch); ``encode_video`` and ``load_tokens`` import what they need on use.
+Importing the package is cheap (no torch); the names below import what they need on first use:
+``VideoEncoder`` (holds the model; ``api.py``), ``encode_video`` (one call), ``load_tokens`` and ``save_tokens``
+(token files), ``splice_video`` (tokens into an LLM's ``inputs_embeds``; ``llm.py``) and ``resolve_config``.
 """
 
 from __future__ import annotations
@@ -9,20 +11,32 @@ from typing import Any
 
 from .version import __version__
 
-__all__ = ["__version__", "encode_video", "load_tokens", "resolve_config"]
+__all__ = [
+    "VideoEncoder",
+    "__version__",
+    "encode_video",
+    "load_tokens",
+    "resolve_config",
+    "save_tokens",
+    "splice_video",
+]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "encode_video":
-        from .pipeline import encode_video
+    if name in ("VideoEncoder", "encode_video"):
+        from . import api
 
-        return encode_video
-    if name == "load_tokens":
-        from .tokenfile import load_tokens
+        return getattr(api, name)
+    if name in ("load_tokens", "save_tokens"):
+        from . import tokenfile
 
-        return load_tokens
+        return getattr(tokenfile, name)
     if name == "resolve_config":
         from .config import resolve_config
 
         return resolve_config
+    if name == "splice_video":
+        from .llm import splice_video
+
+        return splice_video
     raise AttributeError(name)

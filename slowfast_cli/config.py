@@ -24,7 +24,8 @@ MAX_FRAMES = 100_000  # frames, slow frames and frames per pass: an hour at 25 f
 INT_LIMIT = 2**31  # every integer setting (frames, sizes, widths, seeds) stays far below it; torch takes int64
 PROJECTORS = ("identity", "linear", "mlp2x_gelu")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"  # the checkout's (an editable install)
+PACKAGED_PRESET_DIR = Path(__file__).resolve().parent / "configs"  # the same files inside an installed wheel
 
 
 @dataclass
@@ -295,8 +296,10 @@ def validate(cfg: Config) -> Config:
 
 
 def preset_dirs() -> list[Path]:
-    """Where presets are looked up by name: the checkout's ``configs/`` (the package is installed editable)."""
-    return [d for d in (PRESET_DIR,) if d.is_dir()]
+    """Where presets are looked up by name: ``slowfast_cli/configs`` in an installed wheel (pyproject.toml ships the
+    top-level ``configs/`` there), else the checkout's ``configs/`` (an editable install or the source tree). Never
+    both: in a wheel, the folder beside the package is site-packages' own ``configs`` (any other project's)."""
+    return [d for d in (PACKAGED_PRESET_DIR if PACKAGED_PRESET_DIR.is_dir() else PRESET_DIR,) if d.is_dir()]
 
 
 def list_presets() -> dict[str, Path]:

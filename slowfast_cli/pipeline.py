@@ -1,7 +1,7 @@
 """Wires the stages for one video: decode -> encode -> project -> aggregate -> token file.
 
-``Pipeline`` holds the loaded encoder and projector so a batch loads the model once; ``encode_video`` is the
-one-call Python API. Decoding and model code are imported lazily so that ``aggregate_file`` (re-compressing
+``Pipeline`` holds the loaded encoder and projector so a batch loads the model once (the Python API, ``api.py``,
+wraps it). Decoding and model code are imported lazily so that ``aggregate_file`` (re-compressing
 saved features) needs neither decord nor open_clip.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 
 from .aggregate import slow_fast
-from .config import AggregatorCfg, Config, config_from_dict, resolve_config
+from .config import AggregatorCfg, Config, config_from_dict
 from .encoder.device import DTYPE_NAMES, resolve_device, resolve_dtype
 from .errors import ConfigError, SlowfastError
 from .policies import check_grid, check_layout
@@ -156,11 +157,13 @@ class Pipeline:
 
         return load_clip(video, self.config.video, self.image_size, min_scale=DECODE_RESIZE_MIN)
 
-    def encode_clip(self, clip, keep_features: bool = False, timings: dict | None = None) -> EncodeResult:
-        """Encoder -> projector -> aggregator for an already decoded clip."""
+    def encode_clip(
+        self, clip, keep_features: bool = False, timings: dict | None = None, progress: Callable | None = None
+    ) -> EncodeResult:
+        """Encoder -> projector -> aggregator for an already decoded clip (``progress``: see ``Encoder.encode``)."""
         timings = {} if timings is None else timings
         t0 = time.perf_counter()
-        feats = self.encoder.encode(clip.frames, self.batch_frames)  # (T, N, D_vision)
+        feats = self.encoder.encode(clip.frames, self.batch_frames, progress)  # (T, N, D_vision)
         timings["encode"] = time.perf_counter() - t0
         return self.finish_clip(clip, feats, keep_features, timings)
 
@@ -239,18 +242,6 @@ class Pipeline:
         return self.encode_clip(clip, keep_features, timings)
 
 
-def encode_video(video: str | Path, config: Config | str | None = None, keep_features: bool = False) -> EncodeResult:
-    """Encode one video with a config (a ``Config``, a preset name or TOML path; default: the default preset).
-
-    Example:
-        >>> result = encode_video("clip.mp4", "tiny")  # doctest: +SKIP
-        >>> result.tokens.shape  # (1, L, D)  # doctest: +SKIP
-    """
-    if not isinstance(config, Config):
-        config = resolve_config(config or "default")
-    return Pipeline(config).encode(video, keep_features)
-
-
 def write_result(result: EncodeResult, out: str | Path, features_out: str | Path | None = None, fmt=None) -> None:
     """Write the token file (and the features file) atomically: both appear, or neither does. ``fmt``: the output
     format (``formats.OutputFormat``; default ``pt``), through its writer."""
@@ -288,9 +279,11 @@ def encode_to_file(
     features_out: str | Path | None = None,
     overwrite: bool = False,
     fmt=None,
+    stage: Callable[..., None] | None = None,
 ) -> EncodeResult:
     """``slowfast encode``: one video to one token file (and optionally a features file), atomically, in the output
-    format ``fmt`` (``formats.OutputFormat``, default ``pt``)."""
+    format ``fmt`` (``formats.OutputFormat``, default ``pt``); ``stage`` is told what is happening (loading the
+    model, decoding, encoding: ``stage(text, done, total)`` after each pass of the ViT), for a status display."""
     out, video = Path(out), Path(video)
     _check_overwrite(out, overwrite, (video,))
     if features_out is not None:
@@ -299,8 +292,18 @@ def encode_to_file(
         same = out.exists() and features_out.exists() and os.path.samefile(out, features_out)  # links included
         if features_out.resolve() == out.resolve() or same:
             raise ConfigError(f"{out}: the token file and --save-features must be different files")
+    stage = stage or (lambda text, done=None, total=None: None)
+    stage(f"loading {config.encoder.model} ({config.encoder.pretrained})")
     pipe = Pipeline(config)
-    result = pipe.encode(video, keep_features=features_out is not None)
+    stage(f"decoding {video.name}")
+    t0 = time.perf_counter()
+    clip = pipe.load(video)
+    timings = {"decode": time.perf_counter() - t0}
+    t = len(clip.indices)
+    encoding = f"encoding {t} frames ({config.encoder.model}, {pipe.device}, {DTYPE_NAMES[pipe.dtype]})"
+    stage(encoding)
+    result = pipe.encode_clip(clip, features_out is not None, timings, lambda done: stage(encoding, done, t))
+    stage(f"writing {out.name}")
     write_result(result, out, features_out, fmt)
     return result
 
@@ -350,7 +353,7 @@ def _aggregator_changes(recorded: Config, used: AggregatorCfg, features_path: st
         return []
     return [
         f"{features_path}: re-aggregated with other settings than the features were saved with "
-        f"(aggregator.{'; aggregator.'.join(changed)}); pass --config or flags to choose them"
+        f"(aggregator.{'; aggregator.'.join(changed)}; recorded -> used)"
     ]
 
 

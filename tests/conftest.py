@@ -57,6 +57,7 @@ def work_unit(nodeid: str) -> str:
 SLOW = {
     "test_ray.py", "ray:faults", "ray:two-node", "batch:signals", "test_gpu_check.py",
     "test_batch.py::test_progress_bar_on_a_terminal",
+    "test_readme.py::test_bash_blocks_run",  # every command the README shows, each in its own process
     "test_batch.py::test_unreadable_folder_is_reported_not_fatal",
     "test_batch.py::TestResumeKeepsNothingWrong::test_two_real_batches_at_once",
     "test_batch.py::TestResumeKeepsNothingWrong::test_a_second_run_into_the_same_folder_is_refused_and_deletes_nothing",

@@ -271,8 +271,8 @@ def test_report_imports_neither_torch_nor_model_libraries(tmp_path):
 
 
 def test_readme_python_example_runs(tmp_path, monkeypatch):
-    """The README's Python API example, run as written on a real clip: encode, load, and a (tiny, random) Llama
-    from transformers generating from the token file spliced into its inputs_embeds."""
+    """The README's Python API example, run as written on a real clip: encode (a path and frames), load, and a
+    (tiny, random) Llama from transformers generating from the token file spliced into its inputs_embeds."""
     import re
     from pathlib import Path
 
@@ -286,8 +286,9 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     assert runner.invoke(app, ["encode", "clip.mp4", "--config", "tiny", "-o", "clip.pt"]).exit_code == 0
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
-    assert namespace["tokens"].shape == namespace["saved"]["tokens"].shape == (1, 512, 64)
-    assert namespace["embeds"].shape == (1, 4 + 512, 64)  # the token file went into inputs_embeds ...
+    assert namespace["tokens"].shape == namespace["from_frames"].tokens.shape == (1, 8 * 32 + 8 * 16, 64)
+    assert namespace["saved"]["tokens"].shape == (1, 512, 64)  # the `tiny` preset's 16 frames
+    assert namespace["inputs"]["inputs_embeds"].shape == (1, 4 + 512, 64)  # the token file went into inputs_embeds
     assert namespace["answer"].shape == (1, 8)  # ... and the LLM generated from it
 
 

@@ -73,9 +73,9 @@ class TestEveryInputIsRecorded:
     def test_aggregate_says_when_its_settings_differ_from_the_features_files(self, tmp_path, small_video):
         feat = tmp_path / "f.pt"
         assert run("encode", small_video, *TINY, "-o", tmp_path / "t.pt", "--save-features", feat).exit_code == 0
-        r = run("aggregate", feat, "-o", tmp_path / "a.pt")  # the default preset: 32 slow frames, not tiny's 8
+        r = run("aggregate", feat, "-o", tmp_path / "a.pt", "--config", "default")  # 32 slow frames, not tiny's 8
         assert r.exit_code == 0 and "aggregator.slow_frames: 8 -> 32" in r.stderr, r.output
-        r = run("aggregate", feat, "-o", tmp_path / "b.pt", "--config", "tiny")
+        r = run("aggregate", feat, "-o", tmp_path / "b.pt")  # the features file's own settings (tiny's)
         assert r.exit_code == 0 and "warning" not in r.stderr
 
 

@@ -35,6 +35,7 @@ class EngineOptions:
     decoders: int | None = None  # ray: decode tasks at once
     encoders: int | None = None  # ray: model actors
     timeout: float = 300.0  # both: seconds one video may take to decode
+    features_dir: Path | None = None  # local: --save-features, pre-aggregation features mirroring OUT_DIR's names
 
 
 @dataclass(frozen=True)
@@ -125,22 +126,23 @@ def record_all(plan: BatchPlan, outcomes: Iterator[Outcome], fail_fast: bool = F
         clean_stale_temp_files(plan.out_dir)
 
 
-def encode_one(done, rel: Path, out_rel: Path, root: Path, pipe, packed=None):
+def encode_one(done, rel: Path, out_rel: Path, root: Path, pipe, packed=None, keep_features: bool = False):
     """The EncodeResult of a decoded video, or the failure Record of one that did not decode or encode.
 
     ``packed``: the video's ``encoder.packing.Packed`` when its frames went through the ViT packed with other videos'
     (its patch tokens, or what failed it); without it the clip is encoded here, alone (the same bits).
+    ``keep_features``: the result keeps its pre-aggregation features too (``--save-features``).
     """
     if not done.ok:
         return Record.decode_failed(done, rel, out_rel)
     try:
         if packed is None:
-            result = pipe.encode_clip(done.clip, timings={"decode": done.seconds})
+            result = pipe.encode_clip(done.clip, keep_features, timings={"decode": done.seconds})
         elif packed.error is not None:
             raise packed.error
         else:
             timings = {"decode": done.seconds, "encode": packed.seconds}
-            result = pipe.finish_clip(done.clip, packed.tokens, timings=timings)
+            result = pipe.finish_clip(done.clip, packed.tokens, keep_features, timings=timings)
     except SlowfastError as exc:
         return Record.failed(rel, out_rel, str(exc))
     except Exception as exc:  # torch's errors (out of memory, a kernel), any bug: this video fails, the batch goes on
@@ -150,13 +152,42 @@ def encode_one(done, rel: Path, out_rel: Path, root: Path, pipe, packed=None):
     return result
 
 
-def write_one(result, rel: Path, out_rel: Path, out_dir: Path, writer=None, columns: dict | None = None) -> Record:
+def features_path(features_dir: Path, out_rel: Path) -> Path:
+    """Where ``--save-features`` keeps a video's features: its output's name as a ``.pt`` features file under
+    ``features_dir`` (``a/b.pt`` and ``a/b.safetensors`` -> ``a/b.pt``; a webdataset key ``a/b`` -> ``a/b.pt``)."""
+    name = out_rel.name.removesuffix(".safetensors").removesuffix(".pt") + ".pt"
+    return features_dir / out_rel.parent / name
+
+
+def write_one(
+    result,
+    rel: Path,
+    out_rel: Path,
+    out_dir: Path,
+    writer=None,
+    columns: dict | None = None,
+    features_dir: Path | None = None,
+) -> Record:
     """Write one video's tokens in place through the output format's ``writer`` (default ``pt``); a failure of the
-    disk is this video's ``write`` failure. ``columns``: the video's row of a CSV/JSONL ``--files-from``."""
+    disk is this video's ``write`` failure. ``columns``: the video's row of a CSV/JSONL ``--files-from``.
+    ``features_dir`` (``--save-features``): its features file is written first and removed again if the tokens
+    cannot be written, so a failure leaves neither."""
     writer = writer or make_writer(None, out_dir)
     t0 = time.perf_counter()
+    features = features_path(features_dir, out_rel) if features_dir is not None else None
     try:
-        writer.write(result.tokens, writer.sample_meta(result.meta, out_rel, columns), out_rel)
+        if features is not None:
+            from ..pipeline import FEATURE_META_KEYS
+            from ..tokenfile import save_features
+
+            features.parent.mkdir(parents=True, exist_ok=True)
+            save_features(features, result.features, {k: v for k, v in result.meta.items() if k in FEATURE_META_KEYS})
+        try:
+            writer.write(result.tokens, writer.sample_meta(result.meta, out_rel, columns), out_rel)
+        except BaseException:
+            if features is not None:
+                features.unlink(missing_ok=True)
+            raise
     except (SlowfastError, OSError) as exc:
         return Record.write_failed(exc, rel, out_rel)
     result.meta["timings"]["write"] = time.perf_counter() - t0

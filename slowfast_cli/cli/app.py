@@ -11,6 +11,7 @@ import sys
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from ..version import __version__
 from .batch import batch
@@ -18,8 +19,21 @@ from .commands import aggregate, budget, configs, encode, report
 from .formats import export, show
 from .output import _state, err
 
+
+class _Slowfast(TyperGroup):
+    """The root command: ``--debug`` is taken anywhere on the line (``slowfast encode x.mp4 --debug``), not only
+    before the command; an argument after ``--`` is left alone."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        end = args.index("--") if "--" in args else len(args)
+        if "--debug" in args[:end]:
+            args = ["--debug", *[a for a in args[:end] if a != "--debug"], *args[end:]]
+        return super().parse_args(ctx, args)
+
+
 app = typer.Typer(
     name="slowfast",
+    cls=_Slowfast,
     help="Turn videos into short, fixed-budget SlowFast token sequences for video LLMs.",
     no_args_is_help=True,
     add_completion=False,

@@ -6,9 +6,11 @@ video failed, 130 when interrupted (the report is still written), 2 for a usage 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -17,6 +19,7 @@ import typer
 from ..config import Config
 from ..errors import ConfigError, SlowfastError
 from ..preflight import preflight
+from .failures import MaxFailures, parse_max_failures
 from .formats import FormatOpt, SaveDtypeOpt, ShardSizeOpt, output_format
 from .options import (
     BatchFramesOpt,
@@ -30,6 +33,7 @@ from .options import (
     LayerOpt,
     LayoutOpt,
     LlmDimOpt,
+    MaxFailuresOpt,
     MaxFramesOpt,
     ModelOpt,
     NewlineOpt,
@@ -50,6 +54,7 @@ from .options import (
     path_named,
 )
 from .output import err, fail, handles_errors, out, print_json, progress_bar, shown, warn
+from .progress import ProgressLines, loading
 from .tables import batch_table
 
 if TYPE_CHECKING:  # imported when used, so that --help never pays for them
@@ -83,7 +88,7 @@ def batch(
     engine: Annotated[
         str,
         typer.Option(
-            help="local (this machine) or ray (a Ray cluster; needs the ray extra: pip install 'slowfast[ray]'). "
+            help="local (this machine) or ray (a Ray cluster; needs the ray extra: pip install 'slowfast-cli[ray]'). "
             "With ray, IN_DIR and OUT_DIR must be on a file system every node sees at the same path."
         ),
     ] = "local",
@@ -102,6 +107,15 @@ def batch(
         float, typer.Option(help="Seconds one video may take to decode before it counts as failed.")
     ] = 300.0,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed video.")] = False,
+    max_failures: MaxFailuresOpt = None,
+    save_features: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also keep each video's pre-aggregation features in this folder (same names as the token files), "
+            "for `slowfast aggregate FOLDER -o OUT_DIR`.",
+            parser=path_named,
+        ),
+    ] = None,
     format_: FormatOpt = "pt",
     shard_size: ShardSizeOpt = 1000,
     save_dtype: SaveDtypeOpt = None,
@@ -142,13 +156,17 @@ def batch(
     from ..formats import make_writer
 
     cfg = build_config(config, **flags_of(locals()))
+    allowed = parse_max_failures(max_failures)
     fmt = output_format(format_, shard_size, save_dtype)
     for flag, value in (("--workers", workers), ("--decoders", decoders), ("--encoders", encoders)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
     if not (math.isfinite(timeout) and timeout > 0):
         raise ConfigError(f"--timeout must be a positive number of seconds, got {timeout}")
-    options = EngineOptions(workers=workers, address=address, decoders=decoders, encoders=encoders, timeout=timeout)
+    if save_features is not None:
+        check_features_dir(save_features, output, engine)
+    options = EngineOptions(workers=workers, address=address, decoders=decoders, encoders=encoders, timeout=timeout,
+                            features_dir=save_features)  # fmt: skip
     runner = make_engine(engine, options)
     preflight(cfg)
     with runner:
@@ -163,7 +181,32 @@ def batch(
             outcome = _run(plan, prepared.config, runner, fail_fast, show_bar=err.is_terminal and not json_)
             report = _write_report(plan, runner, outcome)
             _show(report, outcome, plan.out_dir, json_)
-            _exit(outcome, report, plan)
+            if save_features is not None:
+                _features_missing(outcome, save_features)
+            _exit(outcome, report, plan, allowed)
+
+
+def check_features_dir(features: Path, output: Path, engine: str) -> None:
+    """``--save-features`` needs the local engine and a folder apart from OUT_DIR (``report`` would count its files)."""
+    if engine != "local":
+        raise ConfigError("--save-features works with --engine local only")
+    a, b = features.resolve(), output.resolve()
+    if a == b or a.is_relative_to(b) or b.is_relative_to(a):
+        raise ConfigError(f"--save-features {features}: needs a folder apart from the output folder {output}")
+    if features.exists() and not features.is_dir():
+        raise ConfigError(f"--save-features {features}: exists and is not a folder")
+
+
+def _features_missing(outcome: _Outcome, features: Path) -> None:
+    """Videos skipped as done keep their token files; say how many have no features file (an earlier run's)."""
+    from ..batch.run import features_path
+
+    missing = [
+        r for r in outcome.records if r.status == "skipped" and not features_path(features, Path(r.output)).exists()
+    ]
+    if missing:
+        warn(f"{len(missing)} video(s) already done have no features file in {features} (e.g. {missing[0].source}); "
+             "rerun with --overwrite to redo them with features")  # fmt: skip
 
 
 @dataclass
@@ -171,6 +214,9 @@ class _Outcome:
     """What a run did: its records, and whether it was interrupted or stopped (and why)."""
 
     records: list[Record] = field(default_factory=list)
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))  # for report.json's run times
+    t0: float = field(default_factory=time.monotonic)
+    config: dict | None = None  # the resolved config the run computed with
     interrupted: bool = False
     stopped: list[str] = field(default_factory=list)  # errors that stopped it (a manifest that cannot be written)
 
@@ -179,10 +225,14 @@ def _run(plan: BatchPlan, cfg: Config, engine: Engine, fail_fast: bool, show_bar
     """Start the engine and record every video, with a progress bar (on a terminal) and failures logged above it."""
     from ..batch.run import run_batch
 
-    outcome, warned = _Outcome(), len(plan.problems)
+    outcome, warned = _Outcome(config=cfg.to_dict() if cfg is not None else None), len(plan.problems)
+    lines = None if err.is_terminal else ProgressLines(plan.total)  # Slurm, nohup, | tee: a line now and then
     try:
-        for w in engine.start(plan, cfg) if plan.todo else []:  # loads the model, before the bar
-            warn(w)
+        if plan.todo:
+            with loading(f"{cfg.encoder.model} ({cfg.encoder.pretrained})") if cfg else contextlib.nullcontext():
+                warnings = engine.start(plan, cfg)  # loads the model, before the bar
+            for w in warnings:
+                warn(w)
         with progress_bar(show_bar) as progress:
             task = progress.add_task("videos", total=plan.total, failed=0, fps=0.0)
             frames_done, t0 = 0, time.monotonic()
@@ -194,6 +244,9 @@ def _run(plan: BatchPlan, cfg: Config, engine: Engine, fail_fast: bool, show_bar
                     nfail = sum(r.status == "failed" for r in outcome.records)
                     rate = frames_done / max(1e-9, time.monotonic() - t0)
                     progress.update(task, advance=1, failed=nfail, fps=rate)
+                    if lines is not None:
+                        attempted = sum(r.status != "skipped" for r in outcome.records)
+                        lines.update(len(outcome.records), attempted, nfail, frames_done)
                     if rec.status == "failed":
                         progress.console.print(f"[red]failed[/] {shown(rec.error or rec.source)}")
                     while warned < len(plan.problems):  # the Ray engine finds damaged outputs as it goes
@@ -208,6 +261,22 @@ def _run(plan: BatchPlan, cfg: Config, engine: Engine, fail_fast: bool, show_bar
     return outcome
 
 
+def run_times(outcome: _Outcome) -> dict:
+    """report.json's ``run.timing`` (start and end in UTC, wall time, throughput over the videos encoded: skipped
+    ones are not work) and ``run.config`` (the resolved config the run computed with)."""
+    wall = time.monotonic() - outcome.t0
+    ok = [r for r in outcome.records if r.status == "ok"]
+    frames = sum(r.frames or 0 for r in ok)
+    timing = {
+        "started": outcome.started.isoformat(timespec="seconds"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "wall_seconds": round(wall, 3),
+        "videos_per_second": round(len(ok) / wall, 4) if wall > 0 else None,
+        "frames_per_second": round(frames / wall, 3) if wall > 0 else None,
+    }
+    return {"timing": timing, "config": outcome.config}
+
+
 def _write_report(plan: BatchPlan, engine: Engine, outcome: _Outcome) -> dict:
     """``report.json``, written with Ctrl-C held; an interrupt while counting or writing is noted in ``outcome``."""
     from ..atomic import sigint_deferred, write_json
@@ -219,6 +288,7 @@ def _write_report(plan: BatchPlan, engine: Engine, outcome: _Outcome) -> dict:
     except KeyboardInterrupt:  # while counting the folder's files: the run's own counts are still known
         outcome.interrupted = True
         report = batch_report(plan.out_dir, outcome.records, plan.problems, True, folder=False, engine=summary)
+    report["run"].update(run_times(outcome))
     try:
         with sigint_deferred(reraise=False) as held:
             write_json(plan.out_dir / REPORT, report)
@@ -240,8 +310,8 @@ def _show(report: dict, outcome: _Outcome, out_dir: Path, json_: bool) -> None:
                 out.print(f"  {shown(r.error or r.source)}")
 
 
-def _exit(outcome: _Outcome, report: dict, plan: BatchPlan) -> None:
-    """The exit policy: 130 interrupted, 1 stopped or any video failed, else 0 (return)."""
+def _exit(outcome: _Outcome, report: dict, plan: BatchPlan, allowed: MaxFailures | None = None) -> None:
+    """The exit policy: 130 interrupted, 1 stopped or a video failed (more than ``--max-failures``), else 0."""
     done = f"{len(outcome.records)} of {plan.total} videos"
     if outcome.interrupted:
         raise fail(f"interrupted after {done}; rerun the same command to resume", 130)
@@ -250,5 +320,9 @@ def _exit(outcome: _Outcome, report: dict, plan: BatchPlan) -> None:
             err.print(f"[bold red]error:[/] {shown(msg)}")
         raise fail(f"{outcome.stopped[-1]} (after {done}; rerun to resume)", 1)
     failed = report["run"]["failed"]
+    if failed and allowed is not None and failed <= allowed.allowed(plan.total):
+        warn(f"{failed} of {plan.total} videos failed, within --max-failures {allowed.text}; see "
+             f"{plan.out_dir / 'manifest.jsonl'}")  # fmt: skip
+        return
     if failed:
         raise fail(f"{failed} of {plan.total} videos failed; see {plan.out_dir / 'manifest.jsonl'}", 1)

@@ -30,6 +30,7 @@ from .options import (
     LayerOpt,
     LayoutOpt,
     LlmDimOpt,
+    MaxFailuresOpt,
     MaxFramesOpt,
     ModelOpt,
     NewlineOpt,
@@ -51,6 +52,7 @@ from .options import (
     path_named,
 )
 from .output import Table, handles_errors, out, print_json, shown, warn
+from .progress import Stages
 from .tables import budget_table, budget_warnings, encode_summary, plan_hint, plan_table, report_table
 
 
@@ -200,10 +202,19 @@ def report(
 @handles_errors
 def aggregate(
     features: Annotated[
-        Path, typer.Argument(help="Features file from `encode --save-features`.", exists=True, dir_okay=False)
+        Path,
+        typer.Argument(
+            help="Features file from `encode --save-features`, or a folder of them (`batch --save-features`).",
+            exists=True,
+        ),
     ],  # fmt: skip
-    output: Annotated[Path, typer.Option("--output", "-o", help="Token file to write.", parser=path_named)],
-    config: ConfigOpt = "default",
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Token file to write (a folder for a folder).", parser=path_named)
+    ],
+    config: Annotated[
+        str | None,
+        typer.Option("--config", "-c", help="Take the slow/fast settings from this preset, not the features file's."),
+    ] = None,
     slow_frames: SlowFramesOpt = None,
     slow_pool: SlowPoolOpt = None,
     fast_size: FastSizeOpt = None,
@@ -211,16 +222,32 @@ def aggregate(
     layout: LayoutOpt = None,
     newline: NewlineOpt = None,
     overwrite: OverwriteOpt = False,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Folder: stop at the first failed file.")] = False,
+    max_failures: MaxFailuresOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Re-compress saved features with other slow/fast settings; no video or model needed.
 
+    Without flags the settings are the ones the features file records (its encode's): the same tokens again.
+
     Example: slowfast aggregate clip.features.pt -o clip.2x2.pt --slow-pool 2x2_max
     """
+    from ..reaggregate import features_meta, reaggregation_config
+
+    if config is not None and not config:
+        raise ConfigError("--config is empty; give a preset name (see `slowfast configs`) or a TOML file")
+    flags = {"slow_frames": slow_frames, "slow_pool": slow_pool, "fast_size": fast_size, "slow_index": slow_index,
+             "layout": layout, "newline": newline}  # fmt: skip
+    if fast_size is not None:
+        flags["fast_size"] = parse_hw(fast_size, "--fast-size")
+    if features.is_dir():
+        from .reaggregate import aggregate_folder
+
+        aggregate_folder(features, output, config, flags, overwrite, fail_fast, max_failures, json_)
+        return
+    cfg = reaggregation_config(features_meta(features), config, flags)
     from ..pipeline import aggregate_file
 
-    cfg = build_config(config, slow_frames=slow_frames, slow_pool=slow_pool, fast_size=fast_size, slow_index=slow_index,
-                       layout=layout, newline=newline)  # fmt: skip
     result = aggregate_file(features, output, cfg, overwrite=overwrite)
     for w in result.warnings:
         warn(w)
@@ -284,10 +311,13 @@ def encode(
     cfg = build_config(config, **flags_of(locals()))
     fmt = output_format(format_, save_dtype=save_dtype, files=True)
     preflight(cfg)  # settings that cannot work fail here, before the model loads or the video opens
-    from ..pipeline import default_output, encode_to_file
+    with Stages() as stage:  # a spinner with the stage and its time, on a terminal
+        stage("importing torch")
+        from ..pipeline import default_output, encode_to_file
 
-    target = output or default_output(video).with_suffix(".safetensors" if fmt.name == "safetensors" else ".pt")
-    result = encode_to_file(video, target, cfg, features_out=save_features, overwrite=overwrite, fmt=fmt)
+        target = output or default_output(video).with_suffix(".safetensors" if fmt.name == "safetensors" else ".pt")
+        result = encode_to_file(video, target, cfg, features_out=save_features, overwrite=overwrite, fmt=fmt,
+                                stage=stage)  # fmt: skip
     for w in result.warnings:
         warn(w)
     m = result.meta

@@ -116,6 +116,16 @@ DecodeResizeOpt = Annotated[
 ]
 
 
+MaxFailuresOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Exit 0 when at most this many videos fail: a count (10) or a fraction of the run (0.01 or 1%); the "
+        "failures are still listed and recorded.",
+        show_default=False,
+    ),
+]
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
 

@@ -140,3 +140,11 @@ def progress_bar(show: bool):
         console=err.get(),
         disable=not show,
     )
+
+
+def stage_spinner():
+    """A one-line transient status on stderr (spinner, text, elapsed time), for the stages of one command."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err.get(),
+                    transient=True)  # fmt: skip

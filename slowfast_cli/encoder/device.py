@@ -2,38 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
-
 import torch
 
 from ..errors import ConfigError, SlowfastError
+from ..runtime import cpu_has_native_bf16  # torch-free, in runtime.py: batch planning uses it too
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
-CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 AVX-512 / AMX; "bf16" is the aarch64 feature name
-
-
-@functools.cache
-def _proc_cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return ""
-
-
-def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether the CPU computes bf16 natively (AVX512-BF16 / AMX-BF16 on x86, BF16 on Arm).
-
-    Args:
-        cpuinfo: text in the format of ``/proc/cpuinfo``; read from there when None (False where it is absent).
-    """
-    text = _proc_cpuinfo() if cpuinfo is None else cpuinfo
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() in ("flags", "features") and CPU_BF16_FLAGS & set(value.split()):
-            return True
-    return False
 
 
 def resolve_device(name: str) -> torch.device:

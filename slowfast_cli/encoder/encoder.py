@@ -10,6 +10,7 @@ ViT, or a timm ViT that open_clip wraps: SigLIP, EVA, ...) is behind a ``towers.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from ..config import EncoderCfg
 from ..models import block_index
 from . import towers
 from .packing import Packer
-from .preprocess import preprocess
+from .preprocess import as_frames, preprocess
 from .weights import Weights, load_weights, resolve_weights
 
 
@@ -59,24 +60,35 @@ class Encoder:
         """(B, 3, Hs, Ws) -> (B, N, D) output of block ``block_index``, prefix tokens (a class token) dropped."""
         return self.adapter.tokens(self.visual, x, self.block_index)
 
-    def encode(self, frames: torch.Tensor | np.ndarray, batch_frames: int = 32) -> torch.Tensor:
+    def encode(
+        self, frames: torch.Tensor | np.ndarray, batch_frames: int = 32, progress: Callable[[int], None] | None = None
+    ) -> torch.Tensor:
         """Patch tokens of block ``layer`` for every frame, in forward passes of exactly ``batch_frames`` frames.
 
         The last pass is padded with zero frames (``packing.Packer``), so the tokens are bit-identical to the same
-        frames packed next to other videos' in ``slowfast batch``.
+        frames packed next to other videos' in ``slowfast batch``. With ``progress``, the frames go in one pass at a
+        time (the same passes, so the same tokens) and ``progress`` is told the frames done after each.
 
         Args:
             frames: uint8 (T, H, W, 3), numpy or torch, on any device.
             batch_frames: frames per ViT forward pass.
+            progress: told the frames done after each pass (for a status display).
 
         Returns:
             (T, N, D) with N = Gh * Gw in row-major order, on ``self.device`` in ``self.dtype``.
         """
         packer = Packer(self, batch_frames)
-        (done,) = packer.add(None, frames) or packer.flush()
-        if done.error is not None:
-            raise done.error
-        return done.tokens
+        pieces = [frames] if progress is None else list(as_frames(frames).split(batch_frames)) or [frames]
+        out, finished = [], 0
+        for i, piece in enumerate(pieces):
+            (done,) = packer.add(i, piece) or packer.flush()
+            if done.error is not None:
+                raise done.error
+            out.append(done.tokens)  # (t, N, D)
+            finished += len(piece)
+            if progress is not None:
+                progress(finished)
+        return out[0] if len(out) == 1 else torch.cat(out)
 
 
 def _quick_gelu(model: str, model_cfg: dict[str, Any], weights: Weights) -> bool:

@@ -29,6 +29,6 @@ def make_engine(name: str, options: EngineOptions) -> Engine:
     except ImportError as exc:
         raise ConfigError(
             f"--engine {name} needs {needs}, which is not installed ({exc}); install the {name} extra: "
-            f"pip install 'slowfast[{name}]' (or pip install -e '.[{name}]' in a checkout)"
+            f"pip install 'slowfast-cli[{name}]' (or pip install -e '.[{name}]' in a checkout)"
         ) from None
     return engine_class(options)

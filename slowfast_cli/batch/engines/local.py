@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ...config import Config
-from ...errors import ConfigError
+from ...errors import ConfigError, SlowfastError
 from ..plan import BatchPlan, existing_output
 from ..records import Record
 from ..run import EngineOptions, Outcome, Prepared, encode_one, write_one
@@ -39,6 +39,8 @@ class LocalEngine:
             raise ConfigError("--address, --decoders and --encoders are for --engine ray")
         self.workers = options.workers or default_workers()
         self.timeout = options.timeout
+        self.features_dir = options.features_dir
+        self.planned: dict | None = None  # the provenance prepare() planned with
         self.pipeline = None  # built by start(), once there is work
 
     def __enter__(self) -> LocalEngine:
@@ -48,16 +50,29 @@ class LocalEngine:
         self.pipeline = None
 
     def prepare(self, config: Config, root: Path, out_dir: Path) -> Prepared:
-        """The provenance this machine's files will carry (``--dtype auto`` resolved here), without the model."""
-        from ...pipeline import run_provenance
+        """The provenance this machine's files will carry (``--dtype auto`` resolved here), without the model, and
+        without torch where the dtype is certain without it (``runtime.planned_dtype``): usage errors come at once."""
+        from ...provenance import provenance
+        from ...runtime import planned_dtype
 
-        return Prepared(config, run_provenance(config))
+        dtype = planned_dtype(config.runtime.device, config.runtime.dtype)
+        if dtype is None:
+            from ...pipeline import run_provenance
+
+            self.planned = run_provenance(config)
+        else:
+            self.planned = provenance(config, dtype)
+        return Prepared(config, self.planned)
 
     def start(self, plan: BatchPlan, config: Config) -> list[str]:
         """Load the model (before the progress bar, so its warnings come first); its warnings."""
         from ...pipeline import Pipeline
 
         self.pipeline = Pipeline(config)
+        planned = self.planned
+        if planned is not None and planned["dtype"] != self.pipeline.provenance["dtype"]:  # runtime.py was wrong
+            raise SlowfastError(f"the model runs in {self.pipeline.provenance['dtype']}, not the {planned['dtype']} "
+                                "planned; pass --dtype explicitly")  # fmt: skip
         return self.pipeline.warnings
 
     def outcomes(self, plan: BatchPlan, config: Config) -> Iterator[Outcome]:
@@ -96,24 +111,24 @@ class LocalEngine:
                     if job is not None:
                         pool.submit(job, str(plan.root / job[0]))
                     if not done.ok:
-                        yield _outcome(done, plan, pipe)
+                        yield _outcome(done, plan, pipe, features_dir=self.features_dir)
                         continue
                     decoded[done.job_id] = done
                     packed += packer.add(done.job_id, done.clip.frames)
                 if not pool.busy:  # nothing more is coming: the last pass, padded
                     packed += packer.flush()
                 for p in packed:
-                    yield _outcome(decoded.pop(p.key), plan, pipe, p)
+                    yield _outcome(decoded.pop(p.key), plan, pipe, p, self.features_dir)
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "workers": self.workers}
 
 
-def _outcome(done, plan: BatchPlan, pipe, packed=None) -> Outcome:
+def _outcome(done, plan: BatchPlan, pipe, packed=None, features_dir: Path | None = None) -> Outcome:
     """Finish encoding now (outside the Ctrl-C hold); the returned ``finish`` writes the file and gives the Record."""
     rel, out_rel = done.payload
     t0 = time.perf_counter()
-    encoded = encode_one(done, rel, out_rel, plan.root, pipe, packed)
+    encoded = encode_one(done, rel, out_rel, plan.root, pipe, packed, keep_features=features_dir is not None)
     encode_seconds = time.perf_counter() - t0 + (packed.seconds if packed is not None else 0.0)
 
     def finish() -> Record:
@@ -121,7 +136,7 @@ def _outcome(done, plan: BatchPlan, pipe, packed=None) -> Outcome:
             encoded.seconds = done.seconds
             return encoded
         t1 = time.perf_counter()
-        record = write_one(encoded, rel, out_rel, plan.out_dir, plan.writer, plan.columns.get(rel))
+        record = write_one(encoded, rel, out_rel, plan.out_dir, plan.writer, plan.columns.get(rel), features_dir)
         record.seconds = done.seconds + (encode_seconds + time.perf_counter() - t1 if record.status == "ok" else 0)
         return record
 
