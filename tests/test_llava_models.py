@@ -381,6 +381,12 @@ class TestBadInputs:
         with pytest.raises(ConfigError, match="unknown layout 'rows'"):
             resolve_config("default", {"layout": "rows"})
 
+    def test_slowfast_flags_with_the_frames_layout_are_refused(self):
+        result = runner.invoke(app, ["budget", "--config", "llava-video-7b", "--slow-frames", "8", "--fast-size", "2"])
+        assert result.exit_code == 2 and "--slow-frames, --fast-size do not apply to the frames layout" in result.output
+        assert runner.invoke(app, ["budget", "--config", "llava-video-7b", "--layout", "slowfast", "--slow-frames", "8"]
+                             ).exit_code == 0  # fmt: skip
+
     def test_a_siglip_checkpoint_for_a_clip_model_is_refused(self, onevision):
         cfg = resolve_config("default", {"model": "ViT-B-16", "pretrained": str(onevision[0]), "layer": 1})
         with pytest.raises(SlowfastError, match="hold a SigLIP tower but ViT-B-16 is not a SigLIP model"):

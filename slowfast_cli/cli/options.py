@@ -145,7 +145,17 @@ def build_config(preset: str, **flags: Any) -> Config:
         flags["projector_weights"] = str(flags["projector_weights"])
     unknown = set(flags) - set(FLAG_KEYS)
     assert not unknown, unknown
-    return resolve_config(preset, flags)
+    cfg = resolve_config(preset, flags)
+    unused = [f"--{k.replace('_', '-')}" for k in SLOWFAST_ONLY if flags.get(k) is not None]
+    if cfg.aggregator.layout == "frames" and unused:  # given on the line, they would be silently ignored
+        raise ConfigError(
+            f"{', '.join(unused)} do{'es' if len(unused) == 1 else ''} not apply to the frames layout (every frame "
+            "pooled alike by --slow-pool, no fast pathway); drop it, or pass --layout slowfast"
+        )
+    return cfg
+
+
+SLOWFAST_ONLY = ("slow_frames", "fast_size", "slow_index")  # the slowfast layout's settings
 
 
 def at_least(value: int | None, low: int, flag: str) -> None:
