@@ -321,7 +321,9 @@ def aggregate_file(features_path: str | Path, out: str | Path, config: Config, o
     if a.newline != "no_token" or a.pool_stage != "after":  # both need the model's weights, not only its features
         raise ConfigError(
             f"{features_path}: aggregate re-pools saved features without the model, so it cannot place newline tokens "
-            "(--newline) or pool before the projector (--pool-stage before); use encode with the checkpoint"
+            f"(newline {a.newline}) or pool before the projector (pool_stage {a.pool_stage}), which these settings "
+            "(the recorded ones, or --config's) ask for; pass --newline no_token for tokens without newlines, or "
+            "encode with the checkpoint"
         )
     agg = slow_fast(x, grid, a.slow_frames, a.slow_pool, a.fast_size, a.slow_index, a.layout)
     meta: dict[str, Any] = {k: v for k, v in fmeta.items() if k != "config"}

@@ -160,7 +160,17 @@ def _object(key: str, tensor: torch.Tensor, meta: dict) -> dict:
 
 
 def save_tokens(path: str | Path, tokens: torch.Tensor, meta: dict) -> Path:
-    """Write a token file atomically. ``tokens`` must be (1, L, D)."""
+    """Write a token file (the ``.pt`` format: ``torch.save``) atomically. ``tokens`` must be (1, L, D).
+
+    Raises:
+        SlowfastError: ``path`` is named ``.safetensors``, which every safetensors reader would refuse; write that
+            format with ``slowfast_cli.formats`` (``encode --format safetensors``).
+    """
+    if Path(path).suffix.lower() == ".safetensors":
+        raise SlowfastError(
+            f"{path}: save_tokens writes the .pt format (torch.save); name it .pt, or write safetensors with "
+            "slowfast_cli.formats (encode --format safetensors)"
+        )
     save_all([(path, token_object(tokens, meta))])
     return Path(path)
 

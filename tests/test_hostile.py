@@ -239,6 +239,30 @@ class TestExitCodesAndMessages:
         with pytest.raises(ConfigError, match="--encoders 2: the Ray cluster has 1 GPU and each encoder holds one"):
             sizing({"CPU": 8.0, "GPU": 1.0}, "auto", 2, None)
 
+    def test_a_token_file_named_for_another_format_is_refused(self, tmp_path, small_video):
+        """-o x.safetensors with the default --format pt wrote a torch file that every safetensors reader refuses
+        (the third hostile pass); the name and the format must agree, before anything runs."""
+        r = run("encode", small_video, *TINY, "-o", tmp_path / "x.safetensors")
+        assert r.exit_code == 2 and "the name says safetensors but --format is pt" in one_line(r)
+        r = run("encode", small_video, *TINY, "-o", tmp_path / "x.pt", "--format", "safetensors")
+        assert r.exit_code == 2 and "the name says pt but --format is safetensors" in one_line(r)
+        assert list(tmp_path.iterdir()) == []
+        with pytest.raises(SlowfastError, match="save_tokens writes the .pt format"):
+            save_tokens(tmp_path / "y.safetensors", torch.zeros(1, 2, 3), {})
+
+    def test_encode_json_names_the_layout_and_its_newline_tokens(self, tmp_path, small_video):
+        r = run("encode", small_video, *TINY, "-o", tmp_path / "n.pt", "--newline", "frame", "--projector", "linear",
+                "--random-projector", "--llm-dim", "8", "--json")  # fmt: skip
+        d = json.loads(r.stdout)
+        assert (d["layout"], d["newline"]) == ("slowfast", "frame")
+        assert d["slow_tokens"] + d["fast_tokens"] + d["newline_tokens"] == d["output_tokens"]
+
+    def test_a_clip_checkpoint_for_a_siglip_model_says_so(self, tmp_path):
+        hf_tower(projection=False).save_pretrained(tmp_path / "clip")
+        cfg = EncoderCfg(model="ViT-B-16-SigLIP", pretrained=str(tmp_path / "clip"), layer=1)
+        with pytest.raises(SlowfastError, match="hold a CLIP tower .* but ViT-B-16-SigLIP is a SigLIP"):
+            build_encoder(cfg, torch.device("cpu"), torch.float32)
+
 
 class TestReservedNames:
     def test_a_video_named_like_slowfasts_own_files_fails_and_no_output_is_ever_cleaned_away(

@@ -113,8 +113,9 @@ class HFTower:
                 "pick the --model with the checkpoint's architecture"
             )
         if not math.isclose(self.eps, eps, rel_tol=1e-6):
+            source = self.config or f"a {self.family.upper()} tower without a config.json (default eps)"
             raise SlowfastError(
-                f"vision weights {name}: {self.config} says layer_norm_eps {self.eps} but {model}'s tower uses {eps}"
+                f"vision weights {name}: {source} says layer_norm_eps {self.eps} but {model}'s tower uses {eps}"
             )
 
     def check_shape(self, geometry: dict[str, int], name: str, model: str) -> None:

@@ -17,7 +17,7 @@ from ..errors import ConfigError, SlowfastError
 from ..models import model_grid
 from ..planner import plan
 from ..preflight import preflight
-from .formats import FormatOpt, SaveDtypeOpt, output_format
+from .formats import FormatOpt, SaveDtypeOpt, check_suffix, output_format
 from .options import (
     BatchFramesOpt,
     ConfigOpt,
@@ -245,6 +245,7 @@ def aggregate(
 
         aggregate_folder(features, output, config, flags, overwrite, fail_fast, max_failures, json_)
         return
+    check_suffix(output, "pt")  # aggregate writes .pt token files (export converts them)
     cfg = reaggregation_config(features_meta(features), config, flags)
     from ..pipeline import aggregate_file
 
@@ -261,7 +262,8 @@ def aggregate(
         )
 
 
-SUMMARY_KEYS = ("source", "frames", "grid", "input_tokens", "slow_tokens", "fast_tokens", "output_tokens", "ratio",
+SUMMARY_KEYS = ("source", "frames", "grid", "input_tokens", "slow_tokens", "fast_tokens", "newline_tokens", "layout",
+                "newline", "output_tokens", "ratio",
                 "dim", "dtype", "device", "model", "pretrained", "layer", "projector", "timings")  # fmt: skip
 
 
@@ -310,6 +312,7 @@ def encode(
     """
     cfg = build_config(config, **flags_of(locals()))
     fmt = output_format(format_, save_dtype=save_dtype, files=True)
+    check_suffix(output, fmt.name)
     preflight(cfg)  # settings that cannot work fail here, before the model loads or the video opens
     with Stages() as stage:  # a spinner with the stage and its time, on a terminal
         stage("importing torch")

@@ -26,6 +26,20 @@ SaveDtypeOpt = Annotated[
 ]
 
 
+FILE_SUFFIXES = {".pt": "pt", ".safetensors": "safetensors"}  # a token file's name says its format
+
+
+def check_suffix(path: Path | None, fmt_name: str) -> None:
+    """Refuse a token file named for another format than the one written (``-o x.safetensors`` with the default
+    ``--format pt`` would be a torch file that every safetensors reader, slowfast's included, refuses)."""
+    named = FILE_SUFFIXES.get(path.suffix.lower()) if path is not None else None
+    if named is not None and named != fmt_name:
+        raise ConfigError(
+            f"{path}: the name says {named} but --format is {fmt_name}; pass --format {named}, or name the file "
+            f"{path.with_suffix('.pt' if fmt_name == 'pt' else '.safetensors').name}"
+        )
+
+
 def output_format(name: str, shard_size: int = 1000, save_dtype: str | None = None, files: bool = False):
     """The ``formats.OutputFormat`` of the flags; ``files``: the command writes one file (not webdataset)."""
     from ..formats import DEFAULT_SHARD_SIZE, OutputFormat

@@ -204,6 +204,11 @@ def load_weights(
         state = hf_siglip_to_timm(hf_state, hf.prefix, block, path)
         optional, expected = (), f"a Hugging Face SigLIP tower of {model}'s shape, layers 0..{block}"
     elif hf is not None:
+        if adapter is not towers.OpenClipViT:
+            raise SlowfastError(
+                f"vision weights {path} hold a CLIP tower (a class token) but {model} is a SigLIP or other timm "
+                "model; pass the CLIP --model of the checkpoint (ViT-L-14-336 for LLaVA-1.5/1.6, ViT-B-16, ...)"
+            )
         heads, eps = adapter.checkpoint_settings(visual)
         weights.hf.check(
             weights.hf.heads if heads is None else heads, weights.hf.eps if eps is None else eps, path, model
