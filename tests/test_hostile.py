@@ -263,6 +263,27 @@ class TestExitCodesAndMessages:
         with pytest.raises(SlowfastError, match="hold a CLIP tower .* but ViT-B-16-SigLIP is a SigLIP"):
             build_encoder(cfg, torch.device("cpu"), torch.float32)
 
+    def test_more_third_pass_findings(self, tmp_path, small_video):
+        """A CSV list with Excel's byte-order mark; --save-features inside IN_DIR; export of a folder without .pt
+        files; aggregate with the slowfast layout's flags under the frames layout."""
+        src = tmp_path / "in"
+        src.mkdir()
+        shutil.copy(small_video, src / "a.mp4")
+        (tmp_path / "list.csv").write_bytes("path,caption\na.mp4,hello\n".encode("utf-8-sig"))
+        r = run("batch", src, "-o", tmp_path / "out", *TINY, "--files-from", tmp_path / "list.csv")
+        assert r.exit_code == 0, r.output
+        assert load_tokens(tmp_path / "out" / "a.pt")["meta"]["columns"] == {"caption": "hello"}
+        r = run("batch", src, "-o", tmp_path / "out2", *TINY, "--save-features", src / "feats")
+        assert r.exit_code == 2 and "is inside the input folder" in one_line(r)
+        (tmp_path / "empty").mkdir()
+        r = run("export", tmp_path / "empty", "-o", tmp_path / "shards")
+        assert r.exit_code == 1 and "no .pt token files found" in one_line(r)
+        feats = tmp_path / "a.f.pt"
+        assert run("encode", src / "a.mp4", *TINY, "-o", tmp_path / "a.pt", "--save-features", feats).exit_code == 0
+        r = run("aggregate", feats, "-o", tmp_path / "b.pt", "--layout", "frames", "--slow-pool", "2x2_avg",
+                "--fast-size", "2x2")  # fmt: skip
+        assert r.exit_code == 2 and "--fast-size does not apply to the frames layout" in one_line(r)
+
 
 class TestReservedNames:
     def test_a_video_named_like_slowfasts_own_files_fails_and_no_output_is_ever_cleaned_away(

@@ -73,7 +73,8 @@ def _jsonl_rows(path: Path):
 def _csv_rows(path: Path):
     csv.field_size_limit(MAX_FIELD)
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name
+        with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
             reader = csv.DictReader(f)
             if reader.fieldnames is None or "path" not in reader.fieldnames:
                 found = ", ".join(reader.fieldnames or []) or "nothing"

@@ -164,7 +164,7 @@ def batch(
     if not (math.isfinite(timeout) and timeout > 0):
         raise ConfigError(f"--timeout must be a positive number of seconds, got {timeout}")
     if save_features is not None:
-        check_features_dir(save_features, output, engine)
+        check_features_dir(save_features, output, engine, in_dir)
     options = EngineOptions(workers=workers, address=address, decoders=decoders, encoders=encoders, timeout=timeout,
                             features_dir=save_features)  # fmt: skip
     runner = make_engine(engine, options)
@@ -186,13 +186,16 @@ def batch(
             _exit(outcome, report, plan, allowed)
 
 
-def check_features_dir(features: Path, output: Path, engine: str) -> None:
-    """``--save-features`` needs the local engine and a folder apart from OUT_DIR (``report`` would count its files)."""
+def check_features_dir(features: Path, output: Path, engine: str, in_dir: Path | None = None) -> None:
+    """``--save-features`` needs the local engine and a folder apart from OUT_DIR (``report`` would count its files)
+    and from IN_DIR (its files would land among the videos, and a rerun would list them)."""
     if engine != "local":
         raise ConfigError("--save-features works with --engine local only")
     a, b = features.resolve(), output.resolve()
     if a == b or a.is_relative_to(b) or b.is_relative_to(a):
         raise ConfigError(f"--save-features {features}: needs a folder apart from the output folder {output}")
+    if in_dir is not None and (a == in_dir.resolve() or a.is_relative_to(in_dir.resolve())):
+        raise ConfigError(f"--save-features {features}: is inside the input folder {in_dir}; give a folder of its own")
     if features.exists() and not features.is_dir():
         raise ConfigError(f"--save-features {features}: exists and is not a folder")
 

@@ -50,6 +50,7 @@ from .options import (
     build_config,
     flags_of,
     path_named,
+    refuse_slowfast_flags,
 )
 from .output import Table, handles_errors, out, print_json, shown, warn
 from .progress import Stages
@@ -247,6 +248,7 @@ def aggregate(
         return
     check_suffix(output, "pt")  # aggregate writes .pt token files (export converts them)
     cfg = reaggregation_config(features_meta(features), config, flags)
+    refuse_slowfast_flags(cfg, flags)
     from ..pipeline import aggregate_file
 
     result = aggregate_file(features, output, cfg, overwrite=overwrite)

@@ -78,6 +78,10 @@ def export(
                   f"{summary['kept']} already there")  # fmt: skip
     if summary["skipped"]:
         raise SlowfastError(f"{in_dir}: {len(summary['skipped'])} file(s) could not be exported (listed above)")
+    if not summary["written"] and not summary["kept"]:  # nothing to convert is never a quiet success
+        raise SlowfastError(
+            f"{in_dir}: no .pt token files found (export converts the .pt files `encode`/`batch` write)"
+        )
 
 
 @handles_errors

@@ -146,13 +146,19 @@ def build_config(preset: str, **flags: Any) -> Config:
     unknown = set(flags) - set(FLAG_KEYS)
     assert not unknown, unknown
     cfg = resolve_config(preset, flags)
-    unused = [f"--{k.replace('_', '-')}" for k in SLOWFAST_ONLY if flags.get(k) is not None]
-    if cfg.aggregator.layout == "frames" and unused:  # given on the line, they would be silently ignored
-        raise ConfigError(
-            f"{', '.join(unused)} do{'es' if len(unused) == 1 else ''} not apply to the frames layout (every frame "
-            "pooled alike by --slow-pool, no fast pathway); drop it, or pass --layout slowfast"
-        )
+    refuse_slowfast_flags(cfg, flags)
     return cfg
+
+
+def refuse_slowfast_flags(cfg: Config, flags: dict[str, Any]) -> None:
+    """Refuse the slowfast layout's flags given on the line with the frames layout, which would ignore them."""
+    unused = [f"--{k.replace('_', '-')}" for k in SLOWFAST_ONLY if flags.get(k) is not None]
+    if cfg.aggregator.layout == "frames" and unused:
+        one = len(unused) == 1
+        raise ConfigError(
+            f"{', '.join(unused)} do{'es' if one else ''} not apply to the frames layout (every frame pooled alike "
+            f"by --slow-pool, no fast pathway); drop {'it' if one else 'them'}, or pass --layout slowfast"
+        )
 
 
 SLOWFAST_ONLY = ("slow_frames", "fast_size", "slow_index")  # the slowfast layout's settings
