@@ -284,6 +284,23 @@ class TestExitCodesAndMessages:
                 "--fast-size", "2x2")  # fmt: skip
         assert r.exit_code == 2 and "--fast-size does not apply to the frames layout" in one_line(r)
 
+    def test_a_rerun_in_another_format_is_refused(self, tmp_path, small_video):
+        """pt, then safetensors, then webdataset into one folder encoded everything three times and report counted
+        each video thrice (the third hostile pass): another format in a used folder is a usage error."""
+        src = tmp_path / "in"
+        src.mkdir()
+        shutil.copy(small_video, src / "a.mp4")
+        out = tmp_path / "out"
+        assert run("batch", src, "-o", out, *TINY).exit_code == 0
+        for fmt in ("safetensors", "webdataset"):
+            r = run("batch", src, "-o", out, *TINY, "--format", fmt)
+            assert r.exit_code == 2 and "from a run in another format" in one_line(r), fmt
+        assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+            "a.pt", "manifest.jsonl", "report.json"]  # fmt: skip
+        assert run("batch", src, "-o", tmp_path / "w", *TINY, "--format", "webdataset").exit_code == 0
+        r = run("batch", src, "-o", tmp_path / "w", *TINY)
+        assert r.exit_code == 2 and "holds webdataset shards" in one_line(r)
+
 
 class TestReservedNames:
     def test_a_video_named_like_slowfasts_own_files_fails_and_no_output_is_ever_cleaned_away(

@@ -276,6 +276,12 @@ def _plan(
                             "(inside IN_DIR) are not encoded")  # fmt: skip
         listing.videos = kept
     fold = case_insensitive(out_dir)
+    mixed = _other_format(writer, out_dir, listing.videos, listing.keys) if not overwrite else None
+    if mixed is not None:
+        raise ConfigError(
+            f"{out_dir}: holds {mixed} from a run in another format; --format {writer.name} would mix formats in one "
+            "folder (report and the Dataset would count videos twice): use that run's --format, or a new output folder"
+        )
     todo, records, claimed, other, unverified = [], [], {}, [], set()
     problems = list(listing.problems) + problems
     foreign: list[str] = []
@@ -319,6 +325,28 @@ def _plan(
         )
     columns = {rel: listing.columns[rel] for rel, _ in todo if rel in listing.columns}
     return BatchPlan(root, out_dir, todo, records, problems, unverified=unverified, writer=writer, columns=columns)
+
+
+FILE_FORMATS = {".pt": "pt", ".safetensors": "safetensors"}
+
+
+def _other_format(writer: Writer, out_dir: Path, videos: list[Path], keys: dict) -> str | None:
+    """What in ``out_dir`` another format's run left for these videos (a shard, or a token file under the other
+    suffix), or None: the first one found, in words."""
+    if not out_dir.is_dir():
+        return None
+    if not writer.in_shards:
+        shard = next(out_dir.glob("shard-*.tar"), None)
+        if shard is not None:
+            return f"webdataset shards ({shard.name})"
+    suffixes = [s for s in FILE_FORMATS if s != writer.suffix]
+    for rel in videos:
+        key = keys.get(rel)
+        for suffix in suffixes:
+            other = out_dir / (Path(key + suffix) if key is not None else rel.with_suffix(suffix))
+            if other.exists():
+                return f"{FILE_FORMATS[suffix]} token files ({other.relative_to(out_dir)})"
+    return None
 
 
 def _exists(writer: Writer, out_rel: Path) -> bool:
