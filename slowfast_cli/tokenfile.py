@@ -166,6 +166,8 @@ def save_tokens(path: str | Path, tokens: torch.Tensor, meta: dict) -> Path:
         SlowfastError: ``path`` is named ``.safetensors``, which every safetensors reader would refuse; write that
             format with ``slowfast_cli.formats`` (``encode --format safetensors``).
     """
+    if isinstance(tokens, torch.Tensor) and tokens.is_floating_point() and not torch.isfinite(tokens).all():
+        raise SlowfastError(f"{path}: the tokens hold NaN or inf; an LLM cannot take them (nothing written)")
     if Path(path).suffix.lower() == ".safetensors":
         raise SlowfastError(
             f"{path}: save_tokens writes the .pt format (torch.save); name it .pt, or write safetensors with "

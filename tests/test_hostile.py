@@ -249,6 +249,10 @@ class TestExitCodesAndMessages:
         assert list(tmp_path.iterdir()) == []
         with pytest.raises(SlowfastError, match="save_tokens writes the .pt format"):
             save_tokens(tmp_path / "y.safetensors", torch.zeros(1, 2, 3), {})
+        with pytest.raises(SlowfastError, match="NaN or inf"):
+            save_tokens(tmp_path / "nan.pt", torch.full((1, 2, 3), float("nan")), {})
+        r = run("encode", small_video, *TINY, "-o", f"{tmp_path}/newdir/")
+        assert r.exit_code == 2 and "names a folder" in r.output and not (tmp_path / "newdir").exists()
 
     def test_encode_json_names_the_layout_and_its_newline_tokens(self, tmp_path, small_video):
         r = run("encode", small_video, *TINY, "-o", tmp_path / "n.pt", "--newline", "frame", "--projector", "linear",

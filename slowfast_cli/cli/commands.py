@@ -48,6 +48,7 @@ from .options import (
     SlowPoolOpt,
     at_least,
     build_config,
+    file_named,
     flags_of,
     path_named,
     refuse_slowfast_flags,
@@ -274,10 +275,10 @@ def encode(
     video: Annotated[Path, typer.Argument(help="Video file.", exists=True, dir_okay=False)],
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Token file (default: VIDEO.tokens.pt, .safetensors).", parser=path_named),
+        typer.Option("--output", "-o", help="Token file (default: VIDEO.tokens.pt, .safetensors).", parser=file_named),
     ] = None,
     save_features: Annotated[
-        Path | None, typer.Option(help="Also write pre-aggregation features here.", parser=path_named)
+        Path | None, typer.Option(help="Also write pre-aggregation features here.", parser=file_named)
     ] = None,
     config: ConfigOpt = "default",
     model: ModelOpt = None,

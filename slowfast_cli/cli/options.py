@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -75,6 +76,14 @@ ResizeOpt = Annotated[
 
 
 ProjectorOpt = Annotated[str | None, typer.Option(help="identity, linear or mlp2x_gelu.")]
+
+
+def file_named(text: str) -> Path:
+    """A file option's value: as :func:`path_named`, and a name that ends in a separator (``-o out/``) names a
+    folder, never the file to write (``Path`` would drop the slash and write a file called ``out``)."""
+    if text.endswith(("/", os.sep)):
+        raise typer.BadParameter(f"{text} names a folder; give the file's name (e.g. {text.rstrip('/' + os.sep)}/x.pt)")
+    return path_named(text)
 
 
 def path_named(text: str) -> Path:
