@@ -158,13 +158,14 @@ def pooled_groups(
     if grid[0] * grid[1] != n:
         raise ConfigError(f"grid {grid[0]}x{grid[1]} has {grid[0] * grid[1]} tokens but the features have N={n}")
     check_grid(grid, slow_pool, fast_size, layout)
-    rows = pooled_grid(grid, slow_pool)
+    pooled = pooled_grid(grid, slow_pool)
+    rows = pooled[0] if pooled else None  # a 1d pool of an odd width keeps no rows
     if layout == "frames":
-        return [Group(pool_slow(x, grid, slow_pool), rows[0] if rows else None)], torch.arange(t)
+        return [Group(pool_slow(x, grid, slow_pool), rows)], torch.arange(t)
     idx = slow_indices(t, slow_frames, slow_index)  # (S,)
     slow = pool_slow(x[idx.to(x.device)], grid, slow_pool)  # (S, N_slow, D)
     fast = pool_fast(x, grid, fast_size)  # (T, h*w, D)
-    return [Group(slow, rows[0] if rows else None), Group(fast, fast_size[0])], idx
+    return [Group(slow, rows), Group(fast, fast_size[0])], idx
 
 
 def slow_fast(
