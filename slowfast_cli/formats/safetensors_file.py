@@ -10,9 +10,11 @@ of its own). ``safetensors.torch.load_file`` reads these files; torch is importe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -114,18 +116,23 @@ def check_crc(f: IO[bytes], header: SafetensorsHeader, name: str, chunk: int = 1
         raise _crc_failed(name)
 
 
-def read_header(path: str | Path, verify: bool = False) -> SafetensorsHeader:
-    """The header of a token safetensors file (the tensor bytes are read only for ``verify``'s CRC-32 check)."""
-    path = Path(path)
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[tuple[IO[bytes], SafetensorsHeader]]:
+    """The open file and its parsed header; an OSError while it is open is one line naming the file."""
     try:
         with open(path, "rb") as f:
             size = f.seek(0, 2)
             f.seek(0)
-            header = parse_header(f, size, str(path))
-            if verify:
-                check_crc(f, header, str(path))
+            yield f, parse_header(f, size, str(path))
     except OSError as exc:
         raise SlowfastError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def read_header(path: str | Path, verify: bool = False) -> SafetensorsHeader:
+    """The header of a token safetensors file (the tensor bytes are read only for ``verify``'s CRC-32 check)."""
+    with _opened(Path(path)) as (f, header):
+        if verify:
+            check_crc(f, header, str(path))
     return header
 
 
@@ -148,12 +155,5 @@ def read_tokens(f: IO[bytes], header: SafetensorsHeader, name: str, verify: bool
 
 def load(path: str | Path, verify: bool = True) -> dict:
     """``{"tokens": (1, L, D), "meta": {...}}`` of a token safetensors file, its CRC-32 checked (``verify``)."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, 2)
-            f.seek(0)
-            header = parse_header(f, size, str(path))
-            return {"tokens": read_tokens(f, header, str(path), verify), "meta": header.meta}
-    except OSError as exc:
-        raise SlowfastError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    with _opened(Path(path)) as (f, header):
+        return {"tokens": read_tokens(f, header, str(path), verify), "meta": header.meta}
