@@ -22,6 +22,7 @@ from .config import AggregatorCfg, Config, config_from_dict
 from .encoder.device import DTYPE_NAMES, resolve_device, resolve_dtype
 from .errors import ConfigError, SlowfastError
 from .policies import check_grid, check_layout
+from .positions import check_video_grid, clip_positions
 from .provenance import file_fingerprint, provenance
 from .reading import path_problem
 from .tokenfile import (
@@ -173,6 +174,11 @@ class Pipeline:
         timings = {} if timings is None else timings
         a = self.config.aggregator
         t1 = time.perf_counter()
+        grid = self.encoder.grid
+        if feats.ndim == 4:  # (T', Gh, Gw, D): a tower whose grid varies per video (encoder.hfvl), this clip's
+            grid = (int(feats.shape[1]), int(feats.shape[2]))
+            feats = feats.flatten(1, 2)  # (T', N, D)
+            check_video_grid(clip.info.path, grid, a)
         with torch.inference_mode():
             before = a.pool_stage == "before"  # pool the tower's tokens, then project (llava-hf LlavaNextVideo)
             pooled = feats
@@ -180,7 +186,7 @@ class Pipeline:
                 feats = self.projector(feats)  # (T, N, D_llm)
             t2 = time.perf_counter()
             agg = slow_fast(
-                pooled if before else feats, self.encoder.grid, a.slow_frames, a.slow_pool, a.fast_size,
+                pooled if before else feats, grid, a.slow_frames, a.slow_pool, a.fast_size,
                 a.slow_index, a.layout, a.newline, self.newline, self.projector if before else None,
             )  # fmt: skip
             # agg.tokens: (1, L, D)
@@ -196,6 +202,9 @@ class Pipeline:
         meta = self.clip_meta(clip)
         meta.update(aggregation_meta(agg, clip.indices))
         meta.update(dim=int(tokens.shape[-1]), timings=timings)
+        if self.encoder.grid is None:  # where each token came from, for an LLM's position ids (positions.py)
+            temporal = self.encoder.family.temporal_patch
+            meta["positions"] = clip_positions(clip, grid, len(feats), temporal, agg.slow_indices, a)
         return EncodeResult(tokens=tokens, meta=meta, features=features, warnings=list(self.warnings))
 
     def clip_meta(self, clip) -> dict:

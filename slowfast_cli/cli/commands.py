@@ -13,6 +13,8 @@ import typer
 
 from ..budget import aggregator_budget
 from ..config import list_presets, load_preset, parse_hw
+from ..encoder.hfvl.checks import budget_grid
+from ..encoder.hfvl.families import is_hf_model
 from ..errors import ConfigError, SlowfastError
 from ..models import model_grid
 from ..planner import plan
@@ -73,7 +75,9 @@ def _parse_range(text: str) -> tuple[int, int]:
 def budget(
     config: ConfigOpt = "default",
     model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
     grid: Annotated[str | None, typer.Option(help="Patch grid HxW (default: from the model).")] = None,
+    size: Annotated[str | None, typer.Option(help="Video size WxH, for hf: models (their grid follows it).")] = None,
     frames: FramesOpt = None,
     slow_frames: SlowFramesOpt = None,
     slow_pool: SlowPoolOpt = None,
@@ -92,12 +96,17 @@ def budget(
 
     Example: slowfast budget --frames 64 --grid 14x14 --slow-pool none --context 8192
     """
-    cfg = build_config(config, model=model, frames=frames, slow_frames=slow_frames, slow_pool=slow_pool,
-                       fast_size=fast_size, slow_index=slow_index, layout=layout, newline=newline)  # fmt: skip
+    cfg = build_config(config, model=model, pretrained=pretrained, frames=frames, slow_frames=slow_frames,
+                       slow_pool=slow_pool, fast_size=fast_size, slow_index=slow_index, layout=layout,
+                       newline=newline)  # fmt: skip
     at_least(context, 1, "--context")
     at_least(reserve, 0, "--reserve")
     at_least(top, 1, "--top")
-    g = parse_hw(grid, "--grid") if grid else model_grid(cfg.encoder.model)
+    hf_notes: list[str] = []
+    if is_hf_model(cfg.encoder.model) and not grid:  # the grid follows the video's size (encoder.hfvl)
+        g, cfg.video.frames, hf_notes = budget_grid(cfg, parse_hw(size, "--size") if size else None, cfg.video.frames)
+    else:
+        g = parse_hw(grid, "--grid") if grid else model_grid(cfg.encoder.model)
     if plan_:
         if context is None:
             raise ConfigError("--plan needs --context N (the LLM's context length)")
@@ -108,7 +117,7 @@ def budget(
         return
     a = cfg.aggregator
     b = aggregator_budget(cfg.video.frames, g, a)
-    notes = budget_warnings(b)
+    notes = hf_notes + budget_warnings(b)
     v = cfg.video
     if v.sampling == "llava_next" or v.sample_fps is not None:  # the count depends on the video's length
         cap = v.frames if v.sampling == "llava_next" else v.max_frames

@@ -1,0 +1,64 @@
+"""The settings a run of a transformers family (``--model hf:...``) can check before it builds anything. No torch.
+
+``preflight_hf`` is ``preflight.preflight`` for these models; ``budget_grid`` is the grid ``budget`` and the planner
+count with, from a video size (``--size WxH``), since the grid of these models varies per video.
+"""
+
+from __future__ import annotations
+
+from ...errors import ConfigError
+from .families import checkpoint_config, family_of, processor_pixels, temporal_patches, video_grid
+
+
+def preflight_hf(cfg) -> None:
+    """Family known; ``--pretrained`` a checkpoint of that family (``none`` refused); projector ``identity`` (the
+    model's merger is its projector); no newline tokens; layer -1 (the merger's output is the only tap).
+
+    Raises:
+        ConfigError: naming the setting and how to fix it.
+    """
+    e, p, a = cfg.encoder, cfg.projector, cfg.aggregator
+    family = family_of(e.model)
+    checkpoint_config(e.pretrained, e.model)
+    if p.kind != "identity" or p.weights or p.llm_dim is not None:
+        raise ConfigError(
+            f"{e.model}: the checkpoint's merger is {family.title}'s projector, so projector.kind (--projector) must "
+            f"be identity with no weights or llm_dim, not {p.kind}"
+        )
+    if a.newline != "no_token":
+        raise ConfigError(f"{e.model}: {family.title} has no newline token; pass --newline no_token")
+    if e.layer != -1:
+        raise ConfigError(
+            f"{e.model}: encoder.layer (--layer) must be -1, the merger's output (the tokens {family.title}'s LLM "
+            f"takes); got {e.layer}"
+        )
+
+
+def budget_grid(cfg, size: tuple[int, int] | None, frames: int) -> tuple[tuple[int, int], int, list[str]]:
+    """(merged grid, temporal patches T', notes) for ``budget`` of a video ``size`` = (width, height) with
+    ``frames`` sampled frames; the checkpoint's processor bounds when ``--pretrained`` is its folder.
+
+    Raises:
+        ConfigError: no ``--size``: the grid is the video's, and budget has no video.
+    """
+    e = cfg.encoder
+    family = family_of(e.model)
+    if size is None:
+        raise ConfigError(
+            f"{e.model}: {family.title}'s grid follows each video's size (smart_resize to multiples of "
+            f"{family.factor} px), so budget cannot know the token count without it: pass --size WxH (the video's "
+            "width x height) or --grid HxW (the merged grid)"
+        )
+    try:
+        pixels = processor_pixels(e.pretrained, e.model)
+        where = f"{e.pretrained}'s processor"
+    except ConfigError:  # no checkpoint at hand: the family's defaults
+        pixels, where = (family.min_pixels, family.max_pixels), f"{family.title}'s default processor"
+    width, height = size
+    grid = video_grid(family, frames, width, height, pixels)
+    patches = temporal_patches(frames, family)
+    notes = [
+        f"{width}x{height} video, {frames} frames -> {patches} temporal patches of a {grid[0]}x{grid[1]} merged grid "
+        f"(min/max pixels {pixels[0]}/{pixels[1]} from {where}); frames below count temporal patches"
+    ]
+    return grid, patches, notes

@@ -1,0 +1,204 @@
+"""Qwen2.5-VL (and Qwen3-VL's geometry), proven against transformers' own model.
+
+A tiny random ``Qwen2_5_VLForConditionalGeneration`` (2 vision blocks of width 32, merger to 64, a 2-layer LLM of
+width 64) is saved with ``save_pretrained`` together with a video processor whose pixel bounds keep the grids small.
+``slowfast encode --config qwen2.5-vl-7b --pretrained FOLDER`` on a real clip must give the model's own
+``get_video_features`` for the same frames, and ``qwen_positions.qwen_inputs`` from the token file the model's own
+positions (``get_rope_index``) and logits of its own video forward (fp32, CPU). With SlowFast on, ``generate`` runs
+from the token file and its recorded positions.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from media import make_video
+from typer.testing import CliRunner
+
+pytest.importorskip("transformers")
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  # noqa: E402
+from transformers.models.qwen2_vl.video_processing_qwen2_vl import (  # noqa: E402
+    Qwen2VLVideoProcessor,
+)
+from transformers.models.qwen2_vl.video_processing_qwen2_vl import smart_resize as hf_smart_resize  # noqa: E402
+from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize as hf_smart_resize3  # noqa: E402
+
+from slowfast_cli.cli.app import app  # noqa: E402
+from slowfast_cli.config import resolve_config  # noqa: E402
+from slowfast_cli.encoder.hfvl.families import FAMILIES, smart_resize, smart_resize_video  # noqa: E402
+from slowfast_cli.positions import token_positions  # noqa: E402
+from slowfast_cli.qwen_positions import qwen_inputs  # noqa: E402
+from slowfast_cli.tokenfile import load_tokens  # noqa: E402
+from slowfast_cli.video.decode import load_clip  # noqa: E402
+from slowfast_cli.video.sampling import qwen_indices  # noqa: E402
+
+VIDEO, IMAGE, START, END = 151, 152, 153, 154  # the tiny config's special token ids
+FEATURES_TOL = 1e-6  # relative, max-abs over max-abs (BENCHMARKS.md, issue 17 section: measured 0.0)
+LOGITS_TOL = 1e-5  # relative (measured there)
+runner = CliRunner()
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+
+
+@pytest.fixture(scope="session")
+def qwen25(tmp_path_factory):
+    """(folder, model): a tiny random Qwen2.5-VL saved with save_pretrained, with a small-bounds video processor."""
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            vocab_size=200, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+            rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, fullatt_block_indexes=[1],
+            window_size=56, tokens_per_second=2,
+        ),
+        video_token_id=VIDEO, image_token_id=IMAGE, vision_start_token_id=START, vision_end_token_id=END,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    folder = tmp_path_factory.mktemp("qwen25") / "Qwen2.5-VL-tiny"
+    model.save_pretrained(folder)
+    Qwen2VLVideoProcessor(size={"shortest_edge": 28 * 28 * 4, "longest_edge": 28 * 28 * 24}).save_pretrained(folder)
+    return folder, model
+
+
+@pytest.fixture(scope="session")
+def qwen_clip(tmp_path_factory):
+    """3 s at 10 fps, 160x96: qwen sampling takes 6 frames, 3 temporal patches of a 3x6 merged grid."""
+    return make_video(tmp_path_factory.mktemp("qv") / "clip.mp4", frames=30, size=(160, 96), fps=10)
+
+
+def encode(video, folder, out, *extra):
+    args = ["encode", str(video), "--pretrained", str(folder), "-o", str(out), "--dtype", "fp32", "--device", "cpu"]
+    result = runner.invoke(app, [*args, *extra])
+    assert result.exit_code == 0, result.output
+    return load_tokens(out)
+
+
+@pytest.fixture(scope="session")
+def own_layout(qwen25, qwen_clip, tmp_path_factory):
+    folder, _ = qwen25
+    return encode(qwen_clip, folder, tmp_path_factory.mktemp("qo") / "own.pt", "--config", "qwen2.5-vl-7b")
+
+
+def model_video_inputs(folder, video):
+    """The model's own processor on the frames slowfast decodes for the preset."""
+    clip = load_clip(video, resolve_config("qwen2.5-vl-7b").video)
+    processor = Qwen2VLVideoProcessor.from_pretrained(folder)
+    out = processor(videos=[torch.from_numpy(np.asarray(clip.frames))], return_tensors="pt", cap_pixels_per_frame=False)
+    return out["pixel_values_videos"], out["video_grid_thw"]
+
+
+def test_features_equal_the_models_video_features(qwen25, qwen_clip, own_layout):
+    folder, model = qwen25
+    pixels, grid_thw = model_video_inputs(folder, qwen_clip)
+    with torch.no_grad():
+        expected = model.model.get_video_features(pixels, grid_thw).pooler_output[0]  # (T' * Gh * Gw, D)
+    tokens, meta = own_layout["tokens"][0], own_layout["meta"]
+    assert grid_thw.tolist() == [[3, 6, 12]] and meta["grid"] == [3, 6] and meta["frames"] == 3
+    assert meta["positions"]["grid_thw"] == [3, 3, 6]
+    assert tokens.shape == expected.shape == (54, 64)
+    assert rel(tokens, expected) <= FEATURES_TOL
+
+
+def test_logits_from_the_token_file_equal_the_models_video_forward(qwen25, qwen_clip, own_layout):
+    folder, model = qwen25
+    pixels, grid_thw = model_video_inputs(folder, qwen_clip)
+    meta = own_layout["meta"]
+    n = own_layout["tokens"].shape[1]
+    before, after = [5, 6, START], [END, 7, 8, 9]
+    ids = torch.tensor([before + [VIDEO] * n + after])
+    types = (ids == VIDEO).int() * 2
+    spg = torch.tensor([meta["positions"]["second_per_grid_t"]])
+    assert spg.item() == 1.0  # 6 frames of a 3 s video: 2 fps, 2 frames per temporal patch
+    with torch.no_grad():
+        want_pos, want_delta = model.model.get_rope_index(ids, types, video_grid_thw=grid_thw, second_per_grid_ts=spg)
+        want = model(
+            input_ids=ids, pixel_values_videos=pixels, video_grid_thw=grid_thw, second_per_grid_ts=spg,
+            mm_token_type_ids=types,
+        ).logits  # fmt: skip
+        inputs = qwen_inputs(model, torch.tensor(before + [VIDEO] + after), own_layout, VIDEO)
+        assert torch.equal(inputs["position_ids"], want_pos) and torch.equal(inputs["rope_deltas"], want_delta)
+        got = model(
+            inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
+            position_ids=inputs["position_ids"],
+        ).logits  # fmt: skip
+    assert got.shape == want.shape
+    assert rel(got, want) <= LOGITS_TOL
+
+
+def test_slowfast_tokens_keep_their_positions_and_generate_runs(qwen25, qwen_clip, own_layout, tmp_path):
+    folder, model = qwen25
+    sf = encode(qwen_clip, folder, tmp_path / "sf.pt", "--config", "qwen2.5-vl-7b-slowfast", "--fast-size", "2x2")
+    meta = sf["meta"]
+    assert meta["slow_frames"] == 3 and sf["tokens"].shape[1] == meta["output_tokens"] == 3 * 18 + 3 * 4
+    where = token_positions(meta["positions"])
+    assert len(where) == sf["tokens"].shape[1]
+    assert where[:18] == token_positions(own_layout["meta"]["positions"])[:18]  # a slow patch: all its cells
+    assert where[54:58] == [(0, 0, 0), (0, 0, 3), (0, 1, 0), (0, 1, 3)]  # fast 2x2 of 3x6: windows' first cells
+    ids = torch.tensor([[0, 0, 5, START, VIDEO, END, 7], [5, 6, START, VIDEO, END, 7, 8]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1] * 7])
+    with torch.no_grad():
+        inputs = qwen_inputs(model, ids, [sf, sf], VIDEO, attention_mask=mask)
+        assert inputs["position_ids"].shape == (3, 2, 7 + 65)
+        assert torch.equal(inputs["position_ids"][:, 0, :2], torch.zeros(3, 2, dtype=torch.long))  # padding
+        model.model.rope_deltas = inputs.pop("rope_deltas")
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert out.shape == (2, 3)
+
+
+@pytest.mark.parametrize("width,height", [(160, 96), (1280, 720), (640, 272), (30, 900), (3840, 2160), (57, 57)])
+def test_smart_resize_equals_transformers(width, height):
+    q25, q3 = FAMILIES["qwen2_5_vl"], FAMILIES["qwen3_vl"]
+    want = hf_smart_resize(height, width, q25.factor, q25.min_pixels, q25.max_pixels)
+    assert smart_resize(height, width, q25.factor, q25.min_pixels, q25.max_pixels) == want
+    for frames in (2, 16, 97):
+        want = hf_smart_resize3(frames, height, width, 2, q3.factor, q3.min_pixels, q3.max_pixels)
+        assert smart_resize_video(frames, height, width, 2, q3.factor, q3.min_pixels, q3.max_pixels) == want
+
+
+def test_qwen_sampling_is_smart_nframes_then_rounded_linspace():
+    """qwen-vl-utils' rule, spelled out: fps 2, at least 4, at most min(768, n), floored to even; torch's linspace."""
+    for n in (4, 5, 30, 31, 100, 301, 1000, 5000):
+        for fps in (10.0, 24.0, 29.97, 60.0):
+            k = min(max(n / fps * 2.0, 4), min(768, n) // 2 * 2, n) // 2 * 2
+            want = torch.linspace(0, n - 1, int(k)).round().long().tolist()
+            assert qwen_indices(n, fps, 2.0, 768) == want
+
+
+def test_budget_of_a_video_size_is_the_count_the_tensor_has(qwen25, own_layout):
+    folder, _ = qwen25
+    args = ["budget", "--config", "qwen2.5-vl-7b", "--pretrained", str(folder), "--size", "160x96", "--frames", "6"]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["output_tokens"] == own_layout["tokens"].shape[1] == 54
+    result = runner.invoke(app, ["budget", "--config", "qwen2.5-vl-7b"])
+    assert result.exit_code == 2 and "pass --size WxH" in result.output
+
+
+def test_bad_inputs_get_one_line(qwen25, qwen_clip, tmp_path):
+    folder, _ = qwen25
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "llava_onevision"}))
+    cases = [
+        (["--pretrained", str(other)], "model_type 'llava_onevision', not 'qwen2_5_vl'"),
+        (["--pretrained", "none"], "needs a checkpoint: pass --pretrained FOLDER"),
+        (["--pretrained", str(folder), "--projector", "mlp2x_gelu"], "must be identity"),
+        (["--pretrained", str(folder), "--layer", "-2"], "must be -1"),
+    ]
+    for extra, message in cases:
+        result = runner.invoke(app, ["encode", str(qwen_clip), "--config", "qwen2.5-vl-7b", *extra])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and len(result.output.strip().splitlines()) == 1
+    out = tmp_path / "x.pt"
+    args = ["encode", str(qwen_clip), "--config", "qwen2.5-vl-7b-slowfast", "--pretrained", str(folder), "-o", str(out)]
+    result = runner.invoke(app, args)  # fast 4x4 on this video's 3x6 grid
+    assert result.exit_code != 0 and str(qwen_clip) in result.output and "3x6" in result.output
+    assert "--fast-size" in result.output and not out.exists()
