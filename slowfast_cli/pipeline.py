@@ -22,7 +22,7 @@ from .config import AggregatorCfg, Config, config_from_dict
 from .encoder.device import DTYPE_NAMES, resolve_device, resolve_dtype
 from .errors import ConfigError, SlowfastError
 from .policies import check_grid, check_layout
-from .positions import check_video_grid, clip_positions
+from .positions import check_video_grid, clip_positions, position_groups
 from .provenance import file_fingerprint, provenance
 from .reading import path_problem
 from .tokenfile import (
@@ -200,9 +200,12 @@ class Pipeline:
             )
         timings.update(project=t2 - t1, aggregate=t3 - t2)
         meta = self.clip_meta(clip)
-        meta.update(aggregation_meta(agg, clip.indices))
+        varying = self.encoder.grid is None  # frames come in temporal patches: each patch's first frame
+        meta.update(
+            aggregation_meta(agg, clip.indices[:: self.encoder.family.temporal_patch] if varying else clip.indices)
+        )
         meta.update(dim=int(tokens.shape[-1]), timings=timings)
-        if self.encoder.grid is None:  # where each token came from, for an LLM's position ids (positions.py)
+        if varying:  # where each token came from, for an LLM's position ids (positions.py)
             temporal = self.encoder.family.temporal_patch
             meta["positions"] = clip_positions(clip, grid, len(feats), temporal, agg.slow_indices, a)
         return EncodeResult(tokens=tokens, meta=meta, features=features, warnings=list(self.warnings))
@@ -278,7 +281,7 @@ def write_result(result: EncodeResult, out: str | Path, features_out: str | Path
 
 FEATURE_META_KEYS = ("source", "video", "short_video", "frame_indices", "timestamps", "model", "pretrained",
                      "random_weights", "layer", "projector", "dtype", "device", "config", "version", "grid",
-                     "tokens_per_frame", "frames", "dim", "provenance")  # fmt: skip
+                     "tokens_per_frame", "frames", "dim", "provenance", "positions")  # fmt: skip
 
 
 def encode_to_file(
@@ -340,7 +343,13 @@ def aggregate_file(features_path: str | Path, out: str | Path, config: Config, o
     base = config_from_dict(fmeta["config"]) if "config" in fmeta else config  # validated by load_features
     warnings = _aggregator_changes(base, a, features_path)
     base.aggregator = a
-    meta.update(aggregation_meta(agg, fmeta.get("frame_indices")))
+    firsts = fmeta.get("frame_indices")
+    if isinstance(fmeta.get("positions"), dict) and firsts is not None:  # one per temporal patch
+        firsts = firsts[:: fmeta["positions"].get("temporal_patch", 1)]
+    meta.update(aggregation_meta(agg, firsts))
+    if isinstance(fmeta.get("positions"), dict):  # a hf: tower's features: the new groups' positions (positions.py)
+        groups = position_groups(len(x), grid, agg.slow_indices, a.slow_pool, a.fast_size, a.layout)
+        meta["positions"] = {**fmeta["positions"], "groups": groups}
     meta.update(
         dim=int(agg.tokens.shape[-1]),
         dtype=DTYPE_NAMES.get(x.dtype, str(x.dtype)),

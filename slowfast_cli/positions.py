@@ -4,6 +4,7 @@ A token file of a tower whose grid varies per video (``--model hf:...``) records
 values and compact (a few lists, not one entry per token):
 
 - ``grid_thw``: [T', Gh, Gw], the merged grid of the video (T' temporal patches of Gh x Gw tokens);
+- ``temporal_patch``: frames per temporal patch (2): patch p holds sampled frames 2p and 2p + 1;
 - ``patch_seconds``: T' floats, the time of each temporal patch's first frame (s);
 - ``second_per_grid_t``: seconds one temporal patch spans (temporal patch size / sampling rate), what Qwen2.5-VL's
   M-RoPE scales its temporal position by;
@@ -76,10 +77,15 @@ def position_groups(
 
 
 def positions_meta(
-    grid_thw: tuple[int, int, int], patch_seconds: list[float], second_per_grid_t: float, groups: list[dict]
+    grid_thw: tuple[int, int, int],
+    patch_seconds: list[float],
+    second_per_grid_t: float,
+    groups: list[dict],
+    temporal_patch: int = 2,
 ) -> dict[str, Any]:
     return {
         "grid_thw": [int(v) for v in grid_thw],
+        "temporal_patch": int(temporal_patch),
         "patch_seconds": [round(float(s), 6) for s in patch_seconds],
         "second_per_grid_t": float(second_per_grid_t),
         "groups": groups,
@@ -114,7 +120,7 @@ def clip_positions(clip: Any, grid: tuple[int, int], patches: int, temporal: int
     sample_fps = frames / max(info.num_frames, 1e-6) * info.fps if info.fps else 0.0
     seconds = [clip.timestamps[min(i * temporal, frames - 1)] for i in range(patches)]
     groups = position_groups(patches, grid, slow_indices, a.slow_pool, a.fast_size, a.layout)
-    return positions_meta((patches, *grid), seconds, temporal / sample_fps if sample_fps else 0.0, groups)
+    return positions_meta((patches, *grid), seconds, temporal / sample_fps if sample_fps else 0.0, groups, temporal)
 
 
 def check_video_grid(video: Any, grid: tuple[int, int], a) -> None:

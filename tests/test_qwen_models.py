@@ -202,3 +202,45 @@ def test_bad_inputs_get_one_line(qwen25, qwen_clip, tmp_path):
     result = runner.invoke(app, args)  # fast 4x4 on this video's 3x6 grid
     assert result.exit_code != 0 and str(qwen_clip) in result.output and "3x6" in result.output
     assert "--fast-size" in result.output and not out.exists()
+
+
+def test_batch_and_aggregate_keep_the_tokens_and_positions(qwen25, qwen_clip, own_layout, tmp_path):
+    """batch (the local engine, one video per pass) gives encode's tokens bit for bit; aggregate re-pools saved
+    features with the positions of the new groups."""
+    folder, _ = qwen25
+    videos = tmp_path / "in"
+    videos.mkdir()
+    (videos / "a.mp4").write_bytes(qwen_clip.read_bytes())
+    args = ["batch", str(videos), "-o", str(tmp_path / "out"), "--config", "qwen2.5-vl-7b", "--pretrained", str(folder)]
+    result = runner.invoke(app, [*args, "--dtype", "fp32", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    batched = load_tokens(tmp_path / "out" / "a.pt")
+    assert torch.equal(batched["tokens"], own_layout["tokens"])
+    assert batched["meta"]["positions"] == own_layout["meta"]["positions"]
+    sf = encode(
+        qwen_clip, folder, tmp_path / "sf.pt", "--config", "qwen2.5-vl-7b", "--save-features", str(tmp_path / "f.pt")
+    )
+    args = ["aggregate", str(tmp_path / "f.pt"), "-o", str(tmp_path / "ag.pt"), "--layout", "slowfast"]
+    result = runner.invoke(app, [*args, "--slow-frames", "1", "--fast-size", "1x1"])
+    assert result.exit_code == 0, result.output
+    ag = load_tokens(tmp_path / "ag.pt")
+    where = token_positions(ag["meta"]["positions"])
+    assert ag["tokens"].shape[1] == len(where) == 18 + 3 and where[18:] == [(0, 0, 0), (1, 0, 0), (2, 0, 0)]
+    assert torch.equal(ag["tokens"][0, :18], sf["tokens"][0, :18])
+    assert ag["meta"]["slow_video_indices"] == [sf["meta"]["frame_indices"][0]]
+
+
+def test_without_transformers_one_line(qwen25, qwen_clip, tmp_path):
+    """No transformers installed (hidden here): encode says how to install it, in one line, exit 1."""
+    import subprocess
+    import sys
+
+    folder, _ = qwen25
+    code = (
+        "import sys; sys.modules['transformers'] = None; from slowfast_cli.cli.app import main; "
+        f"sys.argv = ['slowfast', 'encode', {str(qwen_clip)!r}, '--config', 'qwen2.5-vl-7b', '--pretrained', "
+        f"{str(folder)!r}, '-o', {str(tmp_path / 'x.pt')!r}]; main()"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert 'pip install "slowfast-cli[hf]"' in done.stderr and len(done.stderr.strip().splitlines()) == 1
