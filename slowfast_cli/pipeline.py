@@ -208,6 +208,7 @@ class Pipeline:
         if varying:  # where each token came from, for an LLM's position ids (positions.py)
             temporal = self.encoder.family.temporal_patch
             meta["positions"] = clip_positions(clip, grid, len(feats), temporal, agg.slow_indices, a)
+            meta["positions"]["deepstack"] = self.encoder.deepstack  # width: (1 + deepstack) blocks of D
         return EncodeResult(tokens=tokens, meta=meta, features=features, warnings=list(self.warnings))
 
     def clip_meta(self, clip) -> dict:

@@ -5,7 +5,11 @@ values and compact (a few lists, not one entry per token):
 
 - ``grid_thw``: [T', Gh, Gw], the merged grid of the video (T' temporal patches of Gh x Gw tokens);
 - ``temporal_patch``: frames per temporal patch (2): patch p holds sampled frames 2p and 2p + 1;
-- ``patch_seconds``: T' floats, the time of each temporal patch's first frame (s);
+- ``patch_seconds``: T' floats, the time of each temporal patch (s): the mean of its first and last frame's
+  ``index / fps``, Qwen3-VL's ``<t seconds>`` (transformers 5.25.0 processing_qwen3_vl.py:210-221,
+  ``_calculate_timestamps``);
+- ``deepstack``: K, Qwen3-VL's deepstack features: the tokens are (1 + K) blocks of the LLM's width D side by
+  side, the merger's first (0 for Qwen2.5-VL);
 - ``second_per_grid_t``: seconds one temporal patch spans (temporal patch size / sampling rate), what Qwen2.5-VL's
   M-RoPE scales its temporal position by;
 - ``groups``: in token order, ``{"patches": [...], "cells": [...]}``: the group's tokens are, for each temporal patch
@@ -118,7 +122,11 @@ def clip_positions(clip: Any, grid: tuple[int, int], patches: int, temporal: int
     """
     info, frames = clip.info, len(clip.indices)
     sample_fps = frames / max(info.num_frames, 1e-6) * info.fps if info.fps else 0.0
-    seconds = [clip.timestamps[min(i * temporal, frames - 1)] for i in range(patches)]
+    last = [min(i * temporal + temporal - 1, frames - 1) for i in range(patches)]
+    if info.fps:
+        seconds = [(clip.indices[i * temporal] + clip.indices[j]) / 2 / info.fps for i, j in enumerate(last)]
+    else:  # no frame rate known: the decoder's times
+        seconds = [(clip.timestamps[i * temporal] + clip.timestamps[j]) / 2 for i, j in enumerate(last)]
     groups = position_groups(patches, grid, slow_indices, a.slow_pool, a.fast_size, a.layout)
     return positions_meta((patches, *grid), seconds, temporal / sample_fps if sample_fps else 0.0, groups, temporal)
 

@@ -111,3 +111,91 @@ def qwen_inputs(
     out["position_ids"] = position_ids.to(device)
     out["rope_deltas"] = torch.tensor(deltas, device=device).unsqueeze(1)
     return out
+
+
+class EncoderOutputs:
+    """What Qwen3-VL's forward takes as ``mm_encoder_outputs["video"]``: the merger's tokens per video and, per
+    deepstack merger, its tokens per video (the fields of transformers' ``BaseModelOutputWithDeepstackFeatures``)."""
+
+    def __init__(self, pooler_output: tuple[torch.Tensor, ...], deepstack_features: list[tuple[torch.Tensor, ...]]):
+        self.pooler_output, self.deepstack_features = pooler_output, deepstack_features
+
+    def to_tuple(self) -> tuple:
+        return self.pooler_output, self.deepstack_features
+
+
+def _patch_runs(positions: dict[str, Any]) -> list[tuple[int, int, int]]:
+    """(temporal patch, first token, end) of each run of consecutive tokens from one temporal patch, in order."""
+    runs, start = [], 0
+    for group in positions["groups"]:
+        n = len(group["cells"])
+        for p in group["patches"]:
+            runs.append((int(p), start, start + n))
+            start += n
+    return runs
+
+
+def qwen3_inputs(
+    input_ids: torch.Tensor,
+    video: Any,
+    video_token_id: int,
+    vision_start_id: int,
+    vision_end_id: int,
+    timestamp_ids: Any,
+) -> dict[str, Any]:
+    """Qwen3-VL's inputs for one prompt (P,) or (1, P) with one ``video_token_id`` placeholder, from a token file.
+
+    Qwen3-VL's processor writes a video as, for each temporal patch, ``<t seconds>`` text then ``<|vision_start|>``,
+    the patch's tokens and ``<|vision_end|>`` (transformers 5.25.0 processing_qwen3_vl.py:78-106), and its
+    ``get_rope_index`` (modeling_qwen3_vl.py:918-1009) places each such run as an image of one temporal patch:
+    temporal ``s``, height ``s + row``, width ``s + col``, the text after it from ``s + max(Gh, Gw)``. Here every run
+    of consecutive tokens of one temporal patch (for ``slowfast``: each slow patch, then each patch's fast tokens)
+    is written that way, with its recorded rows and columns.
+
+    Args:
+        input_ids: the prompt, the placeholder where the video goes.
+        video: a token file (path, ``load_tokens`` dict or ``EncodeResult``) of a ``hf:qwen3_vl`` encode.
+        timestamp_ids: seconds -> the token ids of ``f"<{seconds:.1f} seconds>"`` (e.g. ``lambda s:
+            tokenizer(f"<{s:.1f} seconds>", add_special_tokens=False).input_ids``).
+
+    Returns:
+        ``input_ids`` (1, P'), ``attention_mask``, ``position_ids`` (3, 1, P'), ``mm_token_type_ids`` and
+        ``mm_encoder_outputs``, for ``model(**inputs)``: the video's tokens (and its deepstack features) go in
+        as precomputed encoder outputs, which the model scatters into the placeholders.
+    """
+    ids = input_ids.reshape(-1).tolist()
+    if ids.count(video_token_id) != 1:
+        raise ConfigError(f"input_ids must hold exactly one video placeholder (id {video_token_id})")
+    loaded = _load(video)
+    tokens, positions = loaded["tokens"].reshape(-1, loaded["tokens"].shape[-1]), loaded["meta"]["positions"]
+    k = int(positions.get("deepstack", 0))
+    cells = token_positions(positions)
+    if len(cells) != len(tokens) or tokens.shape[-1] % (k + 1):
+        raise ConfigError("the token file's positions or width do not match its tokens")
+    _, gh, gw = positions["grid_thw"]
+    at = ids.index(video_token_id)
+    out_ids, pos, current = [], [], 0
+
+    def text(values: list[int]) -> None:
+        nonlocal current
+        out_ids.extend(values)
+        pos.extend([current + i] * 3 for i in range(len(values)))
+        current += len(values)
+
+    text(ids[:at])
+    for p, a, b in _patch_runs(positions):
+        text([*timestamp_ids(positions["patch_seconds"][p]), vision_start_id])
+        out_ids.extend([video_token_id] * (b - a))
+        pos.extend([current, current + cells[i][1], current + cells[i][2]] for i in range(a, b))
+        current += max(gh, gw)
+        text([vision_end_id])
+    text(ids[at + 1 :])
+    blocks = tokens.chunk(k + 1, dim=-1)  # the merger's (L, D), then each deepstack merger's
+    full = torch.tensor([out_ids])
+    return {
+        "input_ids": full,
+        "attention_mask": torch.ones_like(full),
+        "position_ids": torch.tensor(pos, dtype=torch.long).T[:, None],  # (3, 1, P')
+        "mm_token_type_ids": (full == video_token_id).int() * 2,
+        "mm_encoder_outputs": {"video": EncoderOutputs((blocks[0],), [(b,) for b in blocks[1:]])},  # fmt: skip
+    }

@@ -30,7 +30,7 @@ from slowfast_cli.cli.app import app  # noqa: E402
 from slowfast_cli.config import resolve_config  # noqa: E402
 from slowfast_cli.encoder.hfvl.families import FAMILIES, smart_resize, smart_resize_video  # noqa: E402
 from slowfast_cli.positions import token_positions  # noqa: E402
-from slowfast_cli.qwen_positions import qwen_inputs  # noqa: E402
+from slowfast_cli.qwen_positions import qwen3_inputs, qwen_inputs  # noqa: E402
 from slowfast_cli.tokenfile import load_tokens  # noqa: E402
 from slowfast_cli.video.decode import load_clip  # noqa: E402
 from slowfast_cli.video.sampling import qwen_indices  # noqa: E402
@@ -244,3 +244,82 @@ def test_without_transformers_one_line(qwen25, qwen_clip, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr
     assert 'pip install "slowfast-cli[hf]"' in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="session")
+def qwen3(tmp_path_factory):
+    """(folder, model): a tiny random Qwen3-VL (one deepstack merger) saved with save_pretrained."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    cfg = Qwen3VLConfig(
+        text_config=dict(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=16, vocab_size=200, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+            rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0,
+                             "mrope_interleaved": True},
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+            deepstack_visual_indexes=[0], num_position_embeddings=64,
+        ),
+        video_token_id=VIDEO, image_token_id=IMAGE, vision_start_token_id=START, vision_end_token_id=END,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = Qwen3VLForConditionalGeneration(cfg).eval()
+    folder = tmp_path_factory.mktemp("qwen3") / "Qwen3-VL-tiny"
+    model.save_pretrained(folder)
+    Qwen3VLVideoProcessor(size={"shortest_edge": 32 * 32 * 8, "longest_edge": 32 * 32 * 96}).save_pretrained(folder)
+    return folder, model
+
+
+def timestamp_ids(seconds: float) -> list[int]:
+    """A stand-in tokenizer for "<t seconds>": two ids that depend on the text."""
+    text = f"<{seconds:.1f} seconds>"
+    return [10 + sum(map(ord, text)) % 90, 100 + len(text)]
+
+
+def test_qwen3_features_and_logits_equal_the_models_own(qwen3, qwen_clip, tmp_path):
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    folder, model = qwen3
+    own = encode(qwen_clip, folder, tmp_path / "q3.pt", "--config", "qwen3-vl-8b")
+    clip = load_clip(qwen_clip, resolve_config("qwen3-vl-8b").video)
+    processor = Qwen3VLVideoProcessor.from_pretrained(folder)
+    frames = torch.from_numpy(np.asarray(clip.frames))
+    got = processor(videos=[frames], return_tensors="pt", do_sample_frames=False, cap_pixels_per_frame=False)
+    pixels, grid_thw = got["pixel_values_videos"], got["video_grid_thw"]
+    t, h, w = grid_thw[0].tolist()
+    with torch.no_grad():
+        feats = model.model.get_video_features(pixels, grid_thw)
+    want = torch.cat([feats.pooler_output[0], feats.deepstack_features[0][0]], dim=-1)  # (T' * Gh * Gw, 2 * 64)
+    tokens, meta = own["tokens"][0], own["meta"]
+    assert meta["positions"]["grid_thw"] == [t, h // 2, w // 2] and meta["positions"]["deepstack"] == 1
+    assert tokens.shape == want.shape and rel(tokens, want) <= FEATURES_TOL
+    # the processor's own prompt: per temporal patch "<t seconds>" + start + tokens + end, times from its metadata
+    seconds = [(a + b) / 2 / 10.0 for a, b in zip(clip.indices[::2], clip.indices[1::2])]
+    assert meta["positions"]["patch_seconds"] == pytest.approx(seconds)
+    n = (h // 2) * (w // 2)
+    ids = [5, 6]
+    for s in seconds:
+        ids += [*timestamp_ids(s), START] + [VIDEO] * n + [END]
+    ids = torch.tensor([ids + [7, 8]])
+    with torch.no_grad():
+        want_logits = model(
+            input_ids=ids,
+            pixel_values_videos=pixels,
+            video_grid_thw=grid_thw,
+            mm_token_type_ids=(ids == VIDEO).int() * 2,
+        ).logits
+        want_pos, _ = model.model.get_rope_index(ids, (ids == VIDEO).int() * 2, video_grid_thw=grid_thw)
+        inputs = qwen3_inputs(torch.tensor([5, 6, VIDEO, 7, 8]), own, VIDEO, START, END, timestamp_ids)
+        assert torch.equal(inputs["input_ids"], ids) and torch.equal(inputs["position_ids"], want_pos)
+        logits = model(**inputs).logits
+    assert rel(logits, want_logits) <= LOGITS_TOL
+    # SlowFast: one slow patch, every patch at 1x1; each run of one patch's tokens is written as its own frame
+    sf = encode(qwen_clip, folder, tmp_path / "sf.pt", "--config", "qwen3-vl-8b-slowfast", "--slow-frames", "1",
+                "--fast-size", "1x1")  # fmt: skip
+    with torch.no_grad():
+        inputs = qwen3_inputs(torch.tensor([5, VIDEO, 7]), sf, VIDEO, START, END, timestamp_ids)
+        assert int((inputs["input_ids"] == START).sum()) == 1 + t
+        assert model(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]

@@ -52,7 +52,7 @@ class QwenEncoder:
     model_name: str  # hf:qwen2_5_vl
     pretrained: str
     config: dict[str, Any]  # the checkpoint's config.json
-    width: int  # D: the merger's output, the LLM's hidden size
+    width: int  # (1 + K) * D: the merger's output (the LLM's hidden size D) and K deepstack mergers' (Qwen3-VL)
     device: torch.device
     dtype: torch.dtype
     layer: int = -1  # the merger's output: the only tap these towers offer
@@ -75,12 +75,20 @@ class QwenEncoder:
         )  # fmt: skip
         return out["pixel_values_videos"], out["video_grid_thw"]
 
+    @property
+    def deepstack(self) -> int:
+        """K: Qwen3-VL's deepstack mergers (features of intermediate blocks that its LLM adds to the video tokens'
+        hidden states in its first K layers); 0 for Qwen2.5-VL."""
+        return len(getattr(self.visual, "deepstack_merger_list", ()))
+
     @torch.inference_mode()
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        """The tower and merger: (T' * h * w, C * 2 * P * P) -> (T' * h/2 * w/2, D), row-major per temporal patch
-        (the processor orders the patches so that each 2x2 merge group is contiguous)."""
+        """The tower and merger: (T' * h * w, C * 2 * P * P) -> (T' * h/2 * w/2, (1 + K) * D), row-major per temporal
+        patch (the processor orders the patches so that each 2x2 merge group is contiguous): the merger's tokens,
+        then each of the K deepstack mergers' (Qwen3-VL) side by side in the channels, so that every pooling treats
+        them alike (``qwen_positions.qwen3_inputs`` splits them again)."""
         out = self.visual(pixel_values.to(self.device, self.dtype), grid_thw=grid_thw.to(self.device))
-        return out.pooler_output
+        return torch.cat([out.pooler_output, *(getattr(out, "deepstack_features", None) or [])], dim=-1)
 
     def encode(
         self, frames: torch.Tensor | np.ndarray, batch_frames: int = 0, progress: Callable[[int], None] | None = None
@@ -171,7 +179,7 @@ def build_qwen_encoder(model: str, pretrained: str, device: torch.device, dtype:
         model_name=model,
         pretrained=pretrained,
         config=raw,
-        width=int(vision.out_hidden_size),
+        width=int(vision.out_hidden_size) * (1 + len(getattr(vision, "deepstack_visual_indexes", None) or [])),
         device=device,
         dtype=dtype,
     )
