@@ -178,8 +178,9 @@ def test_budget_of_a_video_size_is_the_count_the_tensor_has(qwen25, own_layout):
     result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["output_tokens"] == own_layout["tokens"].shape[1] == 54
-    result = runner.invoke(app, ["budget", "--config", "qwen2.5-vl-7b"])
-    assert result.exit_code == 2 and "pass --size WxH" in result.output
+    result = runner.invoke(app, ["budget", "--config", "qwen2.5-vl-7b", "--json"])  # no size: 1280x720, said
+    assert result.exit_code == 0 and json.loads(result.stdout)["grid"] == [20, 36]
+    assert "cannot know the token count without it: counted for a 1280x720 video" in result.output
 
 
 def test_bad_inputs_get_one_line(qwen25, qwen_clip, tmp_path):
@@ -202,6 +203,9 @@ def test_bad_inputs_get_one_line(qwen25, qwen_clip, tmp_path):
     result = runner.invoke(app, args)  # fast 4x4 on this video's 3x6 grid
     assert result.exit_code != 0 and str(qwen_clip) in result.output and "3x6" in result.output
     assert "--fast-size" in result.output and not out.exists()
+    tiny = make_video(tmp_path / "tiny.mp4", frames=20, size=(40, 16), fps=10)
+    result = runner.invoke(app, [*args[:1], str(tiny), *args[2:]])
+    assert result.exit_code == 1 and "a 40x16 video is smaller than the model's 28x28 pixels" in result.output
 
 
 def test_batch_and_aggregate_keep_the_tokens_and_positions(qwen25, qwen_clip, own_layout, tmp_path):
@@ -323,3 +327,21 @@ def test_qwen3_features_and_logits_equal_the_models_own(qwen3, qwen_clip, tmp_pa
         inputs = qwen3_inputs(torch.tensor([5, VIDEO, 7]), sf, VIDEO, START, END, timestamp_ids)
         assert int((inputs["input_ids"] == START).sum()) == 1 + t
         assert model(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]
+
+
+def test_readme_qwen_vl_models_example_runs(qwen25, qwen_clip, tmp_path, monkeypatch):
+    """The README's ``## Qwen-VL models`` Python block, run as written on the tiny checkpoint (its question's ids
+    stand in for a tokenizer, which the tiny checkpoint has none of)."""
+    import re
+    from pathlib import Path
+
+    folder, _ = qwen25
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = re.search(r"## Qwen-VL models\n.*?```python\n(.*?)```", readme, re.S).group(1)
+    tokenizer = 'AutoTokenizer.from_pretrained(CHECKPOINT)("What happens in this video?").input_ids'
+    assert tokenizer in code
+    monkeypatch.chdir(tmp_path)
+    encode(qwen_clip, folder, tmp_path / "clip.sf.pt", "--config", "qwen2.5-vl-7b-slowfast", "--fast-size", "2x2")
+    scope = {"CHECKPOINT": str(folder)}
+    exec(code.replace(tokenizer, "[5, 6, 7]"), scope)
+    assert scope["answer"].shape[0] == 1

@@ -34,20 +34,25 @@ def preflight_hf(cfg) -> None:
         )
 
 
+REFERENCE_SIZE = (1280, 720)  # (width, height) budget counts with when no --size is given, and says so
+
+
 def budget_grid(cfg, size: tuple[int, int] | None, frames: int) -> tuple[tuple[int, int], int, list[str]]:
     """(merged grid, temporal patches T', notes) for ``budget`` of a video ``size`` = (width, height) with
     ``frames`` sampled frames; the checkpoint's processor bounds when ``--pretrained`` is its folder.
 
-    Raises:
-        ConfigError: no ``--size``: the grid is the video's, and budget has no video.
+    Without ``size`` the count cannot be known (the grid is the video's, and budget has no video): it is counted for
+    a 1280x720 video (``REFERENCE_SIZE``), and the first note says so and how to give the size.
     """
     e = cfg.encoder
     family = family_of(e.model)
+    notes = []
     if size is None:
-        raise ConfigError(
+        size = REFERENCE_SIZE
+        notes.append(
             f"{e.model}: {family.title}'s grid follows each video's size (smart_resize to multiples of "
-            f"{family.factor} px), so budget cannot know the token count without it: pass --size WxH (the video's "
-            "width x height) or --grid HxW (the merged grid)"
+            f"{family.factor} px), so budget cannot know the token count without it: counted for a "
+            f"{size[0]}x{size[1]} video; pass --size WxH (the video's width x height) or --grid HxW (the merged grid)"
         )
     try:
         pixels = processor_pixels(e.pretrained, e.model)
@@ -57,7 +62,7 @@ def budget_grid(cfg, size: tuple[int, int] | None, frames: int) -> tuple[tuple[i
     width, height = size
     grid = video_grid(family, frames, width, height, pixels)
     patches = temporal_patches(frames, family)
-    notes = [
+    notes += [
         f"{width}x{height} video, {frames} frames -> {patches} temporal patches of a {grid[0]}x{grid[1]} merged grid "
         f"(min/max pixels {pixels[0]}/{pixels[1]} from {where}); frames below count temporal patches"
     ]

@@ -28,7 +28,7 @@ class Family:
     patch: int  # pixels per side of one ViT patch
     merge: int  # the merger's spatial merge: merge x merge patches make one output token
     temporal_patch: int  # frames per temporal patch (the Conv3d's depth)
-    min_pixels: int  # per-frame pixel bounds of the model's own video processor (its class defaults)
+    min_pixels: int  # pixel bounds of the model's own video processor when the checkpoint names none (see FAMILIES)
     max_pixels: int
     processor: str  # transformers' video processor class (in transformers.models.<module>.video_processing_*)
     vision_prefixes: tuple[str, ...]  # where a checkpoint keeps the vision tower with its merger
@@ -42,17 +42,20 @@ class Family:
 
 
 # Qwen2.5-VL: transformers 5.25.0 models/qwen2_vl/video_processing_qwen2_vl.py:116-127 (Qwen2VLVideoProcessor:
-# size shortest_edge 128*28*28, longest_edge 28*28*768, patch 14, temporal patch 2, merge 2), which
-# processing_qwen2_5_vl.py uses for videos; the checkpoint keeps the tower under visual.* (model.visual.* when saved
-# in transformers 5's own layout). Qwen3-VL: models/qwen3_vl/video_processing_qwen3_vl.py (patch 16, temporal 2,
-# merge 2, size shortest_edge 128*32*32, longest_edge 768*32*32).
+# size shortest_edge 128*28*28, longest_edge 28*28*768 per frame, patch 14, temporal patch 2, merge 2), which
+# processing_qwen2_5_vl.py uses for videos, and qwen-vl-utils' VIDEO_MIN_PIXELS / VIDEO_MAX_PIXELS (the same);
+# Qwen2.5-VL-7B-Instruct ships no video processor config (its preprocessor_config.json's min/max_pixels bound
+# images, 3136..12845056, and are not used for videos here). The checkpoint keeps the tower under visual.*
+# (model.visual.* when saved in transformers 5's own layout). Qwen3-VL: models/qwen3_vl/video_processing_qwen3_vl.py
+# (patch 16, temporal 2, merge 2, bounds on the whole video); the bounds are Qwen3-VL-8B-Instruct's
+# video_preprocessor_config.json (size shortest_edge 4096, longest_edge 25165824), not the class defaults.
 FAMILIES = {
     "qwen2_5_vl": Family(
         "qwen2_5_vl", "Qwen2.5-VL", 14, 2, 2, 128 * 28 * 28, 768 * 28 * 28, "Qwen2VLVideoProcessor",
         ("visual.", "model.visual."), True, False,
     ),
     "qwen3_vl": Family(
-        "qwen3_vl", "Qwen3-VL", 16, 2, 2, 128 * 32 * 32, 768 * 32 * 32, "Qwen3VLVideoProcessor",
+        "qwen3_vl", "Qwen3-VL", 16, 2, 2, 4096, 25165824, "Qwen3VLVideoProcessor",
         ("model.visual.", "visual."), False, True,
     ),
 }  # fmt: skip
@@ -94,7 +97,10 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
             model's processor refuses both).
     """
     if height < factor or width < factor:
-        raise SlowfastError(f"a {width}x{height} frame is smaller than the model's {factor}x{factor} pixels per token")
+        raise SlowfastError(
+            f"a {width}x{height} video is smaller than the model's {factor}x{factor} pixels per token on a side "
+            "(qwen-vl-utils refuses it too)"
+        )
     if max(height, width) / min(height, width) > 200:
         raise SlowfastError(f"a {width}x{height} frame is more than 200 times as long as it is wide")
     h_bar = round(height / factor) * factor
@@ -218,12 +224,12 @@ def checkpoint_config(pretrained: str, model: str) -> dict[str, Any]:
 
 
 def processor_pixels(pretrained: str, model: str) -> tuple[int, int]:
-    """(min_pixels, max_pixels) per frame that the checkpoint's video processor resizes to: its
-    ``video_preprocessor_config.json`` or ``preprocessor_config.json`` (``size`` shortest/longest_edge, or
-    ``min_pixels``/``max_pixels``), else the family's defaults."""
+    """(min_pixels, max_pixels) that the checkpoint's video processor resizes to: its
+    ``video_preprocessor_config.json`` (``size`` shortest/longest_edge, or ``min_pixels``/``max_pixels``), else the
+    family's defaults (an image processor's ``preprocessor_config.json`` bounds images, not videos)."""
     family = family_of(model)
     folder = checkpoint_folder(pretrained, model)
-    for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
+    for name in ("video_preprocessor_config.json",):
         if (folder / name).is_file():
             cfg = _read_json(folder / name, "preprocessor config")
             size = cfg.get("size") if isinstance(cfg.get("size"), dict) else {}

@@ -20,7 +20,7 @@ import torch
 from ...checkpoints.files import few, open_checkpoint
 from ...errors import SlowfastError
 from ...tensors import check_tensors
-from .families import Family, checkpoint_config, checkpoint_folder, family_of, processor_pixels
+from .families import Family, checkpoint_config, checkpoint_folder, family_of, processor_pixels, smart_resize
 
 try:
     import transformers
@@ -69,6 +69,8 @@ class QwenEncoder:
         frames = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames).cpu()
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
             raise SlowfastError(f"expected uint8 frames (T, H, W, 3), got {tuple(frames.shape)} {frames.dtype}")
+        if not self.family.pixels_per_video:  # qwen-vl-utils refuses these; transformers would blow them up
+            smart_resize(frames.shape[1], frames.shape[2], self.family.factor, 1, 1 << 62)
         out = self.processor(
             videos=[frames], return_tensors="pt", input_data_format="channels_last", cap_pixels_per_frame=False,
             do_sample_frames=False,
@@ -107,8 +109,9 @@ class QwenEncoder:
 
 def _processor(family: Family, pretrained: str, model: str, vision: Any) -> Any:
     """The family's video processor: the checkpoint's ``video_preprocessor_config.json`` when it has one (what
-    ``AutoVideoProcessor`` would load), else the class defaults with the pixel bounds of its
-    ``preprocessor_config.json`` (Qwen2.5-VL-7B-Instruct ships only that one) and the tower's geometry."""
+    ``AutoVideoProcessor`` would load), else the class defaults with the family's video pixel bounds
+    (``families.FAMILIES``: Qwen2.5-VL-7B-Instruct ships only an image processor config) and the tower's
+    geometry."""
     name = PROCESSOR_MODULES[family.processor]
     cls = getattr(importlib.import_module(f"transformers.models.{name}.video_processing_{name}"), family.processor)
     folder = checkpoint_folder(pretrained, model)
