@@ -161,6 +161,11 @@ def provenance(config: Config, dtype: str) -> dict[str, Any]:
     digest = config_identity(pretrained) if pretrained.lower() != "none" and Path(pretrained).exists() else None
     if digest is not None:
         record["weights_config"] = digest
+    if config.encoder.model.startswith("hf:"):  # transformers' own tower and video processor make these tokens
+        record["libraries"]["transformers"] = _version("transformers")
+        folder = Path(pretrained) if Path(pretrained).is_dir() else Path(pretrained).parent
+        processor = folder / "video_preprocessor_config.json"
+        record["processor_config"] = file_digest(processor) if processor.is_file() else None
     return record
 
 

@@ -36,8 +36,8 @@ from slowfast_cli.video.decode import load_clip  # noqa: E402
 from slowfast_cli.video.sampling import qwen_indices  # noqa: E402
 
 VIDEO, IMAGE, START, END = 151, 152, 153, 154  # the tiny config's special token ids
-FEATURES_TOL = 1e-6  # relative, max-abs over max-abs (BENCHMARKS.md, issue 17 section: measured 0.0)
-LOGITS_TOL = 1e-5  # relative (measured there)
+FEATURES_TOL = 1e-6  # relative, max-abs over max-abs (BENCHMARKS.md, issue 17 (qwen) section: measured 0.0)
+LOGITS_TOL = 1e-5  # relative (measured there: 0.0)
 runner = CliRunner()
 
 
