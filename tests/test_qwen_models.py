@@ -142,6 +142,8 @@ def test_slowfast_tokens_keep_their_positions_and_generate_runs(qwen25, qwen_cli
     assert len(where) == sf["tokens"].shape[1]
     assert where[:18] == token_positions(own_layout["meta"]["positions"])[:18]  # a slow patch: all its cells
     assert where[54:58] == [(0, 0, 0), (0, 0, 3), (0, 1, 0), (0, 1, 3)]  # fast 2x2 of 3x6: windows' first cells
+    result = runner.invoke(app, ["show", str(tmp_path / "sf.pt"), "-o", str(tmp_path / "sf.png")])
+    assert result.exit_code == 0 and (tmp_path / "sf.png").stat().st_size > 0, result.output
     ids = torch.tensor([[0, 0, 5, START, VIDEO, END, 7], [5, 6, START, VIDEO, END, 7, 8]])
     mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1] * 7])
     with torch.no_grad():
