@@ -29,9 +29,16 @@ from .positions import token_positions
 
 def _load(video: Any) -> dict:
     if isinstance(video, (str, bytes)) or hasattr(video, "__fspath__"):
-        from .tokenfile import load_tokens
+        from pathlib import Path
 
-        video = load_tokens(video)
+        if Path(video).suffix == ".safetensors":  # torch.load reads its tensor but not its meta
+            from .formats.safetensors_file import load
+
+            video = load(video)
+        else:
+            from .tokenfile import load_tokens
+
+            video = load_tokens(video)
     meta = video.get("meta") if isinstance(video, dict) else getattr(video, "meta", None)
     if not isinstance(meta, dict) or "positions" not in meta:
         raise ConfigError(

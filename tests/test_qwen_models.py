@@ -29,6 +29,7 @@ from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize 
 from slowfast_cli.cli.app import app  # noqa: E402
 from slowfast_cli.config import resolve_config  # noqa: E402
 from slowfast_cli.encoder.hfvl.families import FAMILIES, smart_resize, smart_resize_video  # noqa: E402
+from slowfast_cli.formats.safetensors_file import load as safetensors_tokens  # noqa: E402
 from slowfast_cli.positions import token_positions  # noqa: E402
 from slowfast_cli.qwen_positions import qwen3_inputs, qwen_inputs  # noqa: E402
 from slowfast_cli.tokenfile import load_tokens  # noqa: E402
@@ -131,6 +132,14 @@ def test_logits_from_the_token_file_equal_the_models_video_forward(qwen25, qwen_
         ).logits  # fmt: skip
     assert got.shape == want.shape
     assert rel(got, want) <= LOGITS_TOL
+    with torch.no_grad():  # greedy decoding from the token file continues as the model's own from pixels does
+        own_answer = model.generate(
+            input_ids=ids, pixel_values_videos=pixels, video_grid_thw=grid_thw, second_per_grid_ts=spg,
+            mm_token_type_ids=types, max_new_tokens=6, do_sample=False,
+        )[0, ids.shape[1]:]  # fmt: skip
+        model.model.rope_deltas = inputs.pop("rope_deltas")
+        answer = model.generate(**inputs, max_new_tokens=6, do_sample=False)[0]
+    assert answer.tolist() == own_answer.tolist()
 
 
 def test_slowfast_tokens_keep_their_positions_and_generate_runs(qwen25, qwen_clip, own_layout, tmp_path):
@@ -211,18 +220,22 @@ def test_bad_inputs_get_one_line(qwen25, qwen_clip, tmp_path):
 
 
 def test_batch_and_aggregate_keep_the_tokens_and_positions(qwen25, qwen_clip, own_layout, tmp_path):
-    """batch (the local engine, one video per pass) gives encode's tokens bit for bit; aggregate re-pools saved
-    features with the positions of the new groups."""
+    """batch (the local engine, one video per pass; here into safetensors files) gives encode's tokens and
+    positions bit for bit; aggregate re-pools saved features with the positions of the new groups."""
     folder, _ = qwen25
     videos = tmp_path / "in"
     videos.mkdir()
     (videos / "a.mp4").write_bytes(qwen_clip.read_bytes())
     args = ["batch", str(videos), "-o", str(tmp_path / "out"), "--config", "qwen2.5-vl-7b", "--pretrained", str(folder)]
-    result = runner.invoke(app, [*args, "--dtype", "fp32", "--device", "cpu"])
+    result = runner.invoke(app, [*args, "--dtype", "fp32", "--device", "cpu", "--format", "safetensors"])
     assert result.exit_code == 0, result.output
-    batched = load_tokens(tmp_path / "out" / "a.pt")
+    batched = safetensors_tokens(tmp_path / "out" / "a.safetensors")
     assert torch.equal(batched["tokens"], own_layout["tokens"])
     assert batched["meta"]["positions"] == own_layout["meta"]["positions"]
+    embed = torch.nn.Embedding(200, 64)
+    a = qwen_inputs(embed, torch.tensor([5, VIDEO]), tmp_path / "out" / "a.safetensors", VIDEO, tokens_per_second=2)
+    b = qwen_inputs(embed, torch.tensor([5, VIDEO]), own_layout, VIDEO, tokens_per_second=2)
+    assert torch.equal(a["position_ids"], b["position_ids"]) and torch.equal(a["inputs_embeds"], b["inputs_embeds"])
     sf = encode(
         qwen_clip, folder, tmp_path / "sf.pt", "--config", "qwen2.5-vl-7b", "--save-features", str(tmp_path / "f.pt")
     )
