@@ -170,7 +170,9 @@ class Pipeline:
 
     def finish_clip(self, clip, feats: torch.Tensor, keep_features: bool = False, timings: dict | None = None):
         """Projector -> aggregator for a clip whose patch tokens ``feats`` (T, N, D_vision) the encoder gave (alone,
-        or packed with other videos' frames by ``encoder.packing.Packer``: the same bits)."""
+        or packed with other videos' frames by ``encoder.packing.Packer``: the same bits). A tower whose grid varies
+        per video (``encoder.hfvl``, ``encoder.grid`` None) gives (T', Gh, Gw, D): this clip's grid is taken from it,
+        and the token file records where each token came from (``meta["positions"]``, ``positions.py``)."""
         timings = {} if timings is None else timings
         a = self.config.aggregator
         t1 = time.perf_counter()

@@ -113,6 +113,8 @@ def budget(
         lo, hi = _parse_range(frames_range)
         a = cfg.aggregator
         entries = plan(context, g, lo, hi, reserve, slow_index=a.slow_index, layout=a.layout, newline=a.newline)
+        for n in hf_notes:  # the grid of --size, and that frames count temporal patches
+            warn(n)
         show_plan(entries, context, reserve, g, top, json_)
         return
     a = cfg.aggregator
