@@ -79,8 +79,9 @@ def qwen_inputs(
         tokens_per_second: M-RoPE's temporal scale (the checkpoint's ``vision_config.tokens_per_second``).
 
     Returns:
-        ``{"inputs_embeds", "attention_mask", "position_ids", "rope_deltas"}``; pass the first three to the model
-        (for ``generate``, set ``model.model.rope_deltas = rope_deltas`` first, so the new tokens continue on).
+        ``{"inputs_embeds", "attention_mask", "position_ids", "rope_deltas"}``; pass the first three to the model or
+        to ``generate``, which continues ``position_ids`` by one per new token on all three axes (what
+        ``rope_deltas``, position minus index, gives a decoding loop of one's own).
     """
     if input_ids.ndim == 1:
         input_ids = input_ids[None]
@@ -168,7 +169,8 @@ def qwen3_inputs(
     Returns:
         ``input_ids`` (1, P'), ``attention_mask``, ``position_ids`` (3, 1, P'), ``mm_token_type_ids`` and
         ``mm_encoder_outputs``, for ``model(**inputs)``: the video's tokens (and its deepstack features) go in
-        as precomputed encoder outputs, which the model scatters into the placeholders.
+        as precomputed encoder outputs, which the model scatters into the placeholders. ``generate(**inputs)``
+        works too (it continues ``position_ids`` by one per new token).
     """
     ids = input_ids.reshape(-1).tolist()
     if ids.count(video_token_id) != 1:

@@ -137,7 +137,7 @@ def test_logits_from_the_token_file_equal_the_models_video_forward(qwen25, qwen_
             input_ids=ids, pixel_values_videos=pixels, video_grid_thw=grid_thw, second_per_grid_ts=spg,
             mm_token_type_ids=types, max_new_tokens=6, do_sample=False,
         )[0, ids.shape[1]:]  # fmt: skip
-        model.model.rope_deltas = inputs.pop("rope_deltas")
+        inputs.pop("rope_deltas")
         answer = model.generate(**inputs, max_new_tokens=6, do_sample=False)[0]
     assert answer.tolist() == own_answer.tolist()
 
@@ -159,7 +159,7 @@ def test_slowfast_tokens_keep_their_positions_and_generate_runs(qwen25, qwen_cli
         inputs = qwen_inputs(model, ids, [sf, sf], VIDEO, attention_mask=mask)
         assert inputs["position_ids"].shape == (3, 2, 7 + 65)
         assert torch.equal(inputs["position_ids"][:, 0, :2], torch.zeros(3, 2, dtype=torch.long))  # padding
-        model.model.rope_deltas = inputs.pop("rope_deltas")
+        inputs.pop("rope_deltas")
         out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert out.shape == (2, 3)
 
@@ -342,6 +342,10 @@ def test_qwen3_features_and_logits_equal_the_models_own(qwen3, qwen_clip, tmp_pa
         inputs = qwen3_inputs(torch.tensor([5, VIDEO, 7]), sf, VIDEO, START, END, timestamp_ids)
         assert int((inputs["input_ids"] == START).sum()) == 1 + t
         assert model(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]
+        assert model.generate(**inputs, max_new_tokens=3, do_sample=False).shape == (
+            1,
+            inputs["input_ids"].shape[1] + 3,
+        )
 
 
 def test_readme_qwen_vl_models_example_runs(qwen25, qwen_clip, tmp_path, monkeypatch):
