@@ -364,3 +364,21 @@ def test_readme_qwen_vl_models_example_runs(qwen25, qwen_clip, tmp_path, monkeyp
     scope = {"CHECKPOINT": str(folder)}
     exec(code.replace(tokenizer, "[5, 6, 7]"), scope)
     assert scope["answer"].shape[0] == 1
+
+
+def test_only_the_shards_holding_the_tower_are_read(qwen25, qwen_clip, own_layout, tmp_path):
+    """A sharded checkpoint given by its index, with every shard that holds no vision tensor deleted, gives the
+    same tokens: only the shards holding visual.* are opened."""
+    folder, model = qwen25
+    sharded = tmp_path / "sharded"
+    model.save_pretrained(sharded, max_shard_size="100KB")
+    for name in ("video_preprocessor_config.json",):
+        (sharded / name).write_bytes((folder / name).read_bytes())
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())["weight_map"]
+    vision = {f for k, f in index.items() if k.startswith("visual.")}
+    dropped = {f for f in index.values()} - vision
+    assert dropped  # the LLM's shards
+    for f in dropped:
+        (sharded / f).unlink()
+    got = encode(qwen_clip, sharded / "model.safetensors.index.json", tmp_path / "s.pt", "--config", "qwen2.5-vl-7b")
+    assert torch.equal(got["tokens"], own_layout["tokens"])
