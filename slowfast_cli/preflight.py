@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .config import Config, ProjectorCfg, validate
 from .errors import ConfigError
+from .hf_families import hf_preflight, is_hf_model
 from .models import VISION_DEFAULTS, block_index, grid_of, looks_like_path, vision_config
 from .policies import check_grid, check_layout
 from .reading import path_kind, path_problem
@@ -45,6 +46,8 @@ def preflight(cfg: Config) -> tuple[int, int]:
     """
     validate(cfg)
     e, a = cfg.encoder, cfg.aggregator
+    if is_hf_model(e.model):  # a transformers family (hf:internvl): its own rules, tower and projector in one
+        return hf_preflight(cfg)
     vision = vision_config(e.model)
     grid = grid_of(vision, e.model)
     try:

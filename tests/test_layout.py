@@ -22,7 +22,7 @@ OWNERS = {
     "ray": {"batch/engines/ray.py", "batch/engines/ray_tasks.py", "batch/engines/ray_checks.py"},
     "typer": {"cli/"},
     "rich": {"cli/output.py"},
-    "transformers": set(),
+    "transformers": {"encoder/hfvl/"},
 }
 
 

@@ -123,6 +123,10 @@ def build_encoder(cfg: EncoderCfg, device: torch.device, dtype: torch.dtype) -> 
         SlowfastError: unknown model, a non-ViT tower, weights that cannot be fetched or read or do not fit, or a
             layer out of range.
     """
+    if cfg.model.startswith("hf:"):  # the model's own vision code from transformers (hf_families)
+        from .hfvl import build_hf_encoder
+
+        return Encoder(**build_hf_encoder(cfg, device, dtype))
     model_cfg = towers.model_config(cfg.model)
     weights = resolve_weights(cfg.model, cfg.pretrained)
     quick_gelu = _quick_gelu(cfg.model, model_cfg, weights)
