@@ -206,3 +206,69 @@ def test_another_familys_checkpoint_is_one_line(internvl, video, tmp_path):
     assert result.exit_code != 0
     assert "model_type 'qwen2_5_vl' is not an InternVL checkpoint" in result.output, result.output
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_pixels_are_within_one_level_of_transformers_video_processor(video):
+    """The model card resizes with PIL (as slowfast); transformers' InternVLVideoProcessor with torchvision: at most
+    one level of 255 apart (measured: max 1.0, mean 4e-5 levels)."""
+    from transformers import InternVLVideoProcessor
+
+    ours = card_pixels(video, 4)
+    clip = load_clip(video, VideoCfg(frames=4, sampling="internvl", decode_resize=False), None)
+    processor = InternVLVideoProcessor(size={"height": 448, "width": 448}, image_mean=[0.485, 0.456, 0.406],
+                                       image_std=[0.229, 0.224, 0.225])  # fmt: skip
+    theirs = processor(videos=[clip.frames], return_tensors="pt")["pixel_values_videos"][0]
+    levels = (theirs - ours) * torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1) * 255
+    assert levels.abs().max().item() <= 1 + 1e-4
+
+
+def test_only_the_towers_shards_are_read(internvl, video, tmp_path):
+    """A sharded checkpoint whose LLM shard is missing still encodes (the index names it; it is never opened), and
+    gives the same tokens; a missing tower shard is one line naming it."""
+    folder, _ = internvl
+    state = load_file(folder / "model.safetensors")
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    tower = {k: v for k, v in state.items() if not k.startswith("language_model") and "lm_head" not in k}
+    llm = {k: v for k, v in state.items() if k not in tower}
+    assert llm and tower
+    save_file(tower, sharded / "model-00001-of-00002.safetensors")
+    weight_map = {k: "model-00001-of-00002.safetensors" for k in tower}
+    weight_map.update({k: "model-00002-of-00002.safetensors" for k in llm})  # never written: the LLM's shard
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (sharded / "config.json").write_text((folder / "config.json").read_text())
+    a = encode(video, tmp_path / "a.pt", folder)["tokens"]
+    b = encode(video, tmp_path / "b.pt", sharded)["tokens"]
+    assert torch.equal(a, b)
+    (sharded / "model-00001-of-00002.safetensors").unlink()
+    result = runner.invoke(app, ["encode", str(video), "-o", str(tmp_path / "c.pt"), "--config", "internvl3-8b",
+                                 "--pretrained", str(sharded), "--dtype", "fp32"])  # fmt: skip
+    assert result.exit_code == 1 and "model-00001-of-00002.safetensors" in result.output, result.output
+    assert not (tmp_path / "c.pt").exists()
+
+
+def test_readme_internvl_example_runs(internvl, video, tmp_path, monkeypatch):
+    """The README's block under '### Models whose towers only transformers holds: `--model hf:internvl`', run as
+    written on a token file of the tiny model, with a stand-in for the checkpoint's tokenizer (one id per piece)."""
+    import re
+    from pathlib import Path
+
+    folder, model = internvl
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    heading = "### Models whose towers only transformers holds: `--model hf:internvl`"
+    code = re.search(re.escape(heading) + r".*?```python\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    encode(video, tmp_path / "clip.tokens.pt", folder)
+
+    class Tokenizer:  # the text's pieces -> ids, <VIDEO> -> PLACEHOLDER (the real one is the checkpoint's)
+        def convert_tokens_to_ids(self, token):
+            return PLACEHOLDER
+
+        def __call__(self, text, return_tensors):
+            pieces = re.findall(r"<VIDEO>|<img>|</img>|\w+|\S|\n", text)
+            ids = [PLACEHOLDER if p == "<VIDEO>" else sum(map(ord, p)) % 250 for p in pieces]
+            return type("Batch", (), {"input_ids": torch.tensor([ids])})
+
+    namespace = {"tokenizer": Tokenizer(), "model": model}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["inputs"]["inputs_embeds"].shape[1] == len(namespace["ids"][0]) - 4 + 4 * 256
