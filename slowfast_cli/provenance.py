@@ -14,7 +14,8 @@ the numbers:
   activation, heads and eps (``weights_config``; absent where there is none; the projector reads none);
 - the decoder library and its version (``decoder``, e.g. ``decord 0.6.0``), which decides the frames, and the
   versions of the libraries that decide the pixels and the tower's settings (``libraries``: open_clip, whose tag
-  and model configs give mean, std, resize mode and architecture; Pillow, which squashes frames);
+  and model configs give mean, std, resize mode and architecture; Pillow, which squashes frames; transformers for
+  the ``hf:`` towers, whose code it is);
 - ``TOKENS_VERSION``, raised whenever a change to slowfast changes the tokens it computes for the same settings.
 
 Keys added to the record after files were written compare with ``ADDED``'s value for a file that lacks them: what
@@ -157,6 +158,8 @@ def provenance(config: Config, dtype: str) -> dict[str, Any]:
         "decoder": decoder_identity(),
         "libraries": {name: _version(name) for name in LIBRARIES},
     }
+    if config.encoder.model.startswith("hf:"):  # the tower is transformers' own code (hf_families)
+        record["libraries"]["transformers"] = _version("transformers")
     pretrained = config.encoder.pretrained
     digest = config_identity(pretrained) if pretrained.lower() != "none" and Path(pretrained).exists() else None
     if digest is not None:

@@ -104,6 +104,7 @@ def test_features_and_logits_equal_the_models(internvl, video, tmp_path):
     tokens, meta = obj["tokens"], obj["meta"]
     assert tokens.shape == (1, 4 * 256, 48)
     assert (meta["layout"], meta["output_tokens"], meta["model"]) == ("frames", 1024, "hf:internvl")
+    assert meta["provenance"]["libraries"]["transformers"]  # its code computes the tokens: part of resume's record
     pixels = card_pixels(video, 4)
     clip = load_clip(video, VideoCfg(frames=4, sampling="internvl", decode_resize=False), None)
     assert meta["frame_indices"] == [int(i) for i in clip.indices]
