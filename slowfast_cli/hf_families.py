@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .policies import check_grid, check_layout
+from .reading import path_problem
 
 HF_PREFIX = "hf:"
 
@@ -82,6 +83,9 @@ def hf_preflight(cfg) -> tuple[int, int]:
             f"{e.model} runs the model's own vision code from its checkpoint, so encoder.pretrained (--pretrained) "
             f"must be a checkpoint folder with its config.json (e.g. OpenGVLab/InternVL3-8B downloaded), not {what}"
         )
+    problem = None if path.is_dir() else path_problem(path, "checkpoint file or folder")
+    if problem:  # a device or a FIFO: reading it (its hash for the settings record) would never end
+        raise ConfigError(f"weights {e.pretrained} {problem} (encoder.pretrained, --pretrained)")
     if p.kind != "identity" or p.weights or p.llm_dim is not None:
         raise ConfigError(
             f"{e.model}: the projector is the model's own and is read with the tower from --pretrained; keep "

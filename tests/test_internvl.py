@@ -273,3 +273,13 @@ def test_readme_internvl_example_runs(internvl, video, tmp_path, monkeypatch):
     namespace = {"tokenizer": Tokenizer(), "model": model}
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["inputs"]["inputs_embeds"].shape[1] == len(namespace["ids"][0]) - 4 + 4 * 256
+
+
+def test_a_fifo_as_the_checkpoint_never_blocks(video, tmp_path):
+    import os
+
+    fifo = tmp_path / "weights"
+    os.mkfifo(fifo)
+    result = runner.invoke(app, ["encode", str(video), "-o", str(tmp_path / "x.pt"), "--config", "internvl3-8b",
+                                 "--pretrained", str(fifo)])  # fmt: skip
+    assert result.exit_code == 2 and "is a FIFO" in result.output, result.output
