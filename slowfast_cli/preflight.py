@@ -10,8 +10,8 @@ from pathlib import Path
 
 from .config import Config, ProjectorCfg, validate
 from .encoder.hfvl.checks import preflight_hf
-from .encoder.hfvl.families import is_hf_model
 from .errors import ConfigError
+from .hf_families import hf_preflight, is_hf_model
 from .models import VISION_DEFAULTS, block_index, grid_of, looks_like_path, vision_config
 from .policies import check_grid, check_layout
 from .reading import path_kind, path_problem
@@ -48,8 +48,11 @@ def preflight(cfg: Config) -> tuple[int, int] | None:
     """
     validate(cfg)
     e, a = cfg.encoder, cfg.aggregator
-    if is_hf_model(e.model):  # a transformers tower: its grid varies per video, checked per video (encoder.hfvl)
-        return preflight_hf(cfg)
+    if is_hf_model(e.model):  # a transformers family (hf:internvl, hf:qwen2_5_vl): its own rules
+        grid = hf_preflight(cfg)
+        if grid is None:  # Qwen-VL: a grid per video; the checkpoint's family and the layer (encoder.hfvl.checks)
+            preflight_hf(cfg)
+        return grid
     vision = vision_config(e.model)
     grid = grid_of(vision, e.model)
     try:

@@ -40,7 +40,8 @@ SPLIT = {
     },
 }
 ORDER = ["test_ray.py", "ray:faults", "ray:two-node", "batch:signals", "test_batch.py", "test_gpu_check.py",
-         "test_checkpoints.py", "test_siglip.py", "test_llava_models.py", "test_qwen_models.py", "test_encoder.py",
+         "test_checkpoints.py", "test_siglip.py", "test_llava_models.py", "test_internvl.py", "test_qwen_models.py",
+         "test_encoder.py",
          "test_pipeline.py"]  # fmt: skip
 
 

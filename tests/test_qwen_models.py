@@ -201,8 +201,8 @@ def test_bad_inputs_get_one_line(qwen25, qwen_clip, tmp_path):
     (other / "config.json").write_text(json.dumps({"model_type": "llava_onevision"}))
     cases = [
         (["--pretrained", str(other)], "model_type 'llava_onevision', not 'qwen2_5_vl'"),
-        (["--pretrained", "none"], "needs a checkpoint: pass --pretrained FOLDER"),
-        (["--pretrained", str(folder), "--projector", "mlp2x_gelu"], "must be identity"),
+        (["--pretrained", "none"], "must be a checkpoint folder with its config.json (e.g. Qwen/Qwen2.5-VL-7B"),
+        (["--pretrained", str(folder), "--projector", "mlp2x_gelu"], "keep projector.kind (--projector) identity"),
         (["--pretrained", str(folder), "--layer", "-2"], "must be -1"),
     ]
     for extra, message in cases:

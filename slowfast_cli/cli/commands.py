@@ -14,8 +14,9 @@ import typer
 from ..budget import aggregator_budget
 from ..config import list_presets, load_preset, parse_hw
 from ..encoder.hfvl.checks import budget_grid
-from ..encoder.hfvl.families import is_hf_model
 from ..errors import ConfigError, SlowfastError
+from ..hf_families import family as hf_family
+from ..hf_families import is_hf_model
 from ..models import model_grid
 from ..planner import plan
 from ..preflight import preflight
@@ -103,7 +104,7 @@ def budget(
     at_least(reserve, 0, "--reserve")
     at_least(top, 1, "--top")
     hf_notes: list[str] = []
-    if is_hf_model(cfg.encoder.model) and not grid:  # the grid follows the video's size (encoder.hfvl)
+    if is_hf_model(cfg.encoder.model) and hf_family(cfg.encoder.model).grid is None and not grid:  # Qwen-VL
         g, cfg.video.frames, hf_notes = budget_grid(cfg, parse_hw(size, "--size") if size else None, cfg.video.frames)
     else:
         g = parse_hw(grid, "--grid") if grid else model_grid(cfg.encoder.model)

@@ -112,6 +112,22 @@ def arange_indices(num_frames: int, frames: int) -> list[int]:
     return np.arange(0, num_frames, num_frames / frames).astype(int).tolist()
 
 
+def internvl_indices(num_frames: int, frames: int) -> list[int]:
+    """``internvl`` sampling: the middles of T equal segments of frames 0..n-1, InternVL's video loader (the
+    OpenGVLab/InternVL3-8B model card's ``get_index(bound=None, fps, max_frame=len(vr) - 1, num_segments=T)``, also
+    lmms-eval's ``internvl2`` model): ``int(seg / 2 + np.round(seg * i))`` with ``seg = (n - 1) / T``, computed as
+    upstream (float64, numpy's round half to even). A video shorter than T repeats frames.
+
+    Example:
+        >>> internvl_indices(100, 8), internvl_indices(3, 4)
+        ([6, 18, 31, 43, 56, 68, 80, 93], [0, 0, 1, 2])
+    """
+    if not num_frames:
+        return []
+    seg = float(num_frames - 1) / frames
+    return [int(seg / 2 + np.round(seg * i)) for i in range(frames)]
+
+
 QWEN_FPS, QWEN_MIN_FRAMES, QWEN_FRAME_FACTOR = 2.0, 4, 2  # qwen-vl-utils' FPS, FPS_MIN_FRAMES, FRAME_FACTOR
 
 
@@ -143,6 +159,7 @@ SAMPLERS: dict[str, Callable[[int, int], list[int]]] = {
     "linspace": linspace_indices,
     "llava_next": lambda num_frames, frames: llava_next_indices(num_frames, 1.0, frames),  # see sample_indices
     "arange": arange_indices,
+    "internvl": internvl_indices,
     "qwen": lambda num_frames, frames: qwen_indices(num_frames, 1.0, 2.0, frames),  # see sample_indices
 }  # config.SAMPLINGS, in that order
 

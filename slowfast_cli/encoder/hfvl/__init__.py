@@ -1,20 +1,42 @@
-"""Vision towers that only transformers holds (Qwen2.5-VL, Qwen3-VL, InternVL3), selected by ``--model hf:TYPE``.
+"""Towers that run the model's own vision code from transformers (``encoder.model = "hf:<family>"``): the only
+package that imports transformers. Install it with ``pip install "slowfast-cli[hf]"``.
 
-The only package that imports transformers. ``families`` knows each family's geometry without torch (``budget``,
-preflight); ``build_hf_encoder`` builds the family's encoder (imported lazily, so that importing this package
-costs nothing).
+Importing this package costs nothing (no torch, no transformers): ``families`` and ``checks`` (the Qwen-VL
+families' geometry, for ``budget`` and preflight) are read without torch; the builders are imported when called.
 """
 
 from __future__ import annotations
 
-from .families import HF_PREFIX, family_of, is_hf_model
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["HF_PREFIX", "build_hf_encoder", "family_of", "is_hf_model"]
+from ...errors import SlowfastError
+from ...hf_families import family
+
+if TYPE_CHECKING:
+    import torch
+
+    from ...config import EncoderCfg
 
 
-def build_hf_encoder(cfg, device, dtype):
-    """The encoder of ``cfg.model`` (``hf:MODEL_TYPE``) from ``cfg.pretrained``: see ``qwen.build_qwen_encoder``."""
-    family_of(cfg.model)  # an unknown family: one line listing the known ones
-    from .qwen import build_qwen_encoder
+def build_hf_encoder(cfg: EncoderCfg, device: torch.device, dtype: torch.dtype) -> Any:
+    """The encoder of a transformers family (``hf_families.FAMILIES``), built from ``cfg.pretrained``: for
+    InternVL the fields of an ``encoder.Encoder`` (``encoder.build_encoder`` wraps them; a fixed 16x16 grid), for
+    Qwen-VL a ``qwen.QwenEncoder`` (a grid per video).
 
-    return build_qwen_encoder(cfg.model, cfg.pretrained, device, dtype)
+    Raises:
+        SlowfastError: transformers is not installed, or the checkpoint does not fit (see each family's builder).
+    """
+    fam = family(cfg.model)
+    try:
+        if fam.name == "internvl":
+            from .internvl import build_internvl_encoder as build
+        else:
+            from .qwen import build_qwen_encoder
+
+            def build(cfg, device, dtype):
+                return build_qwen_encoder(cfg.model, cfg.pretrained, device, dtype)
+    except ImportError as exc:
+        raise SlowfastError(
+            f'{cfg.model} needs transformers ({exc.name or exc}): pip install "slowfast-cli[hf]"'
+        ) from None
+    return build(cfg, device, dtype)

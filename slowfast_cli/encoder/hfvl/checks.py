@@ -11,22 +11,15 @@ from .families import checkpoint_config, family_of, processor_pixels, temporal_p
 
 
 def preflight_hf(cfg) -> None:
-    """Family known; ``--pretrained`` a checkpoint of that family (``none`` refused); projector ``identity`` (the
-    model's merger is its projector); no newline tokens; layer -1 (the merger's output is the only tap).
+    """What ``hf_families.hf_preflight`` leaves to a Qwen-VL family: ``--pretrained``'s ``config.json`` is of that
+    family, and layer -1 (the merger's output is the only tap).
 
     Raises:
         ConfigError: naming the setting and how to fix it.
     """
-    e, p, a = cfg.encoder, cfg.projector, cfg.aggregator
+    e = cfg.encoder
     family = family_of(e.model)
     checkpoint_config(e.pretrained, e.model)
-    if p.kind != "identity" or p.weights or p.llm_dim is not None:
-        raise ConfigError(
-            f"{e.model}: the checkpoint's merger is {family.title}'s projector, so projector.kind (--projector) must "
-            f"be identity with no weights or llm_dim, not {p.kind}"
-        )
-    if a.newline != "no_token":
-        raise ConfigError(f"{e.model}: {family.title} has no newline token; pass --newline no_token")
     if e.layer != -1:
         raise ConfigError(
             f"{e.model}: encoder.layer (--layer) must be -1, the merger's output (the tokens {family.title}'s LLM "

@@ -1,7 +1,7 @@
-"""The transformers vision-language families slowfast runs (``--model hf:MODEL_TYPE``), without torch.
+"""The Qwen-VL families (``--model hf:qwen2_5_vl``, ``hf:qwen3_vl``; see ``hf_families``), without torch.
 
-A family is named by the ``model_type`` of a transformers checkpoint's ``config.json`` (``hf:qwen2_5_vl``,
-``hf:qwen3_vl``). What ``budget``, preflight and the planner need to know of it is here and reads only JSON:
+A family is named by the ``model_type`` of a transformers checkpoint's ``config.json``. What ``budget``, preflight
+and the planner need to know of it beyond ``hf_families`` is here and reads only JSON:
 its geometry (patch, spatial merge, temporal patch), how a frame of a given size is resized
 (:func:`smart_resize`), and so the merged grid a video of that size gets (:func:`video_grid`). The model code that
 needs torch and transformers lives beside this module (``qwen.py``).
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigError, SlowfastError
+from ...hf_families import HF_PREFIX
 
-HF_PREFIX = "hf:"
 CONFIG_LIMIT = 1 << 20  # bytes: a config.json or preprocessor config (Qwen2.5-VL-7B's are under 2 KB)
 
 
@@ -59,11 +59,6 @@ FAMILIES = {
         ("model.visual.", "visual."), False, True,
     ),
 }  # fmt: skip
-
-
-def is_hf_model(model: str) -> bool:
-    """Whether ``--model`` names a transformers family (``hf:MODEL_TYPE``) rather than an open_clip model."""
-    return model.startswith(HF_PREFIX)
 
 
 def family_of(model: str) -> Family:
