@@ -134,6 +134,9 @@ class RayEngine:
         ctx.print_on_execution_start = False
         ctx.max_errored_blocks = -1  # a block lost to a bug costs its videos (crash records), not the run
         ctx.target_max_block_size = 1  # every answer of an actor (a few rows, pickled together) is a block at once
+        # blocks go out once every encoder has started (an even share each); one that cannot be placed is a stall,
+        # which the watchdog names and --stall-timeout ends
+        ctx.wait_for_min_actors_s = int(self.stall_timeout) + 60 if self.stall_timeout else 10**7
         ctx.execution_options.preserve_order = False
         with contextlib.suppress(AttributeError):
             ctx.issue_detectors_config.detectors = []

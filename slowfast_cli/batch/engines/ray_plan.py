@@ -81,10 +81,26 @@ def block_rows(videos: int, encoders: int) -> int:
 
 
 def plan_dataset(table: pa.Table, encoders: int) -> ray.data.Dataset:
-    """The table as a Ray Dataset of ``block_rows`` blocks (one ``ray.put`` each; slices share the table's
-    buffers until then)."""
+    """The table as a Ray Dataset of ``block_rows`` blocks: one ``ray.put`` each, with each block's metadata
+    computed here (``from_arrow`` sends one Ray task per block to compute it: 6.7 s for 100 blocks on a loaded
+    2-core machine, BENCHMARKS.md section 21). Built as ``ray.data.from_arrow_refs`` builds it, through Ray 2.60's
+    internal classes (the version pinned); if they are gone, ``from_arrow`` itself."""
     step = block_rows(table.num_rows, encoders)
-    return ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
+    blocks = [table.slice(i, step) for i in range(0, table.num_rows, step)]
+    try:
+        from ray.data._internal.logical.interfaces import LogicalPlan
+        from ray.data._internal.logical.operators import FromArrow
+        from ray.data._internal.stats import DatasetStats
+        from ray.data._internal.util import get_table_block_metadata_schema
+        from ray.data.context import DataContext
+        from ray.data.dataset import MaterializedDataset
+    except ImportError:
+        return ray.data.from_arrow(blocks)
+    meta = [get_table_block_metadata_schema(b) for b in blocks]
+    refs = [ray.put(b) for b in blocks]
+    context = DataContext.get_current().copy()
+    stats = DatasetStats(metadata={"FromArrow": meta}, parent=None)
+    return MaterializedDataset(LogicalPlan(FromArrow(refs, meta), context), context, stats)
 
 
 def planned(batch: dict) -> Iterator[Planned]:
