@@ -13,6 +13,7 @@ import os
 import pickle
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import media
+import psutil
 import pytest
 import raycluster
 import torch
@@ -285,7 +287,7 @@ def test_a_stall_is_named_and_stops_the_run_with_stall_timeout(cluster, tmp_path
     err = r.stderr.decode()
     assert r.returncode == 1, err
     assert "warning: the Ray run has stalled: no video finished for" in err and "1 x {CPU: 1}" in err, err
-    assert "alive nodes: 127.0.0.1/" in err and "CPU 2/2 used" in err
+    assert f"alive nodes: {socket.gethostname()}/" in err and "(CPU 2/2 used)" in err, err
     assert "stopped after --stall-timeout 12 s" in err.strip().splitlines()[-1]
 
 
@@ -388,12 +390,17 @@ class TestUsage:
 
 
 def test_two_node_cluster_through_ray_job_submit(tmp_path):
-    """A head and a second node on loopback; the batch runs as a Ray job; both nodes work; the files equal the
-    local engine's."""
+    """A head and a second node on loopback; the batch runs as a Ray job; both nodes work, each decoding what it
+    encodes (frames stay on their node); the files equal the local engine's. Then, in a longer run, the second node's
+    raylet is killed: the run either finishes on the head or stops with a line naming the stall, never hangs."""
     src = tmp_path / "in"
     src.mkdir()
     for i in range(6):
         media.make_video(src / f"v{i}.mp4", frames=24, size=(128, 96))
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(48):
+        (many / f"w{i:02d}.mp4").symlink_to(src / f"v{i % 6}.mp4")
     local = in_background(local_batch, src, tmp_path / "local")  # the reference, while the cluster starts
     c = raycluster.make_cluster(tmp_path / "rc")
     try:
@@ -404,12 +411,37 @@ def test_two_node_cluster_through_ray_job_submit(tmp_path):
         cmd += [sys.executable, "-m", "slowfast_cli", "batch", str(src), "-o", str(out), "--engine", "ray", *TINY]
         r = subprocess.run(cmd, env=c.env, capture_output=True, timeout=600)
         assert r.returncode == 0, (r.stdout + r.stderr).decode()[-3000:]
+        lost = lose_a_node(c, many, tmp_path / "lost")
     finally:
         c.stop()
     assert not c.ours()
     nodes = json.loads((out / "report.json").read_text())["run"]["engine"]["nodes"]
-    assert len(nodes) == 2, nodes  # one decodes, the other encodes (one CPU each)
-    assert sum(n.get("decoded", 0) for n in nodes.values()) == sum(n.get("encoded", 0) for n in nodes.values()) == 6
+    assert len(nodes) == 2, nodes  # an encoder actor on each node (one CPU each), decoding there
+    assert all(n.get("decoded", 0) == n.get("encoded", 0) > 0 for n in nodes.values()), nodes
     assert local.result().returncode == 0
     assert_same_files(tmp_path / "local", out)
     assert lines(tmp_path / "local") == lines(out)
+    err = lost.stderr.decode()
+    if lost.returncode == 0:  # finished on the head: every video written
+        assert json.loads((tmp_path / "lost" / "report.json").read_text())["run"]["ok"] == 48
+    else:
+        assert lost.returncode == 1 and "the Ray run has stalled" in err.strip().splitlines()[-1], err[-3000:]
+    recorded = {r["output"] for r in read_manifest(tmp_path / "lost" / "manifest.jsonl") if r["status"] == "ok"}
+    assert recorded == set(token_files(tmp_path / "lost"))  # files and manifest lines agree either way
+
+
+def lose_a_node(c, src: Path, out: Path) -> subprocess.CompletedProcess:
+    """A batch of ``src`` on cluster ``c``, whose second node's raylet is killed (by PID) once 3 videos are done."""
+    cmd = [sys.executable, "-m", "slowfast_cli", "batch", src, "-o", out, "--engine", "ray", "--address", c.address]
+    cmd += [*TINY, "--stall-warn", "5", "--stall-timeout", "30"]
+    proc = subprocess.Popen(list(map(str, cmd)), env=c.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if sum(r["status"] == "ok" for r in read_manifest(out / "manifest.jsonl")) >= 3:
+            break
+        time.sleep(0.05)
+    raylets = [p for p in psutil.Process(c.nodes[1].pid).children(recursive=True) if p.name() == "raylet"]
+    assert len(raylets) == 1
+    raylets[0].kill()
+    _, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(cmd, proc.returncode, b"", err)

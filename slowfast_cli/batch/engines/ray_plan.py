@@ -25,6 +25,7 @@ import ray.data
 
 BLOCK_MAX = 1000  # videos in one block at most (one map task of the encode stage)
 BLOCKS_PER_ENCODER = 4  # blocks per encoder actor at least, where there are videos enough
+CHUNK = 1 << 16  # rows of the plan table built at a time
 SCHEMA = pa.schema(
     [
         ("source", pa.binary()),  # path relative to IN_DIR (os.fsencode: any name survives)
@@ -52,27 +53,31 @@ def plan_table(root, todo, unverified, columns) -> pa.Table:
     """The plan's Arrow table (``SCHEMA``) for ``todo`` (pairs of relative source and output paths).
 
     ``unverified``: the sources whose outputs still await their CRC check; ``columns``: a CSV/JSONL list's rows by
-    source. Each source is stat'ed here, once: the identity the node checks (``ray_tasks.other_file``).
+    source. Each source is stat'ed here, once: the identity the node checks (``ray_tasks.other_file``). Built
+    ``CHUNK`` rows at a time, so the Python lists in between stay small next to the table.
     """
     base = os.fsencode(root)
-    n = len(todo)
-    sources, outputs, flags = [None] * n, [None] * n, [False] * n
-    sizes, mtimes = [-1] * n, [-1] * n
-    rows = [None] * n if columns else None
-    for i, (rel, out_rel) in enumerate(todo):
-        src = sources[i] = os.fsencode(rel)
-        outputs[i] = os.fsencode(out_rel)
-        try:
-            st = os.stat(os.path.join(base, src))
-            sizes[i], mtimes[i] = st.st_size, st.st_mtime_ns
-        except OSError:
-            pass
-        if unverified and rel in unverified:
-            flags[i] = True
-        if rows is not None and rel in columns:
-            rows[i] = pickle.dumps(columns[rel])
-    arrays = [sources, outputs, flags, sizes, mtimes, rows if rows is not None else [None] * n]
-    return pa.Table.from_arrays([pa.array(a, f.type) for a, f in zip(arrays, SCHEMA, strict=True)], schema=SCHEMA)
+    chunks = []
+    for start in range(0, len(todo), CHUNK):
+        part = todo[start : start + CHUNK]
+        n = len(part)
+        sources, outputs, flags = [None] * n, [None] * n, [False] * n
+        sizes, mtimes, rows = [-1] * n, [-1] * n, [None] * n
+        for i, (rel, out_rel) in enumerate(part):
+            src = sources[i] = os.fsencode(rel)
+            outputs[i] = os.fsencode(out_rel)
+            try:
+                st = os.stat(os.path.join(base, src))
+                sizes[i], mtimes[i] = st.st_size, st.st_mtime_ns
+            except OSError:
+                pass
+            if unverified and rel in unverified:
+                flags[i] = True
+            if columns and rel in columns:
+                rows[i] = pickle.dumps(columns[rel])
+        arrays = [sources, outputs, flags, sizes, mtimes, rows]
+        chunks.append(pa.record_batch([pa.array(a, f.type) for a, f in zip(arrays, SCHEMA, strict=True)], SCHEMA))
+    return pa.Table.from_batches(chunks, SCHEMA)
 
 
 def block_rows(videos: int, encoders: int) -> int:

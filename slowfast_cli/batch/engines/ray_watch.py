@@ -52,18 +52,19 @@ def stall_line(idle: float, demands: list[tuple[dict, int]], nodes: list[tuple[s
 
 
 def cluster_state() -> tuple[list[tuple[dict, int]], list[tuple[str, dict]]]:
-    """(unmet demand as (resource shape, count), alive nodes as (address/id, {resource: (used, total)})), from the
-    GCS's autoscaler state (no dashboard needed)."""
+    """(unmet demand as (resource shape, count), alive nodes as (host/id, {resource: (used, total)})), from the
+    GCS's autoscaler state (no dashboard needed); nodes are named as ``report.json``'s ``run.engine.nodes``."""
     from ray.autoscaler.v2.sdk import get_cluster_status
 
     status = get_cluster_status(ray.get_runtime_context().gcs_address)
     demand = status.resource_demands
     demands = [(dict(r.bundle), r.count) for d in demand.ray_task_actor_demand for r in d.bundles_by_count]
     demands += [(dict(r.bundle), r.count) for d in demand.placement_group_demand for r in d.bundles_by_count]
+    hosts = {n.get("NodeID"): n.get("NodeManagerHostname") for n in ray.nodes()}
     nodes = []
     for node in [*status.active_nodes, *status.idle_nodes]:
         usage = {u.resource_name: (u.used, u.total) for u in node.resource_usage.usage}
-        nodes.append((f"{node.ip_address}/{node.node_id[:8]}", usage))
+        nodes.append((f"{hosts.get(node.node_id) or node.ip_address}/{(node.node_id or '')[:8]}", usage))
     return demands, nodes
 
 
