@@ -9,6 +9,10 @@ this process's CPU time) with the driver's RSS after it; then the first row is t
 pipeline (``RayEngine.dataset``, tiny preset, fp32): "first row" is the wall time from the start of planning to the
 first answer of an actor (the actor's start and model load included, its videos all ``missing``).
 
+``--rate N`` (default 2,000; 0 skips it) runs all rows of an N-entry plan of missing files through one encoder
+actor (the 2-CPU instance's default sizing: one actor, one decoder): the engine's own cost per video, which the
+issue measured at 8.3 videos/s with one task and one actor call per video.
+
 ``--old N`` also times the engine's former dataset creation, ``ray.data.from_items`` with one block (and one
 ``ray.put``) per video, on the first N entries (default 20,000; 0 skips it): what issue 20 measured at 134.5 s for
 100,000.
@@ -110,13 +114,43 @@ def one_size(n: int, work: Path, old: int) -> dict:
     return row
 
 
+def missing_rate(n: int, work: Path) -> dict:
+    """Rows per second for ``n`` planned videos that do not exist, through the real encoder actor."""
+    from slowfast_cli.batch.engines.ray import RayEngine
+    from slowfast_cli.batch.plan import plan_batch
+    from slowfast_cli.batch.run import EngineOptions
+    from slowfast_cli.config import resolve_config
+
+    root, out, listing = work / "rate-in", work / "rate-out", work / "rate.txt"
+    root.mkdir()
+    write_list(listing, n)
+    options = EngineOptions(address=os.environ["RAY_ADDRESS"])
+    with plan_batch(root, out, files_from=listing, verify=False) as plan, RayEngine(options) as engine:
+        cfg = resolve_config("tiny", {"dtype": "fp32"})
+        engine.size(cfg)
+        pinned, _, _ = engine.probe(cfg, root, out)
+        job = {"config": pinned.to_dict(), "root": str(plan.root), "out_dir": str(plan.out_dir), "timeout": 60.0,
+               "image_size": engine.image_size, "format": None, "decoders": engine.sizing.decoders}  # fmt: skip
+        (plan.out_dir / ".slowfast-attempts").mkdir(exist_ok=True)
+        ds = engine.dataset(plan, job)
+        it = iter(ds.iter_rows())
+        first = got = len(pickle.loads(next(it)["items"]))  # the actor has started: time from here
+        t0 = time.perf_counter()
+        for item in it:
+            got += len(pickle.loads(item["items"]))
+        seconds = time.perf_counter() - t0
+    assert got == n, (got, n)
+    return {"rate_videos": n - first, "rate_s": seconds, "rate_per_s": (n - first) / seconds}
+
+
 def main() -> None:
     p = common.parser(__doc__, "bench_ray_plan", torch_options=False)
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     p.add_argument("--old", type=int, default=20_000, help="entries for the former from_items path (0: skip)")
+    p.add_argument("--rate", type=int, default=2_000, help="missing videos run through an actor (0: skip)")
     args = p.parse_args()
     if args.quick:
-        args.sizes, args.old = [5_000], 1_000
+        args.sizes, args.old, args.rate = [5_000], 1_000, 200
     import ray
 
     info = common.machine_info(with_torch=False)
@@ -130,6 +164,9 @@ def main() -> None:
         for n in args.sizes:
             rows.append(one_size(n, work, args.old if n == args.sizes[0] else 0))
             print(rows[-1], flush=True)
+        if args.rate:
+            rows[0].update(missing_rate(args.rate, work))
+            print(f"missing videos through one actor: {rows[0]['rate_per_s']:.0f} videos/s", flush=True)
     finally:
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
@@ -151,6 +188,7 @@ def main() -> None:
                 ("rss_dataset_mb", "after Dataset", ".0f"),
                 ("rss_first_row_mb", "after first row", ".0f"),
                 ("old_us_per_video", "from_items µs/video", ".0f"),
+                ("rate_per_s", "missing videos/s", ".0f"),
             ],
         )
     )
