@@ -26,7 +26,9 @@ def decord_reason(exc: BaseException) -> str:
     """decord's message without its (repeated) timestamp/source prefixes and stack trace, at most 200 characters.
 
     Its decoder thread's failure, ``Check failed: avcodec_send_packet(...) >= 0 (-1094995529 vs. 0) Thread
-    worker: Error sending packet.``, becomes ``FFmpeg rejected a packet: invalid data``.
+    worker: Error sending packet.``, becomes ``FFmpeg rejected a packet: invalid data``, and decord2's
+    ``Check failed: av_buffersrc_add_frame_flags(...) >= 0 (-12 vs. 0) Error while feeding the filter graph``
+    ``FFmpeg's filter graph refused a decoded frame: error -12``.
     """
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = lines[0] if lines else type(exc).__name__
@@ -37,6 +39,10 @@ def decord_reason(exc: BaseException) -> str:
     if rejected:
         code = int(rejected[1])
         text = f"FFmpeg rejected a packet: {AVERRORS.get(code, f'error {code}')}"
+    refused = re.match(r"Check failed: av_buffersrc_add_frame_flags\(.*\) >= 0 \((-?\d+) vs\. 0\)", text)
+    if refused:  # decord2, on a frame decoded from a packet cut short (docs/decord.md: Truncated or damaged data)
+        code = int(refused[1])
+        text = f"FFmpeg's filter graph refused a decoded frame: {AVERRORS.get(code, f'error {code}')}"
     return text[:200]
 
 
