@@ -690,6 +690,7 @@ class TestLongVideosSeek:
         [
             ("h264.mp4", "libx264", {"crf": "12", "x264-params": "keyint=8:bframes=2:b-adapt=0"}, True),
             ("vp9.webm", "libvpx-vp9", {"crf": "20", "b": "0", "g": "8", "deadline": "realtime"}, True),
+            ("av1.mp4", "libsvtav1", {"preset": "12", "g": "8"}, True),
             ("open_gop.mkv", "libx264", {"crf": "12", "x264-params": OPEN_GOP}, False),
             ("hevc.mp4", "libx265", {"crf": "12", "x265-params": "keyint=8:bframes=3:b-adapt=0:log-level=none"}, False),
             ("mpeg4.mp4", "mpeg4", MPEG_BFRAMES, False),
