@@ -472,6 +472,20 @@ class TestMirrored:
         assert error < 2 and np.abs(other.astype(int) - reference).mean() > 20
         assert [read_index(f) for f in clip.frames] == [read_index(f) for f in reference]
 
+    @pytest.mark.parametrize("rotation", [89.6, 90.4, 179.6, 180.4, 269.6, 270.4, 359.6, 0.4])
+    @pytest.mark.parametrize("hflip", [False, True])
+    def test_within_a_degree_of_a_quarter_turn(self, vdir, rotation, hflip):
+        """ffmpeg rounds the angle to the quarter turn; decord2 takes the nearest of 0, 90, 180 and 270 degrees
+        clockwise, and 360 is not among them: a matrix a hair counter-clockwise of upright is turned by 270."""
+        path = make_rotated(vdir / f"tilt{rotation}{hflip:d}.mp4", rotation, 4, (96, 64), hflip)
+        clip = load_clip(path, VideoCfg(frames=4, decode_resize=False))
+        theta = -(180 - rotation if hflip else rotation) % 360  # decord2's angle: -av_display_rotation_get
+        if theta > 359:  # left as decord2 turns it (mirror_fix cannot flip a quarter turn away): unmirrored
+            np.testing.assert_array_equal(clip.frames, np.rot90(pyav_frames(path)[0], 1, axes=(1, 2)))
+        else:
+            size = (64, 96) if round(rotation / 90) % 2 else (96, 64)
+            np.testing.assert_array_equal(clip.frames, ffmpeg_frames(path, size))
+
     def test_matroska_and_mp4_give_the_same_frames(self, vdir):
         """FFmpeg 8 reads a display matrix from Matroska (FFmpeg 4.1, decord 0.6's, did not): same frames as mp4."""
         source = make_rotated(vdir / "turned.mp4", 90, 6, (96, 64), hflip=True)

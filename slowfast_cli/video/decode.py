@@ -262,7 +262,8 @@ def _inspect(path: str | os.PathLike, reader: _Reader) -> _Opened:
     info = VideoInfo(
         str(path), n, fps, _duration(times, n, fps), reader.width, reader.height, stream.index, stream.video_streams
     )
-    return _Opened(info, times, pts_ok, mirror_fix(stream.matrix), _skips_exactly(reader, stream, pts_ok))
+    fix = mirror_fix(stream.matrix, stream.nearest_turn)
+    return _Opened(info, times, pts_ok, fix, _skips_exactly(reader, stream, pts_ok))
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:

@@ -25,16 +25,18 @@ class _Layout:
 
     ``stream_index``: ``AVStream.index``. ``codecpar``: ``AVStream.codecpar``, and ``coded_side_data``:
     ``AVCodecParameters.coded_side_data`` (its count, an int, follows at +8), both None where the display
-    matrix is AVStream side data that ``av_stream_get_side_data`` returns (before FFmpeg 6.1).
+    matrix is AVStream side data that ``av_stream_get_side_data`` returns (before FFmpeg 6.1). ``nearest_turn``:
+    the decord built with it turns frames by decord2's rule (``geometry._decord_turns``).
     """
 
     stream_index: int
     codecpar: int | None = None
     coded_side_data: int | None = None
+    nearest_turn: bool = True
 
 
 LAYOUTS = {  # libavformat major -> layout, re-derived from that release's public headers (docs/decord.md)
-    58: _Layout(stream_index=0),  # FFmpeg 4.1: AVStream starts with int index
+    58: _Layout(stream_index=0, nearest_turn=False),  # decord 0.6.0's FFmpeg 4.1: AVStream starts with int index
     # FFmpeg 8.1 (avformat.h, codec_par.h): AVStream {const AVClass *av_class; int index; int id;
     # AVCodecParameters *codecpar; ...}; AVCodecParameters {enum codec_type; enum codec_id; uint32_t codec_tag;
     # uint8_t *extradata; int extradata_size; AVPacketSideData *coded_side_data; int nb_coded_side_data; ...}
@@ -119,6 +121,7 @@ class Stream:
     video_streams: int | None
     matrix: tuple[int, ...] | None  # its display matrix, 9 int32 (row-major, 16.16 and 2.30 fixed point), or None
     decoder: str | None = None  # FFmpeg's name of the decoder decord uses for it ("h264", "hevc", ...), or None
+    nearest_turn: bool = True  # decord turns frames by decord2's rule, not 0.6's (geometry.mirror_fix's nearest)
 
 
 def stream_info(path: str | os.PathLike, library: str) -> Stream:
@@ -157,8 +160,7 @@ def stream_info(path: str | os.PathLike, library: str) -> Stream:
         if best not in video:
             return Stream(None, len(video), None)
         name = ctypes.cast(codec, ctypes.POINTER(ctypes.c_char_p))[0] if codec.value else None
-        return Stream(
-            best, len(video), _matrix(lib, layout, streams[best]), name.decode("ascii", "replace") if name else None
-        )
+        decoder = name.decode("ascii", "replace") if name else None
+        return Stream(best, len(video), _matrix(lib, layout, streams[best]), decoder, layout.nearest_turn)
     finally:
         lib.avformat_close_input(ctypes.byref(ctx))
