@@ -98,7 +98,7 @@ def _is_transport_stream(path: Path) -> bool:
 def decord_name(path: str | os.PathLike) -> Iterator[str]:
     """A name under which decord can open ``path``: the path itself, or a temporary link when it is not UTF-8.
 
-    decord 0.6 hands the name to FFmpeg as ``name.encode("utf-8")`` (its ctypes layer refuses bytes), which
+    decord (0.6, decord2) hands the name to FFmpeg as ``name.encode("utf-8")`` (its ctypes layer refuses bytes), which
     fails for a name that is not valid UTF-8 (Python holds those bytes as lone surrogates, see
     ``os.fsdecode``) and would name another file where the file system encoding is not UTF-8. Such a file is
     opened through a symbolic link named ``video`` plus the file's suffix (FFmpeg's format probe uses it as a
