@@ -508,7 +508,7 @@ def _non_utf8(folder: Path, name: bytes) -> Path:
 
 
 class TestFileNames:
-    """decord 0.6 encodes names as strict UTF-8; names that are not are opened through a temporary link."""
+    """decord (0.6, decord2) encodes names as strict UTF-8; names that are not are opened through a temporary link."""
 
     def test_name_that_is_not_utf8_decodes_like_any_other(self, tmp_path, monkeypatch):
         monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
@@ -548,11 +548,11 @@ def stream_pair(tmp_path_factory):
 
 
 class TestStreams:
-    """decord 0.6 cannot be told which video stream to decode; VideoInfo says which one it took."""
+    """decord cannot be told which video stream to decode; VideoInfo says which one it took."""
 
     @pytest.mark.parametrize("name, stream", [("two.mp4", 1), ("two.mkv", 0)])
     def test_two_video_streams(self, vdir, stream_pair, name, stream):
-        """mp4: FFmpeg 4.1 prefers the higher bit rate, the second stream here; mkv has none: the first."""
+        """mp4: decord's FFmpeg prefers the higher bit rate, the second stream here; mkv has none: the first."""
         path = make_multi_stream(vdir / name, *stream_pair)
         clip = load_clip(path, VideoCfg(frames=4, decode_resize=False))
         assert (clip.info.stream, clip.info.video_streams) == (stream, 2)
