@@ -560,6 +560,21 @@ class TestStreams:
         assert clip.info.num_frames == len(frames) and clip.frames.shape[1:] == frames.shape[1:]
         np.testing.assert_array_equal(clip.frames, frames[clip.indices])
 
+    def test_an_ffmpeg_it_was_not_checked_on_gives_unknown(self, small_video, monkeypatch):
+        """libav reads structures at offsets checked per libavformat major version; any other answers None."""
+        from slowfast_cli.video import libav
+
+        library = video.decord._ffi.base._LIB._name
+        known = libav.stream_info(small_video, library)
+        assert (known.index, known.video_streams, known.decoder) == (0, 1, "h264")
+        monkeypatch.setattr(libav, "LAYOUTS", {})
+        libav._libav.cache_clear()
+        try:
+            assert libav.stream_info(small_video, library) == libav.Stream(None, None, None)
+            assert libav.stream_info(small_video, "libc.so.6") == libav.Stream(None, None, None)  # not an FFmpeg
+        finally:
+            libav._libav.cache_clear()
+
     def test_audio_before_video(self, vdir):
         path = make_multi_stream(
             vdir / "audio_first.mp4", make_audio_only(vdir / "tone.m4a"), make_video(vdir / "v.mp4")
