@@ -905,6 +905,17 @@ def test_video_module_imports_no_torch():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
+def test_decord_loads_no_nvidia_library():
+    """decord2 would load every NVIDIA library pip installed (torch's CUDA build brings 3 GB of them) into each
+    decode worker; ``files.without_cuda_preload`` keeps them out and leaves ``sys.modules`` as it was."""
+    code = (
+        "import sys, slowfast_cli.video.decode\n"
+        "maps = open('/proc/self/maps').read()\n"
+        "sys.exit(('/nvidia/' in maps) + 2 * ('nvidia' in sys.modules))"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
 def test_unreadable_file(tmp_path):
     """Root ignores permissions, so as root the decode runs in a child without the DAC capabilities (setpriv)."""
     prefix = permission_enforcing_prefix()

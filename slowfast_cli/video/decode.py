@@ -14,16 +14,18 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import decord
 import numpy as np
 
 from ..config import VideoCfg
 from ..errors import SlowfastError
-from .files import check_file, decord_name, decord_reason, problem, stderr_quiet
+from .files import check_file, decord_name, decord_reason, problem, stderr_quiet, without_cuda_preload
 from .geometry import center_crop, decode_size, mirror, mirror_fix
 from .info import Clip, VideoInfo
 from .libav import Stream, stream_info
 from .sampling import requested_frames, sample_indices
+
+with without_cuda_preload():  # decord2 would load every NVIDIA library pip installed (files.without_cuda_preload)
+    import decord
 
 DECODE_RESIZE_MIN = 2  # decode-time scaling only when it shrinks the frames at least this much (see load_clip)
 DECODE_ATTEMPTS = 3  # fresh readers tried before a decode failure is final (decord races into damage, see above)

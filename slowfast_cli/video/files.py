@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,3 +142,24 @@ def stderr_quiet() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+@contextlib.contextmanager
+def without_cuda_preload() -> Iterator[None]:
+    """Inside the block, ``importlib.util.find_spec("nvidia")`` finds nothing: for ``import decord``.
+
+    decord2 3.4.0's ``_ffi.base`` loads, before its own library, every ``nvidia/*/lib/*.so*`` that pip installed
+    (with RTLD_GLOBAL, for its CUDA wheels); beside torch's CUDA build that is cuBLAS, cuDNN, NCCL and the rest:
+    685 MiB resident and 0.35 s more CPU for each process that imports decord, where slowfast decodes on the CPU
+    only and the CPU wheel needs none of them (36 MiB, 0.1 s; docs/decord.md). ``sys.modules["nvidia"] = None``
+    makes ``find_spec`` answer None; whatever was there before is put back.
+    """
+    saved = sys.modules.get("nvidia", ...)
+    sys.modules["nvidia"] = None
+    try:
+        yield
+    finally:
+        if saved is ...:
+            sys.modules.pop("nvidia", None)
+        else:
+            sys.modules["nvidia"] = saved
