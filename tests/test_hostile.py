@@ -56,15 +56,16 @@ class TestEveryInputIsRecorded:
         after = load_tokens(tmp_path / "out" / "v.pt")["tokens"]
         assert not torch.equal(before, after)  # the activation changed the numbers: keeping them was wrong
 
-    def test_the_record_names_the_decoder_and_older_files_count_as_decord_0_6_0(self):
+    def test_the_record_names_the_decoder_and_older_files_count_as_made_with_decord_0_6_0(self):
         from slowfast_cli.config import resolve_config
         from slowfast_cli.provenance import differences, provenance
 
         new = provenance(resolve_config("tiny"), "fp32")
-        assert new["decoder"] == "decord 0.6.0" and "weights_config" not in new  # no checkpoint, no config.json
+        assert new["decoder"] == "decord2 3.4.0" and "weights_config" not in new  # no checkpoint, no config.json
         old = {k: v for k, v in new.items() if k != "decoder"}  # written before the decoder was recorded
-        assert differences(old, new) == []
-        assert differences({**new, "decoder": "decord 0.7.0"}, new) == ["decoder: decord 0.7.0 -> decord 0.6.0"]
+        assert differences(old, new) == ["decoder: decord 0.6.0 -> decord2 3.4.0"]  # made with decord 0.6.0
+        assert differences({**new, "decoder": "decord 0.6.0"}, new) == ["decoder: decord 0.6.0 -> decord2 3.4.0"]
+        assert differences(new, new) == []
         pillow = new["libraries"]["Pillow"]
         other = {**new, "libraries": {**new["libraries"], "Pillow": "1.0"}}  # squash pixels differ between Pillows
         assert differences(other, new) == [f"libraries.Pillow: 1.0 -> {pillow}"]
