@@ -669,16 +669,24 @@ class TestLongVideosSeek:
         if not has_encoder(codec):
             pytest.skip(f"PyAV has no {codec} encoder")
         path = make_video(vdir / f"long_{name}", frames=240, codec=codec, options=options)
-        original, jumps = video._decode, []
+        original, check, jumps, checking = video._decode, video._seeks_exactly, [], []
 
-        def decode(reader, indices):  # a decode that passes over a keyframe ahead of the reader is a seek
+        def decode(reader, indices):  # a decode passing over a keyframe ahead of the reader, outside checks, seeks
             keys, at = video._segment_keys(reader), reader.pos
             for i in indices:
-                jumps.append(at is not None and any(at < k <= i for k in keys))
+                jumps.append(not checking and at is not None and any(at < k <= i for k in keys))
                 at = i + 1
             return original(reader, indices)
 
+        def seeks_exactly(*args):
+            checking.append(True)
+            try:
+                return check(*args)
+            finally:
+                checking.pop()
+
         monkeypatch.setattr(video, "_decode", decode)
+        monkeypatch.setattr(video, "_seeks_exactly", seeks_exactly)
         for frames in (3, 5, 9):
             jumps.clear()
             clip = load_clip(path, VideoCfg(frames=frames, decode_resize=False))

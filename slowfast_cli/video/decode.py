@@ -173,12 +173,14 @@ def _decode_sequential(reader: _Reader, indices: list[int], chunk: int = 16, see
             if stop > reader.pos:
                 _skip(reader, stop - reader.pos)
             if reader.pos < target:  # standing just before a keyframe: read it on, converted, to pass it
-                at = reader.pos
-                frame = _decode(reader, [at])[0]
-                if seeks and (seeks_ok is None or unchecked) and checked <= SEEK_CHECKS:
+                _decode(reader, [reader.pos])
+                at = reader.pos  # the keyframe
+                if seeks and (seeks_ok is None or unchecked) and checked <= SEEK_CHECKS and at < target:
                     checked, unchecked = checked + 1, False
-                    seeks_ok = np.array_equal(_decode(reader, [at])[0], frame)  # seeking back to it: exact?
-                    if not seeks_ok:  # the reader now stands after a wrong seek (and earlier seeks may be wrong)
+                    frame = _decode(reader, [at])[0]  # read in order
+                    seeks_ok = np.array_equal(_decode(reader, [at])[0], frame)  # seeking back to it: the same?
+                    if not seeks_ok:  # the reader stands after a wrong seek (and earlier seeks may be wrong)
+                        reader.pos = None  # so: from frame 0 again
                         return _decode_sequential(reader, indices, chunk, seeks=False)
         if target not in kept:
             kept[target] = _decode(reader, [target])[0]
