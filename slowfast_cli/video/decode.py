@@ -158,6 +158,7 @@ def _decode_sequential(reader: _Reader, indices: list[int], chunk: int = 16, see
                     kept[i] = frame
         return np.stack([kept[i] for i in indices])
     keys = _segment_keys(reader)
+    seeks = seeks and _seeks_pay(keys, indices)
     kept, checked, seeks_ok, unchecked = {}, 0, None, False
     if reader.pos is None or reader.pos > indices[0]:  # back to the start: decord's seek to frame 0 is exact
         kept[0] = _decode(reader, [0])[0]
@@ -185,6 +186,18 @@ def _decode_sequential(reader: _Reader, indices: list[int], chunk: int = 16, see
         if target not in kept:
             kept[target] = _decode(reader, [target])[0]
     return np.stack([kept[i] for i in indices])
+
+
+def _seeks_pay(keys: list[int], indices: list[int]) -> bool:
+    """Whether a forward seek would decode fewer frames than reading on for some sampled frame after the first
+    keyframe (the one a check needs); if none would, no seek is checked or made (dense samples, short videos)."""
+    pos = keys[0] + 1 if keys else 0
+    for target in indices:
+        key = keys[bisect.bisect_right(keys, target) - 1] if keys and target >= keys[0] else 0
+        if target >= pos and key > pos and target - key + SEEK_COST < target - pos:
+            return True
+        pos = max(pos, target + 1)
+    return False
 
 
 def _segment_keys(reader: _Reader) -> list[int]:
