@@ -652,6 +652,13 @@ class TestLongVideosSeek:
     """Long videos with few samples seek (random access, or forward seeks while reading in order), each way only
     after a check on the stream; streams whose seeks are wrong are read in order."""
 
+    def test_a_seek_is_checked_only_where_one_would_pay(self):
+        keys = [60, 120, 180, 240]  # a keyframe every 60 frames, after frame 0's
+        assert not video._seeks_pay(keys, list(range(3, 290, 5)))  # dense: a seek never saves its own cost
+        assert not video._seeks_pay([], [5, 200])  # no keyframe to seek to
+        assert video._seeks_pay(keys, [10, 200])  # 200: from 180 (20 + SEEK_COST) rather than reading on from 61
+        assert not video._seeks_pay(keys, [55, 62])  # 62: reading on from the check at 60 costs less than a seek
+
     @pytest.mark.parametrize(
         "name, codec, options, seekable",
         [
