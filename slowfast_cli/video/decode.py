@@ -189,15 +189,15 @@ def _decode_sequential(reader: _Reader, indices: list[int], chunk: int = 16, see
 
 
 def _seeks_pay(keys: list[int], indices: list[int]) -> bool:
-    """Whether a forward seek would decode fewer frames than reading on for some sampled frame after the first
-    keyframe (the one a check needs); if none would, no seek is checked or made (dense samples, short videos)."""
-    pos = keys[0] + 1 if keys else 0
+    """Whether forward seeks would save more frames than checking one costs (a seek and a conversion), for the
+    sampled frames after the first keyframe (where the check happens); else none is checked or made."""
+    pos, saved = (keys[0] + 1 if keys else 0), 0
     for target in indices:
         key = keys[bisect.bisect_right(keys, target) - 1] if keys and target >= keys[0] else 0
-        if target >= pos and key > pos and target - key + SEEK_COST < target - pos:
-            return True
+        if target >= pos and key > pos:
+            saved += max(0, key - pos - SEEK_COST)  # reading on decodes pos..target, seeking key..target + SEEK_COST
         pos = max(pos, target + 1)
-    return False
+    return saved > SEEK_COST + 1
 
 
 def _segment_keys(reader: _Reader) -> list[int]:
