@@ -79,7 +79,7 @@ def main() -> None:
 
     def slowfast(tree: Path, *argv) -> tuple[list[str], dict]:
         env = dict(os.environ, PYTHONPATH=str(tree))
-        return [py, "-m", "slowfast_cli", *map(str, argv)], env
+        return [py, "-P", "-m", "slowfast_cli", *map(str, argv)], env  # -P: PYTHONPATH, not the working dir, first
 
     cmds: dict[tuple, tuple[list[str], dict]] = {}
     for name, tree in trees.items():

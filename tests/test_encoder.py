@@ -682,7 +682,9 @@ class TestWeightFiles:
 
 class TestPretrainedTags:
     def test_offline_tag_explains_what_to_do(self, monkeypatch):
-        monkeypatch.setattr(open_clip, "download_pretrained", lambda *a, **k: pytest.fail("tried to download"))
+        monkeypatch.setattr(
+            open_clip.pretrained, "download_pretrained", lambda *a, **k: pytest.fail("tried to download")
+        )
         with pytest.raises(SlowfastError, match="could not be fetched.*HF_HUB_OFFLINE") as err:
             build_encoder(EncoderCfg(model="ViT-B-16", pretrained="openai"), CPU, torch.float32)
         assert all(hint in str(err.value) for hint in FETCH_HINTS)
@@ -700,7 +702,7 @@ class TestPretrainedTags:
         def unreachable(*args, **kwargs):
             raise OSError("no route to host")
 
-        monkeypatch.setattr(open_clip, "download_pretrained", unreachable)
+        monkeypatch.setattr(open_clip.pretrained, "download_pretrained", unreachable)
         with pytest.raises(SlowfastError, match=r"could not be fetched \(no route to host\)") as err:
             build_encoder(EncoderCfg(model="ViT-B-16", pretrained="openai"), CPU, torch.float32)
         assert all(hint in str(err.value) for hint in FETCH_HINTS)
@@ -758,7 +760,9 @@ class TestPretrainedTags:
         return trained
 
     def test_cached_tag_loads_offline_with_its_settings(self, monkeypatch, tiny_tag):
-        monkeypatch.setattr(open_clip, "download_pretrained", lambda *a, **k: pytest.fail("tried to download"))
+        monkeypatch.setattr(
+            open_clip.pretrained, "download_pretrained", lambda *a, **k: pytest.fail("tried to download")
+        )
         e, frames = tiny(pretrained="fake"), clip_frames(2)
         assert e.quick_gelu and e.preprocess_cfg["mean"] == (0.5,) * 3
         assert torch.equal(e.encode(frames), hooked_tokens(tiny_tag.visual, -2, e.preprocess(frames)))

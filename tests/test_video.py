@@ -712,7 +712,15 @@ class TestRandomAccess:
 
 
 class TestLongVideosSeek:
-    """Long videos with few samples use random access, verified per keyframe; bad streams fall back to reading."""
+    """Long videos with few samples seek (random access, or forward seeks while reading in order), each way only
+    after a check on the stream; streams whose seeks are wrong are read in order."""
+
+    def test_a_seek_is_checked_only_where_one_would_pay(self):
+        keys = [60, 120, 180, 240]  # a keyframe every 60 frames, after frame 0's
+        assert not video._seeks_pay(keys, list(range(3, 290, 5)))  # dense: a seek never saves its own cost
+        assert not video._seeks_pay([], [5, 200])  # no keyframe to seek to
+        assert video._seeks_pay(keys, [10, 200])  # 200: from 180 (20 + SEEK_COST) rather than reading on from 61
+        assert not video._seeks_pay(keys, [55, 62])  # 62: reading on from the check at 60 costs less than a seek
 
     @pytest.mark.parametrize(
         "name, codec, options, seekable",
@@ -728,17 +736,33 @@ class TestLongVideosSeek:
             ("mpeg4_no_pts.avi", "mpeg4", MPEG_BFRAMES, False),
         ],
     )
-    def test_random_access_only_where_it_is_exact(self, vdir, monkeypatch, name, codec, options, seekable):
+    def test_seeks_only_where_they_are_exact(self, vdir, monkeypatch, name, codec, options, seekable):
         if not has_encoder(codec):
             pytest.skip(f"PyAV has no {codec} encoder")
         path = make_video(vdir / f"long_{name}", frames=240, codec=codec, options=options)
-        read_in_order = []
-        original = video._decode_sequential
-        monkeypatch.setattr(video, "_decode_sequential", lambda r, i: read_in_order.append(i) or original(r, i))
+        original, check, jumps, checking = video._decode, video._seeks_exactly, [], []
+
+        def decode(reader, indices):  # a decode passing over a keyframe ahead of the reader, outside checks, seeks
+            keys, at = video._segment_keys(reader), reader.pos
+            for i in indices:
+                jumps.append(not checking and at is not None and any(at < k <= i for k in keys))
+                at = i + 1
+            return original(reader, indices)
+
+        def seeks_exactly(*args):
+            checking.append(True)
+            try:
+                return check(*args)
+            finally:
+                checking.pop()
+
+        monkeypatch.setattr(video, "_decode", decode)
+        monkeypatch.setattr(video, "_seeks_exactly", seeks_exactly)
         for frames in (3, 5, 9):
+            jumps.clear()
             clip = load_clip(path, VideoCfg(frames=frames, decode_resize=False))
             assert [read_index(f) for f in clip.frames] == clip.indices == sample_indices(240, 10.0, frames)
-            assert (clip.indices in read_in_order) is not seekable
+            assert any(jumps) is seekable
 
 
 class TestTruncatedAndDamaged:

@@ -13,6 +13,7 @@ its geometry without torch in ``models.py``. The only module that imports open_c
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -20,15 +21,38 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import SlowfastError
-from ..models import OWN_MODEL_CONFIGS, VISION_DEFAULTS, model_grid, vision_config
-from .hidden import without
+from ..models import OWN_MODEL_CONFIGS, VISION_DEFAULTS, model_config_path, model_grid, vision_config
+from .hidden import later, shallow, without
 
-with without("transformers"):  # open_clip's Hugging Face *text* towers need it, vision towers never (hidden.py)
-    import open_clip
+# open_clip's modules that build a vision tower, without what they do not need (hidden.py): its package __init__
+# (the factory, the tokenizer, the losses), torchvision's, timm and transformers; each is imported on first use
+with without("transformers", "timm"), shallow("open_clip", "torchvision", "torchvision.ops"):
+    import open_clip.model
+    import open_clip.pretrained
     from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
     from open_clip.timm_model import TimmModel
     from open_clip.transform import PreprocessCfg, merge_preprocess_dict
     from open_clip.transformer import VisionTransformer
+# what open_clip's `try: import timm ...` (timm towers) and `try: import transformers ...` (text towers) bind
+later(
+    open_clip.timm_model,
+    {
+        "timm": ("timm", None),
+        "RotAttentionPool2d": ("timm.layers", "RotAttentionPool2d"),
+        "AbsAttentionPool2d": ("timm.layers", "AttentionPool2d"),
+        "Mlp": ("timm.layers", "Mlp"),
+        "to_2tuple": ("timm.layers", "to_2tuple"),
+    },
+)
+later(
+    open_clip.hf_model,
+    {"transformers": ("transformers", None)}
+    | {n: ("transformers", n) for n in ("AutoModel", "AutoTokenizer", "AutoConfig", "PretrainedConfig")}
+    | {
+        n: ("transformers.modeling_outputs", n)
+        for n in ("BaseModelOutput", "BaseModelOutputWithPooling", "BaseModelOutputWithPoolingAndCrossAttentions")
+    },
+)
 
 TOWER_BUILDER = "_build_vision_tower"  # open_clip.model's private vision-only builder, used when present
 HUB_WEIGHT_NAMES = (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME)  # what open_clip tries in a hub repo, safetensors first
@@ -105,7 +129,7 @@ class OpenClipViT(TowerAdapter):
         """All but the LayerNorms in bf16/fp16 (they stay fp32), as open_clip's ``precision`` does."""
         visual = visual.to(device)
         if dtype in (torch.bfloat16, torch.float16):
-            open_clip.convert_weights_to_lp(visual, dtype=dtype)
+            open_clip.model.convert_weights_to_lp(visual, dtype=dtype)
         return visual.eval().requires_grad_(False)
 
     @classmethod
@@ -196,7 +220,8 @@ def check_geometry(name: str, geometry: Geometry) -> None:
 
 
 def register_own_models() -> None:
-    """Add slowfast's model configs (``slowfast_cli/model_configs``) to open_clip's registry, once."""
+    """Add slowfast's model configs (``slowfast_cli/model_configs``) to open_clip's registry, once (this imports
+    open_clip's factory, which building a tower does not need)."""
     own = {p.stem for p in OWN_MODEL_CONFIGS.glob("*.json")}
     if not own <= set(open_clip.list_models()):
         open_clip.add_model_config(OWN_MODEL_CONFIGS)
@@ -206,25 +231,26 @@ def model_config(name: str) -> dict[str, Any]:
     """open_clip's config dict for a model name with a ViT vision tower (open_clip's own, or a timm ViT).
 
     The checks (hf-hub names, unknown models with close matches, non-ViT towers) are ``models.vision_config``'s,
-    which reads the same JSON files without open_clip, so ``slowfast budget``/preflight and the encoder agree.
+    which reads the same JSON files without open_clip, so ``slowfast budget``/preflight and the encoder agree. The
+    dict is the file's JSON, as ``open_clip.get_model_config`` returns it once ``register_own_models`` has run (its
+    registry is those files, keyed by name, ours added last), read here without importing open_clip's factory.
     """
     vision_config(name)
-    register_own_models()
-    return open_clip.get_model_config(name)
+    return json.loads(model_config_path(name).read_text(encoding="utf-8"))
 
 
 def pretrained_cfg(model: str, tag: str) -> dict[str, Any]:
     """open_clip's settings of a pretrained tag of ``model`` (empty when it is not one)."""
-    return open_clip.get_pretrained_cfg(model, tag)
+    return open_clip.pretrained.get_pretrained_cfg(model, tag)
 
 
 def pretrained_tags(model: str) -> list[str]:
-    return open_clip.list_pretrained_tags_by_model(model)
+    return open_clip.pretrained.list_pretrained_tags_by_model(model)
 
 
 def download(tag_cfg: dict[str, Any]) -> str:
     """open_clip's own download of a tag's weights (hub or URL); the local path."""
-    return open_clip.download_pretrained(tag_cfg)
+    return open_clip.pretrained.download_pretrained(tag_cfg)
 
 
 def _tags_agree(model: str, read: Callable[[dict[str, Any]], Any]) -> Any:
@@ -262,6 +288,7 @@ def _vision_tower(name: str, model_cfg: dict[str, Any], quick_gelu: bool, cast_d
     if build is not None:
         return build(model_cfg["embed_dim"], model_cfg["vision_cfg"], quick_gelu=quick_gelu, cast_dtype=cast_dtype)
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(cast_dtype, "fp32")
+    register_own_models()
     clip = open_clip.create_model(name, pretrained=None, precision=precision, force_quick_gelu=quick_gelu)
     return clip.visual.float()
 

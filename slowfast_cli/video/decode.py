@@ -9,7 +9,6 @@ frames) is written down in ``docs/decord.md``; each point there is a test in ``t
 from __future__ import annotations
 
 import bisect
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,10 @@ from .geometry import center_crop, decode_size, mirror, mirror_fix
 from .info import Clip, VideoInfo
 from .libav import Stream, stream_info
 from .sampling import requested_frames, sample_indices
+from .timing import duration as _duration
+from .timing import fps as _fps
+from .timing import frame_times as _frame_times
+from .timing import times_ok as _times_ok
 
 with without_cuda_preload():  # decord2 would load every NVIDIA library pip installed (files.without_cuda_preload)
     import decord
@@ -32,6 +35,7 @@ DECODE_ATTEMPTS = 3  # fresh readers tried before a decode failure is final (dec
 SEEK_CHECKS = 3  # keyframes (besides the first) whose seeks _seeks_exactly verifies
 SEQUENTIAL_RATIO = 2  # read every frame in order when that decodes at most this many times the frames seeking would
 SKIP_DECODERS = frozenset({"h264", "vp9"})  # decoders whose frames decord's skip counts right (_skips_exactly)
+SEEK_COST = 8  # frames decoded in order that one forward seek of decord costs (flush, keyframe; BENCHMARKS.md §25)
 decord.logging.set_level(decord.logging.QUIET)
 
 
@@ -125,16 +129,23 @@ def _skips_exactly(reader: _Reader, stream: Stream, pts_ok: bool) -> bool:
     return pts_ok and stream.decoder in SKIP_DECODERS and bool(keys) and keys[0] == 0
 
 
-def _decode_sequential(reader: _Reader, indices: list[int], chunk: int = 16) -> np.ndarray:
-    """Decode ``indices`` (ascending, unique) by reading every frame from the start in order, never seeking past
-    frame 0.
+def _decode_sequential(reader: _Reader, indices: list[int], chunk: int = 16, seeks: bool = True) -> np.ndarray:
+    """Decode ``indices`` (ascending, unique) by reading in order from the start, seeking only forward to whole
+    keyframe segments, and only once a seek has been checked on this stream.
 
     Frames that are not kept are decoded but not converted to RGB (nor scaled) where the stream allows it
     (``reader.skips``, :func:`_skips_exactly`): the reader skips up to the frame before the next keyframe, reads
-    that one, and goes on, so decord never seeks (its skip seeks when it reaches a keyframe). That converts the
-    kept frames plus at most one frame per keyframe passed, and decodes the same frames as converting every one:
-    identical frames, faster by what the conversions cost (BENCHMARKS.md section 12). Elsewhere every frame is
-    converted, ``chunk`` at a time.
+    that one, and goes on, so decord never seeks on its own (its skip seeks when it reaches a keyframe). That
+    converts the kept frames plus at most one frame per keyframe passed, and decodes the same frames as converting
+    every one: identical frames, faster by what the conversions cost (BENCHMARKS.md section 12). Elsewhere every
+    frame is converted, ``chunk`` at a time, and nothing is skipped or sought.
+
+    With ``seeks``, on those streams, the first keyframe passed in order is checked: decord's seek back to it must
+    give the frame just read (open GOPs fail here, see :func:`_seeks_exactly`). Once that holds, a sampled frame
+    whose keyframe lies ahead is fetched by seeking to that keyframe when that decodes fewer frames than reading
+    on (``SEEK_COST`` frames for the seek itself): the cost model of BENCHMARKS.md §25. The next keyframe passed in
+    order after such a seek is checked again (at most ``SEEK_CHECKS`` + 1 checks). A failed check starts over from
+    frame 0 in order without seeking: the reader stands after a wrong seek, and earlier seeks may have been wrong.
 
     Returns:
         uint8 (T, H, W, 3).
@@ -149,20 +160,46 @@ def _decode_sequential(reader: _Reader, indices: list[int], chunk: int = 16) -> 
                     kept[i] = frame
         return np.stack([kept[i] for i in indices])
     keys = _segment_keys(reader)
-    kept = {}
+    seeks = seeks and _seeks_pay(keys, indices)
+    kept, checked, seeks_ok, unchecked = {}, 0, None, False
     if reader.pos is None or reader.pos > indices[0]:  # back to the start: decord's seek to frame 0 is exact
         kept[0] = _decode(reader, [0])[0]
     for target in indices:
+        key = keys[bisect.bisect_right(keys, target) - 1] if keys and target >= keys[0] else 0
         while reader.pos < target:
+            if seeks and seeks_ok and key > reader.pos and target - key + SEEK_COST < target - reader.pos:
+                kept[target] = _decode(reader, [target])[0]  # decord seeks to `key` and reads on unconverted
+                unchecked = True
+                break
             after = bisect.bisect_right(keys, reader.pos)
             stop = target if after == len(keys) or keys[after] > target else keys[after] - 1
             if stop > reader.pos:
                 _skip(reader, stop - reader.pos)
             if reader.pos < target:  # standing just before a keyframe: read it on, converted, to pass it
                 _decode(reader, [reader.pos])
+                at = reader.pos  # the keyframe
+                if seeks and (seeks_ok is None or unchecked) and checked <= SEEK_CHECKS and at < target:
+                    checked, unchecked = checked + 1, False
+                    frame = _decode(reader, [at])[0]  # read in order
+                    seeks_ok = np.array_equal(_decode(reader, [at])[0], frame)  # seeking back to it: the same?
+                    if not seeks_ok:  # the reader stands after a wrong seek (and earlier seeks may be wrong)
+                        reader.pos = None  # so: from frame 0 again
+                        return _decode_sequential(reader, indices, chunk, seeks=False)
         if target not in kept:
             kept[target] = _decode(reader, [target])[0]
     return np.stack([kept[i] for i in indices])
+
+
+def _seeks_pay(keys: list[int], indices: list[int]) -> bool:
+    """Whether forward seeks would save more frames than checking one costs (a seek and a conversion), for the
+    sampled frames after the first keyframe (where the check happens); else none is checked or made."""
+    pos, saved = (keys[0] + 1 if keys else 0), 0
+    for target in indices:
+        key = keys[bisect.bisect_right(keys, target) - 1] if keys and target >= keys[0] else 0
+        if target >= pos and key > pos:
+            saved += max(0, key - pos - SEEK_COST)  # reading on decodes pos..target, seeking key..target + SEEK_COST
+        pos = max(pos, target + 1)
+    return saved > SEEK_COST + 1
 
 
 def _segment_keys(reader: _Reader) -> list[int]:
@@ -209,36 +246,6 @@ def _seeks_exactly(reader: _Reader, keys: list[int], indices: list[int]) -> bool
     return True
 
 
-def _frame_times(vr: decord.VideoReader) -> np.ndarray:
-    """(N, 2) start and end of every frame in seconds, float64 (never a slice: decord decodes for slices)."""
-    return vr.get_frame_timestamp(np.arange(len(vr))).astype(np.float64)
-
-
-def _times_ok(times: np.ndarray) -> bool:
-    """decord's pts table is usable: finite, starting at 0 and strictly increasing.
-
-    It is not for streams without pts (AVI and MPEG program streams with B-frames give -9e17 for every frame).
-    """
-    start = times[:, 0]
-    return bool(np.isfinite(times).all() and abs(start[0]) < 1.0 and (np.diff(start) > 0).all())
-
-
-def _fps(vr: decord.VideoReader, times: np.ndarray | None) -> float:
-    """The stream's average frame rate; else one from valid ``times``; else 1 (timestamps are then frame numbers)."""
-    fps = float(vr.get_avg_fps())
-    if math.isfinite(fps) and fps > 0:
-        return fps
-    if times is not None and len(times) > 1 and times[-1, 0] > times[0, 0]:
-        return (len(times) - 1) / (times[-1, 0] - times[0, 0])
-    return 1.0
-
-
-def _duration(times: np.ndarray, num_frames: int, fps: float) -> float:
-    """Seconds to the end of frame ``num_frames - 1`` (its start plus 1/fps when the container gives no end)."""
-    start, stop = times[num_frames - 1]
-    return round(float(stop if stop > start else start + 1.0 / fps), 6)
-
-
 @dataclass
 class _Opened:
     info: VideoInfo
@@ -279,12 +286,15 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 def _use_random_access(reader: _Reader, opened: _Opened, indices: list[int]) -> bool:
     """Seek (decord's get_batch) rather than read every frame from the start.
 
-    Reading in order is always right, so it is chosen whenever it costs at most SEQUENTIAL_RATIO times the
-    frames random access would decode (short and medium videos), and whenever the pts table is unusable.
-    Otherwise random access is used after :func:`_seeks_exactly` passes; a failure or damage there means no.
+    Never where decord's skip counts right (``opened.skips``): there :func:`_decode_sequential` seeks forward
+    itself where that is cheaper, after checking one seek at the price of one (BENCHMARKS.md §25), which costs less
+    than :func:`_seeks_exactly`'s checks of whole keyframe segments. Elsewhere reading in order is always right, so
+    it is chosen whenever it costs at most SEQUENTIAL_RATIO times the frames random access would decode (short and
+    medium videos), and whenever the pts table is unusable. Otherwise random access is used after
+    :func:`_seeks_exactly` passes; a failure or damage there means no.
     """
     keys = _segment_keys(reader)
-    if not opened.pts_ok or indices[-1] + 1 <= SEQUENTIAL_RATIO * _random_cost(keys, indices):
+    if opened.skips or not opened.pts_ok or indices[-1] + 1 <= SEQUENTIAL_RATIO * _random_cost(keys, indices):
         return False
     try:
         return _seeks_exactly(reader, keys, indices)
