@@ -1,9 +1,8 @@
 """Decoding with decord: open a file, probe it, and decode only the sampled frames, exactly, or fail in one line.
 
 The only module that imports decord; numpy only (no torch), so decode workers stay light. Every failure is a
-``SlowfastError("{path}: {problem}")`` on one line. What decord (decord2) does and what this module makes of it (frame
-counts, damaged data and retries, when seeking is exact and when frames are read in order, timestamps, narrow
-frames) is written down in ``docs/decord.md``; each point there is a test in ``tests/test_video.py``.
+``SlowfastError("{path}: {problem}")`` on one line. What decord (decord2) does and what this module makes of it
+(frame counts, damage and retries, seeking or reading in order, timestamps, narrow frames): ``docs/decord.md``.
 """
 
 from __future__ import annotations
