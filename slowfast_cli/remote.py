@@ -279,6 +279,24 @@ def upload(local: Path, url: RemotePath) -> None:
     url.infos.pop(url.path, None)
 
 
+def create(url: RemotePath, data: bytes) -> bool:
+    """Write a small object only if none is there (S3's conditional ``If-None-Match: *`` PUT): True when written,
+    False when one was there. A store without conditional writes takes it unconditionally (True)."""
+    try:
+        url.fs.pipe_file(url.path, data, mode="create")
+    except FileExistsError:
+        return False
+    except (TypeError, NotImplementedError):  # no mode="create" in this fsspec backend
+        url._call(url.fs.pipe_file, url.path, data)
+    except Exception as exc:
+        raise store_error(exc, url.url) from None
+    return True
+
+
+def read_bytes(url: RemotePath) -> bytes:
+    return url._call(url.fs.cat_file, url.path)
+
+
 def remove(url: RemotePath) -> None:
     with contextlib.suppress(SlowfastError):
         url._call(url.fs.rm_file, url.path)

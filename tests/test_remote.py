@@ -11,9 +11,11 @@ as S3 does.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -234,3 +236,64 @@ def test_refused_credentials_are_one_line(tmp_path):
     assert r.returncode == 1, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "the store refused the credentials (InvalidAccessKeyId" in lines[0], r.stderr
+
+
+def test_a_second_run_into_the_same_remote_folder_is_refused(store):
+    """The remote lock is an object created only if absent; one whose holder runs (pid 1: init) refuses the run."""
+    s3 = store["s3"]
+    holder = f"pid 1 on {socket.gethostname()} since 2026-01-01T00:00:00: slowfast batch ..."
+    s3.put_object(Bucket=BUCKET, Key="locked/.slowfast.lock", Body=holder.encode())
+    r = batch(str(store["src"]), "-o", f"s3://{BUCKET}/locked")
+    assert r.exit_code == 1
+    assert f"s3://{BUCKET}/locked: another slowfast batch is writing to this folder ({holder})" in r.output
+    assert sorted(objects(s3, "locked/")) == [".slowfast.lock"]  # nothing written, the holder's lock kept
+
+
+def start(args: list[str], env: dict) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "slowfast_cli", "batch", *args, *TINY]
+    return subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+
+
+def wait_for(s3, key: str, proc: subprocess.Popen) -> None:
+    for _ in range(600):
+        if key in objects(s3, key.rpartition("/")[0] + "/") or proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None and key.rpartition("/")[2] in objects(s3, key.rpartition("/")[0] + "/")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_a_stopped_run_leaves_only_whole_objects_and_resumes(store, sig):
+    """A real signal while the second video decodes (it hangs, by the faults hook): every object under the output
+    name is a whole token file, and a rerun finishes the folder. Ctrl-C cleans up at once and removes the lock;
+    kill -9 leaves the staging folder and the lock, which the rerun on this machine takes over."""
+    s3, prefix = store["s3"], f"killed-{sig.name}/"
+    args = [str(store["src"]), "-o", f"s3://{BUCKET}/{prefix}".rstrip("/"), "--batch-frames", "8"]  # 1 video a pass
+    proc = start(args, {"SLOWFAST_TEST_FAULTS": "decode-hang:b.mp4"})
+    try:
+        wait_for(s3, f"{prefix}a.pt", proc)
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = objects(s3, prefix)
+    assert [k for k in out if k.endswith(".pt")] == ["a.pt"]
+    assert torch.equal(remote_tokens(s3, f"{prefix}a.pt")["tokens"], load_tokens(store["local"] / "a.pt")["tokens"])
+    staging = [p for p in os.listdir(tempfile.gettempdir()) if p.startswith(f"slowfast-remote-{proc.pid}-")]
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, proc.stderr.read()
+        assert ".slowfast.lock" not in out and staging == []
+        assert [json.loads(line)["status"] for line in read(s3, f"{prefix}manifest.jsonl").splitlines()] == ["ok"]
+    else:
+        assert proc.returncode == -signal.SIGKILL and ".slowfast.lock" in out and len(staging) == 1
+    r = cli(args, {})
+    assert r.returncode == 0, r.stderr
+    assert sorted(k for k in objects(s3, prefix) if k.endswith(".pt")) == ["a.pt", "sub/b.pt", "sub/deep/c.pt"]
+    assert ".slowfast.lock" not in objects(s3, prefix)
+    assert not [p for p in os.listdir(tempfile.gettempdir()) if p.startswith(f"slowfast-remote-{proc.pid}-")]
+
+
+def read(s3, key: str) -> str:
+    return s3.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()

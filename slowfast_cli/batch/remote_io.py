@@ -17,22 +17,84 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, SlowfastError
 from ..formats import is_output
-from ..remote import FETCH_DIR, RemotePath, download, is_url, list_files, local_path, remove, upload
+from ..remote import FETCH_DIR, RemotePath, create, download, is_url, list_files, local_path, read_bytes, remove, upload
 from .records import MANIFEST
 from .run import REPORT
 
+STAGING = "slowfast-remote-"  # + PID: the run's temporary folder (staging, downloads), in the system's temp folder
+LOCK = ".slowfast.lock"  # as batch.plan.LOCK
 MANIFEST_EVERY = 30.0  # seconds between uploads of manifest.jsonl during a run (and once at its end)
 STATE = (MANIFEST,)  # OUT_DIR files besides the outputs that a run continues (report.json is rewritten)
+
+
+class RemoteLock:
+    """``OUT_DIR/.slowfast.lock`` as an object created only if absent (a conditional PUT), naming its holder as the
+    local lock file does; removed when the run ends. A run killed with kill -9 leaves it: a later run on the same
+    machine takes it over when the holder's process is gone, any other says how to remove it."""
+
+    def __init__(self, url: RemotePath):
+        self.url = url / LOCK
+        self.held = False
+
+    def acquire(self) -> RemoteLock:
+        who = f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now().isoformat(timespec='seconds')}"
+        text = f"{who}: {' '.join(map(os.fsdecode, sys.argv))}"[:900]
+        for _ in range(2):
+            if create(self.url, text.encode("utf-8", "backslashreplace")):
+                self.held = True
+                return self
+            holder = read_bytes(self.url).decode("utf-8", "replace").strip() or "another process"
+            if not _orphaned(holder):
+                raise SlowfastError(
+                    f"{self.url.url.rpartition('/')[0]}: another slowfast batch is writing to this folder ({holder}); "
+                    f"wait for it to finish, or choose another output folder (if none is running: delete {self.url})"
+                )
+            remove(self.url)  # its holder was killed on this machine: take it over
+        raise SlowfastError(f"{self.url}: another run took the lock at the same moment; try again")
+
+    def release(self) -> None:
+        if self.held:
+            remove(self.url)
+            self.held = False
+
+
+def _orphaned(holder: str) -> bool:
+    """Whether a lock's holder text names a process of this machine that no longer runs."""
+    m = re.match(r"pid (\d+) on (\S+) since", holder)
+    return bool(m) and m[2] == socket.gethostname() and not _alive(int(m[1]))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_orphans() -> None:
+    """Remove the staging folders of runs on this machine whose process is gone (kill -9 leaves them)."""
+    folder = Path(tempfile.gettempdir())
+    for entry in folder.glob(f"{STAGING}*"):
+        m = re.match(rf"{STAGING}(\d+)-", entry.name)
+        if m and int(m[1]) != os.getpid() and not _alive(int(m[1])):
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 class RemoteOutputs:
@@ -42,11 +104,14 @@ class RemoteOutputs:
         self.url, self.local = url, local
         self.pushed = time.monotonic()
 
-    def pull(self) -> int:
-        """Download the outputs and the manifest already at the URL into the staging folder; how many files."""
+    def check(self) -> None:
+        """Refuse a URL that names an object, or a bucket that does not exist (before the lock is taken)."""
         if self.url.exists() and not self.url.is_dir():
             raise ConfigError(f"{self.url}: exists and is not a folder; -o must name a folder for the token files")
         self.url.check_bucket()
+
+    def pull(self) -> int:
+        """Download the outputs and the manifest already at the URL into the staging folder; how many files."""
         self.local.mkdir(parents=True, exist_ok=True)
         wanted = [rel for rel in list_files(self.url) if _ours(rel)]
         for rel in wanted:
@@ -156,9 +221,11 @@ def places(in_dir: str | Path, output: str | Path, files_from: str | Path | None
     if not any(is_url(str(p)) for p in (in_dir, output, files_from) if p is not None):
         yield Places(Path(in_dir), Path(output), Path(files_from) if files_from is not None else None)
         return
-    temp = Path(tempfile.mkdtemp(prefix="slowfast-remote-"))
+    sweep_orphans()
+    temp = Path(tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}-"))
     before = os.environ.get(FETCH_DIR)
     result = Places(Path(in_dir), Path(output))
+    lock = None
     try:
         (temp / "fetch").mkdir()
         os.environ[FETCH_DIR] = str(temp / "fetch")  # decoding processes started from here put their copies there
@@ -175,6 +242,8 @@ def places(in_dir: str | Path, output: str | Path, files_from: str | Path | None
             result.files_from = Path(files_from)
         if is_url(str(output)):
             result.outputs = RemoteOutputs(RemotePath(str(output)), temp / "out")
+            result.outputs.check()
+            lock = RemoteLock(result.outputs.url).acquire()
             result.outputs.pull()
             result.out_dir = result.outputs.local
             result.names[str(result.out_dir)] = str(output)
@@ -191,6 +260,9 @@ def places(in_dir: str | Path, output: str | Path, files_from: str | Path | None
     except SlowfastError as exc:
         raise type(exc)(result.shown(str(exc))) from None
     finally:
+        if lock is not None:
+            with contextlib.suppress(SlowfastError):
+                lock.release()
         if before is None:
             os.environ.pop(FETCH_DIR, None)
         else:
