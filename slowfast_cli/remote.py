@@ -44,7 +44,7 @@ def local_path(text: str) -> str:
     return text[len("file://") :] if text.startswith("file://") else text
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RemoteStat:
     """What ``os.stat`` tells of a local file, for an object: size, modification time (None where the store has
     none), and the store's own tag of the content (S3's ETag) where it has one."""
@@ -115,16 +115,16 @@ class RemotePath:
     file system and the listing's cache of sizes and times, so a resume judges every video without a request each.
     """
 
-    def __init__(self, url: str, fs=None, path: str | None = None, infos: dict | None = None):
+    def __init__(self, url: str, fs=None, path: str | None = None, known: dict | None = None):
         self.url = url.rstrip("/") if url.count("/") > 2 else url
         if fs is None:
             fs, path = _filesystem(self.url)
         self.fs, self.path = fs, path if path is not None else self.url.split("://", 1)[1]
-        self.infos = infos if infos is not None else {}  # path -> fsspec info, filled by list_files
+        self.known = known if known is not None else {}  # path -> RemoteStat of the objects list_files found
 
     def __truediv__(self, rel: str | os.PathLike) -> RemotePath:
         rel = Path(rel).as_posix()
-        return RemotePath(f"{self.url}/{rel}", self.fs, f"{self.path}/{rel}", self.infos)
+        return RemotePath(f"{self.url}/{rel}", self.fs, f"{self.path}/{rel}", self.known)
 
     def __str__(self) -> str:
         return self.url
@@ -177,9 +177,7 @@ class RemotePath:
         return error
 
     def info(self) -> dict | None:
-        """The store's description of the object (None when there is none)."""
-        if self.path in self.infos:
-            return self.infos[self.path]
+        """The store's description of the object (None when there is none): one request."""
         try:
             return self._call(self.fs.info, self.path)
         except ConfigError as exc:
@@ -212,7 +210,10 @@ class RemotePath:
         return self.info() is not None
 
     def stat(self) -> RemoteStat:
-        """Size, modification time and ETag (raises FileNotFoundError for a missing object, as ``Path.stat``)."""
+        """Size, modification time and ETag (raises FileNotFoundError for a missing object, as ``Path.stat``): from the
+        listing when ``list_files`` saw the object, else one request."""
+        if self.path in self.known:
+            return self.known[self.path]
         info = self.info()
         if info is None or info.get("type") == "directory":
             raise FileNotFoundError(2, "No such object", self.url)
@@ -254,14 +255,14 @@ def identity(info: dict) -> RemoteStat:
 
 
 def list_files(root: RemotePath) -> list[str]:
-    """Every object under ``root`` as a path relative to it, sorted; their infos go into ``root.infos``."""
+    """Every object under ``root`` as a path relative to it, sorted; their RemoteStat go into ``root.known``."""
     found = root._call(root.fs.find, root.path, detail=True)
     rels = []
     for path, info in found.items():
         path = path.rstrip("/")
         if info.get("type") == "directory" or not path.startswith(root.path + "/"):
             continue  # a folder marker ("dir/" objects some tools make)
-        root.infos[path] = info
+        root.known[path] = identity(info)
         rels.append(path[len(root.path) + 1 :])
     return sorted(rels)
 
@@ -276,7 +277,7 @@ def upload(local: Path, url: RemotePath) -> None:
     """Put a complete local file at ``url`` in one request (S3: one PUT, or a multipart upload completed at the end:
     an object appears whole or not at all)."""
     url._call(url.fs.put_file, str(local), url.path)
-    url.infos.pop(url.path, None)
+    url.known.pop(url.path, None)
 
 
 def create(url: RemotePath, data: bytes) -> bool:
@@ -300,7 +301,7 @@ def read_bytes(url: RemotePath) -> bytes:
 def remove(url: RemotePath) -> None:
     with contextlib.suppress(SlowfastError):
         url._call(url.fs.rm_file, url.path)
-    url.infos.pop(url.path, None)
+    url.known.pop(url.path, None)
 
 
 @contextlib.contextmanager

@@ -232,7 +232,8 @@ def places(in_dir: str | Path, output: str | Path, files_from: str | Path | None
         if is_url(str(in_dir)):
             result.root = RemotePath(str(in_dir))
             if not result.root.is_dir():
-                raise ConfigError(f"{in_dir}: no such folder (no object under it)")
+                what = "is a file, not a folder" if result.root.exists() else "no such folder (no object under it)"
+                raise ConfigError(f"{in_dir}: {what}")
         if files_from is not None and is_url(str(files_from)):
             listed = RemotePath(str(files_from))
             result.files_from = temp / "list" / (listed.name or "files")
