@@ -44,6 +44,11 @@ def local_path(text: str) -> str:
     return text[len("file://") :] if text.startswith("file://") else text
 
 
+def place(text: str | os.PathLike) -> Path | RemotePath:
+    """A folder or file named as text (a Ray job's ``root``): a ``RemotePath`` for a URL, else a ``Path``."""
+    return RemotePath(str(text)) if is_url(str(text)) else Path(local_path(str(text)))
+
+
 @dataclass(frozen=True, slots=True)
 class RemoteStat:
     """What ``os.stat`` tells of a local file, for an object: size, modification time (None where the store has

@@ -178,8 +178,9 @@ def batch(
         raise ConfigError(f"--timeout must be a positive number of seconds, got {timeout}")
     if save_features is not None:
         check_features_dir(save_features, output, engine, in_dir)
-    if engine != "local" and any(isinstance(p, str) for p in (in_dir, output, files_from)):
-        raise ConfigError(f"--engine {engine} reads and writes local paths only for now; use --engine local for URLs")
+    if engine != "local" and isinstance(output, str):  # a URL (cli.urls)
+        raise ConfigError(f"--engine {engine} writes OUT_DIR from every node: a URL for it is not supported yet; "
+                          "give a folder every node sees (then copy it to the bucket), or --engine local")  # fmt: skip
     options = EngineOptions(workers=workers, address=address, decoders=decoders, encoders=encoders, timeout=timeout,
                             features_dir=save_features)  # fmt: skip
     runner = make_engine(engine, options)

@@ -21,6 +21,7 @@ import ray
 
 from ...config import config_from_dict
 from ...errors import SlowfastError, first_line
+from ...remote import place
 from ..faults import test_fault
 from ..plan import existing_output
 from ..records import Record
@@ -77,7 +78,7 @@ def probe_task(config_dict: dict, root: str, mark: str, token: str, model: bool 
     from ...pipeline import Pipeline
 
     where = node_name()
-    if not Path(root).is_dir():
+    if not place(root).is_dir():
         raise SlowfastError(f"{root}: not visible on Ray node {where}; {SHARED}")
     try:
         seen = Path(mark).read_text(encoding="ascii")
@@ -170,7 +171,7 @@ def decode_batch(batch: dict, job: dict) -> dict:
 def _decode_row(
     rel: bytes, out_rel: bytes, unverified: bool, job: dict, expect: tuple[int, int] | None = None
 ) -> RayRow:
-    root, out_dir = Path(job["root"]), Path(job["out_dir"])
+    root, out_dir = place(job["root"]), Path(job["out_dir"])  # IN_DIR may be a URL
     where = node_name()
     src = root / os.fsdecode(rel)
     try:
@@ -269,7 +270,7 @@ def encoder_class(job: dict) -> type:
             rel, out_rel = row.source, row.output
             done = Done(0, None, True, clip=clip, seconds=row.seconds)
             t0 = time.perf_counter()
-            encoded = encode_one(done, row.rel, row.out_rel, Path(job["root"]), self.pipe, packed)
+            encoded = encode_one(done, row.rel, row.out_rel, place(job["root"]), self.pipe, packed)
             out = RayRow(rel, out_rel, "failed", encoded=self.where)
             if isinstance(encoded, Record):
                 encoded.seconds = row.seconds
