@@ -24,9 +24,10 @@ from .errors import ConfigError, SlowfastError
 
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 FETCH_DIR = "SLOWFAST_FETCH_DIR"  # where decode workers put the videos they download (a folder the run removes)
-# s3fs retries 5 times itself and botocore up to 5 more with 60 s timeouts each: minutes before a wrong endpoint
-# says so. Two attempts each and short timeouts make a missing bucket, bad credentials or a dead endpoint one line
-# within seconds; a slow but working store is still waited for (read_timeout applies per read, not per file).
+# botocore makes up to 5 attempts with backoff and s3fs retries its own retryable errors 5 times: 7-9 s before a
+# refused port says so, about 25 s for an address that drops packets (BENCHMARKS.md, "Issue 20 (helper s3)"). Two
+# attempts and a 5 s connect timeout make a missing bucket, bad credentials or a dead endpoint one line within
+# seconds; the 60 s read timeout (s3fs: 15 s) leaves a slow but working store its time per read.
 FAST_S3 = {
     "config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2, "mode": "standard"}}
 }

@@ -15,6 +15,8 @@ from ..batch.remote_io import as_place
 
 def folder_or_url(text: str) -> Path | str:
     """IN_DIR: a URL, or an existing folder."""
+    if not text:
+        raise typer.BadParameter("an empty name; give a folder")
     place = as_place(text)
     if isinstance(place, Path):
         if not place.exists():
