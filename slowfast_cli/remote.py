@@ -233,7 +233,8 @@ class RemotePath:
             size = self.stat().st_size
             head = self._call(self.fs.cat_file, self.path, start=0, end=min(size, FINGERPRINT_BYTES))
             start = size - FINGERPRINT_BYTES if size > 2 * FINGERPRINT_BYTES else len(head)
-            tail = self._call(self.fs.cat_file, self.path, start=start, end=min(size, start + FINGERPRINT_BYTES))
+            end = min(size, start + FINGERPRINT_BYTES)
+            tail = self._call(self.fs.cat_file, self.path, start=start, end=end) if end > start else b""
         except (OSError, SlowfastError):
             return None
         h = hashlib.sha256(str(size).encode())

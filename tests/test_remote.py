@@ -148,6 +148,25 @@ def test_a_video_replaced_remotely_is_redone(store, tmp_path):
     assert redone["bytes"] == other.stat().st_size and redone["fps"] == 12
 
 
+def test_a_new_upload_of_the_same_bytes_is_kept_and_of_other_bytes_of_the_same_size_is_redone(store):
+    """The object's time changes with every upload; then its fingerprint (two ranged reads of the bucket) decides, as
+    for a local file whose modification time changed."""
+    s3, src = store["s3"], store["src"]
+    for rel in CLIPS:
+        s3.upload_file(str(src / rel), BUCKET, f"same/in/{rel}")
+    assert batch(f"s3://{BUCKET}/same/in", "-o", f"s3://{BUCKET}/same/out").exit_code == 0
+    time.sleep(1.1)  # S3 keeps seconds: the next uploads get another time
+    s3.upload_file(str(src / "a.mp4"), BUCKET, "same/in/a.mp4")  # the same bytes again
+    data = bytearray((src / "sub/b.mp4").read_bytes())
+    data[-1] ^= 0xFF  # the same size, another last byte
+    s3.put_object(Bucket=BUCKET, Key="same/in/sub/b.mp4", Body=bytes(data))
+    r = batch(f"s3://{BUCKET}/same/in", "-o", f"s3://{BUCKET}/same/out")
+    run = json.loads(r.stdout)["run"]
+    assert run["skipped"] == 2 and run["ok"] + run["failed"] == 1, r.output  # b.mp4 redone (whatever its bytes give)
+    assert [row["source"] for row in map(json.loads, read(s3, "same/out/manifest.jsonl").splitlines()[3:])
+            if row["status"] != "skipped"] == ["sub/b.mp4"]  # fmt: skip
+
+
 def test_remote_input_to_a_local_folder_and_a_remote_list(store, tmp_path):
     s3 = store["s3"]
     listed = f"sub/b.mp4\ns3://{BUCKET}/in/sub/deep/c.mkv\nsub/gone.mp4\n"
@@ -335,3 +354,15 @@ def test_the_ray_engine_reads_a_bucket(store, ray_cluster, tmp_path):
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["run"]["skipped"] == len(CLIPS)
+
+
+@pytest.mark.parametrize("size", [0, 1000, (1 << 20) + 5, (2 << 20) + 7])
+def test_an_objects_fingerprint_is_the_local_files(store, tmp_path, size):
+    """Resume compares a video's fingerprint computed on its downloaded copy with the object's, read by ranges."""
+    from slowfast_cli.provenance import file_fingerprint
+    from slowfast_cli.remote import RemotePath
+
+    data = os.urandom(size)
+    (tmp_path / "v.mp4").write_bytes(data)
+    store["s3"].put_object(Bucket=BUCKET, Key=f"fp/{size}.mp4", Body=data)
+    assert RemotePath(f"s3://{BUCKET}/fp/{size}.mp4").fingerprint() == file_fingerprint(tmp_path / "v.mp4")
