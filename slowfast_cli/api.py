@@ -98,7 +98,8 @@ class VideoEncoder:
         return self.pipeline.dtype
 
     @property
-    def grid(self) -> tuple[int, int]:
+    def grid(self) -> tuple[int, int] | None:
+        """(Gh, Gw) of every frame; None for a ``hf:`` model, whose grid varies per video (each result's meta)."""
         return self.pipeline.encoder.grid
 
     @property

@@ -258,9 +258,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"unknown frame sampling {v.sampling!r} (video.sampling, --sampling); valid: {', '.join(SAMPLINGS)}"
         )
-    if v.sample_fps is not None and v.sampling not in ("centers", "llava_next"):
+    if v.sample_fps is not None and v.sampling not in ("centers", "llava_next", "qwen"):
         raise ConfigError(
-            f"video.sample_fps (--sample-fps) works only with sampling centers or llava_next, not {v.sampling!r}: "
+            "video.sample_fps (--sample-fps) works only with sampling centers, llava_next or qwen, not "
+            f"{v.sampling!r}: "
             f"{v.sampling} takes a fixed number of frames (video.frames, --frames)"
         )
     if e.resize not in RESIZES:

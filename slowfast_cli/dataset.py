@@ -103,8 +103,16 @@ def collate(samples: list[dict], padding_side: str = "right", pad_value: float =
         raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
     if not samples:
         raise ValueError("collate needs at least one sample")
-    lengths = torch.tensor([s["tokens"].shape[0] for s in samples])  # (B,)
     first = samples[0]["tokens"]
+    for s in samples[1:]:  # one batch tensor: a second width or dtype would fail bare, or be cast without a word
+        t = s["tokens"]
+        if t.shape[-1] != first.shape[-1] or t.dtype != first.dtype:
+            raise ValueError(
+                f"collate: sample {s.get('key')!r} has tokens {t.shape[-1]} wide in {t.dtype}, but "
+                f"{samples[0].get('key')!r} has {first.shape[-1]} in {first.dtype}; token files from different "
+                "models or --save-dtype settings cannot share a batch"
+            )
+    lengths = torch.tensor([s["tokens"].shape[0] for s in samples])  # (B,)
     tokens = first.new_full((len(samples), int(lengths.max()), first.shape[-1]), pad_value)  # (B, L_max, D)
     mask = torch.zeros(tokens.shape[:2], dtype=torch.long)  # (B, L_max)
     for b, s in enumerate(samples):

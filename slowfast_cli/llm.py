@@ -121,3 +121,44 @@ def splice_video(
         where = slice(longest - len(r), longest) if padding_side == "left" else slice(0, len(r))
         embeds[b, where], mask[b, where] = r, m
     return {"inputs_embeds": embeds, "attention_mask": mask}
+
+
+def frame_segments(video: Any) -> list[tuple[int, torch.Tensor]]:
+    """A token file's tokens cut per frame, in the file's order: ``[(k, (n_k, D)), ...]``.
+
+    ``k`` is the frame's 1-based position among the T sampled frames (``Frame{k}`` in InternVL's prompt: the model
+    card writes ``"Frame{i + 1}: <image>\\n"`` per frame, and ``<image>`` stands for ``<img>`` + the frame's tokens +
+    ``</img>``). The ``frames`` layout gives T segments; ``slowfast`` gives the S slow frames first, then all T
+    frames' fast tokens (so a slow frame's number appears twice). Build the prompt with one placeholder per
+    segment and pass the segments' tensors to :func:`splice_video` in the same order.
+
+    Args:
+        video: a token file path or its ``load_tokens`` dict (the meta says how the tokens were laid out).
+
+    Raises:
+        ConfigError: a layout with newline tokens, or a meta whose counts do not add up to the tokens.
+    """
+    if isinstance(video, (str, Path)):
+        from .tokenfile import load_tokens
+
+        video = load_tokens(video)
+    if not isinstance(video, dict) or not isinstance(video.get("meta"), dict):
+        raise ConfigError("frame_segments needs a token file (or its load_tokens dict), whose meta lays out the tokens")
+    tokens, meta = video_tokens(video), video["meta"]
+    if meta.get("newline_tokens"):
+        raise ConfigError("frame_segments: the tokens hold newline tokens; encode with --newline no_token")
+    frames, slow = int(meta["frames"]), [int(i) for i in meta.get("slow_frame_indices") or []]
+    if meta.get("layout", "slowfast") == "frames":
+        groups = [(k + 1, int(meta["output_tokens"]) // frames) for k in range(frames)]
+    else:
+        per_slow = int(meta["slow_tokens"]) // max(len(slow), 1)
+        per_fast = int(meta["fast_tokens"]) // frames
+        groups = [(i + 1, per_slow) for i in slow] + [(k + 1, per_fast) for k in range(frames)]
+    if sum(n for _, n in groups) != len(tokens):
+        laid = sum(n for _, n in groups)
+        raise ConfigError(f"frame_segments: the meta lays out {laid} tokens, but the file has {len(tokens)}")
+    out, start = [], 0
+    for k, n in groups:
+        out.append((k, tokens[start : start + n]))
+        start += n
+    return out

@@ -86,7 +86,12 @@ def grid_of(vision: dict[str, Any], model: str) -> tuple[int, int]:
 
 def model_grid(model: str) -> tuple[int, int]:
     """Patch grid (Gh, Gw) of an open_clip ViT: image size // patch size, read from its config JSON (for a timm
-    tower, from its timm model name: ``ViT-SO400M-14-SigLIP-384`` is (27, 27))."""
+    tower, from its timm model name: ``ViT-SO400M-14-SigLIP-384`` is (27, 27)); for a transformers family
+    (``hf:internvl``), its tokens per frame (``hf_families``)."""
+    if model.startswith("hf:"):
+        from .hf_families import hf_grid  # a torch-free table
+
+        return hf_grid(model)
     path = model_config_path(model)
     if path is None:
         raise ConfigError(f"unknown model {model!r}: no open_clip config found; pass --grid HxW or a known --model")

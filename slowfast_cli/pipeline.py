@@ -22,6 +22,7 @@ from .config import AggregatorCfg, Config, config_from_dict
 from .encoder.device import DTYPE_NAMES, resolve_device, resolve_dtype
 from .errors import ConfigError, SlowfastError
 from .policies import check_grid, check_layout
+from .positions import check_video_grid, clip_positions, position_groups
 from .provenance import file_fingerprint, provenance
 from .reading import path_problem
 from .tokenfile import (
@@ -169,10 +170,17 @@ class Pipeline:
 
     def finish_clip(self, clip, feats: torch.Tensor, keep_features: bool = False, timings: dict | None = None):
         """Projector -> aggregator for a clip whose patch tokens ``feats`` (T, N, D_vision) the encoder gave (alone,
-        or packed with other videos' frames by ``encoder.packing.Packer``: the same bits)."""
+        or packed with other videos' frames by ``encoder.packing.Packer``: the same bits). A tower whose grid varies
+        per video (``encoder.hfvl``, ``encoder.grid`` None) gives (T', Gh, Gw, D): this clip's grid is taken from it,
+        and the token file records where each token came from (``meta["positions"]``, ``positions.py``)."""
         timings = {} if timings is None else timings
         a = self.config.aggregator
         t1 = time.perf_counter()
+        grid = self.encoder.grid
+        if feats.ndim == 4:  # (T', Gh, Gw, D): a tower whose grid varies per video (encoder.hfvl), this clip's
+            grid = (int(feats.shape[1]), int(feats.shape[2]))
+            feats = feats.flatten(1, 2)  # (T', N, D)
+            check_video_grid(clip.info.path, grid, a)
         with torch.inference_mode():
             before = a.pool_stage == "before"  # pool the tower's tokens, then project (llava-hf LlavaNextVideo)
             pooled = feats
@@ -180,7 +188,7 @@ class Pipeline:
                 feats = self.projector(feats)  # (T, N, D_llm)
             t2 = time.perf_counter()
             agg = slow_fast(
-                pooled if before else feats, self.encoder.grid, a.slow_frames, a.slow_pool, a.fast_size,
+                pooled if before else feats, grid, a.slow_frames, a.slow_pool, a.fast_size,
                 a.slow_index, a.layout, a.newline, self.newline, self.projector if before else None,
             )  # fmt: skip
             # agg.tokens: (1, L, D)
@@ -194,8 +202,15 @@ class Pipeline:
             )
         timings.update(project=t2 - t1, aggregate=t3 - t2)
         meta = self.clip_meta(clip)
-        meta.update(aggregation_meta(agg, clip.indices))
+        varying = self.encoder.grid is None  # frames come in temporal patches: each patch's first frame
+        meta.update(
+            aggregation_meta(agg, clip.indices[:: self.encoder.family.temporal_patch] if varying else clip.indices)
+        )
         meta.update(dim=int(tokens.shape[-1]), timings=timings)
+        if varying:  # where each token came from, for an LLM's position ids (positions.py)
+            temporal = self.encoder.family.temporal_patch
+            meta["positions"] = clip_positions(clip, grid, len(feats), temporal, agg.slow_indices, a)
+            meta["positions"]["deepstack"] = self.encoder.deepstack  # width: (1 + deepstack) blocks of D
         return EncodeResult(tokens=tokens, meta=meta, features=features, warnings=list(self.warnings))
 
     def clip_meta(self, clip) -> dict:
@@ -270,7 +285,7 @@ def write_result(result: EncodeResult, out: str | Path, features_out: str | Path
 
 FEATURE_META_KEYS = ("source", "video", "short_video", "frame_indices", "timestamps", "model", "pretrained",
                      "random_weights", "layer", "projector", "dtype", "device", "config", "version", "grid",
-                     "tokens_per_frame", "frames", "dim", "provenance")  # fmt: skip
+                     "tokens_per_frame", "frames", "dim", "provenance", "positions")  # fmt: skip
 
 
 def encode_to_file(
@@ -332,7 +347,13 @@ def aggregate_file(features_path: str | Path, out: str | Path, config: Config, o
     base = config_from_dict(fmeta["config"]) if "config" in fmeta else config  # validated by load_features
     warnings = _aggregator_changes(base, a, features_path)
     base.aggregator = a
-    meta.update(aggregation_meta(agg, fmeta.get("frame_indices")))
+    firsts = fmeta.get("frame_indices")
+    if isinstance(fmeta.get("positions"), dict) and firsts is not None:  # one per temporal patch
+        firsts = firsts[:: fmeta["positions"].get("temporal_patch", 1)]
+    meta.update(aggregation_meta(agg, firsts))
+    if isinstance(fmeta.get("positions"), dict):  # a hf: tower's features: the new groups' positions (positions.py)
+        groups = position_groups(len(x), grid, agg.slow_indices, a.slow_pool, a.fast_size, a.layout)
+        meta["positions"] = {**fmeta["positions"], "groups": groups}
     meta.update(
         dim=int(agg.tokens.shape[-1]),
         dtype=DTYPE_NAMES.get(x.dtype, str(x.dtype)),

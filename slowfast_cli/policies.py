@@ -10,7 +10,8 @@ from __future__ import annotations
 from .errors import ConfigError
 
 SLOW_POOLS = ("none", "1d_max", "1d_avg", "2x2_max", "2x2_avg", "2x2_bilinear")  # see aggregate.pool_slow
-SAMPLINGS = ("centers", "sf_llava", "linspace", "llava_next", "arange")  # frame sampling policies, see video.sampling
+# frame sampling policies, see video.sampling
+SAMPLINGS = ("centers", "sf_llava", "linspace", "llava_next", "arange", "internvl", "qwen")
 SLOW_INDICES = ("linspace", "segment_start")  # slow-frame index policies, see aggregate.slow_indices
 RESIZES = ("shortest", "squash")  # frame resize policies, see encoder.preprocess
 LAYOUTS = ("slowfast", "frames")  # slowfast: S detailed frames then T tiny ones; frames: every frame pooled alike

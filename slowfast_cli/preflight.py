@@ -9,14 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import Config, ProjectorCfg, validate
+from .encoder.hfvl.checks import preflight_hf
 from .errors import ConfigError
+from .hf_families import hf_preflight, is_hf_model
 from .models import VISION_DEFAULTS, block_index, grid_of, looks_like_path, vision_config
 from .policies import check_grid, check_layout
 from .reading import path_kind, path_problem
 
 
-def preflight(cfg: Config) -> tuple[int, int]:
-    """Check everything a run that builds ``cfg``'s model can know without torch; return the patch grid.
+def preflight(cfg: Config) -> tuple[int, int] | None:
+    """Check everything a run that builds ``cfg``'s model can know without torch; return the patch grid
+    (None for a ``hf:`` model, whose grid varies per video: ``encoder.hfvl.checks.preflight_hf``).
 
     Meant for ``encode`` and ``batch`` right after the config is resolved, before a model is built or a video
     opened, so that settings that cannot work fail at once with one line instead of after decoding. ``budget``,
@@ -45,6 +48,11 @@ def preflight(cfg: Config) -> tuple[int, int]:
     """
     validate(cfg)
     e, a = cfg.encoder, cfg.aggregator
+    if is_hf_model(e.model):  # a transformers family (hf:internvl, hf:qwen2_5_vl): its own rules
+        grid = hf_preflight(cfg)
+        if grid is None:  # Qwen-VL: a grid per video; the checkpoint's family and the layer (encoder.hfvl.checks)
+            preflight_hf(cfg)
+        return grid
     vision = vision_config(e.model)
     grid = grid_of(vision, e.model)
     try:

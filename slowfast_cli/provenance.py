@@ -14,7 +14,8 @@ the numbers:
   activation, heads and eps (``weights_config``; absent where there is none; the projector reads none);
 - the decoder library and its version (``decoder``, e.g. ``decord 0.6.0``), which decides the frames, and the
   versions of the libraries that decide the pixels and the tower's settings (``libraries``: open_clip, whose tag
-  and model configs give mean, std, resize mode and architecture; Pillow, which squashes frames);
+  and model configs give mean, std, resize mode and architecture; Pillow, which squashes frames; transformers for
+  the ``hf:`` towers, whose code it is);
 - ``TOKENS_VERSION``, raised whenever a change to slowfast changes the tokens it computes for the same settings.
 
 Keys added to the record after files were written compare with ``ADDED``'s value for a file that lacks them: what
@@ -50,7 +51,7 @@ TOKENS_VERSION = 2  # raise when slowfast's output for the same settings changes
 IGNORED = {"encoder": ("pretrained", "batch_frames"), "projector": ("weights",)}  # replaced by weights / rounding
 DECODER = "decord"  # the decoder library (video.decode): its version is part of the record
 DECODER_DISTRIBUTIONS = ("decord", "decord2")  # the distributions that install ``import decord``
-ADDED = {"decoder": "decord 0.6.0", "weights_config": None}  # see the module docstring
+ADDED = {"decoder": "decord 0.6.0", "weights_config": None, "processor_config": None}  # see the module docstring
 LIBRARIES = ("open_clip_torch", "Pillow")  # distributions whose version can change the tokens (module docstring)
 FINGERPRINT_BYTES = 1 << 20  # bytes read from each end of a video for its fingerprint
 _digests: dict[tuple[str, int, int, int], str] = {}  # (resolved path, size, mtime_ns, inode) -> digest
@@ -157,10 +158,17 @@ def provenance(config: Config, dtype: str) -> dict[str, Any]:
         "decoder": decoder_identity(),
         "libraries": {name: _version(name) for name in LIBRARIES},
     }
+    if config.encoder.model.startswith("hf:"):  # the tower is transformers' own code (hf_families)
+        record["libraries"]["transformers"] = _version("transformers")
     pretrained = config.encoder.pretrained
     digest = config_identity(pretrained) if pretrained.lower() != "none" and Path(pretrained).exists() else None
     if digest is not None:
         record["weights_config"] = digest
+    if config.encoder.model.startswith("hf:"):  # the checkpoint's video processor config (Qwen-VL's resizes by it)
+        folder = Path(pretrained) if Path(pretrained).is_dir() else Path(pretrained).parent
+        processor = folder / "video_preprocessor_config.json"
+        if processor.is_file():
+            record["processor_config"] = file_digest(processor)
     return record
 
 

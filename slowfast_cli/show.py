@@ -26,7 +26,7 @@ from .report import find_token_files
 
 def resize_mode(config) -> str:
     """``squash`` or ``shortest``: what the tower's preprocessing did (``shortest`` defers to the model's own)."""
-    if config.encoder.resize == "squash":
+    if config.encoder.resize == "squash" or config.encoder.model.startswith("hf:"):  # hf: the whole frame, resized
         return "squash"
     path = model_config_path(config.encoder.model)
     try:
@@ -79,6 +79,9 @@ def draw(meta: dict, name: str):
     if [int(i) for i in clip.indices] != indices:
         raise SlowfastError(f"{name}: {source} no longer gives the recorded frames (the video changed since)")
     slow = {int(i) for i in meta.get("slow_frame_indices", []) if isinstance(i, int)}
+    per = meta["positions"].get("temporal_patch", 1) if isinstance(meta.get("positions"), dict) else 1
+    if isinstance(per, int) and per > 1:  # a hf: tower's slow indices count temporal patches of ``per`` frames
+        slow = {p * per + k for p in slow for k in range(per)}
     labels = [f"#{k} f{i} {t:.2f}s" for k, (i, t) in enumerate(zip(clip.indices, clip.timestamps))]
     mode = resize_mode(config)
     title = (f"{Path(source).name}: {len(indices)} frames, {len(slow)} slow, {meta.get('model', '?')} "

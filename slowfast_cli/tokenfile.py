@@ -245,12 +245,15 @@ def check_features_meta(path: str | Path, frames: int, tokens: int, meta: dict) 
         )
     if frames == 0:
         raise SlowfastError(f"{path}: the features hold no frames (T=0)")
+    per, positions = 1, meta.get("positions")
+    if isinstance(positions, dict) and _is_int(positions.get("temporal_patch")) and positions["temporal_patch"] > 0:
+        per = positions["temporal_patch"]  # a hf: tower's features: T temporal patches of ``per`` sampled frames
     for key, ok, what in (("frame_indices", lambda v: _is_int(v) and v >= 0, "frame numbers >= 0"),
                           ("timestamps", _is_number, "finite numbers (seconds)")):  # fmt: skip
         if key not in meta:
             continue
         values = meta[key]
-        if not isinstance(values, list) or len(values) != frames:
+        if not isinstance(values, list) or -(-len(values) // per) != frames:
             shown = f"a list of {len(values)}" if isinstance(values, list) else f"a {type(values).__name__}"
             raise SlowfastError(f"{path}: meta[{key!r}] must be a list of {frames} {what} (one per frame), got {shown}")
         bad = next((i for i, v in enumerate(values) if not ok(v)), None)

@@ -40,7 +40,8 @@ SPLIT = {
     },
 }
 ORDER = ["test_ray.py", "ray:faults", "ray:two-node", "batch:signals", "test_batch.py", "test_gpu_check.py",
-         "test_checkpoints.py", "test_siglip.py", "test_llava_models.py", "test_encoder.py",
+         "test_checkpoints.py", "test_siglip.py", "test_llava_models.py", "test_internvl.py", "test_qwen_models.py",
+         "test_encoder.py",
          "test_pipeline.py"]  # fmt: skip
 
 
@@ -65,6 +66,7 @@ SLOW = {
     "test_checkpoints.py::TestViTL14At336",
     "test_packing.py::TestSameBitsAsAlone::test_a_real_tower_viT_b_32_fp32_and_bf16",
     "test_llava_models.py::TestSO400MAt384",
+    "test_qwen_models.py::test_without_transformers_one_line",  # a subprocess that imports the whole CLI
     "test_siglip.py::TestAgainstTransformers",
     "test_siglip.py::TestTower",
     "test_encoder.py::TestPretrainedTags::test_a_hub_that_never_answers_fails_within_seconds",

@@ -728,11 +728,13 @@ class TestHostile:
         assert load_tokens(out / "v0.pt")["meta"]["source"].endswith("v0.mp4")
         assert load_tokens(out / "v2.pt")["meta"]["video"]["num_frames"] == 20
 
-    def test_max_frames_without_sample_fps_does_not_count_as_other_settings(self, folder, tmp_path):
+    def test_max_frames_without_sample_fps_is_refused_not_ignored(self, folder, tmp_path):
+        """It caps sampling by rate only; given without --sample-fps it was ignored without a word (and did not
+        count as other settings on resume): now a usage error, before any work."""
         out = tmp_path / "out"
         assert run("batch", folder, "-o", out, *TINY).exit_code == 0
         r = run("batch", folder, "-o", out, *TINY, "--max-frames", "7", "--json")
-        assert r.exit_code == 0 and json.loads(r.stdout)["run"]["skipped"] == 4
+        assert r.exit_code == 2 and "--max-frames caps sampling by rate" in r.stderr
         r = run("batch", folder, "-o", out, *TINY, "--sample-fps", "2", "--max-frames", "7")
         assert r.exit_code == 2 and "video.sample_fps" in r.stderr
 

@@ -246,17 +246,21 @@ class TestErrors:
 
 
 def test_python_m_and_light_imports():
-    """`python -m slowfast_cli budget` works and imports neither torch, open_clip nor decord."""
+    """`python -m slowfast_cli budget` works and imports neither torch, open_clip, decord nor transformers (for
+    the hf: families' presets too)."""
     code = (
-        "import sys, runpy; sys.argv = ['slowfast', 'budget', '--json'];\n"
-        "try:\n    runpy.run_module('slowfast_cli', run_name='__main__')\n"
-        "except SystemExit as e:\n    assert not e.code, e.code\n"
-        "heavy = [m for m in ('torch', 'open_clip', 'decord', 'torchvision') if m in sys.modules]\n"
+        "import sys, runpy\n"
+        "for extra in ([], ['--config', 'internvl3-8b-slowfast']):\n"
+        "    sys.argv = ['slowfast', 'budget', '--json', *extra]\n"
+        "    try:\n        runpy.run_module('slowfast_cli', run_name='__main__')\n"
+        "    except SystemExit as e:\n        assert not e.code, e.code\n"
+        "heavy = [m for m in ('torch', 'open_clip', 'decord', 'torchvision', 'transformers') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["output_tokens"] == 4160
+    first, second = r.stdout.split("\n}\n", 1)
+    assert json.loads(first + "}")["output_tokens"] == 4160 and json.loads(second)["output_tokens"] == 3072
 
 
 def test_report_imports_neither_torch_nor_model_libraries(tmp_path):

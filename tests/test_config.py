@@ -152,7 +152,8 @@ class TestPolicies:
     def test_sample_fps_only_with_centers(self, tmp_path, sampling):
         with pytest.raises(
             ConfigError,
-            match=rf"sample_fps \(--sample-fps\) works only with sampling centers or llava_next, not '{sampling}'",
+            match=rf"sample_fps \(--sample-fps\) works only with sampling centers, llava_next or qwen, "
+            rf"not '{sampling}'",
         ):
             resolve_config("default", {"sampling": sampling, "sample_fps": 2.0})
         p = tmp_path / "fps.toml"

@@ -70,6 +70,18 @@ class TestPiped:
         r, _ = piped
         assert "broken.mp4" in r.stdout and "within --max-failures 1" in r.stderr
 
+    def test_a_resumed_run_counts_the_done_videos_at_once(self, piped, videos):
+        """Resumed videos get no line each (the first line used to say 1/4 done for a video done before), and the
+        clock starts after the model is loaded, so the rates are over the work."""
+        _, out = piped
+        (out / "v1.pt").unlink()
+        env = {**os.environ, "SLOWFAST_PROGRESS_SECONDS": "0"}
+        cmd = [sys.executable, "-m", "slowfast_cli", "batch", str(videos), "-o", str(out), *TINY, "--max-failures", "1"]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        lines = [line for line in r.stderr.splitlines() if line.startswith("progress: ")]
+        assert lines and all(int(line.split()[1].split("/")[0]) >= 3 for line in lines), r.stderr
+        assert lines[-1].startswith("progress: 4/4 videos (100%)") and (out / "v1.pt").exists()
+
 
 class TestMaxFailures:
     @pytest.mark.parametrize(("given", "code"), [("0", 1), ("1", 0), ("50%", 0), ("0.2", 1), ("0.25", 0)])

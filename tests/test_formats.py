@@ -139,6 +139,11 @@ class TestSameTensorsEveryFormat:
         assert torch.equal(left["tokens"][0, n4 - n0 :], ds[0]["tokens"]) and left["attention_mask"][0, 0] == 0
         with pytest.raises(ValueError, match="padding_side"):
             collate([ds[0]], padding_side="middle")
+        wide = dict(ds[4], key="wide", tokens=torch.cat([ds[4]["tokens"]] * 2, dim=1))
+        half = dict(ds[4], key="half", tokens=ds[4]["tokens"].half())
+        for other, what in ((wide, "128 wide"), (half, "torch.float16")):  # never a bare RuntimeError or a quiet cast
+            with pytest.raises(ValueError, match=f"sample 'f?{other['key']}' has tokens .*{what}"):
+                collate([ds[0], other])
 
 
 def test_csv_keys_and_columns_reach_the_json_the_index_and_the_dataset(twenty, tmp_path):

@@ -531,3 +531,44 @@ def test_a_features_file_with_a_huge_pickle_is_refused_before_it_is_read(tmp_pat
     assert r.exit_code == 1 and "its data.pkl holds" in one_line(r)
     r = run("report", tmp_path / "f.pt")
     assert r.exit_code == 1 and "its data.pkl holds" in one_line(r)
+
+
+class TestFourthPass:
+    """What the fourth hostile pass found (each failed before its fix)."""
+
+    def test_max_frames_where_it_does_not_apply_is_refused(self, tmp_path, small_video):
+        for preset, extra in (("llava-video-7b-lmms-eval", []), ("tiny", [])):
+            r = run("encode", small_video, "--config", preset, "-o", tmp_path / "x.pt", "--max-frames", "8", *extra)
+            assert r.exit_code == 2 and "--max-frames caps sampling by rate" in one_line(r), r.output
+        r = run("encode", small_video, *TINY, "-o", tmp_path / "y.pt", "--max-frames", "8", "--sample-fps", "2")
+        assert r.exit_code == 0, r.output
+
+    def test_export_never_keeps_what_was_not_asked_for(self, tmp_path, small_video):
+        """A second export with another --save-dtype kept the first's samples and said "already there"; another
+        --format into the same folder mixed formats. Both are refused; the same settings resume."""
+        src = tmp_path / "in"
+        src.mkdir()
+        shutil.copy(small_video, src / "a.mp4")
+        assert run("batch", src, "-o", tmp_path / "pt", *TINY).exit_code == 0
+        out = tmp_path / "st"
+        assert run("export", tmp_path / "pt", "-o", out, "--format", "safetensors").exit_code == 0
+        r = run("export", tmp_path / "pt", "-o", out, "--format", "safetensors", "--save-dtype", "fp16")
+        assert r.exit_code == 2 and "stored as the computed dtype, but --save-dtype asks for fp16" in one_line(r)
+        r = run("export", tmp_path / "pt", "-o", out, "--format", "webdataset")
+        assert r.exit_code == 2 and "holds safetensors token files (a.safetensors)" in one_line(r)
+        r = run("export", tmp_path / "pt", "-o", out, "--format", "safetensors", "--json")
+        assert r.exit_code == 0 and json.loads(r.stdout)["kept"] == 1
+
+    def test_keys_and_columns_survive_save_features_and_aggregate(self, tmp_path, small_video):
+        src = tmp_path / "in"
+        src.mkdir()
+        shutil.copy(small_video, src / "a.mp4")
+        (tmp_path / "list.csv").write_text("path,key,caption\na.mp4,clip/one,hello\n")
+        feats = tmp_path / "feats"
+        r = run("batch", src, "-o", tmp_path / "out", *TINY, "--files-from", tmp_path / "list.csv",
+                "--save-features", feats)  # fmt: skip
+        assert r.exit_code == 0, r.output
+        r = run("aggregate", feats, "-o", tmp_path / "agg", "--slow-frames", "4")
+        assert r.exit_code == 0, r.output
+        meta = load_tokens(tmp_path / "agg" / "clip" / "one.pt")["meta"]
+        assert (meta["key"], meta["columns"]) == ("clip/one", {"caption": "hello"})

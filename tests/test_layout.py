@@ -22,7 +22,7 @@ OWNERS = {
     "ray": {"batch/engines/ray.py", "batch/engines/ray_tasks.py", "batch/engines/ray_checks.py"},
     "typer": {"cli/"},
     "rich": {"cli/output.py"},
-    "transformers": set(),
+    "transformers": {"encoder/hfvl/"},
     "fsspec": {"remote.py"},  # URLs for batch's IN_DIR, OUT_DIR and --files-from
     "s3fs": set(),  # loaded by fsspec for s3://, never imported by name
     "botocore": set(),

@@ -278,7 +278,7 @@ def _plan(
                             "(inside IN_DIR) are not encoded")  # fmt: skip
         listing.videos = kept
     fold = case_insensitive(out_dir)
-    mixed = _other_format(writer, out_dir, listing.videos, listing.keys) if not overwrite else None
+    mixed = other_format(writer, out_dir, listing.videos, listing.keys) if not overwrite else None
     if mixed is not None:
         raise ConfigError(
             f"{out_dir}: holds {mixed} from a run in another format; --format {writer.name} would mix formats in one "
@@ -332,7 +332,7 @@ def _plan(
 FILE_FORMATS = {".pt": "pt", ".safetensors": "safetensors"}
 
 
-def _other_format(writer: Writer, out_dir: Path, videos: list[Path], keys: dict) -> str | None:
+def other_format(writer: Writer, out_dir: Path, videos: list[Path], keys: dict) -> str | None:
     """What in ``out_dir`` another format's run left for these videos (a shard, or a token file under the other
     suffix), or None: the first one found, in words."""
     if not out_dir.is_dir():

@@ -181,7 +181,10 @@ def write_one(
             from ..tokenfile import save_features
 
             features.parent.mkdir(parents=True, exist_ok=True)
-            save_features(features, result.features, {k: v for k, v in result.meta.items() if k in FEATURE_META_KEYS})
+            fmeta = {k: v for k, v in result.meta.items() if k in FEATURE_META_KEYS}
+            if columns is not None:  # a CSV/JSONL row's key and columns: `aggregate` carries them to its token files
+                fmeta.update(key=writer.key_of(out_rel), columns=columns)
+            save_features(features, result.features, fmeta)
         try:
             writer.write(result.tokens, writer.sample_meta(result.meta, out_rel, columns), out_rel)
         except BaseException:

@@ -247,13 +247,15 @@ def _run(plan: BatchPlan, cfg: Config, engine: Engine, fail_fast: bool, show_bar
     from ..batch.run import run_batch
 
     outcome, warned = _Outcome(config=cfg.to_dict() if cfg is not None else None), len(plan.problems)
-    lines = None if err.is_terminal else ProgressLines(plan.total)  # Slurm, nohup, | tee: a line now and then
+    lines = None
     try:
         if plan.todo:
             with loading(f"{cfg.encoder.model} ({cfg.encoder.pretrained})") if cfg else contextlib.nullcontext():
                 warnings = engine.start(plan, cfg)  # loads the model, before the bar
             for w in warnings:
                 warn(w)
+        if not err.is_terminal:  # Slurm, nohup, | tee: a line now and then; its clock starts once the model is loaded
+            lines = ProgressLines(plan.total)
         with progress_bar(show_bar) as progress:
             task = progress.add_task("videos", total=plan.total, failed=0, fps=0.0)
             frames_done, t0 = 0, time.monotonic()
@@ -265,7 +267,8 @@ def _run(plan: BatchPlan, cfg: Config, engine: Engine, fail_fast: bool, show_bar
                     nfail = sum(r.status == "failed" for r in outcome.records)
                     rate = frames_done / max(1e-9, time.monotonic() - t0)
                     progress.update(task, advance=1, failed=nfail, fps=rate)
-                    if lines is not None:
+                    last = len(outcome.records) == plan.total
+                    if lines is not None and (rec.status != "skipped" or last):  # resumed ones: no line of their own
                         attempted = sum(r.status != "skipped" for r in outcome.records)
                         lines.update(len(outcome.records), attempted, nfail, frames_done)
                     if rec.status == "failed":

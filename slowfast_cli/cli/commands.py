@@ -13,7 +13,10 @@ import typer
 
 from ..budget import aggregator_budget
 from ..config import list_presets, load_preset, parse_hw
+from ..encoder.hfvl.checks import budget_grid
 from ..errors import ConfigError, SlowfastError
+from ..hf_families import family as hf_family
+from ..hf_families import is_hf_model
 from ..models import model_grid
 from ..planner import plan
 from ..preflight import preflight
@@ -73,7 +76,9 @@ def _parse_range(text: str) -> tuple[int, int]:
 def budget(
     config: ConfigOpt = "default",
     model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
     grid: Annotated[str | None, typer.Option(help="Patch grid HxW (default: from the model).")] = None,
+    size: Annotated[str | None, typer.Option(help="Video size WxH, for hf: models (their grid follows it).")] = None,
     frames: FramesOpt = None,
     slow_frames: SlowFramesOpt = None,
     slow_pool: SlowPoolOpt = None,
@@ -92,23 +97,30 @@ def budget(
 
     Example: slowfast budget --frames 64 --grid 14x14 --slow-pool none --context 8192
     """
-    cfg = build_config(config, model=model, frames=frames, slow_frames=slow_frames, slow_pool=slow_pool,
-                       fast_size=fast_size, slow_index=slow_index, layout=layout, newline=newline)  # fmt: skip
+    cfg = build_config(config, model=model, pretrained=pretrained, frames=frames, slow_frames=slow_frames,
+                       slow_pool=slow_pool, fast_size=fast_size, slow_index=slow_index, layout=layout,
+                       newline=newline)  # fmt: skip
     at_least(context, 1, "--context")
     at_least(reserve, 0, "--reserve")
     at_least(top, 1, "--top")
-    g = parse_hw(grid, "--grid") if grid else model_grid(cfg.encoder.model)
+    hf_notes: list[str] = []
+    if is_hf_model(cfg.encoder.model) and hf_family(cfg.encoder.model).grid is None and not grid:  # Qwen-VL
+        g, cfg.video.frames, hf_notes = budget_grid(cfg, parse_hw(size, "--size") if size else None, cfg.video.frames)
+    else:
+        g = parse_hw(grid, "--grid") if grid else model_grid(cfg.encoder.model)
     if plan_:
         if context is None:
             raise ConfigError("--plan needs --context N (the LLM's context length)")
         lo, hi = _parse_range(frames_range)
         a = cfg.aggregator
         entries = plan(context, g, lo, hi, reserve, slow_index=a.slow_index, layout=a.layout, newline=a.newline)
+        for n in hf_notes:  # the grid of --size, and that frames count temporal patches
+            warn(n)
         show_plan(entries, context, reserve, g, top, json_)
         return
     a = cfg.aggregator
     b = aggregator_budget(cfg.video.frames, g, a)
-    notes = budget_warnings(b)
+    notes = hf_notes + budget_warnings(b)
     v = cfg.video
     if v.sampling == "llava_next" or v.sample_fps is not None:  # the count depends on the video's length
         cap = v.frames if v.sampling == "llava_next" else v.max_frames

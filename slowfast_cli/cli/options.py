@@ -156,6 +156,15 @@ def build_config(preset: str, **flags: Any) -> Config:
     assert not unknown, unknown
     cfg = resolve_config(preset, flags)
     refuse_slowfast_flags(cfg, flags)
+    by_rate = cfg.video.sampling == "qwen" or (cfg.video.sampling == "centers" and cfg.video.sample_fps)
+    if flags.get("max_frames") is not None and not by_rate:  # qwen: smart_nframes' max_frames
+        sampling = cfg.video.sampling + ("" if cfg.video.sample_fps or cfg.video.sampling != "centers" else " alone")
+        cap = "--frames caps it" if cfg.video.sampling == "llava_next" else "it takes --frames frames"
+        raise ConfigError(
+            "--max-frames caps sampling by rate (--sample-fps with --sampling centers, or --sampling qwen) and does "
+            "not apply to "
+            f"--sampling {sampling}: {cap}; drop --max-frames"
+        )
     return cfg
 
 

@@ -121,7 +121,9 @@ def encode_summary(m: dict, target: Path, features: Path | None) -> Table:
         "video", f"{v['num_frames']} frames, {v['fps']:.2f} fps, {v['duration']:.2f} s, {v['width']}x{v['height']}"
     )
     note = " (the video has fewer frames than --frames)" if m.get("short_video") else ""
-    t.add_row("sampled", f"{m['frames']} frames{note}")
+    if isinstance(m.get("positions"), dict):  # a hf: tower: the aggregator's frames are temporal patches
+        note += f" in {m['frames']} temporal patches of {m['positions'].get('temporal_patch', 2)}"
+    t.add_row("sampled", f"{len(m.get('frame_indices') or []) or m['frames']} frames{note}")
     t.add_row("model", shown(f"{m['model']} ({m['pretrained']}), layer {m['layer']}, {m['dtype']} on {m['device']}"))
     t.add_row("grid", f"{m['grid'][0]}x{m['grid'][1]} = {m['tokens_per_frame']} tokens per frame")
     if m.get("layout") == "frames":

@@ -123,6 +123,11 @@ def build_encoder(cfg: EncoderCfg, device: torch.device, dtype: torch.dtype) -> 
         SlowfastError: unknown model, a non-ViT tower, weights that cannot be fetched or read or do not fit, or a
             layer out of range.
     """
+    if cfg.model.startswith("hf:"):  # the model's own vision code from transformers (hf_families, encoder.hfvl)
+        from .hfvl import build_hf_encoder
+
+        built = build_hf_encoder(cfg, device, dtype)  # Encoder's fields, or an encoder of its own (a grid per video)
+        return Encoder(**built) if isinstance(built, dict) else built
     model_cfg = towers.model_config(cfg.model)
     weights = resolve_weights(cfg.model, cfg.pretrained)
     quick_gelu = _quick_gelu(cfg.model, model_cfg, weights)

@@ -80,6 +80,8 @@ class Packer:
 
     def add(self, key: Hashable, frames: Any) -> list[Packed]:
         """Queue one video's uint8 frames (T, H, W, 3); returns the videos completed by the passes this filled."""
+        if getattr(self.encoder, "whole_videos", False):  # a grid per video (encoder.hfvl): one video per pass
+            return [self._whole(key, frames)]
         try:
             video = _Video(key, as_frames(frames))
         except Exception as exc:  # a bad frame array fails its own video, at once
@@ -93,6 +95,15 @@ class Packer:
         while self.waiting >= self.pass_frames:
             out += self._run_pass()
         return out
+
+    def _whole(self, key: Hashable, frames: Any) -> Packed:
+        t0 = time.perf_counter()
+        try:
+            tokens = self.encoder.encode(frames)
+        except Exception as exc:  # fails this video only, as a pass that fails alone does
+            return Packed(key, error=exc, seconds=time.perf_counter() - t0)
+        self.passes += 1
+        return Packed(key, tokens=tokens, seconds=time.perf_counter() - t0)
 
     def flush(self) -> list[Packed]:
         """Run the passes left (the last one padded); returns every video still queued."""

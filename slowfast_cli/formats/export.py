@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..batch.plan import OutputLock, clean_stale_temp_files, prepare_output_dir
-from ..errors import SlowfastError
+from ..batch.plan import OutputLock, clean_stale_temp_files, other_format, prepare_output_dir
+from ..errors import ConfigError, SlowfastError
 from ..report import find_token_files
 from . import OutputFormat, make_writer
 
@@ -18,9 +18,16 @@ from . import OutputFormat, make_writer
 def export_folder(in_dir: str | Path, out_dir: str | Path, fmt: OutputFormat) -> dict:
     """Write every ``.pt`` token file under ``in_dir`` into ``out_dir`` in format ``fmt``.
 
+    A folder that holds another format's outputs for these files, or samples stored under another ``--save-dtype``,
+    is refused as ``batch`` refuses it: one folder holds one format and one stored dtype, so that nothing already
+    there is kept in place of what was asked for.
+
     Returns:
         ``{"written", "kept", "skipped"}``: counts of samples written and kept, and one line per ``.pt`` that
         could not be read (damaged, not a token file), which is left out.
+
+    Raises:
+        ConfigError: another format's outputs, or another stored dtype, in ``out_dir``.
     """
     from ..tokenfile import load_tokens
 
@@ -34,17 +41,30 @@ def export_folder(in_dir: str | Path, out_dir: str | Path, fmt: OutputFormat) ->
         clean_stale_temp_files(out_dir)
         writer = make_writer(fmt, out_dir)
         writer.load()
-        for path in find_token_files(in_dir):
-            if path.suffix != ".pt" or path.resolve().is_relative_to(out_abs):  # .pt files, not this export's own
-                continue
+        paths = [p for p in find_token_files(in_dir) if p.suffix == ".pt" and not p.resolve().is_relative_to(out_abs)]
+        mixed = other_format(writer, out_dir, [p.relative_to(in_dir) for p in paths], {})
+        if mixed is not None:
+            raise ConfigError(
+                f"{out_dir}: holds {mixed} from an export or run in another format; --format {fmt.name} would mix "
+                "formats in one folder: use that --format, or a new output folder"
+            )
+        for path in paths:
             rel = path.relative_to(in_dir)
             out_rel = writer.output(rel)
             try:
-                if writer.read_existing(out_rel, verify=True) is not None:
-                    kept += 1
-                    continue
+                there = writer.read_existing(out_rel, verify=True)
             except SlowfastError:
-                pass  # a damaged copy: written again
+                there = None  # a damaged copy: written again
+            if there is not None:
+                stored = there.meta.get("save_dtype")
+                if stored != fmt.save_dtype:
+                    was, now = stored or "the computed dtype", fmt.save_dtype or "the computed dtype"
+                    raise ConfigError(
+                        f"{out_dir / out_rel}: stored as {was}, but --save-dtype asks for {now}; one folder holds "
+                        "one stored dtype: export into a new folder, or pass the same --save-dtype"
+                    )
+                kept += 1
+                continue
             try:
                 obj = load_tokens(path)
             except SlowfastError as exc:

@@ -112,12 +112,55 @@ def arange_indices(num_frames: int, frames: int) -> list[int]:
     return np.arange(0, num_frames, num_frames / frames).astype(int).tolist()
 
 
+def internvl_indices(num_frames: int, frames: int) -> list[int]:
+    """``internvl`` sampling: the middles of T equal segments of frames 0..n-1, InternVL's video loader (the
+    OpenGVLab/InternVL3-8B model card's ``get_index(bound=None, fps, max_frame=len(vr) - 1, num_segments=T)``, also
+    lmms-eval's ``internvl2`` model): ``int(seg / 2 + np.round(seg * i))`` with ``seg = (n - 1) / T``, computed as
+    upstream (float64, numpy's round half to even). A video shorter than T repeats frames.
+
+    Example:
+        >>> internvl_indices(100, 8), internvl_indices(3, 4)
+        ([6, 18, 31, 43, 56, 68, 80, 93], [0, 0, 1, 2])
+    """
+    if not num_frames:
+        return []
+    seg = float(num_frames - 1) / frames
+    return [int(seg / 2 + np.round(seg * i)) for i in range(frames)]
+
+
+QWEN_FPS, QWEN_MIN_FRAMES, QWEN_FRAME_FACTOR = 2.0, 4, 2  # qwen-vl-utils' FPS, FPS_MIN_FRAMES, FRAME_FACTOR
+
+
+def qwen_indices(num_frames: int, fps: float, sample_fps: float = QWEN_FPS, max_frames: int = 768) -> list[int]:
+    """``qwen`` sampling: Qwen2.5-VL's and Qwen3-VL's ``smart_nframes`` then ``linspace(...).round()``.
+
+    As qwen-vl-utils (QwenLM/Qwen2.5-VL ``qwen-vl-utils/src/qwen_vl_utils/vision_process.py``, ``smart_nframes``
+    and ``_read_video_decord``): n = duration * ``sample_fps`` (2 by default), at least 4, at most ``max_frames``
+    (768 upstream) and the video's frame count, floored to an even count (two frames per temporal patch); the picks
+    are ``torch.linspace(0, num_frames - 1, n).round()`` (here numpy's, in float64; equal on every count tested,
+    tests/test_qwen_models.py). A video of fewer than 2 frames gives none (upstream raises).
+
+    Example:
+        >>> qwen_indices(100, 25.0), len(qwen_indices(1000, 25.0)), qwen_indices(5, 25.0)
+        ([0, 14, 28, 42, 57, 71, 85, 99], 80, [0, 1, 3, 4])
+    """
+    if num_frames < QWEN_FRAME_FACTOR or not fps > 0:
+        return []
+    low = -(-QWEN_MIN_FRAMES // QWEN_FRAME_FACTOR) * QWEN_FRAME_FACTOR
+    high = min(max_frames, num_frames) // QWEN_FRAME_FACTOR * QWEN_FRAME_FACTOR
+    n = min(max(num_frames / fps * sample_fps, low), high, num_frames)
+    n = max(QWEN_FRAME_FACTOR, math.floor(n / QWEN_FRAME_FACTOR) * QWEN_FRAME_FACTOR)
+    return np.round(np.linspace(0, num_frames - 1, n)).astype(int).tolist()
+
+
 SAMPLERS: dict[str, Callable[[int, int], list[int]]] = {
     "centers": centers_indices,
     "sf_llava": sf_llava_indices,
     "linspace": linspace_indices,
     "llava_next": lambda num_frames, frames: llava_next_indices(num_frames, 1.0, frames),  # see sample_indices
     "arange": arange_indices,
+    "internvl": internvl_indices,
+    "qwen": lambda num_frames, frames: qwen_indices(num_frames, 1.0, 2.0, frames),  # see sample_indices
 }  # config.SAMPLINGS, in that order
 
 
@@ -185,6 +228,8 @@ def sample_indices(
         raise ValueError(f"unknown sampling {sampling!r}; valid: {', '.join(SAMPLERS)}")
     if sampling == "llava_next":  # its own rate rule (llava_next_indices): sample_fps 1 unless set
         return llava_next_indices(num_frames, fps, frames, 1.0 if sample_fps is None else sample_fps)
+    if sampling == "qwen":  # smart_nframes: sample_fps 2 unless set, at most max_frames
+        return qwen_indices(num_frames, fps, QWEN_FPS if sample_fps is None else sample_fps, max_frames)
     if sample_fps is None:
         return SAMPLERS[sampling](num_frames, frames)
     if sampling != "centers":
@@ -227,6 +272,8 @@ def requested_frames(info: VideoInfo, cfg: VideoCfg) -> int:
     """
     if cfg.sampling == "llava_next":
         return len(llava_next_indices(info.num_frames, info.fps, cfg.frames, cfg.sample_fps or 1.0))
+    if cfg.sampling == "qwen":
+        return len(qwen_indices(info.num_frames, info.fps, cfg.sample_fps or QWEN_FPS, cfg.max_frames))
     if cfg.sample_fps is None:
         return cfg.frames
     if cfg.sampling != "centers":
