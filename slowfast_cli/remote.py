@@ -280,6 +280,14 @@ def download(url: RemotePath, local: Path) -> None:
     url._call(url.fs.get_file, url.path, str(local))
 
 
+def download_all(root: RemotePath, rels: list[str], local: Path) -> None:
+    """Copy the objects ``root/rel`` to ``local/rel``, many at once (fsspec's batched ``get``: one request each)."""
+    for rel in rels:
+        (local / rel).parent.mkdir(parents=True, exist_ok=True)
+    if rels:
+        root._call(root.fs.get, [f"{root.path}/{rel}" for rel in rels], [str(local / rel) for rel in rels])
+
+
 def upload(local: Path, url: RemotePath) -> None:
     """Put a complete local file at ``url`` in one request (S3: one PUT, or a multipart upload completed at the end:
     an object appears whole or not at all)."""

@@ -31,7 +31,19 @@ from typing import Any
 
 from ..errors import ConfigError, SlowfastError
 from ..formats import is_output
-from ..remote import FETCH_DIR, RemotePath, create, download, is_url, list_files, local_path, read_bytes, remove, upload
+from ..remote import (
+    FETCH_DIR,
+    RemotePath,
+    create,
+    download,
+    download_all,
+    is_url,
+    list_files,
+    local_path,
+    read_bytes,
+    remove,
+    upload,
+)
 from .records import MANIFEST
 from .run import REPORT
 
@@ -114,8 +126,7 @@ class RemoteOutputs:
         """Download the outputs and the manifest already at the URL into the staging folder; how many files."""
         self.local.mkdir(parents=True, exist_ok=True)
         wanted = [rel for rel in list_files(self.url) if _ours(rel)]
-        for rel in wanted:
-            download(self.url / rel, self.local / rel)
+        download_all(self.url, wanted, self.local)
         return len(wanted)
 
     def put(self, rel: Path | str) -> None:
