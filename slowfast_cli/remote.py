@@ -24,7 +24,7 @@ from .errors import ConfigError, SlowfastError
 
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 FETCH_DIR = "SLOWFAST_FETCH_DIR"  # where decode workers put the videos they download (a folder the run removes)
-# botocore makes up to 5 attempts with backoff and s3fs retries its own retryable errors 5 times: 7-9 s before a
+# botocore makes up to 5 attempts with backoff and s3fs retries its own retryable errors 5 times: 7-10 s before a
 # refused port says so, about 25 s for an address that drops packets (BENCHMARKS.md, "Issue 20 (helper s3)"). Two
 # attempts and a 5 s connect timeout make a missing bucket, bad credentials or a dead endpoint one line within
 # seconds; the 60 s read timeout (s3fs: 15 s) leaves a slow but working store its time per read.
