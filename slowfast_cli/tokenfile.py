@@ -215,8 +215,16 @@ def _load(path: str | Path, key: str, what: str, expected: str) -> dict:
 
 
 def load_tokens(path: str | Path) -> dict:
-    """Load a token file: ``{"tokens": (1, L, D), "meta": {...}}``, with ``weights_only=True``."""
-    obj = _load(path, "tokens", "token file", TOKEN_FILE)
+    """Load a token file: ``{"tokens": (1, L, D), "meta": {...}}``, with ``weights_only=True``.
+
+    A ``.safetensors`` token file (``--format safetensors``) is read by its own reader, CRC checked: torch.load
+    takes such a file too, but returns its tensors without the meta in its header."""
+    if Path(path).suffix == ".safetensors":
+        from .formats.safetensors_file import load  # pure Python; imports nothing of ours that imports this module
+
+        obj = load(require_file(path))
+    else:
+        obj = _load(path, "tokens", "token file", TOKEN_FILE)
     if obj["tokens"].ndim != 3 or obj["tokens"].shape[0] != 1:
         raise SlowfastError(f"{path}: tokens must have shape (1, L, D), got {tuple(obj['tokens'].shape)}")
     return obj

@@ -31,7 +31,8 @@ SPLIT = {
         "test_dead_workers_are_retried_a_bounded_number_of_times": "ray:faults",
         "test_more_encoders_than_the_cluster_can_hold_is_refused_up_front": "ray:faults",
         "test_ctrl_c_leaves_files_and_lines_together_and_resumes": "ray:faults",
-        "test_the_plan_has_a_decode_and_an_encode_operator": "ray:faults",
+        "test_the_plan_is_read_in_blocks_by_one_actor_operator": "ray:faults",
+        "test_a_stall_is_named_and_stops_the_run_with_stall_timeout": "ray:faults",
         "test_two_node_cluster_through_ray_job_submit": "ray:two-node",  # its own cluster
     },
     "test_batch.py": {  # real signals to real batches, on the module's `ten_clips` and `twelve`

@@ -301,7 +301,9 @@ def test_hung_worker_is_killed_and_replaced(small_video):
         t0, done = time.monotonic(), []
         while pool.busy:
             done += pool.get()
-        assert done[0].ok is False and done[0].kind == "timeout" and 1.0 <= time.monotonic() - t0 < 10
+        # a stopped worker never answers: the pool's timeout ends the wait (never before 1 s; the upper bound is
+        # only "it did not wait forever", generous for a loaded machine)
+        assert done[0].ok is False and done[0].kind == "timeout" and 1.0 <= time.monotonic() - t0 < 120
         pool.submit("next", str(small_video))
         while pool.busy:
             done += pool.get()

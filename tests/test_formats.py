@@ -122,6 +122,8 @@ class TestSameTensorsEveryFormat:
         for i in range(4):
             got = load_file(tmp_path / "st" / f"v0{i}.safetensors")["tokens"]  # the safetensors library reads ours
             assert torch.equal(got, expected[f"v0{i}"])
+        ours = load_tokens(tmp_path / "st" / "v00.safetensors")  # torch.load would drop the header's meta
+        assert torch.equal(ours["tokens"], expected["v00"]) and ours["meta"]["source"].endswith("v00.mp4")
         r = run("batch", src, "-o", tmp_path / "st", *TINY, "--format", "safetensors", "--pattern", "v0[0-3].mp4",
                 "--json")  # fmt: skip
         assert r.exit_code == 0 and json.loads(r.stdout)["run"]["skipped"] == 4  # resume works for the format

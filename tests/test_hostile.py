@@ -56,15 +56,16 @@ class TestEveryInputIsRecorded:
         after = load_tokens(tmp_path / "out" / "v.pt")["tokens"]
         assert not torch.equal(before, after)  # the activation changed the numbers: keeping them was wrong
 
-    def test_the_record_names_the_decoder_and_older_files_count_as_decord_0_6_0(self):
+    def test_the_record_names_the_decoder_and_older_files_count_as_made_with_decord_0_6_0(self):
         from slowfast_cli.config import resolve_config
         from slowfast_cli.provenance import differences, provenance
 
         new = provenance(resolve_config("tiny"), "fp32")
-        assert new["decoder"] == "decord 0.6.0" and "weights_config" not in new  # no checkpoint, no config.json
+        assert new["decoder"] == "decord2 3.4.0" and "weights_config" not in new  # no checkpoint, no config.json
         old = {k: v for k, v in new.items() if k != "decoder"}  # written before the decoder was recorded
-        assert differences(old, new) == []
-        assert differences({**new, "decoder": "decord 0.7.0"}, new) == ["decoder: decord 0.7.0 -> decord 0.6.0"]
+        assert differences(old, new) == ["decoder: decord 0.6.0 -> decord2 3.4.0"]  # made with decord 0.6.0
+        assert differences({**new, "decoder": "decord 0.6.0"}, new) == ["decoder: decord 0.6.0 -> decord2 3.4.0"]
+        assert differences(new, new) == []
         pillow = new["libraries"]["Pillow"]
         other = {**new, "libraries": {**new["libraries"], "Pillow": "1.0"}}  # squash pixels differ between Pillows
         assert differences(other, new) == [f"libraries.Pillow: 1.0 -> {pillow}"]
@@ -202,26 +203,33 @@ class TestExitCodesAndMessages:
         """The driver stats each video; a decoding node that sees another size or time there (another copy of
         IN_DIR, swapped files) or no file (an empty mount point) fails that video with one line naming the node,
         instead of encoding another video's frames under its name (issue 20)."""
-        from slowfast_cli.batch.engines.ray_checks import identity
-        from slowfast_cli.batch.engines.ray_tasks import _decode_row
+        from dataclasses import replace
+        from pathlib import Path
+
+        from slowfast_cli.batch.engines.ray_plan import plan_table, planned
+        from slowfast_cli.batch.engines.ray_tasks import check_video
 
         (tmp_path / "in").mkdir()
         shutil.copy(small_video, tmp_path / "in" / "a.mp4")
-        seen = identity(tmp_path / "in" / "a.mp4")
+        table = plan_table(tmp_path / "in", [(Path("a.mp4"), Path("a.pt")), (Path("b.mp4"), Path("b.pt"))], set(), {})
+        a, b = planned(table.to_pydict())
+        st = (tmp_path / "in" / "a.mp4").stat()
+        assert a.expect == (st.st_size, st.st_mtime_ns) and b.expect is None  # b: the driver sees no file
         job = {"root": str(tmp_path / "in"), "out_dir": str(tmp_path / "out")}
-        swapped = _decode_row(b"a.mp4", b"a.pt", False, job, (seen[0] + 1, seen[1]))
+        assert check_video(a, job, "hostA/1a2b") == (None, None)
+        swapped, _ = check_video(replace(a, expect=(st.st_size + 1, st.st_mtime_ns)), job, "hostA/1a2b")
         assert swapped.status == "failed" and swapped.record.kind == "mismatch"
-        assert (
-            "sees another file than the driver" in swapped.record.error
-            and f"{seen[0] + 1:,} bytes" in swapped.record.error
-        )
-        gone = _decode_row(b"b.mp4", b"b.pt", False, job, seen)
-        assert gone.record.kind == "mismatch" and "does not exist on Ray node" in gone.record.error
+        assert "Ray node hostA/1a2b sees another file than the driver" in swapped.record.error
+        assert f"{st.st_size + 1:,} bytes" in swapped.record.error
+        gone, _ = check_video(replace(b, expect=a.expect), job, "hostA/1a2b")
+        assert gone.record.kind == "mismatch" and "does not exist on Ray node hostA/1a2b" in gone.record.error
+        empty, _ = check_video(a, {**job, "root": str(tmp_path / "mount")}, "hostB/3c4d")  # an empty mount point
+        assert empty.record.kind == "missing" and "not visible on Ray node hostB/3c4d" in empty.record.error
 
     def test_ray_nodes_that_resolve_the_model_differently_are_named(self):
         """Every node that will encode builds the model in the probe; one that computes in another dtype under
         --dtype auto, or sees other weights at the same path, stops the run before it starts (issue 20)."""
-        from slowfast_cli.batch.engines.ray_checks import agree, sizing
+        from slowfast_cli.batch.engines.ray_checks import Sizing, agree, sizing
         from slowfast_cli.config import resolve_config
 
         cfg = resolve_config("tiny")
@@ -235,9 +243,15 @@ class TestExitCodesAndMessages:
             SlowfastError, match=r"Ray node hostB/3c4d sees other model files than hostA/1a2b \(weights"
         ):
             agree({"a": a, "b": other}, cfg)
-        assert sizing({"CPU": 4.0}, "auto", None, None) == (0, 1, 3)
+        one, two = {"CPU": 4.0}, {"CPU": 2.0}
+        assert sizing([one], "auto", None, None) == Sizing(gpus=0, encoders=1, cpus=4, decoders=3)
+        assert sizing([one, two], "auto", None, None) == Sizing(0, 3, 2, 1)  # actors the size of the smallest node
+        assert sizing([one, two], "auto", 2, 6) == Sizing(0, 2, 2, 3)
+        assert sizing([{"CPU": 8.0, "GPU": 2.0}], "auto", None, None) == Sizing(1, 2, 4, 3)
         with pytest.raises(ConfigError, match="--encoders 2: the Ray cluster has 1 GPU and each encoder holds one"):
-            sizing({"CPU": 8.0, "GPU": 1.0}, "auto", 2, None)
+            sizing([{"CPU": 8.0, "GPU": 1.0}], "auto", 2, None)
+        with pytest.raises(ConfigError, match="--encoders 7: the Ray cluster has 6 CPUs .* use --encoders 6 or fewer"):
+            sizing([one, two], "auto", 7, None)
 
     def test_a_token_file_named_for_another_format_is_refused(self, tmp_path, small_video):
         """-o x.safetensors with the default --format pt wrote a torch file that every safetensors reader refuses

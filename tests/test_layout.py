@@ -19,7 +19,13 @@ OWNERS = {
     "huggingface_hub": {"encoder/weights.py"},
     "PIL": {"encoder/preprocess.py", "sheet.py"},  # exact squash; drawing `slowfast show`'s sheets
     "safetensors": {"checkpoints/files.py"},
-    "ray": {"batch/engines/ray.py", "batch/engines/ray_tasks.py", "batch/engines/ray_checks.py"},
+    "ray": {
+        "batch/engines/ray.py",
+        "batch/engines/ray_tasks.py",
+        "batch/engines/ray_checks.py",
+        "batch/engines/ray_plan.py",
+        "batch/engines/ray_watch.py",
+    },
     "typer": {"cli/"},
     "rich": {"cli/output.py"},
     "transformers": {"encoder/hfvl/"},

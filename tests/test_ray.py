@@ -10,8 +10,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import pickle
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import media
+import psutil
 import pytest
 import raycluster
 import torch
@@ -32,9 +35,7 @@ from slowfast_cli.header import TMP_PREFIX
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs the ray extra")
 
 TINY = ["--config", "tiny", "--dtype", "fp32"]
-FAULTS = (
-    "decode-crash:*crash_decode*,decode-hang:*hang_decode*,decode-task-crash:*crash_task*,encode-crash:*crash_encode*"
-)
+FAULTS = "decode-crash:*crash_decode*,decode-hang:*hang_decode*,encode-crash:*crash_encode*"
 NON_UTF8 = os.fsdecode(b"caf\xe9 [bold]x.mp4")  # not UTF-8, and rich markup
 
 
@@ -236,36 +237,63 @@ def both_src(rout: Path) -> Path:
 
 
 def test_dead_workers_are_retried_a_bounded_number_of_times(cluster, tmp_path):
-    """A Ray task process or an encoder actor killed on a video: Ray retries it, and slowfast gives up on the
-    video after MAX_ATTEMPTS deaths with a crash record; the other videos are encoded."""
+    """An encoder actor killed on a video: Ray restarts it and runs its block again; each death counts for the
+    videos the actor had in hand, which are then encoded alone, so the video that kills it is given up after
+    MAX_ATTEMPTS deaths with a crash record while the videos packed beside it are encoded."""
     src = tmp_path / "in"
     src.mkdir()
-    for name in ("ok.mp4", "crash_task.mp4", "crash_encode.mp4"):
+    for name in ("a_ok.mp4", "b_ok.mp4", "crash_encode.mp4", "d_ok.mp4"):
         media.make_video(src / name, frames=10)
     r = ray_batch(cluster, src, tmp_path / "out", "--json", timeout=600)
     assert r.returncode == 1, r.stderr.decode()
     d = json.loads(r.stdout)
-    assert d["run"]["ok"] == 1 and d["run"]["failures_by_kind"] == {"crash": 2}
+    assert d["run"]["ok"] == 3 and d["run"]["failures_by_kind"] == {"crash": 1}
     errors = {row["source"]: row["error"] for row in read_manifest(tmp_path / "out" / "manifest.jsonl")}
-    assert "Ray decode worker died 3 times" in errors["crash_task.mp4"]
     assert "Ray encode worker died 3 times" in errors["crash_encode.mp4"]
     assert not (tmp_path / "out" / ".slowfast-attempts").exists()
 
 
 def test_more_encoders_than_the_cluster_can_hold_is_refused_up_front(cluster, tmp_path):
-    """--encoders at the cluster's CPU count (2) would hold every CPU and leave no decode task a CPU: the run could
-    never start (issue 20: 0 of 5 after 150 s). One line, exit 2, nothing written."""
+    """Each encoder actor holds at least one CPU for the whole run (it decodes there too): --encoders above the
+    cluster's CPU count (2) could never start (issue 20: 0 of 5 after 150 s). One line, exit 2, nothing written."""
     src = tmp_path / "in"
     src.mkdir()
     media.make_video(src / "a.mp4", frames=10)
-    r = ray_batch(cluster, src, tmp_path / "out", "--encoders", "2")
+    r = ray_batch(cluster, src, tmp_path / "out", "--encoders", "3")
     err = r.stderr.decode()
     assert r.returncode == 2, err
-    assert "--encoders 2: the Ray cluster has 2 CPUs" in err and "use --encoders 1 or fewer" in err
+    assert "--encoders 3: the Ray cluster has 2 CPUs" in err and "use --encoders 2 or fewer" in err
     assert not (tmp_path / "out").exists()
 
 
+def test_a_stall_is_named_and_stops_the_run_with_stall_timeout(cluster, tmp_path):
+    """Another job holds one of the cluster's 2 CPUs, so one of 2 encoder actors can never be placed: the run says
+    what Ray cannot grant and which nodes are alive (--stall-warn), then stops with exit 1 (--stall-timeout)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    media.make_video(src / "a.mp4", frames=10)
+    code = (
+        "import ray, sys, time; ray.init(address=sys.argv[1], logging_level='ERROR')\n"
+        "@ray.remote(num_cpus=1)\nclass Hold:\n    def ping(self): return 1\n"
+        "h = Hold.remote(); ray.get(h.ping.remote()); print('held', flush=True); time.sleep(600)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, cluster.address], env=cluster.env, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        r = ray_batch(cluster, src, tmp_path / "out", "--encoders", "2", "--stall-warn", "2", "--stall-timeout", "12")
+    finally:
+        holder.kill()
+        holder.wait()
+    err = r.stderr.decode()
+    assert r.returncode == 1, err
+    assert "warning: the Ray run has stalled: no video finished for" in err and "1 x {CPU: 1}" in err, err
+    assert f"alive nodes: {socket.gethostname()}/" in err and "(CPU 2/2 used)" in err, err
+    assert "stopped after --stall-timeout 12 s" in err.strip().splitlines()[-1]
+
+
 def test_ctrl_c_leaves_files_and_lines_together_and_resumes(cluster, tmp_path):
+    """SIGTERM (a scheduler's stop; the CLI treats it as Ctrl-C, and ray.init must not take it over) mid-run: exit 130,
+    every token file with its manifest line, and a rerun completes to the local engine's files."""
     src = tmp_path / "in"
     src.mkdir()
     for i in range(12):
@@ -281,7 +309,7 @@ def test_ctrl_c_leaves_files_and_lines_together_and_resumes(cluster, tmp_path):
         if sum(r["status"] == "ok" for r in read_manifest(out / "manifest.jsonl")) >= 2:
             break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err.decode()
     recorded = {r["output"] for r in read_manifest(out / "manifest.jsonl") if r["status"] == "ok"}
@@ -294,30 +322,40 @@ def test_ctrl_c_leaves_files_and_lines_together_and_resumes(cluster, tmp_path):
     assert not [p for p in out.rglob("*") if p.name.startswith(TMP_PREFIX)]
 
 
-def test_the_plan_has_a_decode_and_an_encode_operator(cluster, tmp_path, monkeypatch):
-    """Ray Data fuses two map stages with the same resources into one (decode would run inside the actor)."""
+def test_the_plan_is_read_in_blocks_by_one_actor_operator(cluster, tmp_path, monkeypatch):
+    """The plan is an Arrow table in blocks (no object per video); decoding runs inside the encoder actors (one
+    operator, frames never leave their node); 400 planned videos, 397 of them missing, all come back as rows."""
     for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.setenv(key, cluster.env[key])
     from slowfast_cli.batch.engines.ray import RayEngine
+    from slowfast_cli.batch.engines.ray_plan import plan_dataset, plan_table
     from slowfast_cli.batch.plan import plan_batch
     from slowfast_cli.batch.run import EngineOptions
     from slowfast_cli.config import resolve_config
 
     src = tmp_path / "in"
     src.mkdir()
-    media.make_video(src / "v.mp4", frames=10)
+    for i in range(3):
+        media.make_video(src / f"v{i}.mp4", frames=10)
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"v{i}.mp4\n" for i in range(3)) + "".join(f"gone/m{i}.mp4\n" for i in range(397)))
     with RayEngine(EngineOptions(address=cluster.address)) as engine:
-        cfg, current, _ = engine.probe(resolve_config("tiny", {"dtype": "fp32"}), src, tmp_path)
+        cfg = resolve_config("tiny", {"dtype": "fp32"})
+        engine.size(cfg)
+        cfg, current, _ = engine.probe(cfg, src, tmp_path)
         assert (cfg.runtime.device, cfg.runtime.dtype) == ("auto", "fp32")
-        with plan_batch(src, tmp_path / "out", provenance=current, verify=False) as plan:
-            job = {"config": cfg.to_dict(), "root": str(src), "out_dir": str(plan.out_dir), "timeout": 60.0}
+        with plan_batch(src, tmp_path / "out", provenance=current, files_from=listing, verify=False) as plan:
+            table = plan_table(plan.root, plan.todo, plan.unverified, plan.columns)
+            assert plan_dataset(table, 1).num_blocks() == 4  # 100 videos a block: 4 blocks for one encoder
+            job = {"config": cfg.to_dict(), "root": str(src), "out_dir": str(plan.out_dir), "timeout": 60.0,
+                   "image_size": engine.image_size, "decoders": 1}  # fmt: skip
             plan.out_dir.joinpath(".slowfast-attempts").mkdir()
-            ds = engine.dataset(plan, {**job, "image_size": engine.image_size})
-            rows = list(ds.iter_rows())
+            ds = engine.dataset(plan, job)
+            rows = [out for item in ds.iter_rows() for out in pickle.loads(item["items"])]
             text = ds.stats()
-    assert len(rows) == 1
-    assert "MapBatches(decode_batch)" in text and "MapBatches(SlowfastEncoder)" in text
-    assert "MapBatches(decode_batch)->MapBatches" not in text  # not fused into one operator
+    assert sorted(r.status for r in rows) == ["failed"] * 397 + ["written"] * 3
+    assert {r.record.kind for r in rows if r.status == "failed"} == {"missing"}
+    assert "MapBatches(SlowfastEncoder)" in text and "decode" not in text.lower().replace("decoded", "")
 
 
 class TestUsage:
@@ -352,12 +390,17 @@ class TestUsage:
 
 
 def test_two_node_cluster_through_ray_job_submit(tmp_path):
-    """A head and a second node on loopback; the batch runs as a Ray job; both nodes work; the files equal the
-    local engine's."""
+    """A head and a second node on loopback; the batch runs as a Ray job; both nodes work, each decoding what it
+    encodes (frames stay on their node); the files equal the local engine's. Then, in a longer run, the second node's
+    raylet is killed: the run either finishes on the head or stops with a line naming the stall, never hangs."""
     src = tmp_path / "in"
     src.mkdir()
     for i in range(6):
         media.make_video(src / f"v{i}.mp4", frames=24, size=(128, 96))
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(48):
+        (many / f"w{i:02d}.mp4").symlink_to(src / f"v{i % 6}.mp4")
     local = in_background(local_batch, src, tmp_path / "local")  # the reference, while the cluster starts
     c = raycluster.make_cluster(tmp_path / "rc")
     try:
@@ -368,12 +411,37 @@ def test_two_node_cluster_through_ray_job_submit(tmp_path):
         cmd += [sys.executable, "-m", "slowfast_cli", "batch", str(src), "-o", str(out), "--engine", "ray", *TINY]
         r = subprocess.run(cmd, env=c.env, capture_output=True, timeout=600)
         assert r.returncode == 0, (r.stdout + r.stderr).decode()[-3000:]
+        lost = lose_a_node(c, many, tmp_path / "lost")
     finally:
         c.stop()
     assert not c.ours()
     nodes = json.loads((out / "report.json").read_text())["run"]["engine"]["nodes"]
-    assert len(nodes) == 2, nodes  # one decodes, the other encodes (one CPU each)
-    assert sum(n.get("decoded", 0) for n in nodes.values()) == sum(n.get("encoded", 0) for n in nodes.values()) == 6
+    assert len(nodes) == 2, nodes  # an encoder actor on each node (one CPU each), decoding there
+    assert all(n.get("decoded", 0) == n.get("encoded", 0) > 0 for n in nodes.values()), nodes
     assert local.result().returncode == 0
     assert_same_files(tmp_path / "local", out)
     assert lines(tmp_path / "local") == lines(out)
+    err = lost.stderr.decode()
+    if lost.returncode == 0:  # finished on the head: every video written
+        assert json.loads((tmp_path / "lost" / "report.json").read_text())["run"]["ok"] == 48
+    else:
+        assert lost.returncode == 1 and "the Ray run has stalled" in err.strip().splitlines()[-1], err[-3000:]
+    recorded = {r["output"] for r in read_manifest(tmp_path / "lost" / "manifest.jsonl") if r["status"] == "ok"}
+    assert recorded == set(token_files(tmp_path / "lost"))  # files and manifest lines agree either way
+
+
+def lose_a_node(c, src: Path, out: Path) -> subprocess.CompletedProcess:
+    """A batch of ``src`` on cluster ``c``, whose second node's raylet is killed (by PID) once 3 videos are done."""
+    cmd = [sys.executable, "-m", "slowfast_cli", "batch", src, "-o", out, "--engine", "ray", "--address", c.address]
+    cmd += [*TINY, "--stall-warn", "5", "--stall-timeout", "30"]
+    proc = subprocess.Popen(list(map(str, cmd)), env=c.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if sum(r["status"] == "ok" for r in read_manifest(out / "manifest.jsonl")) >= 3:
+            break
+        time.sleep(0.05)
+    raylets = [p for p in psutil.Process(c.nodes[1].pid).children(recursive=True) if p.name() == "raylet"]
+    assert len(raylets) == 1
+    raylets[0].kill()
+    _, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(cmd, proc.returncode, b"", err)

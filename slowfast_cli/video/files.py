@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,9 @@ def decord_reason(exc: BaseException) -> str:
     """decord's message without its (repeated) timestamp/source prefixes and stack trace, at most 200 characters.
 
     Its decoder thread's failure, ``Check failed: avcodec_send_packet(...) >= 0 (-1094995529 vs. 0) Thread
-    worker: Error sending packet.``, becomes ``FFmpeg rejected a packet: invalid data``.
+    worker: Error sending packet.``, becomes ``FFmpeg rejected a packet: invalid data``, and decord2's
+    ``Check failed: av_buffersrc_add_frame_flags(...) >= 0 (-12 vs. 0) Error while feeding the filter graph``
+    ``FFmpeg's filter graph refused a decoded frame: error -12``.
     """
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = lines[0] if lines else type(exc).__name__
@@ -37,6 +40,10 @@ def decord_reason(exc: BaseException) -> str:
     if rejected:
         code = int(rejected[1])
         text = f"FFmpeg rejected a packet: {AVERRORS.get(code, f'error {code}')}"
+    refused = re.match(r"Check failed: av_buffersrc_add_frame_flags\(.*\) >= 0 \((-?\d+) vs\. 0\)", text)
+    if refused:  # decord2, on a frame decoded from a packet cut short (docs/decord.md: Truncated or damaged data)
+        code = int(refused[1])
+        text = f"FFmpeg's filter graph refused a decoded frame: {AVERRORS.get(code, f'error {code}')}"
     return text[:200]
 
 
@@ -92,7 +99,7 @@ def _is_transport_stream(path: Path) -> bool:
 def decord_name(path: str | os.PathLike) -> Iterator[str]:
     """A name under which decord can open ``path``: the path itself, or a temporary link when it is not UTF-8.
 
-    decord 0.6 hands the name to FFmpeg as ``name.encode("utf-8")`` (its ctypes layer refuses bytes), which
+    decord (0.6, decord2) hands the name to FFmpeg as ``name.encode("utf-8")`` (its ctypes layer refuses bytes), which
     fails for a name that is not valid UTF-8 (Python holds those bytes as lone surrogates, see
     ``os.fsdecode``) and would name another file where the file system encoding is not UTF-8. Such a file is
     opened through a symbolic link named ``video`` plus the file's suffix (FFmpeg's format probe uses it as a
@@ -135,3 +142,24 @@ def stderr_quiet() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+@contextlib.contextmanager
+def without_cuda_preload() -> Iterator[None]:
+    """Inside the block, ``importlib.util.find_spec("nvidia")`` finds nothing: for ``import decord``.
+
+    decord2 3.4.0's ``_ffi.base`` loads, before its own library, every ``nvidia/*/lib/*.so*`` that pip installed
+    (with RTLD_GLOBAL, for its CUDA wheels); beside torch's CUDA build that is cuBLAS, cuDNN, NCCL and the rest:
+    685 MiB resident and 0.35 s more CPU for each process that imports decord, where slowfast decodes on the CPU
+    only and the CPU wheel needs none of them (36 MiB, 0.1 s; docs/decord.md). ``sys.modules["nvidia"] = None``
+    makes ``find_spec`` answer None; whatever was there before is put back.
+    """
+    saved = sys.modules.get("nvidia", ...)
+    sys.modules["nvidia"] = None
+    try:
+        yield
+    finally:
+        if saved is ...:
+            sys.modules.pop("nvidia", None)
+        else:
+            sys.modules["nvidia"] = saved

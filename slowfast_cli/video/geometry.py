@@ -57,16 +57,26 @@ def _display_rotation(matrix: Sequence[int]) -> float:
     return -(math.atan2(b / scale_b, a / scale_a) * 180 / math.pi)
 
 
-def _decord_turns(matrix: Sequence[int]) -> int:
-    """Quarter turns counter-clockwise (``np.rot90``'s k) that decord 0.6 gives frames with this display matrix.
+def _decord_turns(matrix: Sequence[int], nearest: bool = True) -> int:
+    """Quarter turns counter-clockwise (``np.rot90``'s k) that decord gives frames with this display matrix.
 
-    FFmpeg 4.1's mov demuxer writes the matrix's rotation as a "rotate" tag (``-av_display_rotation_get``, plus
-    360 when negative, printed with %g); decord truncates it to an int and applies only 90 (``transpose=1``,
-    clockwise), 180 (two of those) and 270 (``transpose=2``). It never mirrors.
+    decord turns by ``theta``, clockwise degrees: ``-av_display_rotation_get(matrix)``, and applies only 90
+    (``transpose=1``, clockwise), 180 (two of those) and 270 (``transpose=2``). It never mirrors.
+
+    - ``nearest`` (decord2 3.4.0, read from its ``VideoReader::GetRotation``): ``theta`` modulo 360 in [0, 360),
+      then the nearest of 0, 90, 180 and 270, a tie going to the smaller; 360 is not among them, so a matrix a
+      hair counter-clockwise of upright (theta 359.6) is turned by 270.
+    - else decord 0.6.0: FFmpeg 4.1's mov demuxer writes theta (plus 360 when negative) as a "rotate" tag, printed
+      with %g; decord truncates it to an int and turns only at exactly 90, 180 or 270.
     """
     rotation = _display_rotation(matrix)
     if math.isnan(rotation):
         return 0
+    if nearest:
+        theta = math.fmod(-rotation, 360)
+        theta += 360 if theta < 0 else 0
+        turn = min((0, 90, 180, 270), key=lambda t: abs(theta - t))  # min keeps the first of equals: the smaller
+        return {90: 3, 180: 2, 270: 1}.get(turn, 0)
     tag = -rotation + 360 if -rotation < 0 else -rotation
     theta = math.fmod(float(f"{tag:g}"), 360)
     return {90: 3, 180: 2, 270: 1}.get(int(theta + 360 if theta < 0 else theta), 0)
@@ -93,13 +103,14 @@ def _autorotate(matrix: Sequence[int], image: np.ndarray) -> np.ndarray | None:
     return image[::-1] if matrix[4] < 0 else image
 
 
-def mirror_fix(matrix: Sequence[int] | None) -> tuple[bool, bool]:
+def mirror_fix(matrix: Sequence[int] | None, nearest: bool = True) -> tuple[bool, bool]:
     """(flip rows, flip columns) that turn decord's frames for this display matrix into ffmpeg's autorotated ones.
 
-    decord only turns (:func:`_decord_turns`); ffmpeg also mirrors (:func:`_autorotate`). Both turn by the same
-    quarter turns up to a half turn, so what is left is a flip of the decoded frame, which holds at any size
-    the decoder scales to. (False, False) without a matrix, for angles off the quarter turns, and where the
-    two would differ by a quarter turn (a matrix within a degree of 90 that decord truncates to 89).
+    decord only turns (:func:`_decord_turns`; ``nearest``: decord2's rule, else decord 0.6's); ffmpeg also
+    mirrors (:func:`_autorotate`). Both turn by the same quarter turns up to a half turn, so what is left is a
+    flip of the decoded frame, which holds at any size the decoder scales to. (False, False) without a matrix,
+    for angles off the quarter turns, and where the two differ by a quarter turn (a matrix within a degree of
+    upright that decord2 turns by 270, one within a degree of 90 that decord 0.6 truncates to 89).
 
     Example:
         ``ffmpeg -display_hflip``: decord turns the frames by 180 degrees, ffmpeg mirrors them left to right,
@@ -112,7 +123,7 @@ def mirror_fix(matrix: Sequence[int] | None) -> tuple[bool, bool]:
     want = None if matrix is None else _autorotate(matrix, probe)
     if want is None:
         return False, False
-    got = np.rot90(probe, _decord_turns(matrix))
+    got = np.rot90(probe, _decord_turns(matrix, nearest))
     for rows, cols in ((False, False), (True, False), (False, True), (True, True)):
         if np.array_equal(got[:: -1 if rows else 1, :: -1 if cols else 1], want):
             return rows, cols

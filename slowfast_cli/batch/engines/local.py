@@ -35,8 +35,9 @@ class LocalEngine:
     verifies_outputs = True  # outputs that look done are CRC-checked while planning, here
 
     def __init__(self, options: EngineOptions):
-        if options.address or options.decoders or options.encoders:
-            raise ConfigError("--address, --decoders and --encoders are for --engine ray")
+        if options.address or options.decoders or options.encoders or options.stall_warn or options.stall_timeout:
+            ray_only = "--address, --decoders, --encoders, --stall-warn and --stall-timeout"
+            raise ConfigError(f"{ray_only} are for --engine ray")
         self.workers = options.workers or default_workers()
         self.timeout = options.timeout
         self.features_dir = options.features_dir

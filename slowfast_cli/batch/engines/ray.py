@@ -2,33 +2,33 @@
 
 The driver (the ``slowfast batch`` process) plans as the local engine does, then runs one Ray Data pipeline:
 
-    from_items(planned videos, one per block)
-      -> decode:  map_batches(TaskPoolStrategy(size=decoders), num_cpus=1, memory=DECODE_MEMORY, batch_size=1)
-      -> encode:  map_batches(encoder actor, ActorPoolStrategy(size=encoders), num_cpus=1 [num_gpus=1],
-                              batch_size=videos_per_batch: enough videos to fill a forward pass)
-      -> iter_rows() on the driver: one small record per video
+    from_arrow(the plan as an Arrow table, in blocks of up to 1,000 videos: ray_plan)
+      -> map_batches(encoder actor, ActorPoolStrategy(size=encoders), num_cpus=cpus [num_gpus=1],
+                     batch_size=a block): each actor decodes its block's videos on its own node, with decoders
+                     processes of its own, packs their frames into forward passes and writes the token files
+      -> iter_rows() on the driver: the finished rows, a few at a time
 
-- **Decode** runs in a child process of the Ray task (``batch.workers.DecodePool``, the local engine's worker, one per
-  task process), under the same ``--timeout``: a hung or crashing decoder costs its video, never the task.
-  A resumed output that still awaits its CRC-32 check is checked here, on the node, not on the driver.
-- **Encode**: each actor loads the model once and encodes the videos of a Ray batch together, their frames packed
-  into forward passes of ``encoder.batch_frames`` (``encoder.packing``: tokens never depend on which node or batch
-  a video landed in). It writes the token file to a temporary file beside its target in OUT_DIR and
-  returns only the record; tokens never travel to the driver. The driver renames the file into place and appends
-  its manifest line with Ctrl-C held, as the local engine writes both: an interrupt leaves both or neither, and
-  temporary files of an interrupted run are removed by the next run (under the output lock).
-- The two stages ask for different resources (``memory=`` on decode, the actor's GPU), so Ray Data does not
-  fuse them into one operator (which would decode serially inside the actor).
-- **Failures are records.** Every exception is caught per video in the stages. Ray retries a task whose process
-  died, and restarts a dead actor, without end; each attempt on a video is counted in ``OUT_DIR/.slowfast-attempts``
-  (on the shared file system), and the attempt after ``MAX_ATTEMPTS`` deaths gives up on it with a ``crash``
-  record. A planned video whose row never comes back is a ``crash`` record too.
+- **Blocks, not videos**: the driver puts one small Arrow block per 1,000 videos into the object store, not an object
+  per video; decoded frames never leave the node that decodes them (BENCHMARKS.md section 21).
+- **Decode** runs in ``batch.workers.DecodePool`` processes inside each actor (the local engine's workers), under the
+  same ``--timeout``: a hung or crashing decoder costs its video, never the actor. A resumed output that still
+  awaits its CRC-32 check is checked on the node, not on the driver.
+- **Encode**: each actor loads the model once; frames of several videos go through the ViT together, packed into
+  forward passes of ``encoder.batch_frames`` (``encoder.packing``: tokens never depend on which node or block a
+  video landed in). It writes each token file to a temporary file beside its target in OUT_DIR and returns only
+  the record; tokens never travel to the driver. The driver renames the file into place and appends its manifest
+  line with Ctrl-C held, as the local engine writes both: an interrupt leaves both or neither, and temporary files
+  of an interrupted run are removed by the next run (under the output lock).
+- **Failures are records.** Every exception is caught per video. Ray restarts a dead actor and runs its block again,
+  without end; ``ray_tasks.Attempts`` counts a death for each video the actor had in hand and gives a video up after
+  ``MAX_ATTEMPTS`` with a ``crash`` record. A planned video whose row never comes back is a ``crash`` record too.
+- **Stalls speak** (``ray_watch``): no row for ``--stall-warn`` seconds while Ray cannot grant what the run asks for
+  prints the unmet demand and the nodes; ``--stall-timeout`` stops the run (exit 1).
 - The driver sends the resolved config (``Config.to_dict()``) with device and dtype pinned for the whole cluster
   (:meth:`RayEngine.probe`), never a preset name: ``configs/`` need not exist on the nodes.
 
 IN_DIR and OUT_DIR must be on a file system that every node sees at the same path. Ray Client (``ray://``) is
-not supported by Ray Data (ray-project/ray#48682); it is refused. ray is imported in this module and in
-``ray_tasks.py`` (what runs on the nodes) only.
+not supported by Ray Data (ray-project/ray#48682); it is refused. ray is imported in the ``ray_*`` modules only.
 """
 
 from __future__ import annotations
@@ -55,10 +55,12 @@ from ...video.files import stderr_quiet
 from ..plan import BatchPlan, prepare_output_dir
 from ..records import Record
 from ..run import EngineOptions, Outcome, Prepared
-from .ray_checks import REACH_TIMEOUT_S, agree, identity, probe_nodes, reason, sizing, unreachable
-from .ray_tasks import ATTEMPTS, SHARED, RayRow, decode_batch, encoder_class, videos_per_batch
+from .ray_checks import REACH_TIMEOUT_S, Sizing, agree, probe_nodes, reason, sizing, unreachable
+from .ray_plan import block_rows, plan_dataset, plan_table
+from .ray_tasks import ATTEMPTS, SHARED, RayRow, encoder_class
+from .ray_watch import Watchdog
 
-DECODE_MEMORY = 1 << 30  # logical memory a decode task asks for: one decoder and one clip, with room
+STALL_WARN_S = 60.0  # default --stall-warn: no row for this long while Ray cannot grant a request is a stall
 
 
 class RayEngine:
@@ -66,8 +68,9 @@ class RayEngine:
 
     ``address``: None connects as ``ray.init()`` does (``RAY_ADDRESS`` when set, as under ``ray job submit``,
     else a cluster running on this machine, else a new local instance just for this run), ``auto`` requires a
-    running cluster, ``HOST:PORT`` names one. ``decoders`` (default: the cluster's CPUs minus one per CPU
-    encoder, at least 1) decode tasks and ``encoders`` (default: one per GPU, else 1) model actors.
+    running cluster, ``HOST:PORT`` names one. ``encoders`` model actors and ``decoders`` decoding processes in all
+    (shared out among the actors): see ``ray_checks.sizing``. ``notify``: where the stall watchdog's lines go (set
+    by the CLI; None: nowhere).
     """
 
     name = "ray"
@@ -85,7 +88,11 @@ class RayEngine:
         self.decoders = options.decoders
         self.encoders = options.encoders
         self.timeout = options.timeout
+        self.stall_warn = options.stall_warn or STALL_WARN_S
+        self.stall_timeout = options.stall_timeout
+        self.notify = None  # the CLI's printer for the watchdog's lines
         self.warnings: list[str] = []  # the probe's Pipeline warnings
+        self.sizing: Sizing | None = None
         self.num_gpus = 0
         self.image_size: int | None = None  # the decode-time size (``Pipeline.image_size``), from the probe
         self.nodes: dict[str, Counter] = {}
@@ -125,7 +132,11 @@ class RayEngine:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the CLI draws its own bar from the records
         ctx.print_on_execution_start = False
-        ctx.max_errored_blocks = -1  # a block lost to a bug costs its video (a crash record), not the run
+        ctx.max_errored_blocks = -1  # a block lost to a bug costs its videos (crash records), not the run
+        ctx.target_max_block_size = 1  # every answer of an actor (a few rows, pickled together) is a block at once
+        # blocks go out once every encoder has started (an even share each); one that cannot be placed is a stall,
+        # which the watchdog names and --stall-timeout ends
+        ctx.wait_for_min_actors_s = int(self.stall_timeout) + 60 if self.stall_timeout else 10**7
         ctx.execution_options.preserve_order = False
         with contextlib.suppress(AttributeError):
             ctx.issue_detectors_config.detectors = []
@@ -138,8 +149,9 @@ class RayEngine:
             ray.shutdown()
             self._owned = False
 
-    def resources(self) -> dict[str, float]:
-        return ray.cluster_resources()
+    def resources(self) -> list[dict[str, float]]:
+        """The Ray resources of each alive node."""
+        return [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
 
     # --- probe: what the workers will compute ----------------------------------------------------------------
     def prepare(self, config: Config, root: Path, out_dir: Path) -> Prepared:
@@ -156,9 +168,9 @@ class RayEngine:
 
     def size(self, config: Config) -> None:
         """Encoders and decoders for the cluster's resources (``ray_checks.sizing``)."""
-        self.num_gpus, self.encoders, self.decoders = sizing(
-            self.resources(), config.runtime.device, self.encoders, self.decoders
-        )
+        self.sizing = sizing(self.resources(), config.runtime.device, self.encoders, self.decoders)
+        self.num_gpus, self.encoders = self.sizing.gpus, self.sizing.encoders
+        self.decoders = self.sizing.decoders * self.sizing.encoders
 
     def probe(self, config: Config, root: Path, out_dir: Path) -> tuple[Config, dict, list[str]]:
         """Build the model once on a worker (as the encoder actors will), with device and dtype resolved there.
@@ -192,8 +204,9 @@ class RayEngine:
         if not plan.todo:
             return
         attempts = plan.out_dir / ATTEMPTS
-        shutil.rmtree(attempts, ignore_errors=True)  # a killed run's counters (we hold the output lock)
+        shutil.rmtree(attempts, ignore_errors=True)  # a killed run's records (we hold the output lock)
         attempts.mkdir()
+        watchdog = Watchdog(self.stall_warn, self.stall_timeout, self.notify)
         try:
             job = {
                 "config": config.to_dict(),
@@ -202,27 +215,30 @@ class RayEngine:
                 "timeout": self.timeout,
                 "image_size": self.image_size,  # the decode-time size, as the probe's Pipeline gave it
                 "format": plan.writer.fmt.to_dict() if plan.writer else None,  # the nodes write its pending files
-                "columns": {os.fsencode(rel): c for rel, c in plan.columns.items()},  # a CSV/JSONL list's rows
+                "decoders": self.sizing.decoders if self.sizing else 1,  # per actor
             }
             ds = self.dataset(plan, job)
             received: set[Path] = set()
             try:
-                for row in ds.iter_rows():
-                    out: RayRow = pickle.loads(row["item"])
-                    rel = out.rel
-                    if rel in received:  # a retried task whose first answer had come back already
-                        if out.tmp:
-                            with contextlib.suppress(OSError):
-                                os.unlink(out.tmp)
-                        continue
-                    received.add(rel)
-                    for stage, node in (("decoded", out.decoded), ("encoded", out.encoded)):
-                        if node:
-                            self.nodes.setdefault(node, Counter())[stage] += 1
-                    if out.problem:
-                        plan.problems.append(out.problem)
-                    yield _outcome(out, plan)
-            except (KeyboardInterrupt, GeneratorExit):
+                with watchdog:
+                    for item in ds.iter_rows():
+                        watchdog.beat()
+                        for out in pickle.loads(item["items"]):
+                            if out.rel in received:  # a block run again after its actor died: done already
+                                if out.tmp:
+                                    with contextlib.suppress(OSError):
+                                        os.unlink(out.tmp)
+                                continue
+                            received.add(out.rel)
+                            self._count(out)
+                            if out.problem:
+                                plan.problems.append(out.problem)
+                            yield _outcome(out, plan)
+            except KeyboardInterrupt:
+                if watchdog.stalled:
+                    raise SlowfastError(watchdog.stalled) from None
+                raise
+            except GeneratorExit:
                 raise
             except Exception as exc:  # the pipeline as a whole failed (an actor that cannot start): stop here
                 raise SlowfastError(f"the Ray job stopped: {reason(exc)}") from None
@@ -233,39 +249,31 @@ class RayEngine:
         finally:
             shutil.rmtree(attempts, ignore_errors=True)
 
+    def _count(self, out: RayRow) -> None:
+        for stage, node in (("decoded", out.decoded), ("encoded", out.encoded)):
+            if node:
+                self.nodes.setdefault(node, Counter())[stage] += 1
+
     def dataset(self, plan: BatchPlan, job: dict) -> ray.data.Dataset:
-        """The two-operator pipeline over ``plan.todo`` (not executed until iterated)."""
-        items = [
-            {
-                "item": pickle.dumps(
-                    (os.fsencode(rel), os.fsencode(out_rel), rel in plan.unverified, identity(plan.root / rel))
-                )
-            }
-            for rel, out_rel in plan.todo
-        ]
-        ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.map_batches(
-            decode_batch,
-            batch_size=1,
-            compute=ray.data.TaskPoolStrategy(size=self.decoders),
-            num_cpus=1,
-            memory=DECODE_MEMORY,  # also keeps decode a separate operator from the actor (no fusion)
-            fn_kwargs={"job": job},
-        )
+        """The pipeline over ``plan.todo``: the plan's blocks through the encoder actors (not run until iterated)."""
+        table = plan_table(plan.root, plan.todo, plan.unverified, plan.columns)
+        size = self.sizing or Sizing(self.num_gpus, self.encoders or 1, 1, 1)
+        ds = plan_dataset(table, size.encoders)
         return ds.map_batches(
             encoder_class(job),
-            batch_size=videos_per_batch(job["config"]),
-            compute=ray.data.ActorPoolStrategy(size=self.encoders),
-            num_cpus=1,
-            num_gpus=self.num_gpus or None,
+            batch_size=block_rows(table.num_rows, size.encoders),  # a block per call: the actor streams through it
+            compute=ray.data.ActorPoolStrategy(size=size.encoders, max_tasks_in_flight_per_actor=2),
+            num_cpus=size.cpus,
+            num_gpus=size.gpus or None,
         )
 
     def summary(self) -> dict[str, Any]:
         """What ``report.json``'s ``run.engine`` says about this run."""
         return {
             "name": "ray",
-            "decoders": self.decoders,
+            "decoders": self.decoders,  # in all: each encoder runs decoders / encoders of them on its node
             "encoders": self.encoders,
+            "cpus_per_encoder": self.sizing.cpus if self.sizing else None,
             "gpus_per_encoder": self.num_gpus,
             "nodes": {n: dict(c) for n, c in sorted(self.nodes.items())},
         }

@@ -1,11 +1,14 @@
-"""The checks before a Ray run: the address answers, the actors fit the cluster, every node sees the same inputs,
-outputs and model, and each video is the file the driver planned. A ``ray_*`` module, so it may import ray.
+"""The checks before a Ray run: the address answers, the actors fit the cluster and every node sees the same inputs,
+outputs and model (each video is checked on its node against the driver's size and time: ``ray_plan``,
+``ray_tasks.other_file``). A ``ray_*`` module, so it may import ray.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -13,17 +16,6 @@ import ray
 from ...config import Config
 from ...errors import ConfigError, SlowfastError, first_line
 from .ray_tasks import probe_task
-
-
-def identity(path: Path) -> tuple[int, int] | None:
-    """(size, mtime_ns) of a video as the driver sees it, which the decoding node must see too (``ray_tasks``);
-    None when the driver cannot stat it (the node then says what it sees)."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns
-
 
 REACH_TIMEOUT_S = 5.0  # a HOST:PORT that does not accept a TCP connection in this time is refused (ray.init waits on)
 
@@ -43,38 +35,64 @@ def unreachable(address: str | None) -> str | None:
         return exc.strerror or str(exc) or type(exc).__name__
 
 
-def sizing(resources: dict, device: str, encoders: int | None, decoders: int | None) -> tuple[int, int, int]:
-    """(GPUs per encoder, encoders, decoders) for the cluster's ``resources``, or one line when they cannot all run at
-    once (``encoders``/``decoders`` None: the defaults, one encoder per GPU or 1, the other CPUs decode).
+@dataclass(frozen=True)
+class Sizing:
+    """How the run uses the cluster: ``encoders`` actors, each holding ``cpus`` CPUs (and ``gpus`` GPUs) on one node
+    and decoding there with ``decoders`` processes of its own, so that decoded frames never leave their node."""
 
-    Every encoder actor holds a CPU (and a GPU when the cluster has GPUs and ``--device`` is not cpu) for the
-    whole run, and each decode task needs a CPU of its own: ``--encoders`` at or above the cluster's CPUs (or
-    above its GPUs) would leave the actors or every decode task waiting for ever (issue 20: 0 of 5 after 150 s).
+    gpus: int  # per encoder actor: 1 when the encoders run on GPUs, else 0
+    encoders: int
+    cpus: int  # per encoder actor
+    decoders: int  # decoding processes per encoder actor
+
+
+def sizing(nodes: list[dict], device: str, encoders: int | None, decoders: int | None) -> Sizing:
+    """The run's ``Sizing`` on alive ``nodes`` (each node's Ray resources), or one line when the actors cannot all be
+    placed at once. ``encoders``/``decoders`` None: the defaults, one encoder per GPU (else as many actors as nodes,
+    each holding its node's CPUs), one decoder per CPU an encoder holds beyond the one that runs the model (at
+    least 1); ``decoders`` given is the total over the encoders, shared out evenly (at least 1 each).
+
+    An actor is placed on one node: it holds ``cpus`` CPUs there (and a GPU). An ``--encoders`` that no placement
+    fits (more than the cluster's CPUs, or GPUs) would leave actors waiting for ever (issue 20): refused.
     """
-    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+    hosts = [(int(n.get("CPU", 0)), int(n.get("GPU", 0))) for n in nodes if n.get("CPU", 0) >= 1]
+    cpus, gpus = sum(c for c, _ in hosts), sum(g for _, g in hosts)
     if device.startswith("cuda") and not gpus:
         raise SlowfastError(f"--device {device}: the Ray cluster has no GPUs")
+    if not hosts:
+        raise SlowfastError("the Ray cluster has no node with a CPU")
     num_gpus = 1 if gpus and device != "cpu" else 0
+    if num_gpus:
+        hosts = [(c, g) for c, g in hosts if g >= 1]
+        per = max(1, min(c // g for c, g in hosts))
+
+        def fits(each: int) -> int:
+            return sum(min(g, c // each) for c, g in hosts)
+    else:
+        per = min(c for c, _ in hosts)
+
+        def fits(each: int) -> int:
+            return sum(c // each for c, _ in hosts)
+
     if encoders is None:
-        encoders = max(1, gpus) if num_gpus else 1
+        encoders = gpus if num_gpus else fits(per)
     if num_gpus and encoders > gpus:
         raise ConfigError(
             f"--encoders {encoders}: the Ray cluster has {gpus} GPU{'s' if gpus > 1 else ''} and each encoder "
             f"holds one; use --encoders {gpus} or fewer"
         )
-    if encoders >= cpus:
+    while per > 1 and fits(per) < encoders:
+        per -= 1
+    if fits(per) < encoders:
+        most = fits(1)
         raise ConfigError(
-            f"--encoders {encoders}: the Ray cluster has {cpus} CPU{'s' if cpus != 1 else ''}; each encoder "
-            "holds one for the whole run and the decode tasks need at least one more, so the run could never "
-            f"start; use --encoders {max(cpus - 1, 1)} or fewer, or add CPUs (ray start --num-cpus)"
-            if cpus > 1
-            else f"--encoders {encoders}: the Ray cluster has {cpus} CPU; an encoder and a decode task need "
-            "one each: start Ray with at least 2 CPUs (ray start --num-cpus 2)"
+            f"--encoders {encoders}: the Ray cluster has {cpus} CPU{'s' if cpus != 1 else ''}"
+            + (" on its GPU nodes" if num_gpus else "")
+            + f" and each encoder holds at least one for the whole run (it decodes there too), so the run could "
+            f"never start; use --encoders {most} or fewer, or add CPUs (ray start --num-cpus)"
         )
-    if decoders is None:
-        cpu_encoders = 0 if num_gpus else encoders
-        decoders = max(1, cpus - cpu_encoders)
-    return num_gpus, encoders, decoders
+    each = max(1, math.ceil(decoders / encoders)) if decoders else max(1, per - 1)
+    return Sizing(num_gpus, encoders, per, each)
 
 
 def probe_nodes(num_gpus: int, config: Config, root: Path, mark: Path, token: str) -> dict[str, dict]:

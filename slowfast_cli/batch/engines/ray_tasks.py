@@ -1,9 +1,11 @@
-"""What the Ray engine runs on the nodes: the probe, the decode task and the encoder actor, and the typed row that
-travels between them and back to the driver (``RayRow``, pickled into Ray Data's ``item`` column).
+"""What the Ray engine runs on the nodes: the probe and the encoder actor, and the typed row it sends back to the
+driver (``RayRow``; the rows an actor finished since its last answer travel pickled together in one ``items`` value).
 
-Every exception is caught per video and becomes that video's failure row; deaths of a task or an actor are
-counted per video in ``OUT_DIR/.slowfast-attempts`` and give up after ``MAX_ATTEMPTS``. Imported by the driver
-(``ray.py``) and, through cloudpickle, on the nodes; the package must be installed there.
+The encoder actor reads its block of the plan (``ray_plan``), decodes with a ``DecodePool`` of its own, on its own
+node (decoded frames never cross nodes or enter the object store), packs the frames into forward passes, writes each
+token file beside its target and answers with the rows. Every exception is caught per video and becomes that
+video's failure row; deaths of an actor are counted per video (``Attempts``) and give up after ``MAX_ATTEMPTS``.
+Imported by the driver (``ray.py``) and, through cloudpickle, on the nodes; the package must be installed there.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import ray
 
@@ -26,26 +27,26 @@ from ..faults import test_fault
 from ..plan import existing_output
 from ..records import Record
 from ..run import encode_one
+from .ray_plan import Planned, planned
 
-ATTEMPTS = ".slowfast-attempts"  # per-video attempt counters of a running Ray batch, in OUT_DIR
-MAX_ATTEMPTS = 3  # a video whose worker died this many times is given up (a ``crash`` record)
+ATTEMPTS = ".slowfast-attempts"  # the actors' records of the videos in hand, and deaths per video, in OUT_DIR
+MAX_ATTEMPTS = 3  # a video whose actor died this many times while it was in hand is given up (a ``crash`` record)
+ANSWER_S = 0.5  # an actor sends its finished rows at least this often while it works through a block
 SHARED = "IN_DIR and OUT_DIR must be on a file system that every node sees at the same path"
-STATUSES = ("skipped", "failed", "decoded", "written")  # RayRow.status: its outcome so far
+STATUSES = ("skipped", "failed", "written")  # RayRow.status
 
 
 @dataclass
 class RayRow:
-    """One video on its way through the Ray pipeline: what the decode task and the encoder actor say of it."""
+    """What an encoder actor says of one video."""
 
     source: bytes  # path relative to IN_DIR, as the file system's bytes (any name survives)
     output: bytes  # path relative to OUT_DIR
     status: str  # one of STATUSES
     record: Record | None = None  # the video's record, for "failed" and "written"
     decoded: str | None = None  # the node that decoded it (node_name)
-    encoded: str | None = None  # the node that encoded it
+    encoded: str | None = None  # the node that encoded it (the same node: frames stay where they were decoded)
     problem: str | None = None  # a damaged output found on the node, redone: a warning for the driver
-    seconds: float = 0.0  # decoding time
-    clip: bytes | None = None  # the decoded video.info.Clip, pickled (protocol 5), for "decoded"
     tmp: str | None = None  # the token file written beside its target, for "written"
 
     @property
@@ -64,10 +65,6 @@ def node_name() -> str:
     except Exception:  # outside a Ray worker
         node = "driver"
     return f"{socket.gethostname()}/{node}"
-
-
-def _key(d: dict) -> str:
-    return hashlib.sha256(repr(sorted(d.items())).encode()).hexdigest()
 
 
 def probe_task(config_dict: dict, root: str, mark: str, token: str, model: bool = True) -> dict:
@@ -98,15 +95,48 @@ def probe_task(config_dict: dict, root: str, mark: str, token: str, model: bool 
     }
 
 
-def _attempt(out_dir: str, rel: bytes, stage: str) -> int:
-    """Count one more attempt of ``stage`` on a video; returns the count (1 for the first)."""
-    name = hashlib.sha1(rel).hexdigest() + "." + stage
-    fd = os.open(os.path.join(out_dir, ATTEMPTS, name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, b".")
-        return os.fstat(fd).st_size
-    finally:
-        os.close(fd)
+class Attempts:
+    """How many times an encoder actor died with a video in hand, kept in ``OUT_DIR/.slowfast-attempts``.
+
+    Each actor keeps one record, rewritten (not synced) whenever the videos it holds change: those decoded and
+    waiting for, or in, a forward pass. Ray restarts a dead actor under the same id and runs its task again; the
+    restarted actor reads its record and counts one death for each video in it (a file per such video, so only
+    videos that were in hand at a death have one), and encodes those videos alone from then on: one video that
+    kills its process cannot take the videos packed with it down with it more than once. A lost node whose record
+    never reached the shared folder costs its videos one uncounted retry.
+    """
+
+    def __init__(self, out_dir: str, actor: str):
+        self.dir = Path(out_dir) / ATTEMPTS
+        self.mine = self.dir / f"{actor}.held"
+        self.held: frozenset[bytes] = frozenset()
+        try:
+            died = [bytes.fromhex(line) for line in self.mine.read_text(encoding="ascii").split()]
+        except OSError:
+            died = []
+        for rel in died:
+            fd = os.open(self.dir / _name(rel), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, b".")
+            finally:
+                os.close(fd)
+        self.deaths = {p.name: p.stat().st_size for p in self.dir.glob("*.deaths")}
+        self.hold([])
+
+    def count(self, rel: bytes) -> int:
+        """Deaths of an actor while this video was in hand (as of this actor's start)."""
+        return self.deaths.get(_name(rel), 0)
+
+    def hold(self, rels) -> None:
+        """Record the videos now in hand (before anything that could kill this process runs on them)."""
+        held = frozenset(rels)
+        if held != self.held or not held:
+            self.mine.write_text("".join(f"{rel.hex()}\n" for rel in held), encoding="ascii")
+            self.held = held
+
+
+def _name(rel: bytes) -> str:
+    return hashlib.sha1(rel).hexdigest() + ".deaths"
 
 
 def other_file(src: Path, expect: tuple[int, int] | None, where: str) -> str | None:
@@ -134,159 +164,149 @@ def _failed(rel: bytes, out_rel: bytes, msg: str, kind: str | None = None, secon
     return RayRow(rel, out_rel, "failed", record, **more)
 
 
-def _given_up(rel: bytes, out_rel: bytes, stage: str, **more) -> RayRow:
-    msg = (
-        f"{os.fsdecode(rel)}: its Ray {stage} worker died {MAX_ATTEMPTS} times while on it (a crash, an "
-        "out-of-memory kill or a lost node); not retried again"
-    )
-    return _failed(rel, out_rel, msg, "crash", **more)
-
-
-_pools: dict[tuple, Any] = {}  # one decoding child process per Ray task process, kept between tasks
-
-
-def _decode_pool(job: dict):
-    from ..workers import DecodePool
-
-    key = (_key(job["config"]), job["image_size"], job["timeout"])
-    if key not in _pools:
-        for old in _pools.values():
-            old.close()
-        _pools.clear()
-        video = config_from_dict(job["config"]).video
-        _pools[key] = DecodePool(video, job["image_size"], workers=1, timeout=job["timeout"], threads=1)
-    return _pools[key]
-
-
-def decode_batch(batch: dict, job: dict) -> dict:
-    """The decode stage: planned items (pickled ``(source, output, unverified, (size, mtime_ns) or None)``, the
-    last as the driver saw the file) to pickled RayRows."""
-    rows = []
-    for item in batch["item"]:
-        rel, out_rel, unverified, expect = pickle.loads(item)
-        rows.append(pickle.dumps(_decode_row(rel, out_rel, unverified, job, expect)))
-    return {"item": rows}
-
-
-def _decode_row(
-    rel: bytes, out_rel: bytes, unverified: bool, job: dict, expect: tuple[int, int] | None = None
-) -> RayRow:
+def check_video(video: Planned, job: dict, where: str) -> tuple[RayRow | None, str | None]:
+    """Before decoding, on the node: (the video's final row, None) when it is not to be decoded here (IN_DIR not
+    visible, another file than the driver saw, an output found done by its CRC check), else (None, a warning for
+    an existing output that is redone, or None)."""
     root, out_dir = place(job["root"]), Path(job["out_dir"])  # IN_DIR may be a URL
-    where = node_name()
+    rel, out_rel = video.source, video.output
     src = root / os.fsdecode(rel)
-    try:
-        if not root.is_dir():
-            return _failed(rel, out_rel, f"{root}: not visible on Ray node {where}; {SHARED}", "missing")
-        other = other_file(src, expect, where)
-        if other is not None:
-            return _failed(rel, out_rel, other, "mismatch", decoded=where)
-        problem = None
-        if unverified:
-            state, why = existing_output(out_dir / os.fsdecode(out_rel), None, src)
-            if state == "done":
-                return RayRow(rel, out_rel, "skipped", decoded=where)
-            problem = f"{why}; it is redone"
-        if _attempt(str(out_dir), rel, "decode") > MAX_ATTEMPTS:
-            return _given_up(rel, out_rel, "decode")
-        test_fault("decode-task", str(src))
-        pool = _decode_pool(job)
-        pool.submit(None, str(src))
-        done = []
-        while pool.busy:
-            done += pool.get()
-        d = done[0]
-        row = RayRow(rel, out_rel, "decoded", decoded=where, problem=problem, seconds=d.seconds)
-        if not d.ok:
-            row.status, row.record = "failed", Record.decode_failed(d, row.rel, row.out_rel)
-            return row
-        row.clip = pickle.dumps(d.clip, protocol=5)
-        return row
-    except Exception as exc:  # a bug here must cost one video, never the Dataset
-        return _failed(rel, out_rel, f"{src}: decoding failed on Ray node {where} ({type(exc).__name__}: {exc})")
-
-
-def videos_per_batch(config: dict) -> int:
-    """Videos per Ray batch of the encode stage: as many as fill one forward pass (``encoder.batch_frames``) at the
-    frames a video gives (``video.frames``), at least 1; the last pass of each Ray batch is padded."""
-    from ...encoder.packing import pass_frames
-
-    device = str(config["runtime"]["device"]).partition(":")[0]  # pinned for the cluster by the probe
-    return max(1, pass_frames(config["encoder"]["batch_frames"], device) // max(1, config["video"]["frames"]))
+    if not root.is_dir():
+        return _failed(rel, out_rel, f"{root}: not visible on Ray node {where}; {SHARED}", "missing"), None
+    other = other_file(src, video.expect, where)
+    if other is not None:
+        return _failed(rel, out_rel, other, "mismatch", decoded=where), None
+    if video.unverified:
+        state, why = existing_output(out_dir / os.fsdecode(out_rel), None, src)
+        if state == "done":
+            return RayRow(rel, out_rel, "skipped", decoded=where), None
+        return None, f"{why}; it is redone"
+    return None, None
 
 
 def encoder_class(job: dict) -> type:
-    """The encoder actor class, with the job in the class itself: no constructor arguments in the object store."""
+    """The encoder actor class, with the job in the class itself: no constructor arguments in the object store.
+
+    ``job``: the resolved config, root, out_dir, timeout, image_size (the probe's decode-time size), format (the
+    output format's settings) and decoders (decoding processes per actor)."""
 
     class SlowfastEncoder:
         def __init__(self) -> None:
             from ...pipeline import Pipeline
+            from ..workers import DecodePool
 
             self.pipe = Pipeline(config_from_dict(job["config"]))
             self.where = node_name()
+            self.root = place(job["root"])
+            self.attempts = Attempts(job["out_dir"], ray.get_runtime_context().get_actor_id())
+            video = config_from_dict(job["config"]).video
+            self.pool = DecodePool(video, job["image_size"], workers=job["decoders"], timeout=job["timeout"], threads=1)
 
-        def __call__(self, batch: dict) -> dict:
-            """Every decoded video of the Ray batch through the ViT together (``encoder.packing``: the frames of
-            several videos per forward pass, the same bits as each alone), then one token file each."""
+        def __call__(self, batch: dict):
+            """The block's videos through decode, encode and write; yields ``{"items": [pickled list of RayRows]}``
+            every ``ANSWER_S`` seconds or so, and once at the end of the block."""
+            rows, sent = [], time.monotonic()
+            for row in self._rows(planned(batch)):
+                rows.append(row)
+                if time.monotonic() - sent >= ANSWER_S:
+                    yield {"items": [pickle.dumps(rows)]}
+                    rows, sent = [], time.monotonic()
+            if rows:
+                yield {"items": [pickle.dumps(rows)]}
+
+        def _rows(self, videos):
+            """As the local engine's loop: at most 2 videos a decoder in flight, frames packed into passes."""
             from ...encoder.packing import Packer
 
-            rows = [pickle.loads(item) for item in batch["item"]]
-            out: dict[int, RayRow] = {}
-            clips = {}
-            for i, row in enumerate(rows):
-                if row.status != "decoded":
-                    out[i] = row
-                    continue
-                try:
-                    if _attempt(job["out_dir"], row.source, "encode") > MAX_ATTEMPTS:
-                        out[i] = _given_up(row.source, row.output, "encode", encoded=self.where)
+            pool, ready = self.pool, []
+            todo = iter(videos)
+            packer = Packer(self.pipe.encoder, self.pipe.batch_frames)  # frames of several videos per forward pass
+            decoded: dict[int, tuple] = {}  # job id -> (video, Done, warning), while its frames wait in the packer
+
+            def feed() -> None:  # submit the next video to decode; the final rows of the others are ready at once
+                for video in todo:
+                    row, problem = self._check(video)
+                    if row is not None:
+                        ready.append(row)
                         continue
-                    test_fault("encode", os.fsdecode(row.source))
-                    clips[i] = pickle.loads(row.clip)
-                except Exception as exc:  # any bug: this video fails, the batch goes on
-                    out[i] = self._failed(row, exc)
-            packer = Packer(self.pipe.encoder, self.pipe.batch_frames)
-            packed = {}
-            for i, clip in clips.items():
-                packed.update((p.key, p) for p in packer.add(i, clip.frames))
-            packed.update((p.key, p) for p in packer.flush())
-            for i, clip in clips.items():
-                try:
-                    out[i] = self._encode(rows[i], clip, packed[i])
-                except Exception as exc:  # any bug: this video fails, the batch goes on
-                    out[i] = self._failed(rows[i], exc)
-            for i, row in enumerate(rows):
-                if row.status == "decoded":
-                    out[i].decoded, out[i].problem = row.decoded, row.problem
-            return {"item": [pickle.dumps(out[i]) for i in range(len(rows))]}
+                    pool.submit((video, problem), str(self.root / os.fsdecode(video.source)))
+                    return
 
-        def _failed(self, row: RayRow, exc: Exception) -> RayRow:
-            msg = f"{row.rel}: encoding failed ({type(exc).__name__}: {first_line(exc, 200)})"
-            return _failed(row.source, row.output, msg, "encode")
+            for _ in range(2 * max(1, pool.workers)):
+                feed()
+            while ready or pool.busy or decoded:
+                yield from ready
+                ready.clear()
+                packed = []
+                for done in pool.get() if pool.busy else []:
+                    feed()
+                    video, problem = done.payload
+                    if not done.ok:
+                        ready.append(self._row(video, problem, Record.decode_failed(done, *_paths(video))))
+                    elif self.attempts.count(video.source):  # in hand at an actor's death: alone, so only it can die
+                        self.attempts.hold([video.source])
+                        test_fault("encode", os.fsdecode(video.source))
+                        ready.append(self._encode(video, problem, done, None))
+                    else:
+                        decoded[done.job_id] = (video, done, problem)
+                        self.attempts.hold(v.source for v, _, _ in decoded.values())
+                        test_fault("encode", os.fsdecode(video.source))
+                        packed += packer.add(done.job_id, done.clip.frames)
+                if not pool.busy:  # nothing more is coming in this block: the last pass, padded
+                    packed += packer.flush()
+                for p in packed:
+                    video, done, problem = decoded.pop(p.key)
+                    ready.append(self._encode(video, problem, done, p))
+            self.attempts.hold([])
 
-        def _encode(self, row: RayRow, clip, packed) -> RayRow:
-            from ...formats import make_writer
-            from ..workers import Done
-
-            rel, out_rel = row.source, row.output
-            done = Done(0, None, True, clip=clip, seconds=row.seconds)
-            t0 = time.perf_counter()
-            encoded = encode_one(done, row.rel, row.out_rel, place(job["root"]), self.pipe, packed)
-            out = RayRow(rel, out_rel, "failed", encoded=self.where)
-            if isinstance(encoded, Record):
-                encoded.seconds = row.seconds
-                out.record = encoded
-                return out
-            writer = make_writer(job.get("format"), job["out_dir"])  # the driver commits what it writes here
+        def _check(self, video: Planned) -> tuple[RayRow | None, str | None]:
             try:
-                meta = writer.sample_meta(encoded.meta, row.out_rel, job.get("columns", {}).get(rel))
-                tmp = writer.pending(encoded.tokens, meta, row.out_rel)
-            except (SlowfastError, OSError) as exc:
-                out.record = Record.write_failed(exc, row.rel, row.out_rel)
-                out.record.seconds = row.seconds
-                return out
-            seconds = row.seconds + packed.seconds + time.perf_counter() - t0
-            out.record = Record.ok(encoded.meta, row.rel, row.out_rel, seconds=seconds)
-            out.status, out.tmp = "written", tmp
-            return out
+                if self.attempts.count(video.source) >= MAX_ATTEMPTS:
+                    msg = (f"{os.fsdecode(video.source)}: its Ray encode worker died {MAX_ATTEMPTS} times while on it "
+                           "(a crash, an out-of-memory kill or a lost node); not retried again")  # fmt: skip
+                    return _failed(video.source, video.output, msg, "crash", encoded=self.where), None
+                return check_video(video, job, self.where)
+            except Exception as exc:  # a bug here must cost one video, never the block
+                return self._row(video, None, _bug(video, "decoding", self.where, exc)), None
+
+        def _row(self, video: Planned, problem: str | None, record: Record, **more) -> RayRow:
+            where = self.where
+            return RayRow(video.source, video.output, "failed", record, where, where, problem, **more)
+
+        def _encode(self, video: Planned, problem: str | None, done, packed) -> RayRow:
+            """Finish one decoded video (its packed pass's tokens, or alone when ``packed`` is None) and write it."""
+            from ...formats import make_writer
+
+            rel, out_rel = _paths(video)
+            try:
+                t0 = time.perf_counter()
+                encoded = encode_one(done, rel, out_rel, self.root, self.pipe, packed)
+                if isinstance(encoded, Record):
+                    encoded.seconds = done.seconds
+                    return self._row(video, problem, encoded)
+                writer = make_writer(job.get("format"), job["out_dir"])  # the driver commits what it writes here
+                try:
+                    meta = writer.sample_meta(encoded.meta, out_rel, video.columns)
+                    tmp = writer.pending(encoded.tokens, meta, out_rel)
+                except (SlowfastError, OSError) as exc:
+                    record = Record.write_failed(exc, rel, out_rel)
+                    record.seconds = done.seconds
+                    return self._row(video, problem, record)
+                spent = (packed.seconds if packed is not None else 0.0) + time.perf_counter() - t0
+                record = Record.ok(encoded.meta, rel, out_rel, seconds=done.seconds + spent)
+                return RayRow(video.source, video.output, "written", record, self.where, self.where, problem, tmp)
+            except Exception as exc:  # any bug: this video fails, the block goes on
+                msg = f"{rel}: encoding failed ({type(exc).__name__}: {first_line(exc, 200)})"
+                return self._row(video, problem, Record.failed(rel, out_rel, msg, "encode"))
 
     return SlowfastEncoder
+
+
+def _paths(video: Planned) -> tuple[Path, Path]:
+    return Path(os.fsdecode(video.source)), Path(os.fsdecode(video.output))
+
+
+def _bug(video: Planned, stage: str, where: str, exc: Exception) -> Record:
+    rel, out_rel = _paths(video)
+    msg = f"{rel}: {stage} failed on Ray node {where} ({type(exc).__name__}: {first_line(exc, 200)})"
+    return Record.failed(rel, out_rel, msg)
