@@ -228,6 +228,7 @@ class Pipeline:
                 "bytes": st.st_size if st else None,  # the file's size: resume redoes a token file whose video changed
                 "mtime_ns": st.st_mtime_ns if st else None,  # and, when its time changed, compares its fingerprint:
                 "fingerprint": file_fingerprint(info.path),  # a same-size replacement is redone too
+                **(info.identity or {}),  # a video fetched from a URL: its object's, not the temporary copy's
                 "stream": info.stream,  # the container's index of the stream decoded (decord picks it)
                 "video_streams": info.video_streams,  # how many video streams the file has
             },

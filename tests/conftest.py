@@ -73,6 +73,8 @@ SLOW = {
     "test_encoder.py::TestPretrainedTags::test_a_hub_that_never_answers_fails_within_seconds",
     "test_encoder.py::TestPretrainedTags::test_no_access_to_the_hub_fails_within_seconds",
     "test_encoder.py::TestPreprocess::test_extreme_aspect_ratio_chunk_has_bounded_peak_memory",
+    "test_remote.py::test_a_stopped_run_leaves_only_whole_objects_and_resumes",  # real signals, subprocess batches
+    "test_remote.py::test_the_ray_engine_reads_a_bucket",  # a Ray cluster
 }  # fmt: skip
 
 

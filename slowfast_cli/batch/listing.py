@@ -33,7 +33,13 @@ def find_videos(root: Path, pattern: str | None = None) -> Listing:
 
     ``pattern`` is a glob matched against the path relative to ``root`` and against the file name
     (``*.mp4``, ``clips/**``, ``cam1_*``), in any case (``*.mov`` matches ``s2.MOV``), as the extensions are.
+    A URL (``remote.RemotePath``) is listed by its store, every object under it in one go.
     """
+    if not isinstance(root, (str, os.PathLike)):
+        from ..remote import list_files
+
+        found = [Path(rel) for rel in list_files(root) if rel.lower().endswith(VIDEO_EXTENSIONS)]
+        return Listing(sorted((v for v in found if not pattern or matches(v, pattern)), key=lambda p: p.parts), [])
     root = Path(root)
     videos, problems, seen = [], [], set()
 
@@ -73,7 +79,7 @@ def read_files_from(path: Path, root: Path) -> Listing:
     (A list whose name ends in ``.csv`` or ``.jsonl`` is a table: ``batch.table``.)
     """
     path = Path(path)
-    root_abs = Path(os.path.abspath(root))
+    root_abs = absolute_root(root)
     videos: set[Path] = set()
     try:
         for n, raw in lines_bounded(path, MAX_LINE):
@@ -95,8 +101,20 @@ def _add_listed(videos: set[Path], path: Path, n: int, raw: bytes, root: Path, r
     videos.add(listed_path(path, n, os.fsdecode(raw), root, root_abs))
 
 
+def absolute_root(root) -> Path:
+    """``root`` made absolute for :func:`listed_path` (a URL, ``remote.RemotePath``, is absolute already)."""
+    return Path(os.path.abspath(root)) if isinstance(root, (str, os.PathLike)) else root
+
+
 def listed_path(path: Path, n: int | str, name: str, root: Path, root_abs: Path) -> Path:
-    """A listed video's path relative to ``root``; outside ``root`` is a usage error naming line ``n``."""
+    """A listed video's path relative to ``root``; outside ``root`` is a usage error naming line ``n``. Under a URL
+    root a line may also be the video's full URL (``s3://bucket/in/a.mp4``)."""
+    if not isinstance(root_abs, Path):  # IN_DIR is a URL
+        inside = name.startswith(f"{root_abs}/")
+        if inside or "://" in name or name.startswith("/"):
+            if not inside:
+                raise ConfigError(f"{path}:{n}: {name!r} is not inside {root}; list paths relative to IN_DIR")
+            name = name[len(str(root_abs)) + 1 :]
     p = Path(name)
     if p.is_absolute():
         absolute = Path(os.path.abspath(p))

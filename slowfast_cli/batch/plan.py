@@ -168,7 +168,8 @@ def judge_output(
             return "stale", f"{path}: made from an earlier version of {source.name} ({recorded} bytes, now {size})"
         fingerprint = video.get("fingerprint")
         touched = st and isinstance(fingerprint, str) and video.get("mtime_ns") != st.st_mtime_ns  # or replaced
-        if touched and file_fingerprint(source) != fingerprint:
+        read_fingerprint = getattr(source, "fingerprint", None) or (lambda: file_fingerprint(source))  # URL: ranged
+        if touched and read_fingerprint() != fingerprint:
             return "stale", f"{path}: made from another video of the same size as {source.name} (its bytes differ)"
     if current is not None:
         diff = differences(meta.get("provenance"), current)
@@ -230,7 +231,8 @@ def plan_batch(
     ``verify=False`` leaves the CRC-32 check of outputs that look done to the engine: they stay in ``todo``, listed
     in ``plan.unverified``, and the engine skips each one that passes (the Ray engine checks them on the nodes).
     """
-    root, out_dir = Path(root), Path(out_dir)
+    root = Path(root) if isinstance(root, (str, os.PathLike)) else root  # or a URL: remote.RemotePath
+    out_dir = Path(out_dir)
     if not root.is_dir():
         raise SlowfastError(f"{root}: not a folder")
     writer = writer or make_writer(None, out_dir)
@@ -268,7 +270,7 @@ def _plan(
         listing = find_videos(root, pattern)
     elif pattern:
         listing.videos = [v for v in listing.videos if matches(v, pattern)]
-    if out_dir.resolve().is_relative_to(root.resolve()):
+    if isinstance(root, Path) and out_dir.resolve().is_relative_to(root.resolve()):
         inside = out_dir.resolve().relative_to(root.resolve())
         kept = [v for v in listing.videos if not v.is_relative_to(inside)]
         if len(kept) < len(listing.videos):  # never re-encoded, and never silently

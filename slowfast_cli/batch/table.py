@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from ..reading import lines_bounded
-from .listing import Listing, listed_path
+from .listing import Listing, absolute_root, listed_path
 
 if TYPE_CHECKING:
     from ..formats.writers import Writer
@@ -27,7 +26,7 @@ MAX_FIELD = 1 << 20  # characters in one CSV value (a long caption fits; a binar
 
 def read_table(path: Path, root: Path, writer: Writer | None = None) -> Listing:
     """The videos of a CSV/JSONL ``--files-from`` with their keys and columns (see the module docstring)."""
-    root_abs = Path(os.path.abspath(root))
+    root_abs = absolute_root(root)
     fmt = writer.name if writer is not None else "pt"
     rows = _jsonl_rows(path) if path.suffix.lower() == ".jsonl" else _csv_rows(path)
     listing, where = Listing([], []), {}

@@ -23,6 +23,7 @@ from multiprocessing.connection import wait as wait_any
 from typing import Any
 
 from ..errors import SlowfastError
+from ..remote import load_any
 from .faults import test_fault
 
 SHM_MIN_BYTES = 1 << 20  # frames smaller than this go through the pipe: a shared block costs two page-fault runs
@@ -104,7 +105,8 @@ def _worker_main(inbox, outbox, video_cfg, image_size: int | None, threads: int)
         t0 = time.perf_counter()
         test_fault("decode", path)
         try:
-            clip = load_clip(path, video_cfg, image_size, num_threads=threads, min_scale=DECODE_RESIZE_MIN)
+            clip = load_any(path, lambda p: load_clip(p, video_cfg, image_size, num_threads=threads,
+                                                      min_scale=DECODE_RESIZE_MIN))  # fmt: skip
             outbox.send((job_id, "ok", share_frames(clip), time.perf_counter() - t0))
         except SlowfastError as exc:
             outbox.send((job_id, "error", str(exc), time.perf_counter() - t0))

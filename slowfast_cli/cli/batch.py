@@ -56,6 +56,7 @@ from .options import (
 from .output import err, fail, handles_errors, out, print_json, progress_bar, shown, warn
 from .progress import ProgressLines, loading
 from .tables import batch_table
+from .urls import folder_or_url, list_or_url, name_or_url
 
 if TYPE_CHECKING:  # imported when used, so that --help never pays for them
     from ..batch.plan import BatchPlan
@@ -66,9 +67,19 @@ if TYPE_CHECKING:  # imported when used, so that --help never pays for them
 @handles_errors
 def batch(
     in_dir: Annotated[
-        Path, typer.Argument(help="Folder of videos (searched recursively).", exists=True, file_okay=False)
+        str,  # a Path, or a URL as a str (cli.urls; typer would make a URL a Path, folding s3:// into s3:/)
+        typer.Argument(
+            help="Folder of videos (searched recursively), or a URL: s3://bucket/videos, gs://...",
+            parser=folder_or_url,
+            metavar="IN_DIR",
+        ),
     ],  # fmt: skip
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the token files.", parser=path_named)],
+    output: Annotated[
+        str,  # as in_dir
+        typer.Option(
+            "--output", "-o", help="Folder (or URL) for the token files.", parser=name_or_url, metavar="OUT_DIR"
+        ),
+    ],
     pattern: Annotated[
         str | None, typer.Option(help="Only videos whose relative path or name match this glob.")
     ] = None,
@@ -76,13 +87,14 @@ def batch(
         int | None, typer.Option(help="Decoding processes of the local engine (default: cores - 1).")
     ] = None,
     files_from: Annotated[
-        Path | None,
+        str | None,  # as in_dir
         typer.Option(
             "--files-from",
             help="Encode the videos listed in this file (one path per line, relative to IN_DIR) instead of "
             "searching IN_DIR; a .csv (with a header) or .jsonl file has a 'path' column, an optional 'key' (the "
-            "output's name) and any other columns, kept in each sample's meta.",
-            dir_okay=False,
+            "output's name) and any other columns, kept in each sample's meta. May be a URL.",
+            parser=list_or_url,
+            metavar="FILE",
         ),
     ] = None,
     engine: Annotated[
@@ -162,6 +174,7 @@ def batch(
     """
     from ..batch.engines import make_engine
     from ..batch.plan import plan_batch
+    from ..batch.remote_io import places
     from ..batch.run import EngineOptions
     from ..formats import make_writer
 
@@ -176,25 +189,30 @@ def batch(
             raise ConfigError(f"{flag} must be a positive number of seconds, got {value}")
     if save_features is not None:
         check_features_dir(save_features, output, engine, in_dir)
+    if engine != "local" and isinstance(output, str):  # a URL (cli.urls)
+        raise ConfigError(f"--engine {engine} writes OUT_DIR from every node: a URL for it is not supported yet; "
+                          "give a folder every node sees (then copy it to the bucket), or --engine local")  # fmt: skip
     options = EngineOptions(workers=workers, address=address, decoders=decoders, encoders=encoders, timeout=timeout,
                             stall_warn=stall_warn, stall_timeout=stall_timeout, features_dir=save_features)  # fmt: skip
     runner = make_engine(engine, options)
     preflight(cfg)
-    with runner:
-        prepared = runner.prepare(cfg, in_dir, output)
+    with runner, places(in_dir, output, files_from) as where:  # URLs: batch.remote_io
+        prepared = runner.prepare(cfg, where.root, where.out_dir)
         verify = runner.verifies_outputs  # else outputs that look done are CRC-checked by the engine, as it goes
-        writer = make_writer(fmt, output)
-        with plan_batch(in_dir, output, pattern, overwrite, prepared.provenance, files_from, verify, writer) as plan:
+        writer = where.writer(make_writer(fmt, where.out_dir))
+        with plan_batch(where.root, where.out_dir, pattern, overwrite, prepared.provenance, where.files_from, verify,
+                        writer) as plan:  # fmt: skip
+            plan.problems[:] = [where.shown(problem) for problem in plan.problems]
             for problem in plan.problems:
                 warn(problem)
             if plan.total == 0:
                 raise SlowfastError(f"{in_dir}: no videos found" + (f" matching {pattern!r}" if pattern else ""))
             outcome = _run(plan, prepared.config, runner, fail_fast, show_bar=err.is_terminal and not json_)
             report = _write_report(plan, runner, outcome)
-            _show(report, outcome, plan.out_dir, json_)
+            _show(report, outcome, output, json_)
             if save_features is not None:
                 _features_missing(outcome, save_features)
-            _exit(outcome, report, plan, allowed)
+            _exit(outcome, report, plan, allowed, output)
 
 
 def check_features_dir(features: Path, output: Path, engine: str, in_dir: Path | None = None) -> None:
@@ -202,10 +220,10 @@ def check_features_dir(features: Path, output: Path, engine: str, in_dir: Path |
     and from IN_DIR (its files would land among the videos, and a rerun would list them)."""
     if engine != "local":
         raise ConfigError("--save-features works with --engine local only")
-    a, b = features.resolve(), output.resolve()
-    if a == b or a.is_relative_to(b) or b.is_relative_to(a):
+    a, b = features.resolve(), output.resolve() if isinstance(output, Path) else None  # a URL: apart by nature
+    if b is not None and (a == b or a.is_relative_to(b) or b.is_relative_to(a)):
         raise ConfigError(f"--save-features {features}: needs a folder apart from the output folder {output}")
-    if in_dir is not None and (a == in_dir.resolve() or a.is_relative_to(in_dir.resolve())):
+    if isinstance(in_dir, Path) and (a == in_dir.resolve() or a.is_relative_to(in_dir.resolve())):
         raise ConfigError(f"--save-features {features}: is inside the input folder {in_dir}; give a folder of its own")
     if features.exists() and not features.is_dir():
         raise ConfigError(f"--save-features {features}: exists and is not a folder")
@@ -329,9 +347,16 @@ def _show(report: dict, outcome: _Outcome, out_dir: Path, json_: bool) -> None:
                 out.print(f"  {shown(r.error or r.source)}")
 
 
-def _exit(outcome: _Outcome, report: dict, plan: BatchPlan, allowed: MaxFailures | None = None) -> None:
+def _exit(
+    outcome: _Outcome,
+    report: dict,
+    plan: BatchPlan,
+    allowed: MaxFailures | None = None,
+    shown_as: Path | str | None = None,
+) -> None:
     """The exit policy: 130 interrupted, 1 stopped or a video failed (more than ``--max-failures``), else 0."""
     done = f"{len(outcome.records)} of {plan.total} videos"
+    manifest = f"{shown_as}/manifest.jsonl" if isinstance(shown_as, str) else plan.out_dir / "manifest.jsonl"  # URL
     if outcome.interrupted:
         raise fail(f"interrupted after {done}; rerun the same command to resume", 130)
     if outcome.stopped:
@@ -341,7 +366,7 @@ def _exit(outcome: _Outcome, report: dict, plan: BatchPlan, allowed: MaxFailures
     failed = report["run"]["failed"]
     if failed and allowed is not None and failed <= allowed.allowed(plan.total):
         warn(f"{failed} of {plan.total} videos failed, within --max-failures {allowed.text}; see "
-             f"{plan.out_dir / 'manifest.jsonl'}")  # fmt: skip
+             f"{manifest}")  # fmt: skip
         return
     if failed:
-        raise fail(f"{failed} of {plan.total} videos failed; see {plan.out_dir / 'manifest.jsonl'}", 1)
+        raise fail(f"{failed} of {plan.total} videos failed; see {manifest}", 1)

@@ -20,6 +20,7 @@ class VideoInfo:
     height: int
     stream: int | None = None  # the container's stream index decord decoded (FFmpeg numbering); None if unknown
     video_streams: int | None = None  # video streams in the file, as FFmpeg counts them (cover art included)
+    identity: dict | None = None  # decoded from a downloaded copy of a URL (remote.py): bytes, mtime_ns, fingerprint
 
 
 @dataclass

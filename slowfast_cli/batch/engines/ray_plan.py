@@ -56,7 +56,8 @@ def plan_table(root, todo, unverified, columns) -> pa.Table:
     source. Each source is stat'ed here, once: the identity the node checks (``ray_tasks.other_file``). Built
     ``CHUNK`` rows at a time, so the Python lists in between stay small next to the table.
     """
-    base = os.fsencode(root)
+    url = not isinstance(root, (str, bytes, os.PathLike))  # remote.RemotePath: sizes and times from its listing
+    base = b"" if url else os.fsencode(root)
     chunks = []
     for start in range(0, len(todo), CHUNK):
         part = todo[start : start + CHUNK]
@@ -67,7 +68,7 @@ def plan_table(root, todo, unverified, columns) -> pa.Table:
             src = sources[i] = os.fsencode(rel)
             outputs[i] = os.fsencode(out_rel)
             try:
-                st = os.stat(os.path.join(base, src))
+                st = (root / rel).stat() if url else os.stat(os.path.join(base, src))
                 sizes[i], mtimes[i] = st.st_size, st.st_mtime_ns
             except OSError:
                 pass

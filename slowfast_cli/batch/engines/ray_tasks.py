@@ -22,6 +22,7 @@ import ray
 
 from ...config import config_from_dict
 from ...errors import SlowfastError, first_line
+from ...remote import place
 from ..faults import test_fault
 from ..plan import existing_output
 from ..records import Record
@@ -74,7 +75,7 @@ def probe_task(config_dict: dict, root: str, mark: str, token: str, model: bool 
     from ...pipeline import Pipeline
 
     where = node_name()
-    if not Path(root).is_dir():
+    if not place(root).is_dir():
         raise SlowfastError(f"{root}: not visible on Ray node {where}; {SHARED}")
     try:
         seen = Path(mark).read_text(encoding="ascii")
@@ -167,7 +168,7 @@ def check_video(video: Planned, job: dict, where: str) -> tuple[RayRow | None, s
     """Before decoding, on the node: (the video's final row, None) when it is not to be decoded here (IN_DIR not
     visible, another file than the driver saw, an output found done by its CRC check), else (None, a warning for
     an existing output that is redone, or None)."""
-    root, out_dir = Path(job["root"]), Path(job["out_dir"])
+    root, out_dir = place(job["root"]), Path(job["out_dir"])  # IN_DIR may be a URL
     rel, out_rel = video.source, video.output
     src = root / os.fsdecode(rel)
     if not root.is_dir():
@@ -196,7 +197,7 @@ def encoder_class(job: dict) -> type:
 
             self.pipe = Pipeline(config_from_dict(job["config"]))
             self.where = node_name()
-            self.root = Path(job["root"])
+            self.root = place(job["root"])
             self.attempts = Attempts(job["out_dir"], ray.get_runtime_context().get_actor_id())
             video = config_from_dict(job["config"]).video
             self.pool = DecodePool(video, job["image_size"], workers=job["decoders"], timeout=job["timeout"], threads=1)
