@@ -216,7 +216,20 @@ def test_bad_inputs_get_one_line(qwen25, qwen_clip, tmp_path):
     assert "--fast-size" in result.output and not out.exists()
     tiny = make_video(tmp_path / "tiny.mp4", frames=20, size=(40, 16), fps=10)
     result = runner.invoke(app, [*args[:1], str(tiny), *args[2:]])
-    assert result.exit_code == 1 and "a 40x16 video is smaller than the model's 28x28 pixels" in result.output
+    assert result.exit_code == 1 and f"{tiny}: a 40x16 video is smaller than the model's 28x28 pixels" in result.output
+    one = make_video(tmp_path / "one frame.mp4", frames=1, size=(64, 64), fps=10)
+    result = runner.invoke(app, [*args[:1], str(one), *args[2:]])  # qwen sampling needs 2 frames: not a traceback
+    assert result.exit_code == 1 and f"{one}: 1 frame(s) is too few for 'qwen' sampling" in result.output
+    lying = tmp_path / "lying"  # config.json says a wider tower than its tensors hold
+    lying.mkdir()
+    (lying / "model.safetensors").symlink_to(folder / "model.safetensors")
+    config = json.loads((folder / "config.json").read_text())
+    config["vision_config"]["hidden_size"] = 64
+    (lying / "config.json").write_text(json.dumps(config))
+    result = runner.invoke(app, [*args[:4], "--pretrained", str(lying), *args[6:]])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "visual.blocks.0.attn.proj.bias is (32,) but its config.json makes it (64,)" in result.output
+    assert not out.exists()
 
 
 def test_batch_and_aggregate_keep_the_tokens_and_positions(qwen25, qwen_clip, own_layout, tmp_path):
