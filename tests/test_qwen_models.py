@@ -29,6 +29,7 @@ from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize 
 from slowfast_cli.cli.app import app  # noqa: E402
 from slowfast_cli.config import resolve_config  # noqa: E402
 from slowfast_cli.encoder.hfvl.families import FAMILIES, smart_resize, smart_resize_video  # noqa: E402
+from slowfast_cli.errors import ConfigError  # noqa: E402
 from slowfast_cli.formats.safetensors_file import load as safetensors_tokens  # noqa: E402
 from slowfast_cli.positions import token_positions  # noqa: E402
 from slowfast_cli.qwen_positions import qwen3_inputs, qwen_inputs  # noqa: E402
@@ -311,7 +312,7 @@ def timestamp_ids(seconds: float) -> list[int]:
     return [10 + sum(map(ord, text)) % 90, 100 + len(text)]
 
 
-def test_qwen3_features_and_logits_equal_the_models_own(qwen3, qwen_clip, tmp_path):
+def test_qwen3_features_and_logits_equal_the_models_own(qwen3, qwen25, own_layout, qwen_clip, tmp_path):
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
     folder, model = qwen3
@@ -359,6 +360,11 @@ def test_qwen3_features_and_logits_equal_the_models_own(qwen3, qwen_clip, tmp_pa
             1,
             inputs["input_ids"].shape[1] + 3,
         )
+    # another family's token file: one line, never inputs without their deepstack features or misplaced positions
+    with pytest.raises(ConfigError, match="tokens of hf:qwen2_5_vl, but these inputs are for hf:qwen3_vl's LLM"):
+        qwen3_inputs(torch.tensor([5, VIDEO, 7]), own_layout, VIDEO, START, END, timestamp_ids)
+    with pytest.raises(ConfigError, match=r"sf\.pt: tokens of hf:qwen3_vl, but these inputs are for hf:qwen2_5_vl"):
+        qwen_inputs(qwen25[1], torch.tensor([5, VIDEO, 7]), tmp_path / "sf.pt", VIDEO)
 
 
 def test_readme_qwen_vl_models_example_runs(qwen25, qwen_clip, tmp_path, monkeypatch):
