@@ -259,8 +259,9 @@ def build_internvl_encoder(cfg: EncoderCfg, device: torch.device, dtype: torch.d
     blocks = {_layer_of(_target_name(k[len(vision_prefix) :], original) or "") for k in ckpt.keys
               if k.startswith(vision_prefix)} - {None}  # fmt: skip
     if blocks != set(range(depth)):  # a config.json that lies about the depth: never a silently shorter tower
-        raise SlowfastError(f"vision weights {cfg.pretrained}: the vision tower has blocks {few([str(b) for b in sorted(blocks)], 3)}, "
-                            f"but {path} says num_hidden_layers = {depth}")  # fmt: skip
+        held = few([str(b) for b in sorted(blocks)], 3)
+        raise SlowfastError(f"vision weights {cfg.pretrained}: the vision tower has blocks {held}, but {path} says "
+                            f"num_hidden_layers = {depth}")  # fmt: skip
     state = _vision_state(ckpt, vision_prefix, original, block, vision_cfg.hidden_size)
     if block < depth - 1 or isinstance(vision.layernorm, torch.nn.Identity):
         state = {k: v for k, v in state.items() if not k.startswith("layernorm.")}  # the final norm: last block only
