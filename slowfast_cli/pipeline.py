@@ -165,7 +165,7 @@ class Pipeline:
         timings = {} if timings is None else timings
         t0 = time.perf_counter()
         if hasattr(self.encoder, "check_frames"):  # a hf: tower refusing this frame size: one line naming the video
-            self.encoder.check_frames(clip.info.path, *clip.frames.shape[1:3])
+            self.encoder.check_frames(clip.info.path or "frames", *clip.frames.shape[:3])
         feats = self.encoder.encode(clip.frames, self.batch_frames, progress)  # (T, N, D_vision)
         timings["encode"] = time.perf_counter() - t0
         return self.finish_clip(clip, feats, keep_features, timings)

@@ -29,7 +29,7 @@ from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize 
 from slowfast_cli.cli.app import app  # noqa: E402
 from slowfast_cli.config import resolve_config  # noqa: E402
 from slowfast_cli.encoder.hfvl.families import FAMILIES, smart_resize, smart_resize_video  # noqa: E402
-from slowfast_cli.errors import ConfigError  # noqa: E402
+from slowfast_cli.errors import ConfigError, SlowfastError  # noqa: E402
 from slowfast_cli.formats.safetensors_file import load as safetensors_tokens  # noqa: E402
 from slowfast_cli.positions import token_positions  # noqa: E402
 from slowfast_cli.qwen_positions import qwen3_inputs, qwen_inputs  # noqa: E402
@@ -365,6 +365,13 @@ def test_qwen3_features_and_logits_equal_the_models_own(qwen3, qwen25, own_layou
         qwen3_inputs(torch.tensor([5, VIDEO, 7]), own_layout, VIDEO, START, END, timestamp_ids)
     with pytest.raises(ConfigError, match=r"sf\.pt: tokens of hf:qwen3_vl, but these inputs are for hf:qwen2_5_vl"):
         qwen_inputs(qwen25[1], torch.tensor([5, VIDEO, 7]), tmp_path / "sf.pt", VIDEO)
+    from slowfast_cli.api import VideoEncoder
+
+    enc = VideoEncoder.from_preset("qwen3-vl-8b", pretrained=str(folder), dtype="fp32")
+    with pytest.raises(ConfigError, match="hf:qwen3_vl: pass fps= with frames"):  # was an IndexError
+        enc.encode(np.zeros((4, 64, 64, 3), np.uint8))
+    with pytest.raises(SlowfastError, match=r"^frames: 1 frame\(s\) is fewer than the model's 2 frames"):
+        enc.encode(np.zeros((1, 64, 64, 3), np.uint8), fps=2.0)  # was transformers' ValueError
 
 
 def test_readme_qwen_vl_models_example_runs(qwen25, qwen_clip, tmp_path, monkeypatch):

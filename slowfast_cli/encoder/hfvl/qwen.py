@@ -77,20 +77,21 @@ class QwenEncoder:
         frames = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames).cpu()
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
             raise SlowfastError(f"expected uint8 frames (T, H, W, 3), got {tuple(frames.shape)} {frames.dtype}")
-        self.check_frames("frames", frames.shape[1], frames.shape[2])
+        self.check_frames("frames", *frames.shape[:3])
         out = self.processor(
             videos=[frames], return_tensors="pt", input_data_format="channels_last", cap_pixels_per_frame=False,
             do_sample_frames=False,
         )  # fmt: skip
         return out["pixel_values_videos"], out["video_grid_thw"]
 
-    def check_frames(self, video: Any, height: int, width: int) -> None:
+    def check_frames(self, video: Any, frames: int, height: int, width: int) -> None:
         """One line naming ``video`` for frames the model refuses: smaller than a token on a side (Qwen2.5-VL:
-        qwen-vl-utils refuses them, transformers would blow them up) or more than 200 times as long as wide."""
+        qwen-vl-utils refuses them, transformers would blow them up), more than 200 times as long as wide, or
+        fewer than a temporal patch (Qwen3-VL; Qwen2.5-VL's processor repeats the frame)."""
         f = self.family
         try:
             if f.pixels_per_video:  # Qwen3-VL scales a small frame up first
-                smart_resize_video(f.temporal_patch, int(height), int(width), f.temporal_patch, f.factor, 1, 1 << 62)
+                smart_resize_video(int(frames), int(height), int(width), f.temporal_patch, f.factor, 1, 1 << 62)
             else:
                 smart_resize(int(height), int(width), f.factor, 1, 1 << 62)
         except SlowfastError as exc:
