@@ -214,6 +214,11 @@ def test_another_familys_checkpoint_is_one_line(internvl, video, tmp_path):
                                  "--pretrained", str(other), "--frames", "1"])  # fmt: skip
     assert result.exit_code == 1 and "the vision tower has blocks 0, 1, but" in result.output, result.output
     assert "num_hidden_layers = 1" in result.output and not (tmp_path / "x.pt").exists()
+    config["vision_config"].update(num_hidden_layers=2, num_attention_heads=3)  # 32 wide: transformers refuses it
+    (other / "config.json").write_text(json.dumps(config))
+    result = runner.invoke(app, ["encode", str(video), "-o", str(tmp_path / "x.pt"), "--config", "internvl3-8b",
+                                 "--pretrained", str(other), "--frames", "1"])  # fmt: skip
+    assert result.exit_code == 1 and "config.json: not a valid InternVL config (embed_dim" in result.output
 
 
 def test_pixels_are_within_one_level_of_transformers_video_processor(video):

@@ -230,6 +230,13 @@ def test_bad_inputs_get_one_line(qwen25, qwen_clip, tmp_path):
     result = runner.invoke(app, [*args[:4], "--pretrained", str(lying), *args[6:]])
     assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
     assert "visual.blocks.0.attn.proj.bias is (32,) but its config.json makes it (64,)" in result.output
+    for key, value, message in [("depth", "two", "Field 'depth' expected int"), ("num_heads", 3, "not a multiple")]:
+        config = json.loads((folder / "config.json").read_text())
+        config["vision_config"][key] = value  # transformers' own errors, or a forward that would fail: one line
+        (lying / "config.json").write_text(json.dumps(config))
+        result = runner.invoke(app, [*args[:4], "--pretrained", str(lying), *args[6:]])
+        assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+        assert f"{lying / 'config.json'}: " in result.output and message in result.output
     assert not out.exists()
 
 

@@ -251,9 +251,12 @@ def build_internvl_encoder(cfg: EncoderCfg, device: torch.device, dtype: torch.d
     depth = vision_cfg.num_hidden_layers
     block = block_index(cfg.layer, depth, cfg.model)
     vision_cfg.num_hidden_layers = block + 1  # build only the blocks used; their weights are all that is read
-    with torch.device("meta"):
-        vision = InternVLVisionModel(vision_cfg)
-        projector = InternVLMultiModalProjector(config)
+    try:
+        with torch.device("meta"):
+            vision = InternVLVisionModel(vision_cfg)
+            projector = InternVLMultiModalProjector(config)
+    except Exception as exc:  # a config transformers accepts but cannot build (heads not dividing the width, ...)
+        raise SlowfastError(f"{path}: not a valid InternVL config ({first_line(exc)})") from None
     ckpt = open_checkpoint(cfg.pretrained, "vision weights")
     vision_prefix, projector_prefix = _source_keys(ckpt.keys, original, cfg.pretrained)
     blocks = {_layer_of(_target_name(k[len(vision_prefix) :], original) or "") for k in ckpt.keys

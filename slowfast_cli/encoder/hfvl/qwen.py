@@ -193,10 +193,19 @@ def build_qwen_encoder(model: str, pretrained: str, device: torch.device, dtype:
     raw = checkpoint_config(pretrained, model)
     module_name, vision_cls, config_cls = VISION_CLASSES[family.model_type]
     module = importlib.import_module(f"transformers.models.{module_name}")
-    config = getattr(module, config_cls).from_dict(raw)
-    vision = config.vision_config
-    with no_init_weights():  # no random init: every parameter is loaded below; computed buffers stay real
-        visual = getattr(module, vision_cls)._from_config(vision)
+    try:  # transformers' strict config (a bad value or type) and the model built from it
+        config = getattr(module, config_cls).from_dict(raw)
+        vision = config.vision_config
+        with no_init_weights():  # no random init: every parameter is loaded below; computed buffers stay real
+            visual = getattr(module, vision_cls)._from_config(vision)
+    except Exception as exc:
+        path = checkpoint_folder(pretrained, model) / "config.json"
+        raise SlowfastError(f"{path}: not a valid {family.title} config ({' '.join(str(exc).split())[:200]})") from None
+    if vision.hidden_size % vision.num_heads:  # the tensors fit, the attention would fail at the first video
+        raise SlowfastError(
+            f"{checkpoint_folder(pretrained, model) / 'config.json'}: vision_config.hidden_size {vision.hidden_size} "
+            f"is not a multiple of num_heads {vision.num_heads}"
+        )
     expected = {name: tuple(t.shape) for name, t in visual.state_dict().items()}
     tensors = _vision_tensors(pretrained, family, expected)
     visual.load_state_dict(tensors, strict=True)
