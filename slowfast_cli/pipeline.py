@@ -333,6 +333,8 @@ def aggregate_file(features_path: str | Path, out: str | Path, config: Config, o
     x, fmeta = obj["features"], obj["meta"]
     grid = tuple(fmeta["grid"])
     a = config.aggregator
+    if isinstance(fmeta.get("positions"), dict):  # a hf: tower's features: the grid is this video's own
+        check_video_grid(features_path, grid, a)
     check_grid(grid, a.slow_pool, a.fast_size, a.layout)  # a usage error (exit 2) before any tensor work
     check_layout(grid, a.slow_pool, a.layout, a.newline)
     if a.newline != "no_token" or a.pool_stage != "after":  # both need the model's weights, not only its features

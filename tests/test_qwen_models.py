@@ -261,6 +261,8 @@ def test_batch_and_aggregate_keep_the_tokens_and_positions(qwen25, qwen_clip, ow
         qwen_clip, folder, tmp_path / "sf.pt", "--config", "qwen2.5-vl-7b", "--save-features", str(tmp_path / "f.pt")
     )
     args = ["aggregate", str(tmp_path / "f.pt"), "-o", str(tmp_path / "ag.pt"), "--layout", "slowfast"]
+    result = runner.invoke(app, [*args, "--slow-frames", "1", "--fast-size", "4x4"])  # larger than this video's 3x6
+    assert result.exit_code == 2 and f"{tmp_path / 'f.pt'}: this video's merged grid is 3x6" in result.output
     result = runner.invoke(app, [*args, "--slow-frames", "1", "--fast-size", "1x1"])
     assert result.exit_code == 0, result.output
     ag = load_tokens(tmp_path / "ag.pt")
