@@ -193,6 +193,8 @@ def test_budget_of_a_video_size_is_the_count_the_tensor_has(qwen25, own_layout):
     result = runner.invoke(app, ["budget", "--config", "qwen2.5-vl-7b", "--json"])  # no size: 1280x720, said
     assert result.exit_code == 0 and json.loads(result.stdout)["grid"] == [20, 36]
     assert "cannot know the token count without it: counted for a 1280x720 video" in result.output
+    result = runner.invoke(app, [*args[:-4], "--size", "160x96x3"])  # the message says the order: WxH, not a grid's
+    assert result.exit_code == 2 and "bad --size '160x96x3': expected WxH, the video's width x height" in result.output
 
 
 def test_bad_inputs_get_one_line(qwen25, qwen_clip, tmp_path):
