@@ -140,6 +140,8 @@ class VideoEncoder:
             return [self.encode(v, fps=fps, source=source, keep_features=keep_features) for v in videos]
         if isinstance(videos, (str, Path)):
             return self.pipeline.encode(videos, keep_features)
+        if fps is None and self.grid is None:  # hf: Qwen-VL: meta["positions"] (M-RoPE) counts seconds
+            raise ConfigError(f"{self.pipeline.config.encoder.model}: pass fps= with frames (positions count seconds)")
         clip = frames_clip(videos, fps)
         return _encode_frames(self.pipeline, clip, source or "<frames>", fps is not None, keep_features)
 

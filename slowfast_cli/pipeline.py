@@ -164,6 +164,8 @@ class Pipeline:
         """Encoder -> projector -> aggregator for an already decoded clip (``progress``: see ``Encoder.encode``)."""
         timings = {} if timings is None else timings
         t0 = time.perf_counter()
+        if hasattr(self.encoder, "check_frames"):  # a hf: tower refusing this frame size: one line naming the video
+            self.encoder.check_frames(clip.info.path or "frames", *clip.frames.shape[:3])
         feats = self.encoder.encode(clip.frames, self.batch_frames, progress)  # (T, N, D_vision)
         timings["encode"] = time.perf_counter() - t0
         return self.finish_clip(clip, feats, keep_features, timings)
@@ -332,6 +334,8 @@ def aggregate_file(features_path: str | Path, out: str | Path, config: Config, o
     x, fmeta = obj["features"], obj["meta"]
     grid = tuple(fmeta["grid"])
     a = config.aggregator
+    if isinstance(fmeta.get("positions"), dict):  # a hf: tower's features: the grid is this video's own
+        check_video_grid(features_path, grid, a)
     check_grid(grid, a.slow_pool, a.fast_size, a.layout)  # a usage error (exit 2) before any tensor work
     check_layout(grid, a.slow_pool, a.layout, a.newline)
     if a.newline != "no_token" or a.pool_stage != "after":  # both need the model's weights, not only its features

@@ -27,7 +27,9 @@ from .llm import splice_video
 from .positions import token_positions
 
 
-def _load(video: Any) -> dict:
+def _load(video: Any, model: str) -> dict:
+    """``{"tokens", "meta"}`` of a token file that records positions and was encoded by ``model`` (hf:...)."""
+    name = f"{video}" if isinstance(video, str) or hasattr(video, "__fspath__") else "the token file"
     if isinstance(video, (str, bytes)) or hasattr(video, "__fspath__"):
         from pathlib import Path
 
@@ -42,9 +44,11 @@ def _load(video: Any) -> dict:
     meta = video.get("meta") if isinstance(video, dict) else getattr(video, "meta", None)
     if not isinstance(meta, dict) or "positions" not in meta:
         raise ConfigError(
-            "the token file records no positions (meta['positions']): encode it with a hf: model (slowfast >= this "
+            f"{name} records no positions (meta['positions']): encode it with a hf: model (slowfast >= this "
             "version) to build Qwen position ids"
         )
+    if meta.get("model", model) != model:  # another family's tokens: their widths, positions or deepstack differ
+        raise ConfigError(f"{name}: tokens of {meta['model']}, but these inputs are for {model}'s LLM")
     return {"tokens": video["tokens"] if isinstance(video, dict) else video.tokens, "meta": meta}
 
 
@@ -86,7 +90,7 @@ def qwen_inputs(
     if input_ids.ndim == 1:
         input_ids = input_ids[None]
     many = isinstance(videos, (list, tuple))
-    loaded = [_load(v) for v in (videos if many else [videos])]
+    loaded = [_load(v, "hf:qwen2_5_vl") for v in (videos if many else [videos])]
     if tokens_per_second is None:
         vision = getattr(getattr(model, "config", None), "vision_config", None)
         tokens_per_second = getattr(vision, "tokens_per_second", None)
@@ -175,7 +179,7 @@ def qwen3_inputs(
     ids = input_ids.reshape(-1).tolist()
     if ids.count(video_token_id) != 1:
         raise ConfigError(f"input_ids must hold exactly one video placeholder (id {video_token_id})")
-    loaded = _load(video)
+    loaded = _load(video, "hf:qwen3_vl")
     tokens, positions = loaded["tokens"].reshape(-1, loaded["tokens"].shape[-1]), loaded["meta"]["positions"]
     k = int(positions.get("deepstack", 0))
     cells = token_positions(positions)

@@ -207,6 +207,18 @@ def test_another_familys_checkpoint_is_one_line(internvl, video, tmp_path):
     assert result.exit_code != 0
     assert "model_type 'qwen2_5_vl' is not an InternVL checkpoint" in result.output, result.output
     assert not (tmp_path / "x.pt").exists()
+    config = json.loads((folder / "config.json").read_text())
+    config["vision_config"]["num_hidden_layers"] = 1  # the tensors hold 2 blocks: never a silently shorter tower
+    (other / "config.json").write_text(json.dumps(config))
+    result = runner.invoke(app, ["encode", str(video), "-o", str(tmp_path / "x.pt"), "--config", "internvl3-8b",
+                                 "--pretrained", str(other), "--frames", "1"])  # fmt: skip
+    assert result.exit_code == 1 and "the vision tower has blocks 0, 1, but" in result.output, result.output
+    assert "num_hidden_layers = 1" in result.output and not (tmp_path / "x.pt").exists()
+    config["vision_config"].update(num_hidden_layers=2, num_attention_heads=3)  # 32 wide: transformers refuses it
+    (other / "config.json").write_text(json.dumps(config))
+    result = runner.invoke(app, ["encode", str(video), "-o", str(tmp_path / "x.pt"), "--config", "internvl3-8b",
+                                 "--pretrained", str(other), "--frames", "1"])  # fmt: skip
+    assert result.exit_code == 1 and "config.json: not a valid InternVL config (embed_dim" in result.output
 
 
 def test_pixels_are_within_one_level_of_transformers_video_processor(video):

@@ -29,6 +29,7 @@ from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize 
 from slowfast_cli.cli.app import app  # noqa: E402
 from slowfast_cli.config import resolve_config  # noqa: E402
 from slowfast_cli.encoder.hfvl.families import FAMILIES, smart_resize, smart_resize_video  # noqa: E402
+from slowfast_cli.errors import ConfigError, SlowfastError  # noqa: E402
 from slowfast_cli.formats.safetensors_file import load as safetensors_tokens  # noqa: E402
 from slowfast_cli.positions import token_positions  # noqa: E402
 from slowfast_cli.qwen_positions import qwen3_inputs, qwen_inputs  # noqa: E402
@@ -192,6 +193,8 @@ def test_budget_of_a_video_size_is_the_count_the_tensor_has(qwen25, own_layout):
     result = runner.invoke(app, ["budget", "--config", "qwen2.5-vl-7b", "--json"])  # no size: 1280x720, said
     assert result.exit_code == 0 and json.loads(result.stdout)["grid"] == [20, 36]
     assert "cannot know the token count without it: counted for a 1280x720 video" in result.output
+    result = runner.invoke(app, [*args[:-4], "--size", "160x96x3"])  # the message says the order: WxH, not a grid's
+    assert result.exit_code == 2 and "bad --size '160x96x3': expected WxH, the video's width x height" in result.output
 
 
 def test_bad_inputs_get_one_line(qwen25, qwen_clip, tmp_path):
@@ -216,7 +219,27 @@ def test_bad_inputs_get_one_line(qwen25, qwen_clip, tmp_path):
     assert "--fast-size" in result.output and not out.exists()
     tiny = make_video(tmp_path / "tiny.mp4", frames=20, size=(40, 16), fps=10)
     result = runner.invoke(app, [*args[:1], str(tiny), *args[2:]])
-    assert result.exit_code == 1 and "a 40x16 video is smaller than the model's 28x28 pixels" in result.output
+    assert result.exit_code == 1 and f"{tiny}: a 40x16 video is smaller than the model's 28x28 pixels" in result.output
+    one = make_video(tmp_path / "one frame.mp4", frames=1, size=(64, 64), fps=10)
+    result = runner.invoke(app, [*args[:1], str(one), *args[2:]])  # qwen sampling needs 2 frames: not a traceback
+    assert result.exit_code == 1 and f"{one}: 1 frame(s) is too few for 'qwen' sampling" in result.output
+    lying = tmp_path / "lying"  # config.json says a wider tower than its tensors hold
+    lying.mkdir()
+    (lying / "model.safetensors").symlink_to(folder / "model.safetensors")
+    config = json.loads((folder / "config.json").read_text())
+    config["vision_config"]["hidden_size"] = 64
+    (lying / "config.json").write_text(json.dumps(config))
+    result = runner.invoke(app, [*args[:4], "--pretrained", str(lying), *args[6:]])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "visual.blocks.0.attn.proj.bias is (32,) but its config.json makes it (64,)" in result.output
+    for key, value, message in [("depth", "two", "Field 'depth' expected int"), ("num_heads", 3, "not a multiple")]:
+        config = json.loads((folder / "config.json").read_text())
+        config["vision_config"][key] = value  # transformers' own errors, or a forward that would fail: one line
+        (lying / "config.json").write_text(json.dumps(config))
+        result = runner.invoke(app, [*args[:4], "--pretrained", str(lying), *args[6:]])
+        assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+        assert f"{lying / 'config.json'}: " in result.output and message in result.output
+    assert not out.exists()
 
 
 def test_batch_and_aggregate_keep_the_tokens_and_positions(qwen25, qwen_clip, own_layout, tmp_path):
@@ -240,6 +263,8 @@ def test_batch_and_aggregate_keep_the_tokens_and_positions(qwen25, qwen_clip, ow
         qwen_clip, folder, tmp_path / "sf.pt", "--config", "qwen2.5-vl-7b", "--save-features", str(tmp_path / "f.pt")
     )
     args = ["aggregate", str(tmp_path / "f.pt"), "-o", str(tmp_path / "ag.pt"), "--layout", "slowfast"]
+    result = runner.invoke(app, [*args, "--slow-frames", "1", "--fast-size", "4x4"])  # larger than this video's 3x6
+    assert result.exit_code == 2 and f"{tmp_path / 'f.pt'}: this video's merged grid is 3x6" in result.output
     result = runner.invoke(app, [*args, "--slow-frames", "1", "--fast-size", "1x1"])
     assert result.exit_code == 0, result.output
     ag = load_tokens(tmp_path / "ag.pt")
@@ -298,7 +323,7 @@ def timestamp_ids(seconds: float) -> list[int]:
     return [10 + sum(map(ord, text)) % 90, 100 + len(text)]
 
 
-def test_qwen3_features_and_logits_equal_the_models_own(qwen3, qwen_clip, tmp_path):
+def test_qwen3_features_and_logits_equal_the_models_own(qwen3, qwen25, own_layout, qwen_clip, tmp_path):
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
     folder, model = qwen3
@@ -346,6 +371,18 @@ def test_qwen3_features_and_logits_equal_the_models_own(qwen3, qwen_clip, tmp_pa
             1,
             inputs["input_ids"].shape[1] + 3,
         )
+    # another family's token file: one line, never inputs without their deepstack features or misplaced positions
+    with pytest.raises(ConfigError, match="tokens of hf:qwen2_5_vl, but these inputs are for hf:qwen3_vl's LLM"):
+        qwen3_inputs(torch.tensor([5, VIDEO, 7]), own_layout, VIDEO, START, END, timestamp_ids)
+    with pytest.raises(ConfigError, match=r"sf\.pt: tokens of hf:qwen3_vl, but these inputs are for hf:qwen2_5_vl"):
+        qwen_inputs(qwen25[1], torch.tensor([5, VIDEO, 7]), tmp_path / "sf.pt", VIDEO)
+    from slowfast_cli.api import VideoEncoder
+
+    enc = VideoEncoder.from_preset("qwen3-vl-8b", pretrained=str(folder), dtype="fp32")
+    with pytest.raises(ConfigError, match="hf:qwen3_vl: pass fps= with frames"):  # was an IndexError
+        enc.encode(np.zeros((4, 64, 64, 3), np.uint8))
+    with pytest.raises(SlowfastError, match=r"^frames: 1 frame\(s\) is fewer than the model's 2 frames"):
+        enc.encode(np.zeros((1, 64, 64, 3), np.uint8), fps=2.0)  # was transformers' ValueError
 
 
 def test_readme_qwen_vl_models_example_runs(qwen25, qwen_clip, tmp_path, monkeypatch):

@@ -61,6 +61,14 @@ from .progress import Stages
 from .tables import budget_table, budget_warnings, encode_summary, plan_hint, plan_table, report_table
 
 
+def _video_size(text: str) -> tuple[int, int]:
+    """``--size WxH``: the video's width and height (parse_hw's message says HxW, the order of a grid)."""
+    try:
+        return parse_hw(text, "--size")
+    except ConfigError:
+        raise ConfigError(f"bad --size {text!r}: expected WxH, the video's width x height, e.g. 1280x720") from None
+
+
 def _parse_range(text: str) -> tuple[int, int]:
     try:
         lo, _, hi = text.partition(":")
@@ -105,7 +113,7 @@ def budget(
     at_least(top, 1, "--top")
     hf_notes: list[str] = []
     if is_hf_model(cfg.encoder.model) and hf_family(cfg.encoder.model).grid is None and not grid:  # Qwen-VL
-        g, cfg.video.frames, hf_notes = budget_grid(cfg, parse_hw(size, "--size") if size else None, cfg.video.frames)
+        g, cfg.video.frames, hf_notes = budget_grid(cfg, _video_size(size) if size else None, cfg.video.frames)
     else:
         g = parse_hw(grid, "--grid") if grid else model_grid(cfg.encoder.model)
     if plan_:

@@ -316,11 +316,12 @@ def _decode_verified(
     Raises:
         SlowfastError: ``"{path}: damaged video data: ..."`` when no attempt decodes every sampled frame.
     """
-    info = opened.info
-    starts = opened.times[:, 0]
+    info, starts = opened.info, opened.times[:, 0]
     indices = sample_indices(
         info.num_frames, info.fps, cfg.frames, cfg.sample_fps, cfg.max_frames, starts, info.duration, cfg.sampling
     )
+    if not indices:  # qwen sampling needs a whole temporal patch of 2 frames (qwen-vl-utils raises too)
+        raise SlowfastError(f"{path}: {info.num_frames} frame(s) is too few for {cfg.sampling!r} sampling")
     unique = sorted(set(indices))  # a policy may repeat frames (sf_llava, linspace): each is decoded once
     seek, reason = None, ""
     for attempt in range(DECODE_ATTEMPTS):
@@ -357,10 +358,9 @@ def load_clip(
     on average for a 1280x720 clip (3.2x the model's side) and 1.2 for a 640x272 one (1.2x; 1.8 and 1.4 with
     decord 0.6.0; ``benchmarks/bench_fidelity.py``), which is why the pipeline passes
     ``min_scale=DECODE_RESIZE_MIN``: small videos, where decoding at full size costs little anyway, take the exact
-    path. Videos smaller than the model's
-    side are never scaled by the decoder. The file is opened twice when resizing, because decord tells
-    the frame size only by decoding a frame. See the module docstring for when frames are read in order and
-    what happens with damaged files.
+    path. Videos smaller than the model's side are never scaled by the decoder. The file is opened twice when
+    resizing, because decord tells the frame size only by decoding a frame. See the module docstring for when frames
+    are read in order and what happens with damaged files; a video too short for the policy is an error.
 
     Args:
         path: video file.

@@ -251,11 +251,20 @@ def build_internvl_encoder(cfg: EncoderCfg, device: torch.device, dtype: torch.d
     depth = vision_cfg.num_hidden_layers
     block = block_index(cfg.layer, depth, cfg.model)
     vision_cfg.num_hidden_layers = block + 1  # build only the blocks used; their weights are all that is read
-    with torch.device("meta"):
-        vision = InternVLVisionModel(vision_cfg)
-        projector = InternVLMultiModalProjector(config)
+    try:
+        with torch.device("meta"):
+            vision = InternVLVisionModel(vision_cfg)
+            projector = InternVLMultiModalProjector(config)
+    except Exception as exc:  # a config transformers accepts but cannot build (heads not dividing the width, ...)
+        raise SlowfastError(f"{path}: not a valid InternVL config ({first_line(exc)})") from None
     ckpt = open_checkpoint(cfg.pretrained, "vision weights")
     vision_prefix, projector_prefix = _source_keys(ckpt.keys, original, cfg.pretrained)
+    blocks = {_layer_of(_target_name(k[len(vision_prefix) :], original) or "") for k in ckpt.keys
+              if k.startswith(vision_prefix)} - {None}  # fmt: skip
+    if blocks != set(range(depth)):  # a config.json that lies about the depth: never a silently shorter tower
+        held = few([str(b) for b in sorted(blocks)], 3)
+        raise SlowfastError(f"vision weights {cfg.pretrained}: the vision tower has blocks {held}, but {path} says "
+                            f"num_hidden_layers = {depth}")  # fmt: skip
     state = _vision_state(ckpt, vision_prefix, original, block, vision_cfg.hidden_size)
     if block < depth - 1 or isinstance(vision.layernorm, torch.nn.Identity):
         state = {k: v for k, v in state.items() if not k.startswith("layernorm.")}  # the final norm: last block only

@@ -20,7 +20,15 @@ import torch
 from ...checkpoints.files import few, open_checkpoint
 from ...errors import SlowfastError
 from ...tensors import check_tensors
-from .families import Family, checkpoint_config, checkpoint_folder, family_of, processor_pixels, smart_resize
+from .families import (
+    Family,
+    checkpoint_config,
+    checkpoint_folder,
+    family_of,
+    processor_pixels,
+    smart_resize,
+    smart_resize_video,
+)
 
 try:
     import transformers
@@ -69,13 +77,25 @@ class QwenEncoder:
         frames = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames).cpu()
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
             raise SlowfastError(f"expected uint8 frames (T, H, W, 3), got {tuple(frames.shape)} {frames.dtype}")
-        if not self.family.pixels_per_video:  # qwen-vl-utils refuses these; transformers would blow them up
-            smart_resize(frames.shape[1], frames.shape[2], self.family.factor, 1, 1 << 62)
+        self.check_frames("frames", *frames.shape[:3])
         out = self.processor(
             videos=[frames], return_tensors="pt", input_data_format="channels_last", cap_pixels_per_frame=False,
             do_sample_frames=False,
         )  # fmt: skip
         return out["pixel_values_videos"], out["video_grid_thw"]
+
+    def check_frames(self, video: Any, frames: int, height: int, width: int) -> None:
+        """One line naming ``video`` for frames the model refuses: smaller than a token on a side (Qwen2.5-VL:
+        qwen-vl-utils refuses them, transformers would blow them up), more than 200 times as long as wide, or
+        fewer than a temporal patch (Qwen3-VL; Qwen2.5-VL's processor repeats the frame)."""
+        f = self.family
+        try:
+            if f.pixels_per_video:  # Qwen3-VL scales a small frame up first
+                smart_resize_video(int(frames), int(height), int(width), f.temporal_patch, f.factor, 1, 1 << 62)
+            else:
+                smart_resize(int(height), int(width), f.factor, 1, 1 << 62)
+        except SlowfastError as exc:
+            raise SlowfastError(f"{video}: {exc}") from None
 
     @property
     def deepstack(self) -> int:
@@ -130,7 +150,7 @@ def _processor(family: Family, pretrained: str, model: str, vision: Any) -> Any:
     )
 
 
-def _vision_tensors(pretrained: str, family: Family, expected: set[str]) -> dict[str, torch.Tensor]:
+def _vision_tensors(pretrained: str, family: Family, expected: dict[str, tuple]) -> dict[str, torch.Tensor]:
     """The vision tower's tensors, named as the vision model names them, read from the shards holding them."""
     ckpt = open_checkpoint(pretrained, f"{family.title} weights")
     for prefix in family.vision_prefixes:
@@ -142,7 +162,7 @@ def _vision_tensors(pretrained: str, family: Family, expected: set[str]) -> dict
             f"{family.title} weights {pretrained}: no vision tower (no key starts with "
             f"{' or '.join(family.vision_prefixes)}); is it a {family.title} checkpoint?"
         )
-    missing, unexpected = sorted(expected - set(names)), sorted(set(names) - expected)
+    missing, unexpected = sorted(set(expected) - set(names)), sorted(set(names) - set(expected))
     if missing or unexpected:
         raise SlowfastError(
             f"{family.title} weights {pretrained}: the vision tower does not fit its config.json"
@@ -151,6 +171,12 @@ def _vision_tensors(pretrained: str, family: Family, expected: set[str]) -> dict
         )
     read = ckpt.read(names.values())
     tensors = {name: read[key] for name, key in names.items()}
+    for name, t in tensors.items():  # a config.json that lies about widths: one line, not load_state_dict's dump
+        if tuple(t.shape) != expected[name]:
+            raise SlowfastError(
+                f"{family.title} weights {pretrained}: tensor {names[name]} is {tuple(t.shape)} but its config.json "
+                f"makes it {expected[name]}"
+            )
     check_tensors(tensors, f"{family.title} weights {pretrained}")
     return tensors
 
@@ -167,11 +193,20 @@ def build_qwen_encoder(model: str, pretrained: str, device: torch.device, dtype:
     raw = checkpoint_config(pretrained, model)
     module_name, vision_cls, config_cls = VISION_CLASSES[family.model_type]
     module = importlib.import_module(f"transformers.models.{module_name}")
-    config = getattr(module, config_cls).from_dict(raw)
-    vision = config.vision_config
-    with no_init_weights():  # no random init: every parameter is loaded below; computed buffers stay real
-        visual = getattr(module, vision_cls)._from_config(vision)
-    expected = set(visual.state_dict())
+    try:  # transformers' strict config (a bad value or type) and the model built from it
+        config = getattr(module, config_cls).from_dict(raw)
+        vision = config.vision_config
+        with no_init_weights():  # no random init: every parameter is loaded below; computed buffers stay real
+            visual = getattr(module, vision_cls)._from_config(vision)
+    except Exception as exc:
+        path = checkpoint_folder(pretrained, model) / "config.json"
+        raise SlowfastError(f"{path}: not a valid {family.title} config ({' '.join(str(exc).split())[:200]})") from None
+    if vision.hidden_size % vision.num_heads:  # the tensors fit, the attention would fail at the first video
+        raise SlowfastError(
+            f"{checkpoint_folder(pretrained, model) / 'config.json'}: vision_config.hidden_size {vision.hidden_size} "
+            f"is not a multiple of num_heads {vision.num_heads}"
+        )
+    expected = {name: tuple(t.shape) for name, t in visual.state_dict().items()}
     tensors = _vision_tensors(pretrained, family, expected)
     visual.load_state_dict(tensors, strict=True)
     visual = visual.to(device=device, dtype=dtype).eval().requires_grad_(False)
