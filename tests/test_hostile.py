@@ -556,6 +556,10 @@ class TestFourthPass:
             assert r.exit_code == 2 and "--max-frames caps sampling by rate" in one_line(r), r.output
         r = run("encode", small_video, *TINY, "-o", tmp_path / "y.pt", "--max-frames", "8", "--sample-fps", "2")
         assert r.exit_code == 0, r.output
+        # and --frames where T follows each video's length (sampling by rate; the qwen presets) was ignored too
+        r = run("encode", small_video, *TINY, "-o", tmp_path / "z.pt", "--frames", "4", "--sample-fps", "2")
+        assert r.exit_code == 2 and "--frames does not apply to --sampling centers" in one_line(r)
+        assert not (tmp_path / "z.pt").exists()
 
     def test_export_never_keeps_what_was_not_asked_for(self, tmp_path, small_video):
         """A second export with another --save-dtype kept the first's samples and said "already there"; another

@@ -52,6 +52,7 @@ from .options import (
     build_config,
     flags_of,
     path_named,
+    refuse_frames_by_rate,
 )
 from .output import err, fail, handles_errors, out, print_json, progress_bar, shown, warn
 from .progress import ProgressLines, loading
@@ -179,6 +180,7 @@ def batch(
     from ..formats import make_writer
 
     cfg = build_config(config, **flags_of(locals()))
+    refuse_frames_by_rate(cfg, flags_of(locals()))
     allowed = parse_max_failures(max_failures)
     fmt = output_format(format_, shard_size, save_dtype)
     for flag, value in (("--workers", workers), ("--decoders", decoders), ("--encoders", encoders)):

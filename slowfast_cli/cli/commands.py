@@ -54,6 +54,7 @@ from .options import (
     file_named,
     flags_of,
     path_named,
+    refuse_frames_by_rate,
     refuse_slowfast_flags,
 )
 from .output import Table, handles_errors, out, print_json, shown, warn
@@ -334,6 +335,7 @@ def encode(
     Example: slowfast encode clip.mp4 --config tiny -o clip.pt
     """
     cfg = build_config(config, **flags_of(locals()))
+    refuse_frames_by_rate(cfg, flags_of(locals()))
     fmt = output_format(format_, save_dtype=save_dtype, files=True)
     check_suffix(output, fmt.name)
     preflight(cfg)  # settings that cannot work fail here, before the model loads or the video opens

@@ -182,6 +182,19 @@ def refuse_slowfast_flags(cfg: Config, flags: dict[str, Any]) -> None:
 SLOWFAST_ONLY = ("slow_frames", "fast_size", "slow_index")  # the slowfast layout's settings
 
 
+def refuse_frames_by_rate(cfg: Config, flags: dict[str, Any]) -> None:
+    """``encode`` and ``batch``: refuse ``--frames`` where frames are sampled by rate and T follows each video
+    (``--sampling qwen``, or ``centers`` with ``--sample-fps``), which would ignore it. (``budget`` keeps it: there it
+    is the count to plan with, as the Qwen presets' own ``frames`` is.)"""
+    v = cfg.video
+    if flags.get("frames") is not None and (v.sampling == "qwen" or (v.sampling == "centers" and v.sample_fps)):
+        rate = v.sample_fps or 2.0
+        raise ConfigError(
+            f"--frames does not apply to --sampling {v.sampling}, which takes {rate:g} frames a second of each video "
+            "(at most --max-frames); drop --frames, or pass --max-frames N to cap the count"
+        )
+
+
 def at_least(value: int | None, low: int, flag: str) -> None:
     if value is not None and value < low:
         raise ConfigError(f"{flag} must be at least {low}, got {value}")
