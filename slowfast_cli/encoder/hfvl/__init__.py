@@ -26,17 +26,16 @@ def build_hf_encoder(cfg: EncoderCfg, device: torch.device, dtype: torch.dtype) 
     Raises:
         SlowfastError: transformers is not installed, or the checkpoint does not fit (see each family's builder).
     """
-    fam = family(cfg.model)
+    internvl = family(cfg.model).name == "internvl"
     try:
-        if fam.name == "internvl":
-            from .internvl import build_internvl_encoder as build
+        if internvl:
+            from .internvl import build_internvl_encoder
         else:
             from .qwen import build_qwen_encoder
-
-            def build(cfg, device, dtype):
-                return build_qwen_encoder(cfg.model, cfg.pretrained, device, dtype)
     except ImportError as exc:
         raise SlowfastError(
             f'{cfg.model} needs transformers ({exc.name or exc}): pip install "slowfast-cli[hf]"'
         ) from None
-    return build(cfg, device, dtype)
+    if internvl:
+        return build_internvl_encoder(cfg, device, dtype)
+    return build_qwen_encoder(cfg.model, cfg.pretrained, device, dtype)
