@@ -175,6 +175,15 @@ def test_smart_resize_equals_transformers(width, height):
         assert smart_resize_video(frames, height, width, 2, q3.factor, q3.min_pixels, q3.max_pixels) == want
 
 
+def test_a_frame_too_long_for_qwen3_is_named_by_its_own_size():
+    """transformers checks the ratio after scaling a narrow frame up to 32 px; the message names the video's size."""
+    q3 = FAMILIES["qwen3_vl"]
+    with pytest.raises(ValueError, match="must be smaller than 200, got 410"):
+        hf_smart_resize3(16, 4100, 10, 2, q3.factor, q3.min_pixels, q3.max_pixels)
+    with pytest.raises(SlowfastError, match=r"^a 10x4100 frame is more than 200 times as long as it is wide$"):
+        smart_resize_video(16, 4100, 10, 2, q3.factor, q3.min_pixels, q3.max_pixels)
+
+
 def test_qwen_sampling_is_smart_nframes_then_rounded_linspace():
     """qwen-vl-utils' rule, spelled out: fps 2, at least 4, at most min(768, n), floored to even; torch's linspace."""
     for n in (4, 5, 30, 31, 100, 301, 1000, 5000):
