@@ -283,6 +283,17 @@ def test_bad_inputs_get_one_line(qwen25, qwen_clip, tmp_path):
     assert not out.exists()
 
 
+def test_a_fixed_frame_count_on_a_qwen_preset(qwen25, qwen_clip, tmp_path):
+    """--sampling centers --sample-fps 0 --frames N undoes the preset's rate from the command line (no TOML): N
+    segment-centre frames, N/2 temporal patches; --sample-fps 0 with qwen sampling is refused."""
+    folder, _ = qwen25
+    args = ["--config", "qwen2.5-vl-7b", "--sampling", "centers", "--sample-fps", "0", "--frames", "4"]
+    t = encode(qwen_clip, folder, tmp_path / "c.pt", *args)
+    assert t["meta"]["frame_indices"] == [3, 11, 18, 26] and t["meta"]["frames"] == 2  # 30 frames, 4 centres
+    result = runner.invoke(app, ["encode", str(qwen_clip), *args[:2], "--sample-fps", "0", "--pretrained", str(folder)])
+    assert result.exit_code == 2 and "does not apply to --sampling qwen" in result.output
+
+
 def test_batch_and_aggregate_keep_the_tokens_and_positions(qwen25, qwen_clip, own_layout, tmp_path):
     """batch (the local engine, one video per pass; here into safetensors files) gives encode's tokens and
     positions bit for bit; aggregate re-pools saved features with the positions of the new groups."""
