@@ -33,13 +33,18 @@ def find_videos(root: Path, pattern: str | None = None) -> Listing:
 
     ``pattern`` is a glob matched against the path relative to ``root`` and against the file name
     (``*.mp4``, ``clips/**``, ``cam1_*``), in any case (``*.mov`` matches ``s2.MOV``), as the extensions are.
-    A URL (``remote.RemotePath``) is listed by its store, every object under it in one go.
+    A URL (``remote.RemotePath``) is listed by its store, every object under it in one go; a key with an empty, ``.``
+    or ``..`` part names no place under OUT_DIR and is a listing problem (``remote.list_files``).
     """
     if not isinstance(root, (str, os.PathLike)):
         from ..remote import list_files
 
-        found = [Path(rel) for rel in list_files(root) if rel.lower().endswith(VIDEO_EXTENSIONS)]
-        return Listing(sorted((v for v in found if not pattern or matches(v, pattern)), key=lambda p: p.parts), [])
+        unplaced: list[str] = []
+        found = [Path(rel) for rel in list_files(root, unplaced) if rel.lower().endswith(VIDEO_EXTENSIONS)]
+        found = [v for v in found if not pattern or matches(v, pattern)]
+        why = "a key with an empty, '.' or '..' part names no place under a folder; skipped (copy it to a plain key)"
+        problems = [f"{root}/{rel}: {why}" for rel in unplaced if rel.lower().endswith(VIDEO_EXTENSIONS)]
+        return Listing(sorted(found, key=lambda p: p.parts), problems)
     root = Path(root)
     videos, problems, seen = [], [], set()
 
