@@ -817,6 +817,7 @@ class TestFilesFrom:
     def test_only_the_listed_videos_are_encoded_and_a_missing_one_is_a_failure(self, folder, tmp_path):
         listing = tmp_path / "list.txt"
         raw = b"# a comment\nv2.mp4\r\n\n" + os.fsencode(folder / "v0.mp4") + b"\nv2.mp4\ngone.mp4\n"
+        raw += b"file://" + os.fsencode(folder / "v2.mp4") + b"\n"  # file:///x is the path /x (a repeat here)
         listing.write_bytes(raw)  # CRLF, blank lines, an absolute path, a repeat, a file that is not there
         out = tmp_path / "out"
         r = run("batch", folder, "-o", out, *TINY, "--files-from", listing, "--json")
@@ -836,7 +837,7 @@ class TestFilesFrom:
         assert r.exit_code == 0, r.output
         assert os.path.exists(os.fsencode(tmp_path / "out") + b"/\xe9.pt")
 
-    @pytest.mark.parametrize("line", ["../outside.mp4", "/etc/passwd", "a/../../x.mp4", "."])
+    @pytest.mark.parametrize("line", ["../outside.mp4", "/etc/passwd", "a/../../x.mp4", ".", "s3://bucket/v1.mp4"])
     def test_a_path_outside_in_dir_is_a_usage_error_naming_its_line(self, folder, tmp_path, line):
         (tmp_path / "list").write_text(f"v1.mp4\n{line}\n")
         r = run("batch", folder, "-o", tmp_path / "out", *TINY, "--files-from", tmp_path / "list")

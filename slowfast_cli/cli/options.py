@@ -93,7 +93,7 @@ def path_named(text: str) -> Path:
     if not text:
         raise typer.BadParameter("an empty name; give a path")
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text) and not text.startswith("file://"):
-        raise typer.BadParameter(f"{text}: a URL; this option takes a local path (URLs: batch IN_DIR, -o, --files-from)")
+        raise typer.BadParameter(f"{text}: a URL; this option takes a local path (URLs: batch IN_DIR -o --files-from)")
     return Path(text.removeprefix("file://"))
 
 
