@@ -844,6 +844,16 @@ class TestFilesFrom:
         assert r.exit_code == 2 and "list:2:" in r.output
         assert not (tmp_path / "out").exists()  # refused before anything was written
 
+    def test_a_name_as_long_as_the_file_system_allows_is_encoded(self, tmp_path):
+        """A 254-character video name: planning probed its 262-character ``.safetensors`` sibling (another format's
+        output), and the file system's ENAMETOOLONG stopped the whole batch (found by the hostile20 pass)."""
+        src = tmp_path / "in"
+        src.mkdir()
+        media.make_video(src / ("y" * 250 + ".mp4"), frames=12)
+        r = run("batch", src, "-o", tmp_path / "out", *TINY)
+        assert r.exit_code == 0, r.output
+        assert (tmp_path / "out" / ("y" * 250 + ".pt")).exists()
+
     def test_pattern_filters_the_list_too(self, folder, tmp_path):
         (tmp_path / "list").write_text("v1.mp4\nv3.mp4\n")
         r = run("batch", folder, "-o", tmp_path / "out", *TINY, "--files-from", tmp_path / "list", "--pattern", "v3*")

@@ -375,20 +375,22 @@ def test_an_objects_fingerprint_is_the_local_files(store, tmp_path, size):
 def test_keys_that_name_no_place_are_skipped_and_nothing_is_written_outside(store, tmp_path):
     """S3 keys are any text. ``odd/../up.mp4``, ``odd//twice.mp4`` and ``odd/./here.mp4`` name no place under a
     folder (as paths they would land outside OUT_DIR, at the file system's root, or on another key): listing
-    problems, not videos. A ``x.mp4/`` folder marker is no video; IN_DIR may be an object and a prefix at once
-    (``odd``); ``odd-out`` is not under ``odd``. A key under the output prefix that climbs out of it is never
-    downloaded outside the staging folder."""
-    s3, a = store["s3"], {"Bucket": BUCKET, "Key": "in/a.mp4"}
-    for key in ["odd/a.mp4", "odd/../up.mp4", "odd//twice.mp4", "odd/./here.mp4", "odd/x.mp4/b.mp4"]:
+    problems, not videos. A key too long for a local file name fails alone (it stopped the whole run). A ``x.mp4/``
+    folder marker is no video; IN_DIR may be an object and a prefix at once (``odd``); ``odd-out`` is not under
+    ``odd``. A key under the output prefix that climbs out of it is never downloaded outside the staging folder."""
+    s3, a, long = store["s3"], {"Bucket": BUCKET, "Key": "in/a.mp4"}, "L" * 300  # longer than a local name can be
+    for key in ["odd/a.mp4", "odd/../up.mp4", "odd//twice.mp4", "odd/./here.mp4", "odd/x.mp4/b.mp4", f"odd/{long}.mp4"]:
         s3.copy_object(Bucket=BUCKET, Key=key, CopySource=a)
     for key in ["odd", "odd/x.mp4/"]:
         s3.put_object(Bucket=BUCKET, Key=key, Body=b"")
     escaped = tmp_path / "escaped.pt"
     s3.put_object(Bucket=BUCKET, Key="odd-out/" + "../" * 40 + str(escaped).lstrip("/"), Body=b"not a token file")
     r = batch(f"s3://{BUCKET}/odd", "-o", f"s3://{BUCKET}/odd-out")
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 1, r.output
     run = json.loads(r.stdout)["run"]
-    assert (run["ok"], run["failed"]) == (2, 0)
+    assert (run["ok"], run["failed"], run["failures_by_kind"]) == (2, 1, {"write": 1})  # its name alone fails
+    (row,) = [row for row in map(json.loads, read(s3, "odd-out/manifest.jsonl").splitlines()) if row["error"]]
+    assert row["error"].startswith(f"s3://{BUCKET}/odd-out/{long}.pt: cannot write its local copy (File name too")
     assert sorted(problem.partition(": ")[0] for problem in run["listing_problems"]) == [
         f"s3://{BUCKET}/odd/{rel}" for rel in ("../up.mp4", "./here.mp4", "/twice.mp4")]  # fmt: skip
     written = sorted(k for k in objects(s3, "odd-out/") if k.endswith(".pt") and not k.startswith("../"))

@@ -16,6 +16,7 @@ it however it ends (Ctrl-C and errors included):
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -213,8 +214,9 @@ class UploadingWriter:
             why = str(exc) if isinstance(exc, SlowfastError) else exc.strerror or str(exc)
             why = re.sub(r"^.*: cannot write \((.*)\)$", r"\1", why)  # a writer's "STAGED: cannot write (REASON)"
             url, why = self.outputs.url / out_rel, self.outputs.shown(why)
-            raise SlowfastError(f"{url}: cannot write its local copy ({why}) in the staging folder "
-                                f"{self.outputs.local}; TMPDIR chooses that disk") from None  # fmt: skip
+            full = any(os.strerror(code) in why for code in (errno.ENOSPC, errno.EDQUOT))
+            raise SlowfastError(f"{url}: cannot write its local copy ({why}) in the staging folder {self.outputs.local}"
+                                + ("; TMPDIR chooses that disk" if full else "")) from None  # fmt: skip
 
     def write(self, tokens: Any, meta: dict, out_rel: Path) -> None:
         self._staged(out_rel, lambda: self.inner.write(tokens, meta, out_rel))
