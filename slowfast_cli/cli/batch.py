@@ -212,8 +212,10 @@ def batch(
             outcome = _run(plan, prepared.config, runner, fail_fast, show_bar=err.is_terminal and not json_)
             report = _write_report(plan, runner, outcome)
             unsent = where.save_state()  # a URL OUT_DIR: manifest and report uploaded now, or kept locally and said
-            if unsent is not None:
-                warn(unsent) if outcome.interrupted else outcome.stopped.append(unsent)
+            if unsent is not None and outcome.interrupted:
+                warn(unsent)  # the exit stays 130
+            elif unsent is not None:
+                outcome.stopped.append(unsent)
             _show(report, outcome, output, json_)
             if save_features is not None:
                 _features_missing(outcome, save_features)
