@@ -36,6 +36,7 @@ S3FS_RETRIES = 2
 EXTRAS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
 BUCKETS = (*EXTRAS, "abfss", "adl", "oss")  # schemes whose path starts with a bucket (check_bucket checks it)
 IN_PROCESS = ("memory",)  # fsspec stores that live inside one process: outputs would vanish with it, decoders see none
+GET_CHUNK = 128  # objects per batched download (download_all): what Ctrl-C waits for at most
 LOCAL_DISK = (errno.ENOSPC, errno.EDQUOT)  # a download's error that is this machine's disk, not the store
 
 
@@ -305,11 +306,14 @@ def download(url: RemotePath, local: Path) -> None:
 
 
 def download_all(root: RemotePath, rels: list[str], local: Path) -> None:
-    """Copy the objects ``root/rel`` to ``local/rel``, many at once (fsspec's batched ``get``: one request each)."""
+    """Copy the objects ``root/rel`` to ``local/rel``, many at once (fsspec's batched ``get``: one request each), in
+    chunks of ``GET_CHUNK``: fsspec's event loop finishes a ``get`` it started even after Ctrl-C, and the run's last
+    requests (removing its lock) queue behind it, so one call for every file made Ctrl-C wait for the whole pull."""
     for rel in rels:
         (local / rel).parent.mkdir(parents=True, exist_ok=True)
-    if rels:
-        root._call(root.fs.get, [f"{root.path}/{rel}" for rel in rels], [str(local / rel) for rel in rels])
+    for i in range(0, len(rels), GET_CHUNK):
+        part = rels[i : i + GET_CHUNK]
+        root._call(root.fs.get, [f"{root.path}/{rel}" for rel in part], [str(local / rel) for rel in part])
 
 
 def upload(local: Path, url: RemotePath) -> None:
