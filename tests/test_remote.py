@@ -470,3 +470,16 @@ def test_a_store_that_goes_away_mid_run_stops_it_and_keeps_its_manifest(tmp_path
         assert os.path.exists(os.path.join(kept, "report.json"))
     finally:
         shutil.rmtree(kept, ignore_errors=True)
+
+
+def test_outputs_are_downloaded_in_chunks_every_one_whole(store, tmp_path, monkeypatch):
+    """``download_all`` fetches in chunks (so that Ctrl-C waits for one chunk, not the whole pull; BENCHMARKS.md §29):
+    every object arrives, across chunk boundaries, with its bytes."""
+    from slowfast_cli import remote
+
+    monkeypatch.setattr(remote, "GET_CHUNK", 2)
+    rels = [f"d{i % 2}/o{i}.pt" for i in range(5)]
+    for rel in rels:
+        store["s3"].put_object(Bucket=BUCKET, Key=f"chunks/{rel}", Body=rel.encode())
+    remote.download_all(remote.RemotePath(f"s3://{BUCKET}/chunks"), rels, tmp_path)
+    assert {rel: (tmp_path / rel).read_text() for rel in rels} == {rel: rel for rel in rels}
