@@ -92,7 +92,10 @@ class RemoteLock:
             if create(self.url, text.encode("utf-8", "backslashreplace")):
                 self.held = True
                 return self
-            holder = read_bytes(self.url).decode("utf-8", "replace").strip() or "another process"
+            try:
+                holder = read_bytes(self.url).decode("utf-8", "replace").strip() or "another process"
+            except ConfigError:  # released between the two requests (it said "does not exist"): try again
+                continue
             if not _orphaned(holder):
                 raise SlowfastError(
                     f"{self.url.url.rpartition('/')[0]}: another slowfast batch is writing to this folder ({holder}); "
