@@ -10,7 +10,10 @@ it however it ends (Ctrl-C and errors included):
 - OUT_DIR: a local staging folder that mirrors it (``RemoteOutputs``): the outputs already there are downloaded
   first (resume checks them as it does local ones: CRC-32 of every byte), each new token file is uploaded the
   moment it is written, whole (``UploadingWriter``), and the manifest and report follow (the manifest every
-  ``MANIFEST_EVERY`` seconds and at the end). What this does not guarantee is in README "Object storage".
+  ``MANIFEST_EVERY`` seconds and at the end; ``Places.save_state``: when the store refuses them at the end, they are
+  kept in a local folder the run names). What this does not guarantee is in README "Object storage".
+
+``StoreWatch`` stops a run whose store went away mid-run instead of failing every remaining video in turn.
 """
 
 from __future__ import annotations
