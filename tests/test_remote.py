@@ -124,7 +124,7 @@ def test_s3_to_s3_gives_the_local_engines_tokens_and_resumes(store):
     local_report = json.loads((local / "report.json").read_text())
     assert report["files"] == len(CLIPS)  # the folder's statistics count the remote folder's files
     assert {k: v for k, v in report.items() if k != "run"} == {k: v for k, v in local_report.items() if k != "run"}
-    assert leftovers() == before  # the staging and download folders are gone
+    assert set(leftovers()) <= set(before)  # ours are gone (an orphan of a dead run, there before, may be swept)
 
     etags = {k: o["ETag"] for k, o in objects(s3, "out/").items() if k.endswith(".pt")}
     r = batch(f"s3://{BUCKET}/in", "-o", f"s3://{BUCKET}/out")  # resume: nothing to do
