@@ -11,6 +11,7 @@ set to give up within seconds (``FAST_S3``) instead of retrying for minutes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -33,6 +34,10 @@ FAST_S3 = {
 }
 S3FS_RETRIES = 2
 EXTRAS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
+BUCKETS = (*EXTRAS, "abfss", "adl", "oss")  # schemes whose path starts with a bucket (check_bucket checks it)
+IN_PROCESS = ("memory",)  # fsspec stores that live inside one process: outputs would vanish with it, decoders see none
+GET_CHUNK = 128  # objects per batched download (download_all): what Ctrl-C waits for at most
+LOCAL_DISK = (errno.ENOSPC, errno.EDQUOT)  # a download's error that is this machine's disk, not the store
 
 
 def is_url(text: Any) -> bool:
@@ -63,6 +68,9 @@ class RemoteStat:
 def _filesystem(url: str):
     """``(fsspec file system, path without the scheme)`` for ``url``; a scheme without its package is a ConfigError."""
     scheme = url.split("://", 1)[0].lower()
+    if scheme in IN_PROCESS:
+        raise ConfigError(f"{url}: {scheme}:// lives inside one process (the decoding processes would not see it, and "
+                          "what is written there is gone when the run ends); give a folder or a bucket")  # fmt: skip
     options = FAST_S3 if scheme in ("s3", "s3a") else {}
     try:
         import fsspec
@@ -70,9 +78,10 @@ def _filesystem(url: str):
         fs, path = fsspec.core.url_to_fs(url, **options)
     except ImportError as exc:
         package = EXTRAS.get(scheme, f"the fsspec package for {scheme}://")
-        raise ConfigError(
-            f"{url}: {scheme}:// needs {package}, which is not installed ({exc}); pip install 'slowfast-cli[cloud]'"
-        ) from None
+        how = "pip install 'slowfast-cli[cloud]'" if package == "s3fs" else f"pip install {package}"  # [cloud]: s3fs
+        if package not in EXTRAS.values():
+            how = "see fsspec's list of known implementations"
+        raise ConfigError(f"{url}: {scheme}:// needs {package}, which is not installed ({exc}); {how}") from None
     except ValueError as exc:  # an unknown scheme
         raise ConfigError(f"{url}: not a storage URL fsspec knows ({exc})") from None
     if hasattr(fs, "retries"):
@@ -84,6 +93,9 @@ def store_error(exc: BaseException, url: str) -> SlowfastError:
     """One line for what went wrong with the store at ``url``: a missing bucket or object (a ConfigError, like a
     local path that does not exist), refused credentials, an endpoint that does not answer, or the store's message."""
     text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, OSError) and exc.errno in LOCAL_DISK:  # writing the local copy, not the store
+        return SlowfastError(f"{url}: no room on this machine's disk for its copy ({exc.strerror}); TMPDIR chooses "
+                             "the folder (give it one on a disk with room)")  # fmt: skip
     code = ""
     response = getattr(exc, "response", None) or getattr(getattr(exc, "__cause__", None), "response", None)
     if isinstance(response, dict):
@@ -192,18 +204,22 @@ class RemotePath:
             raise
 
     def is_dir(self) -> bool:
-        """Whether the URL names a folder (a prefix with objects under it; a bucket's root, even empty). A missing
-        bucket, refused credentials or a dead endpoint raise their one line instead of answering False."""
+        """Whether the URL names a folder (a prefix with objects under it, even where an object has the same name as
+        the prefix; a bucket's root, even empty). A missing bucket, refused credentials or a dead endpoint raise
+        their one line instead of answering False."""
         info = self.info()
         if info is None:
             self.check_bucket()
-        return info is not None and info.get("type") == "directory"
+        if info is not None and info.get("type") != "directory":  # s3://b/x as an object, and s3://b/x/... too
+            listed = self._call(self.fs.ls, self.path + "/", detail=False)  # s3fs: [the object] when nothing is under
+            return any(str(p).startswith(self.path + "/") for p in listed)
+        return info is not None
 
     def check_bucket(self) -> None:
         """Raise ``ConfigError("URL: the bucket does not exist")`` when the first part of the path names no bucket
         (a store without buckets has nothing to check)."""
         bucket = self.path.split("/", 1)[0]
-        if "://" not in self.url or not bucket:
+        if "://" not in self.url or not bucket or self.url.split("://", 1)[0].lower() not in BUCKETS:
             return
         try:
             self._call(self.fs.info, bucket)
@@ -261,16 +277,25 @@ def identity(info: dict) -> RemoteStat:
     return RemoteStat(int(info.get("size") or 0), mtime, str(etag).strip('"') if etag else None)
 
 
-def list_files(root: RemotePath) -> list[str]:
-    """Every object under ``root`` as a path relative to it, sorted; their RemoteStat go into ``root.known``."""
+def list_files(root: RemotePath, unplaced: list[str] | None = None) -> list[str]:
+    """Every object under ``root`` as a path relative to it, sorted; their RemoteStat go into ``root.known``.
+
+    Folder markers (the empty ``dir/`` objects some tools make) are no files. A key with an empty, ``.`` or ``..``
+    part (``in//a.mp4``, ``in/../a.mp4``: S3 keys are any text) names no place under a folder: taken as a path it
+    would land outside OUT_DIR (or the staging folder), or on another key; it is left out, and its text relative to
+    ``root`` goes into ``unplaced`` when given."""
     found = root._call(root.fs.find, root.path, detail=True)
     rels = []
     for path, info in found.items():
-        path = path.rstrip("/")
-        if info.get("type") == "directory" or not path.startswith(root.path + "/"):
-            continue  # a folder marker ("dir/" objects some tools make)
+        if path.endswith("/") or info.get("type") == "directory" or not path.startswith(root.path + "/"):
+            continue
+        rel = path[len(root.path) + 1 :]
+        if any(part in ("", ".", "..") for part in rel.split("/")):
+            if unplaced is not None:
+                unplaced.append(rel)
+            continue
         root.known[path] = identity(info)
-        rels.append(path[len(root.path) + 1 :])
+        rels.append(rel)
     return sorted(rels)
 
 
@@ -281,11 +306,14 @@ def download(url: RemotePath, local: Path) -> None:
 
 
 def download_all(root: RemotePath, rels: list[str], local: Path) -> None:
-    """Copy the objects ``root/rel`` to ``local/rel``, many at once (fsspec's batched ``get``: one request each)."""
+    """Copy the objects ``root/rel`` to ``local/rel``, many at once (fsspec's batched ``get``: one request each), in
+    chunks of ``GET_CHUNK``: fsspec's event loop finishes a ``get`` it started even after Ctrl-C, and the run's last
+    requests (removing its lock) queue behind it, so one call for every file made Ctrl-C wait for the whole pull."""
     for rel in rels:
         (local / rel).parent.mkdir(parents=True, exist_ok=True)
-    if rels:
-        root._call(root.fs.get, [f"{root.path}/{rel}" for rel in rels], [str(local / rel) for rel in rels])
+    for i in range(0, len(rels), GET_CHUNK):
+        part = rels[i : i + GET_CHUNK]
+        root._call(root.fs.get, [f"{root.path}/{rel}" for rel in part], [str(local / rel) for rel in part])
 
 
 def upload(local: Path, url: RemotePath) -> None:

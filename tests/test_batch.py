@@ -817,6 +817,7 @@ class TestFilesFrom:
     def test_only_the_listed_videos_are_encoded_and_a_missing_one_is_a_failure(self, folder, tmp_path):
         listing = tmp_path / "list.txt"
         raw = b"# a comment\nv2.mp4\r\n\n" + os.fsencode(folder / "v0.mp4") + b"\nv2.mp4\ngone.mp4\n"
+        raw += b"file://" + os.fsencode(folder / "v2.mp4") + b"\n"  # file:///x is the path /x (a repeat here)
         listing.write_bytes(raw)  # CRLF, blank lines, an absolute path, a repeat, a file that is not there
         out = tmp_path / "out"
         r = run("batch", folder, "-o", out, *TINY, "--files-from", listing, "--json")
@@ -836,12 +837,22 @@ class TestFilesFrom:
         assert r.exit_code == 0, r.output
         assert os.path.exists(os.fsencode(tmp_path / "out") + b"/\xe9.pt")
 
-    @pytest.mark.parametrize("line", ["../outside.mp4", "/etc/passwd", "a/../../x.mp4", "."])
+    @pytest.mark.parametrize("line", ["../outside.mp4", "/etc/passwd", "a/../../x.mp4", ".", "s3://bucket/v1.mp4"])
     def test_a_path_outside_in_dir_is_a_usage_error_naming_its_line(self, folder, tmp_path, line):
         (tmp_path / "list").write_text(f"v1.mp4\n{line}\n")
         r = run("batch", folder, "-o", tmp_path / "out", *TINY, "--files-from", tmp_path / "list")
         assert r.exit_code == 2 and "list:2:" in r.output
         assert not (tmp_path / "out").exists()  # refused before anything was written
+
+    def test_a_name_as_long_as_the_file_system_allows_is_encoded(self, tmp_path):
+        """A 254-character video name: planning probed its 262-character ``.safetensors`` sibling (another format's
+        output), and the file system's ENAMETOOLONG stopped the whole batch (found by the hostile20 pass)."""
+        src = tmp_path / "in"
+        src.mkdir()
+        media.make_video(src / ("y" * 250 + ".mp4"), frames=12)
+        r = run("batch", src, "-o", tmp_path / "out", *TINY)
+        assert r.exit_code == 0, r.output
+        assert (tmp_path / "out" / ("y" * 250 + ".pt")).exists()
 
     def test_pattern_filters_the_list_too(self, folder, tmp_path):
         (tmp_path / "list").write_text("v1.mp4\nv3.mp4\n")

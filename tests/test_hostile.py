@@ -358,6 +358,20 @@ class TestEmptyNames:
         assert r.exit_code == 2 and ("an empty name" in r.output or "--config is empty" in r.output), r.output
         assert list(tmp_path.iterdir()) == []
 
+    @pytest.mark.parametrize(
+        "args",
+        [["batch", "D", "-o", "OUT", "--save-features", "s3://b/feats"], ["encode", "V", "-o", "gs://b/v.pt"],
+         ["aggregate", "V", "-o", "s3://b/out"], ["encode", "V", "--save-features", "s3://b/f.pt"]],
+    )  # fmt: skip
+    def test_a_url_where_only_a_local_path_goes_is_a_usage_error(self, tmp_path, small_video, monkeypatch, args):
+        """Only batch's IN_DIR, -o and --files-from take URLs; elsewhere ``Path`` folded ``s3://b/x`` into the local
+        folder ``s3:/b/x`` and wrote there without a word (found by the hostile20 pass)."""
+        monkeypatch.chdir(tmp_path)
+        args = [str(small_video) if a == "V" else str(small_video.parent) if a == "D" else a for a in args]
+        r = run(*[str(tmp_path / "out") if a == "OUT" else a for a in args], "--config", "tiny")
+        assert r.exit_code == 2 and "a URL; this option takes a local path" in r.output, r.output
+        assert list(tmp_path.iterdir()) == []
+
 
 class TestSpecialFiles:
     def test_a_fifo_among_the_videos_fails_alone_and_never_blocks(self, tmp_path, small_video):

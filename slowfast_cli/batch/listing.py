@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..reading import lines_bounded
+from ..remote import is_url, local_path
 
 MAX_LINE = 16384  # bytes in one line of a --files-from list: four times Linux's PATH_MAX
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp")
@@ -33,13 +34,18 @@ def find_videos(root: Path, pattern: str | None = None) -> Listing:
 
     ``pattern`` is a glob matched against the path relative to ``root`` and against the file name
     (``*.mp4``, ``clips/**``, ``cam1_*``), in any case (``*.mov`` matches ``s2.MOV``), as the extensions are.
-    A URL (``remote.RemotePath``) is listed by its store, every object under it in one go.
+    A URL (``remote.RemotePath``) is listed by its store, every object under it in one go; a key with an empty, ``.``
+    or ``..`` part names no place under OUT_DIR and is a listing problem (``remote.list_files``).
     """
     if not isinstance(root, (str, os.PathLike)):
         from ..remote import list_files
 
-        found = [Path(rel) for rel in list_files(root) if rel.lower().endswith(VIDEO_EXTENSIONS)]
-        return Listing(sorted((v for v in found if not pattern or matches(v, pattern)), key=lambda p: p.parts), [])
+        unplaced: list[str] = []
+        found = [Path(rel) for rel in list_files(root, unplaced) if rel.lower().endswith(VIDEO_EXTENSIONS)]
+        found = [v for v in found if not pattern or matches(v, pattern)]
+        why = "a key with an empty, '.' or '..' part names no place under a folder; skipped (copy it to a plain key)"
+        problems = [f"{root}/{rel}: {why}" for rel in unplaced if rel.lower().endswith(VIDEO_EXTENSIONS)]
+        return Listing(sorted(found, key=lambda p: p.parts), problems)
     root = Path(root)
     videos, problems, seen = [], [], set()
 
@@ -108,7 +114,13 @@ def absolute_root(root) -> Path:
 
 def listed_path(path: Path, n: int | str, name: str, root: Path, root_abs: Path) -> Path:
     """A listed video's path relative to ``root``; outside ``root`` is a usage error naming line ``n``. Under a URL
-    root a line may also be the video's full URL (``s3://bucket/in/a.mp4``)."""
+    root a line may also be the video's full URL (``s3://bucket/in/a.mp4``); under a local root a URL is a usage error
+    (``Path`` would fold it into a name under IN_DIR that does not exist), and ``file:///x`` is the path ``/x``."""
+    if isinstance(root_abs, Path) and is_url(name):
+        raise ConfigError(f"{path}:{n}: {name!r} is a URL, and IN_DIR {root} a local folder; list paths relative to "
+                          "IN_DIR, or give IN_DIR as the URL of the folder that holds them")  # fmt: skip
+    if isinstance(root_abs, Path):
+        name = local_path(name)
     if not isinstance(root_abs, Path):  # IN_DIR is a URL
         inside = name.startswith(f"{root_abs}/")
         if inside or "://" in name or name.startswith("/"):

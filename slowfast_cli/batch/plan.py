@@ -346,14 +346,22 @@ def other_format(writer: Writer, out_dir: Path, videos: list[Path], keys: dict) 
         key = keys.get(rel)
         for suffix in suffixes:
             other = out_dir / (Path(key + suffix) if key is not None else rel.with_suffix(suffix))
-            if other.exists():
+            if _there(other):
                 return f"{FILE_FORMATS[suffix]} token files ({other.relative_to(out_dir)})"
     return None
+
+
+def _there(path: Path) -> bool:
+    """``path.exists()``, False for a name the file system cannot hold (a 250-character video name is a 262-character
+    ``.safetensors`` name): such an output cannot be there, and writing it is that video's own ``write`` failure."""
+    try:
+        return path.exists() or path.is_symlink()
+    except OSError:
+        return False
 
 
 def _exists(writer: Writer, out_rel: Path) -> bool:
     """Whether an output (a file, a link, or a sample in a shard) is there for ``out_rel``."""
     if writer.in_shards:
         return writer.has(out_rel)
-    target = writer.out_dir / out_rel
-    return target.exists() or target.is_symlink()
+    return _there(writer.out_dir / out_rel)

@@ -10,12 +10,16 @@ it however it ends (Ctrl-C and errors included):
 - OUT_DIR: a local staging folder that mirrors it (``RemoteOutputs``): the outputs already there are downloaded
   first (resume checks them as it does local ones: CRC-32 of every byte), each new token file is uploaded the
   moment it is written, whole (``UploadingWriter``), and the manifest and report follow (the manifest every
-  ``MANIFEST_EVERY`` seconds and at the end). What this does not guarantee is in README "Object storage".
+  ``MANIFEST_EVERY`` seconds and at the end; ``Places.save_state``: when the store refuses them at the end, they are
+  kept in a local folder the run names). What this does not guarantee is in README "Object storage".
+
+``StoreWatch`` stops a run whose store went away mid-run instead of failing every remaining video in turn.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -48,9 +52,31 @@ from .records import MANIFEST
 from .run import REPORT
 
 STAGING = "slowfast-remote-"  # + PID: the run's temporary folder (staging, downloads), in the system's temp folder
+UNSENT = "slowfast-unsent-"  # + PID: a manifest and report the store refused at the end, kept (never swept)
 LOCK = ".slowfast.lock"  # as batch.plan.LOCK
+STORE_DOWN = ("the storage endpoint does not answer", "the store refused the credentials")  # remote.store_error
+STORE_DOWN_RUN = 8  # videos in a row failing so: the store is gone, the run stops (StoreWatch)
 MANIFEST_EVERY = 30.0  # seconds between uploads of manifest.jsonl during a run (and once at its end)
 STATE = (MANIFEST,)  # OUT_DIR files besides the outputs that a run continues (report.json is rewritten)
+
+
+class StoreWatch:
+    """Stops a run whose store went away (or whose credentials expired) mid-run: ``STORE_DOWN_RUN`` videos in a row
+    that failed because the store does not answer or refuses the credentials raise a SlowfastError saying so (the
+    run then ends as one stopped by an error: report written, exit 1, rerun to resume), instead of every remaining
+    video failing in turn, a few seconds each. Any other outcome starts the count again."""
+
+    def __init__(self) -> None:
+        self.run = 0
+
+    def see(self, record: Any) -> None:
+        if record.status != "failed" or not any(text in (record.error or "") for text in STORE_DOWN):
+            self.run = 0
+            return
+        self.run += 1
+        if self.run >= STORE_DOWN_RUN:
+            raise SlowfastError(f"{self.run} videos in a row failed because the store does not answer or refuses the "
+                                f"credentials (the last: {record.error}); the run stopped")  # fmt: skip
 
 
 class RemoteLock:
@@ -69,7 +95,10 @@ class RemoteLock:
             if create(self.url, text.encode("utf-8", "backslashreplace")):
                 self.held = True
                 return self
-            holder = read_bytes(self.url).decode("utf-8", "replace").strip() or "another process"
+            try:
+                holder = read_bytes(self.url).decode("utf-8", "replace").strip() or "another process"
+            except ConfigError:  # released between the two requests (it said "does not exist"): try again
+                continue
             if not _orphaned(holder):
                 raise SlowfastError(
                     f"{self.url.url.rpartition('/')[0]}: another slowfast batch is writing to this folder ({holder}); "
@@ -180,14 +209,27 @@ class UploadingWriter:
             with contextlib.suppress(OSError):
                 (self.inner.out_dir / out_rel).unlink()
             raise SlowfastError(f"{self.outputs.url / out_rel}: cannot write ({exc})") from None
-        self.outputs.push_state(force=False)
+        with contextlib.suppress(SlowfastError):  # the video is written; the manifest goes again later, and at the end
+            self.outputs.push_state(force=False)
+
+    def _staged(self, out_rel: Path, write: Any) -> None:
+        """``write()`` of the staged copy; its failure names the URL and the staging folder (on TMPDIR's disk)."""
+        try:
+            write()
+        except (SlowfastError, OSError) as exc:
+            why = str(exc) if isinstance(exc, SlowfastError) else exc.strerror or str(exc)
+            why = re.sub(r"^.*: cannot write \((.*)\)$", r"\1", why)  # a writer's "STAGED: cannot write (REASON)"
+            url, why = self.outputs.url / out_rel, self.outputs.shown(why)
+            full = any(os.strerror(code) in why for code in (errno.ENOSPC, errno.EDQUOT))
+            raise SlowfastError(f"{url}: cannot write its local copy ({why}) in the staging folder {self.outputs.local}"
+                                + ("; TMPDIR chooses that disk" if full else "")) from None  # fmt: skip
 
     def write(self, tokens: Any, meta: dict, out_rel: Path) -> None:
-        self.inner.write(tokens, meta, out_rel)
+        self._staged(out_rel, lambda: self.inner.write(tokens, meta, out_rel))
         self._upload(out_rel)
 
     def commit(self, tmp: str, out_rel: Path) -> None:
-        self.inner.commit(tmp, out_rel)
+        self._staged(out_rel, lambda: self.inner.commit(tmp, out_rel))
         self._upload(out_rel)
 
     def discard(self, out_rel: Path) -> None:
@@ -205,6 +247,7 @@ class Places:
     files_from: Path | None = None
     outputs: RemoteOutputs | None = None
     names: dict[str, str] = field(default_factory=dict)  # local temporary name -> the URL the user gave
+    settled: bool = False  # save_state was called: the end of ``places`` does not upload them again
 
     @property
     def remote(self) -> bool:
@@ -217,6 +260,23 @@ class Places:
         for local, url in self.names.items():
             text = text.replace(local, url)
         return text
+
+    def save_state(self) -> str | None:
+        """Upload a URL OUT_DIR's manifest and report now (once the report is written): None when done or nothing
+        to do; else a line saying why not and the local folder they are copied to, since the staging folder goes
+        with the run (the bucket's manifest would otherwise lose this run's lines without a word)."""
+        self.settled = True
+        if self.outputs is None:
+            return None
+        try:
+            self.outputs.push_state()
+        except SlowfastError as exc:
+            kept = Path(tempfile.mkdtemp(prefix=f"{UNSENT}{os.getpid()}-"))
+            for name in (*STATE, REPORT):
+                with contextlib.suppress(OSError):
+                    shutil.copy2(self.outputs.local / name, kept / name)
+            return f"{exc}; this run's manifest.jsonl and report.json are kept in {kept} (upload them by hand)"
+        return None
 
 
 def as_place(text: str | Path) -> str | Path:
@@ -232,6 +292,9 @@ def places(in_dir: str | Path, output: str | Path, files_from: str | Path | None
     if not any(is_url(str(p)) for p in (in_dir, output, files_from) if p is not None):
         yield Places(Path(in_dir), Path(output), Path(files_from) if files_from is not None else None)
         return
+    if is_url(str(in_dir)) and is_url(str(output)) and RemotePath(str(in_dir)) == RemotePath(str(output)):
+        raise ConfigError(f"{output}: is the input folder; token files need a folder of their own "
+                          f"(e.g. -o {str(output).rstrip('/')}/tokens)")  # fmt: skip
     sweep_orphans()
     temp = Path(tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}-"))
     before = os.environ.get(FETCH_DIR)
@@ -262,11 +325,11 @@ def places(in_dir: str | Path, output: str | Path, files_from: str | Path | None
         pushed = False
         try:
             yield result
-            if result.outputs is not None:
+            if result.outputs is not None and not result.settled:
                 result.outputs.push_state()
             pushed = True
         finally:
-            if not pushed and result.outputs is not None and result.outputs.local.is_dir():
+            if not pushed and not result.settled and result.outputs is not None and result.outputs.local.is_dir():
                 with contextlib.suppress(SlowfastError):  # a run that stopped early: keep what it recorded
                     result.outputs.push_state()
     except SlowfastError as exc:

@@ -211,6 +211,11 @@ def batch(
                 raise SlowfastError(f"{in_dir}: no videos found" + (f" matching {pattern!r}" if pattern else ""))
             outcome = _run(plan, prepared.config, runner, fail_fast, show_bar=err.is_terminal and not json_)
             report = _write_report(plan, runner, outcome)
+            unsent = where.save_state()  # a URL OUT_DIR: manifest and report uploaded now, or kept locally and said
+            if unsent is not None and outcome.interrupted:
+                warn(unsent)  # the exit stays 130
+            elif unsent is not None:
+                outcome.stopped.append(unsent)
             _show(report, outcome, output, json_)
             if save_features is not None:
                 _features_missing(outcome, save_features)
@@ -257,6 +262,7 @@ class _Outcome:
 
 def _run(plan: BatchPlan, cfg: Config, engine: Engine, fail_fast: bool, show_bar: bool) -> _Outcome:
     """Start the engine and record every video, with a progress bar (on a terminal) and failures logged above it."""
+    from ..batch.remote_io import StoreWatch
     from ..batch.run import run_batch
 
     outcome, warned = _Outcome(config=cfg.to_dict() if cfg is not None else None), len(plan.problems)
@@ -273,24 +279,24 @@ def _run(plan: BatchPlan, cfg: Config, engine: Engine, fail_fast: bool, show_bar
             task = progress.add_task("videos", total=plan.total, failed=0, fps=0.0)
             if hasattr(engine, "notify"):  # an engine that speaks while no video finishes (the Ray stall watchdog)
                 engine.notify = lambda msg: progress.console.print(f"[yellow]warning:[/] {shown(msg)}")
-            frames_done, t0 = 0, time.monotonic()
+            frames_done, t0, nfail, attempted, store = 0, time.monotonic(), 0, 0, StoreWatch()
             gen = run_batch(plan, engine, cfg, fail_fast)
             try:
                 for rec in gen:
                     outcome.records.append(rec)
                     frames_done += rec.frames or 0
-                    nfail = sum(r.status == "failed" for r in outcome.records)
+                    nfail, attempted = nfail + (rec.status == "failed"), attempted + (rec.status != "skipped")  # O(1)
                     rate = frames_done / max(1e-9, time.monotonic() - t0)
                     progress.update(task, advance=1, failed=nfail, fps=rate)
                     last = len(outcome.records) == plan.total
                     if lines is not None and (rec.status != "skipped" or last):  # resumed ones: no line of their own
-                        attempted = sum(r.status != "skipped" for r in outcome.records)
                         lines.update(len(outcome.records), attempted, nfail, frames_done)
                     if rec.status == "failed":
                         progress.console.print(f"[red]failed[/] {shown(rec.error or rec.source)}")
                     while warned < len(plan.problems):  # the Ray engine finds damaged outputs as it goes
                         progress.console.print(f"[yellow]warning:[/] {shown(plan.problems[warned])}")
                         warned += 1
+                    store.see(rec)  # a store that went away mid-run stops it (SlowfastError), not every video in turn
             finally:
                 gen.close()
     except KeyboardInterrupt:

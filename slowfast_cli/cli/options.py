@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -92,10 +93,13 @@ def file_named(text: str) -> Path:
 
 
 def path_named(text: str) -> Path:
-    """A path option's value; an empty one is a usage error (``Path("")`` would be the current folder)."""
+    """A path option's value; an empty one is a usage error (``Path("")`` would be the current folder), and so is a
+    URL (``Path`` would fold ``s3://b/x`` into the local folder ``s3:/b/x``; only ``batch`` takes URLs: cli.urls)."""
     if not text:
         raise typer.BadParameter("an empty name; give a path")
-    return Path(text)
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text) and not text.startswith("file://"):
+        raise typer.BadParameter(f"{text}: a URL; this option takes a local path (URLs: batch IN_DIR -o --files-from)")
+    return Path(text.removeprefix("file://"))
 
 
 ProjectorWeightsOpt = Annotated[
