@@ -313,14 +313,17 @@ def list_presets() -> dict[str, Path]:
 
 
 def find_preset(name_or_path: str) -> Path:
-    """A preset by name (``tiny``) or a path to a TOML file."""
+    """A preset by name (``tiny``) or a path to a TOML file. A bare preset name is the preset even where the
+    working folder holds a file or folder of that name (pass ``./tiny`` for that one)."""
     p = Path(name_or_path)
+    presets = list_presets()
+    if p.suffix != ".toml" and "/" not in name_or_path and name_or_path in presets:
+        return presets[name_or_path]
     if p.suffix == ".toml" or p.exists() or "/" in name_or_path:
         problem = path_problem(p)
         if problem:
             raise ConfigError(f"config file {name_or_path} {problem}")
         return p
-    presets = list_presets()
     if name_or_path not in presets:
         raise ConfigError(f"unknown preset {name_or_path!r}; valid: {', '.join(presets) or '(none found)'}")
     return presets[name_or_path]

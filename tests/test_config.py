@@ -87,6 +87,18 @@ def test_unknown_preset_lists_known():
         resolve_config("nope")
 
 
+def test_a_preset_name_is_the_preset_beside_a_folder_or_file_of_that_name(tmp_path, monkeypatch):
+    """A folder named ``tiny`` in the working folder (a run's outputs, say) does not hide the preset; ``./tiny``
+    names the path."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()
+    assert resolve_config("tiny").encoder.model == "slowfast-tiny-vit"
+    with pytest.raises(ConfigError, match="config file ./tiny .*folder"):
+        resolve_config("./tiny")
+    (tmp_path / "mine").write_text("[video]\nframes = 7\n")  # not a preset name: still the file
+    assert resolve_config("mine").video.frames == 7
+
+
 def test_missing_preset_file():
     with pytest.raises(ConfigError, match="does not exist"):
         resolve_config("no/such/file.toml")
