@@ -299,7 +299,8 @@ def test_a_stall_is_named_and_stops_the_run_with_stall_timeout(cluster, tmp_path
 
 def test_ctrl_c_leaves_files_and_lines_together_and_resumes(cluster, tmp_path):
     """SIGTERM (a scheduler's stop; the CLI treats it as Ctrl-C, and ray.init must not take it over) mid-run: exit 130,
-    every token file with its manifest line, and a rerun completes to the local engine's files."""
+    every token file recorded (its line merged into the manifest, or in its block's part, which the next run merges
+    first), and a rerun completes to the local engine's files, each video ``ok`` once in the manifest."""
     src = tmp_path / "in"
     src.mkdir()
     for i in range(12):
@@ -318,20 +319,25 @@ def test_ctrl_c_leaves_files_and_lines_together_and_resumes(cluster, tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err.decode()
-    recorded = {r["output"] for r in read_manifest(out / "manifest.jsonl") if r["status"] == "ok"}
-    assert recorded == set(token_files(out)) and 2 <= len(recorded) < 12  # every file has its line, and back
+    merged = {r["output"] for r in read_manifest(out / "manifest.jsonl") if r["status"] == "ok"}
+    recorded = merged | {r["output"] for r in recorded_in_parts(out) if r["status"] == "ok"}  # the next run merges
+    assert set(token_files(out)) <= recorded and len(merged) >= 2 and len(recorded) < 12  # every file recorded
     assert json.loads((out / "report.json").read_text())["run"]["interrupted"] is True
     again = ray_batch(cluster, src, out)
     assert again.returncode == 0, again.stderr.decode()
     assert local.result().returncode == 0
     assert_same_files(full, out)
-    assert not [p for p in out.rglob("*") if p.name.startswith(TMP_PREFIX)]
+    assert not [p for p in out.rglob("*") if p.name.startswith((TMP_PREFIX, ".slowfast-parts"))]
+    ok = sorted(r["source"] for r in read_manifest(out / "manifest.jsonl") if r["status"] == "ok")
+    assert ok == sorted(f"clip{i:02d}.mp4" for i in range(12))
 
 
 def recorded_in_parts(out: Path) -> list[dict]:
     """The records the actors wrote in the blocks' parts so far (``batch.parts``), merged or not."""
-    return [e["record"] for p in (out / ".slowfast-parts").glob("block-*.jsonl")
-            for e in map(json.loads, p.read_text().splitlines()) if "record" in e]  # fmt: skip
+    from slowfast_cli.batch.parts import read_lines
+
+    return [e["record"] for p in (out / ".slowfast-parts").glob("block-*.jsonl") for e in read_lines(p)[0]
+            if "record" in e]  # fmt: skip
 
 
 def test_a_driver_killed_with_sigkill_leaves_only_recorded_shards_and_resumes(cluster, tmp_path):

@@ -213,7 +213,10 @@ class Merger:
 
     def __init__(self, out_dir: Path):
         self.out_dir, self.dir = Path(out_dir), Path(out_dir) / PARTS
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SlowfastError(f"{self.dir}: cannot create the folder of the parts ({exc.strerror or exc})") from None
         self.manifest = Manifest(self.out_dir / MANIFEST)
         self.offsets: dict[str, int] = {}
         self.merged_at = time.monotonic()

@@ -254,7 +254,7 @@ class RayEngine:
             return
         watchdog = Watchdog(self.stall_warn, self.stall_timeout, self.notify)
         ds = self.dataset(plan, self.job(plan, config))
-        rows = ds.iter_rows()
+        rows = iter(ds.iter_rows())
         try:
             with watchdog:
                 for item in rows:
@@ -318,9 +318,8 @@ class RayEngine:
             compute=ray.data.ActorPoolStrategy(size=size.encoders, max_tasks_in_flight_per_actor=2),
             num_cpus=size.cpus,
             num_gpus=size.gpus or None,
-            max_restarts=-1,  # Ray restarts a dead actor and runs its block again; the part bounds the retries
-            max_task_retries=-1,
-        )
+        )  # Ray Data's actors restart and rerun their block without end (max_restarts = max_task_retries = -1, its
+        # default for an actor pool); the block's part bounds the retries per video (ray_block, batch.parts)
 
     def summary(self) -> dict[str, Any]:
         """What ``report.json``'s ``run.engine`` says about this run."""
