@@ -1,12 +1,13 @@
 """The Ray driver's CPU per video: rows for files that do not exist, which cost the engine's overhead only.
 
-Every run is a real ``slowfast batch --engine ray --files-from LIST`` subprocess against one loopback head (2 CPUs,
-started here with ``tests/raycluster.py`` and stopped by PID), into a fresh output folder. LIST names ``--small``
-and ``--large`` paths that do not exist: each comes back as a ``missing`` failure from the encoder actor's decoder,
-so the driver's work per row is all engine (receiving the row, recording it, the manifest). The driver's CPU time
-(user + system, from ``getrusage(RUSAGE_CHILDREN)`` around the subprocess) is split into a fixed part and a part
-per row from the two sizes: ``cpu = fixed + rows * per_row``. Trees given with ``--trees`` (each put first on
-``PYTHONPATH``) run interleaved, ``--repeats`` times; medians with their spreads (min-max) are printed.
+Every run is a real ``slowfast batch --engine ray --files-from LIST`` subprocess into a fresh output folder, against
+a loopback head of 2 CPUs per tree (started here with ``tests/raycluster.py``, its workers importing that tree too,
+stopped by PID). LIST names ``--small`` and ``--large`` paths that do not exist: each comes back from the encoder
+actor's decoder as a ``missing`` failure (checked), so the driver's work per row is all engine (receiving the row,
+recording it, the manifest). The driver's CPU time (user + system, from ``getrusage(RUSAGE_CHILDREN)`` around the
+subprocess) is split into a fixed part and a part per row from the two sizes: ``cpu = fixed + rows * per_row``.
+Trees given with ``--trees`` (each put first on ``PYTHONPATH``) run interleaved, ``--repeats`` times; medians with
+their spreads (min-max) are printed.
 
 Example:
     python benchmarks/bench_ray_driver.py --trees /work/main,. --small 200 --large 2000 --repeats 3
@@ -14,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import resource
 import shutil
 import statistics
@@ -39,8 +41,10 @@ def driver_cpu(tree: Path, src: Path, listing: Path, out: Path, env: dict, addre
     r = subprocess.run(cmd, env=env, capture_output=True, timeout=3600)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if r.returncode not in (0, 1):
-        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.decode()[-2000:]}")
+    rows = len(listing.read_text().splitlines())
+    kinds = json.loads(r.stdout)["run"]["failures_by_kind"] if r.stdout else None
+    if r.returncode != 1 or kinds != {"missing": rows}:  # every row came back from the cluster as missing
+        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}, {kinds}): {r.stderr.decode()[-2000:]}")
     shutil.rmtree(out)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), wall
 
@@ -64,13 +68,15 @@ def main() -> None:
     for n in (args.small, args.large):
         lists[n] = work / f"list{n}.txt"
         lists[n].write_text("".join(f"gone/m{i:07d}.mp4\n" for i in range(n)))
-    c = raycluster.make_cluster(work / "rc")
+    clusters = {}  # one head per tree: its workers import that tree too (PYTHONPATH in the cluster's environment)
     runs: dict[str, list[dict]] = {str(t): [] for t in trees}
     try:
-        c.start_head(num_cpus=2)
+        for i, tree in enumerate(trees):
+            clusters[tree] = raycluster.make_cluster(work / f"rc{i}", {"PYTHONPATH": str(tree)})
+            clusters[tree].start_head(num_cpus=2)
         for rep in range(args.repeats):
             for tree in trees:
-                cpu, wall = {}, {}
+                cpu, wall, c = {}, {}, clusters[tree]
                 for n in (args.small, args.large):
                     cpu[n], wall[n] = driver_cpu(tree, src, lists[n], work / "out", c.env, c.address)
                 per_row = (cpu[args.large] - cpu[args.small]) / (args.large - args.small)
@@ -79,7 +85,8 @@ def main() -> None:
                 runs[str(tree)].append(row)
                 print(f"round {rep} {tree}: {row}", flush=True)
     finally:
-        c.stop()
+        for c in clusters.values():
+            c.stop()
         shutil.rmtree(work, ignore_errors=True)
     rows = []
     for tree, got in runs.items():

@@ -5,12 +5,25 @@ kills at every step. The same code runs inside the actors in ``test_ray.py``."""
 from __future__ import annotations
 
 import json
+import resource
 from pathlib import Path
 
+import pytest
 import torch
 
 from slowfast_cli.batch.engines.ray_block import BlockOutput
-from slowfast_cli.batch.parts import PARTS, STATE, BlockLog, Merger, Part, open_shard, part_path, read_lines, recover
+from slowfast_cli.batch.parts import (
+    PARTS,
+    STATE,
+    BlockLog,
+    Merger,
+    Part,
+    PartError,
+    open_shard,
+    part_path,
+    read_lines,
+    recover,
+)
 from slowfast_cli.batch.records import Record, read_manifest
 from slowfast_cli.dataset import TokenDataset
 from slowfast_cli.formats import index
@@ -135,3 +148,25 @@ def test_recovery_finishes_an_open_shard_a_killed_driver_left(tmp_path):
     assert [r["key"] for r in index.read_index(tmp_path / index.INDEX)] == ["a"]
     assert len(TokenDataset(tmp_path)) == 1 and not (tmp_path / PARTS).exists()
     assert json.loads((tmp_path / "manifest.jsonl").read_text().splitlines()[0])["source"] == "a"
+
+
+def test_a_full_disk_takes_back_what_it_could_not_record(tmp_path):
+    """A part that cannot grow (a file size limit: the disk's refusal, EFBIG) is cut back to its last whole line, the
+    file of the record it could not write is removed, and the error names the part: nothing visible unrecorded."""
+    out = BlockOutput({"out_dir": str(tmp_path), "format": None}, 0)
+    out.write(tokens(1), {"frames": 4}, Path("a.pt"), ok("a.mp4", "a.pt"))
+    out.flush()
+    size = part_path(tmp_path, 0).stat().st_size
+    out.write(tokens(2), {"frames": 4}, Path("b.pt"), ok("b.mp4", "b.pt"))  # its temporary file is written
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 20, hard))  # Python ignores SIGXFSZ: writes fail with EFBIG
+    try:
+        with pytest.raises(PartError, match="block-000000.jsonl: cannot write"):
+            out.flush()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert part_path(tmp_path, 0).stat().st_size == size
+    assert sorted(p.name for p in tmp_path.iterdir()) == [PARTS, "a.pt"]  # b neither in place nor left behind
+    out.part.close()
+    recover(tmp_path)
+    assert [r["source"] for r in read_manifest(tmp_path / "manifest.jsonl")] == ["a.mp4"]

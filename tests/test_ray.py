@@ -297,8 +297,10 @@ def test_a_stall_is_named_and_stops_the_run_with_stall_timeout(cluster, tmp_path
     assert "stopped after --stall-timeout 12 s" in err.strip().splitlines()[-1]
 
 
-def test_ctrl_c_leaves_files_and_lines_together_and_resumes(cluster, tmp_path):
-    """SIGTERM (a scheduler's stop; the CLI treats it as Ctrl-C, and ray.init must not take it over) mid-run: exit 130,
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_ctrl_c_leaves_files_and_lines_together_and_resumes(cluster, tmp_path, sig):
+    """SIGTERM (a scheduler's stop; the CLI treats it as Ctrl-C, and ray.init must not take it over) or SIGINT (Ctrl-C)
+    mid-run: exit 130,
     every token file recorded (its line merged into the manifest, or in its block's part, which the next run merges
     first), and a rerun completes to the local engine's files, each video ``ok`` once in the manifest."""
     src = tmp_path / "in"
@@ -316,7 +318,7 @@ def test_ctrl_c_leaves_files_and_lines_together_and_resumes(cluster, tmp_path):
         if sum(r["status"] == "ok" for r in read_manifest(out / "manifest.jsonl")) >= 2:
             break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err.decode()
     merged = {r["output"] for r in read_manifest(out / "manifest.jsonl") if r["status"] == "ok"}
