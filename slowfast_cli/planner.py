@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .budget import Budget, token_budget
@@ -30,7 +31,7 @@ def _dominates(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
 
 def plan(
     context: int,
-    grid: tuple[int, int],
+    grid: tuple[int, int] | Callable[[int], tuple[int, int]],
     min_frames: int = 1,
     max_frames: int = 256,
     reserve: int = 0,
@@ -54,6 +55,8 @@ def plan(
 
     ``layout="frames"`` (every frame pooled alike, no fast pathway) searches T and the pool only; ``newline``
     counts the newline tokens of each candidate, and drops the pools it cannot apply to (``grid`` needs rows).
+    ``grid`` may be a function of T (Qwen3-VL, whose pixel bound covers the whole video: more frames, a smaller
+    grid); each entry's budget then names its own grid.
     """
     slow_frame_count(1, 1, slow_index)  # an unknown slow_index fails even when nothing would fit
     if context <= 0:
@@ -64,10 +67,12 @@ def plan(
     if limit <= 0:
         raise ConfigError(f"reserve {reserve} leaves no room in a context of {context}")
     frame_options = sorted({t for t in PLAN_FRAMES if min_frames <= t <= max_frames} | {min_frames, max_frames})
-    gh, gw = grid
-    fast_options = [(k, k) for k in PLAN_FAST if k <= gh and k <= gw] if layout != "frames" else [(1, 1)]
+    grid_of = grid if callable(grid) else (lambda t, g=grid: g)
     best: dict[tuple[int, int, int], PlanEntry] = {}
     for t in frame_options:
+        grid = grid_of(t)
+        gh, gw = grid
+        fast_options = [(k, k) for k in PLAN_FAST if k <= gh and k <= gw] if layout != "frames" else [(1, 1)]
         slow_options = sorted({2**i for i in range(t.bit_length()) if 2**i <= t} | {t}) if layout != "frames" else [t]
         for pool in pools:
             try:

@@ -125,7 +125,7 @@ def _list(in_dir: Path, out_dir: Path) -> list[Path]:
 
 def _plan(in_dir: Path, out_dir: Path, preset: str | None, flags: dict[str, Any], overwrite: bool) -> FolderPlan:
     clean_stale_temp_files(out_dir)
-    todo, records, problems, other, foreign = [], [], [], [], []
+    todo, records, problems, other, foreign, unfit = [], [], [], [], [], []
     configs: dict[Path, Config] = {}
     changes: Counter = Counter()
     for rel in _list(in_dir, out_dir):
@@ -140,8 +140,9 @@ def _plan(in_dir: Path, out_dir: Path, preset: str | None, flags: dict[str, Any]
         if isinstance(grid, list) and len(grid) == 2:
             try:
                 check_grid(tuple(grid), a.slow_pool, a.fast_size, a.layout)
-            except ConfigError as exc:
-                raise ConfigError(f"{in_dir / rel}: {exc}") from None
+            except ConfigError as exc:  # this file's grid (Qwen-VL grids follow each video): this file fails
+                unfit.append(Record.failed(rel, rel, f"{in_dir / rel}: {exc}"))
+                continue
         configs[rel] = cfg
         changes.update(aggregator_changes(meta, cfg))
         target = out_dir / rel
@@ -157,6 +158,9 @@ def _plan(in_dir: Path, out_dir: Path, preset: str | None, flags: dict[str, Any]
             else:
                 other.append((rel, why))
         todo.append((rel, rel))
+    if unfit and not configs:
+        raise ConfigError(unfit[0].error)  # no file fits these settings: a bad setting, not bad files
+    records += unfit  # some files' grids do not fit: they fail (named in the manifest and the summary), not the run
     if foreign:
         raise ConfigError(
             f"{out_dir}: {len(foreign)} file(s) where token files would go are another program's (e.g. {foreign[0]}); "

@@ -175,6 +175,15 @@ def test_smart_resize_equals_transformers(width, height):
         assert smart_resize_video(frames, height, width, 2, q3.factor, q3.min_pixels, q3.max_pixels) == want
 
 
+def test_a_frame_too_long_for_qwen3_is_named_by_its_own_size():
+    """transformers checks the ratio after scaling a narrow frame up to 32 px; the message names the video's size."""
+    q3 = FAMILIES["qwen3_vl"]
+    with pytest.raises(ValueError, match="must be smaller than 200, got 410"):
+        hf_smart_resize3(16, 4100, 10, 2, q3.factor, q3.min_pixels, q3.max_pixels)
+    with pytest.raises(SlowfastError, match=r"^a 10x4100 frame is more than 200 times as long as it is wide$"):
+        smart_resize_video(16, 4100, 10, 2, q3.factor, q3.min_pixels, q3.max_pixels)
+
+
 def test_qwen_sampling_is_smart_nframes_then_rounded_linspace():
     """qwen-vl-utils' rule, spelled out: fps 2, at least 4, at most min(768, n), floored to even; torch's linspace."""
     for n in (4, 5, 30, 31, 100, 301, 1000, 5000):
@@ -184,7 +193,7 @@ def test_qwen_sampling_is_smart_nframes_then_rounded_linspace():
             assert qwen_indices(n, fps, 2.0, 768) == want
 
 
-def test_budget_of_a_video_size_is_the_count_the_tensor_has(qwen25, own_layout):
+def test_budget_of_a_video_size_is_the_count_the_tensor_has(qwen25, qwen_clip, own_layout):
     folder, _ = qwen25
     args = ["budget", "--config", "qwen2.5-vl-7b", "--pretrained", str(folder), "--size", "160x96", "--frames", "6"]
     result = runner.invoke(app, [*args, "--json"])
@@ -195,6 +204,38 @@ def test_budget_of_a_video_size_is_the_count_the_tensor_has(qwen25, own_layout):
     assert "cannot know the token count without it: counted for a 1280x720 video" in result.output
     result = runner.invoke(app, [*args[:-4], "--size", "160x96x3"])  # the message says the order: WxH, not a grid's
     assert result.exit_code == 2 and "bad --size '160x96x3': expected WxH, the video's width x height" in result.output
+    # Qwen3-VL's bound covers the whole video: --plan gives each frame count its own grid, as budget --frames does
+    plan3 = ["budget", "--config", "qwen3-vl-8b", "--size", "1280x720", "--plan", "--context", "8192"]
+    result = runner.invoke(app, [*plan3, "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert len({tuple(r["grid"]) for r in rows}) > 1
+    for r in rows:
+        one = ["budget", "--config", "qwen3-vl-8b", "--size", "1280x720", "--frames", str(2 * r["frames"]), "--json"]
+        assert json.loads(runner.invoke(app, one).stdout)["grid"] == r["grid"]
+    result = runner.invoke(app, plan3)
+    assert f"--max-frames {2 * rows[0]['frames']} " in result.stdout  # frames sampled by rate: a cap, in frames
+    result = runner.invoke(app, [*args[:-4], "--size", "16x16"])  # a size the model refuses: a bad flag, exit 2
+    assert result.exit_code == 2 and "--size 16x16 with 64 frames: a 16x16 video is smaller" in result.output
+    result = runner.invoke(app, [*args[:-4], "--size", "160x96", "--pretrained", str(folder) + "-typo"])
+    assert result.exit_code == 2 and "-typo: no config.json" in result.output  # not the defaults, without a word
+    bounds = json.loads((folder / "video_preprocessor_config.json").read_text())
+    lying = with_processor(folder, {**bounds, "size": {"shortest_edge": 9000, "longest_edge": 3000}})
+    for command in (["budget", "--size", "160x96"], ["encode", str(qwen_clip), "-o", str(lying / "x.pt")]):
+        result = runner.invoke(app, [*command, "--config", "qwen2.5-vl-7b", "--pretrained", str(lying)])
+        assert result.exit_code == 1 and "min_pixels 9000 / max_pixels 3000" in result.output, result.output
+        assert str(lying / "video_preprocessor_config.json") in result.output and not (lying / "x.pt").exists()
+
+
+def with_processor(folder, processor: dict):
+    """A copy of checkpoint ``folder`` (weights linked) whose video processor config is ``processor``."""
+    copy = folder.parent / f"{folder.name}-processor-{abs(hash(json.dumps(processor, sort_keys=True)))}"
+    copy.mkdir(exist_ok=True)
+    for p in folder.iterdir():
+        if not (copy / p.name).exists() and p.name != "video_preprocessor_config.json":
+            (copy / p.name).symlink_to(p)
+    (copy / "video_preprocessor_config.json").write_text(json.dumps(processor))
+    return copy
 
 
 def test_bad_inputs_get_one_line(qwen25, qwen_clip, tmp_path):
@@ -242,6 +283,17 @@ def test_bad_inputs_get_one_line(qwen25, qwen_clip, tmp_path):
     assert not out.exists()
 
 
+def test_a_fixed_frame_count_on_a_qwen_preset(qwen25, qwen_clip, tmp_path):
+    """--sampling centers --sample-fps 0 --frames N undoes the preset's rate from the command line (no TOML): N
+    segment-centre frames, N/2 temporal patches; --sample-fps 0 with qwen sampling is refused."""
+    folder, _ = qwen25
+    args = ["--config", "qwen2.5-vl-7b", "--sampling", "centers", "--sample-fps", "0", "--frames", "4"]
+    t = encode(qwen_clip, folder, tmp_path / "c.pt", *args)
+    assert t["meta"]["frame_indices"] == [3, 11, 18, 26] and t["meta"]["frames"] == 2  # 30 frames, 4 centres
+    result = runner.invoke(app, ["encode", str(qwen_clip), *args[:2], "--sample-fps", "0", "--pretrained", str(folder)])
+    assert result.exit_code == 2 and "does not apply to --sampling qwen" in result.output
+
+
 def test_batch_and_aggregate_keep_the_tokens_and_positions(qwen25, qwen_clip, own_layout, tmp_path):
     """batch (the local engine, one video per pass; here into safetensors files) gives encode's tokens and
     positions bit for bit; aggregate re-pools saved features with the positions of the new groups."""
@@ -272,6 +324,21 @@ def test_batch_and_aggregate_keep_the_tokens_and_positions(qwen25, qwen_clip, ow
     assert ag["tokens"].shape[1] == len(where) == 18 + 3 and where[18:] == [(0, 0, 0), (1, 0, 0), (2, 0, 0)]
     assert torch.equal(ag["tokens"][0, :18], sf["tokens"][0, :18])
     assert ag["meta"]["slow_video_indices"] == [sf["meta"]["frame_indices"][0]]
+    # a folder whose videos have other grids: the one a 4x4 pool does not fit fails alone, named; the other is done
+    both = tmp_path / "both"
+    both.mkdir()
+    (both / "a.mp4").write_bytes(qwen_clip.read_bytes())  # a 3x6 merged grid
+    make_video(both / "big.mp4", frames=30, size=(320, 320), fps=10)  # a 4x4 merged grid
+    args = ["batch", str(both), "-o", str(tmp_path / "tok2"), "--save-features", str(tmp_path / "feat2")]
+    result = runner.invoke(app, [*args, "--config", "qwen2.5-vl-7b", "--pretrained", str(folder), "--dtype", "fp32"])
+    assert result.exit_code == 0, result.output
+    args = ["aggregate", str(tmp_path / "feat2"), "-o", str(tmp_path / "ag2"), "--layout", "slowfast"]
+    result = runner.invoke(app, [*args, "--slow-frames", "1", "--fast-size", "4x4"])
+    assert result.exit_code == 1 and "1 of 2 videos failed" in result.output, result.output
+    lines = [json.loads(line) for line in (tmp_path / "ag2" / "manifest.jsonl").read_text().splitlines()]
+    assert {r["source"]: r["status"] for r in lines} == {"a.pt": "failed", "big.pt": "ok"}
+    assert "a.pt: fast size 4x4 (--fast-size) is larger than the 3x6 patch grid" in lines[0]["error"]
+    assert (tmp_path / "ag2" / "big.pt").is_file() and not (tmp_path / "ag2" / "a.pt").exists()
 
 
 def test_without_transformers_one_line(qwen25, qwen_clip, tmp_path):

@@ -275,11 +275,13 @@ def start(args: list[str], env: dict) -> subprocess.Popen:
 
 
 def wait_for(s3, key: str, proc: subprocess.Popen) -> None:
+    """Until ``key`` is an object (``objects`` names them relative to the prefix) or the process ended."""
+    prefix, _, name = key.rpartition("/")
     for _ in range(600):
-        if key in objects(s3, key.rpartition("/")[0] + "/") or proc.poll() is not None:
+        if name in objects(s3, prefix + "/") or proc.poll() is not None:
             break
         time.sleep(0.2)
-    assert proc.poll() is None and key.rpartition("/")[2] in objects(s3, key.rpartition("/")[0] + "/")
+    assert proc.poll() is None and name in objects(s3, prefix + "/")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])

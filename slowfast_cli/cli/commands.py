@@ -14,6 +14,7 @@ import typer
 from ..budget import aggregator_budget
 from ..config import list_presets, load_preset, parse_hw
 from ..encoder.hfvl.checks import budget_grid
+from ..encoder.hfvl.families import family_of
 from ..errors import ConfigError, SlowfastError
 from ..hf_families import family as hf_family
 from ..hf_families import is_hf_model
@@ -113,8 +114,9 @@ def budget(
     at_least(reserve, 0, "--reserve")
     at_least(top, 1, "--top")
     hf_notes: list[str] = []
+    grid_of = None  # Qwen3-VL: the grid as a function of the frame count (budget_grid)
     if is_hf_model(cfg.encoder.model) and hf_family(cfg.encoder.model).grid is None and not grid:  # Qwen-VL
-        g, cfg.video.frames, hf_notes = budget_grid(cfg, _video_size(size) if size else None, cfg.video.frames)
+        g, cfg.video.frames, hf_notes, grid_of = budget_grid(cfg, _video_size(size) if size else None, cfg.video.frames)
     else:
         g = parse_hw(grid, "--grid") if grid else model_grid(cfg.encoder.model)
     if plan_:
@@ -122,10 +124,14 @@ def budget(
             raise ConfigError("--plan needs --context N (the LLM's context length)")
         lo, hi = _parse_range(frames_range)
         a = cfg.aggregator
-        entries = plan(context, g, lo, hi, reserve, slow_index=a.slow_index, layout=a.layout, newline=a.newline)
+        entries = plan(context, grid_of or g, lo, hi, reserve, slow_index=a.slow_index, layout=a.layout,
+                       newline=a.newline)  # fmt: skip
         for n in hf_notes:  # the grid of --size, and that frames count temporal patches
             warn(n)
-        show_plan(entries, context, reserve, g, top, json_)
+        v = cfg.video
+        step = family_of(cfg.encoder.model).temporal_patch if hf_notes else 1  # planned frames: temporal patches
+        hint = {"per_step": step, "by_rate": v.sampling == "qwen" or v.sample_fps is not None}
+        show_plan(entries, context, reserve, g, top, json_, **hint)
         return
     a = cfg.aggregator
     b = aggregator_budget(cfg.video.frames, g, a)
@@ -149,7 +155,7 @@ def budget(
         warn(n)
 
 
-def show_plan(entries, context: int, reserve: int, grid, top: int, as_json: bool) -> None:
+def show_plan(entries, context: int, reserve: int, grid, top: int, as_json: bool, **hint) -> None:
     if as_json:
         print_json([{**e.budget.to_dict(), "spare": e.spare, "rank": i + 1} for i, e in enumerate(entries)])
     if not entries:  # exit 1 in both forms (the JSON form prints its empty list first)
@@ -158,7 +164,7 @@ def show_plan(entries, context: int, reserve: int, grid, top: int, as_json: bool
         )
     if not as_json:
         out.print(plan_table(entries, context, reserve, grid, top))
-        out.print(plan_hint(entries))
+        out.print(plan_hint(entries, **hint))
 
 
 @handles_errors

@@ -26,7 +26,12 @@ PretrainedOpt = Annotated[
 
 LayerOpt = Annotated[int | None, typer.Option(help="ViT block whose patch tokens are taken; -2 = penultimate.")]
 FramesOpt = Annotated[int | None, typer.Option("--frames", "-t", help="Frames T sampled uniformly from the video.")]
-SampleFpsOpt = Annotated[float | None, typer.Option(help="Sample at this rate instead of a fixed --frames.")]
+SampleFpsOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Sample at this rate instead of a fixed --frames (0: a fixed --frames, undoing a preset's rate)."
+    ),
+]
 MaxFramesOpt = Annotated[int | None, typer.Option(help="Cap on frames when sampling with --sample-fps.")]
 SlowFramesOpt = Annotated[int | None, typer.Option(help="Frames S kept in detail by the slow pathway.")]
 
@@ -154,7 +159,17 @@ def build_config(preset: str, **flags: Any) -> Config:
         flags["projector_weights"] = str(flags["projector_weights"])
     unknown = set(flags) - set(FLAG_KEYS)
     assert not unknown, unknown
+    no_rate = flags.get("sample_fps") == 0  # --sample-fps 0: no rate, a fixed --frames (a preset's rate undone)
+    if no_rate:
+        flags["sample_fps"] = None
     cfg = resolve_config(preset, flags)
+    if no_rate:
+        if cfg.video.sampling == "qwen":
+            raise ConfigError(
+                "--sample-fps 0 (a fixed --frames) does not apply to --sampling qwen, which samples by rate; pass "
+                "--sampling centers (or linspace) with it"
+            )
+        cfg.video.sample_fps = None
     refuse_slowfast_flags(cfg, flags)
     by_rate = cfg.video.sampling == "qwen" or (cfg.video.sampling == "centers" and cfg.video.sample_fps)
     if flags.get("max_frames") is not None and not by_rate:  # qwen: smart_nframes' max_frames
@@ -191,7 +206,8 @@ def refuse_frames_by_rate(cfg: Config, flags: dict[str, Any]) -> None:
         rate = v.sample_fps or 2.0
         raise ConfigError(
             f"--frames does not apply to --sampling {v.sampling}, which takes {rate:g} frames a second of each video "
-            "(at most --max-frames); drop --frames, or pass --max-frames N to cap the count"
+            "(at most --max-frames); drop --frames, pass --max-frames N to cap the count, or --sampling centers "
+            "--sample-fps 0 for a fixed --frames"
         )
 
 

@@ -59,28 +59,38 @@ def budget_table(b: Budget, context: int | None) -> Table:
 
 def plan_table(entries, context: int, reserve: int, grid, top: int) -> Table:
     """The planner's Pareto front, ``top`` rows."""
+    grids = {tuple(e.budget.grid) for e in entries}
+    each = len(grids) > 1  # Qwen3-VL: the grid follows the frame count; a column then, not the title
+    where = "the grid of each row's frames" if each else f"{grid[0]}x{grid[1]} grid"
     t = Table(
-        title=f"settings that fit {context:,} tokens ({grid[0]}x{grid[1]} grid, reserve {reserve:,}): Pareto front",
+        title=f"settings that fit {context:,} tokens ({where}, reserve {reserve:,}): Pareto front",
         caption=f"{len(entries)} non-dominated settings; ranked by frames, then slow detail, then fast detail",
     )
-    for name in ("#", "frames", "slow", "pool", "fast", "slow tok", "fast tok", "total", "spare"):
+    names = ("#", "frames", *(("grid",) if each else ()), "slow", "pool", "fast", "slow tok", "fast tok", "total")
+    for name in (*names, "spare"):
         t.add_column(name, justify="right" if name not in ("pool",) else "left")
     for i, e in enumerate(entries[:top]):
         b = e.budget
         fast = f"{b.fast_size[0]}x{b.fast_size[1]}"
-        t.add_row(str(i + 1), str(b.frames), str(b.slow_frames), b.slow_pool, fast, _fmt_int(b.slow_tokens),
+        g = (f"{b.grid[0]}x{b.grid[1]}",) if each else ()
+        t.add_row(str(i + 1), str(b.frames), *g, str(b.slow_frames), b.slow_pool, fast, _fmt_int(b.slow_tokens),
                   _fmt_int(b.fast_tokens), _fmt_int(b.output_tokens), _fmt_int(e.spare))  # fmt: skip
     return t
 
 
-def plan_hint(entries) -> str:
-    """The flags of the planner's first row."""
+def plan_hint(entries, per_step: int = 1, by_rate: bool = False) -> str:
+    """The flags of the planner's first row. ``per_step``: sampled frames per planned step (a Qwen-VL temporal
+    patch is 2 frames); ``by_rate``: T follows each video (sampling by rate), so the row's frames are a cap
+    (``--max-frames``), which a short video does not reach."""
     b = entries[0].budget
     newline = f" --newline {b.newline}" if b.newline != "no_token" else ""
+    frames = f"--max-frames {b.frames * per_step}" if by_rate else f"--frames {b.frames * per_step}"
+    if by_rate:
+        newline += f"  ({b.frames} temporal patches of {per_step} frames at most; a shorter video gets fewer)"
     if b.layout == "frames":
-        return f"use #1 with: --layout frames --frames {b.frames} --slow-pool {b.slow_pool}{newline}"
+        return f"use #1 with: --layout frames {frames} --slow-pool {b.slow_pool}{newline}"
     return (
-        f"use #1 with: --frames {b.frames} --slow-frames {b.slow_frames} --slow-pool {b.slow_pool} "
+        f"use #1 with: {frames} --slow-frames {b.slow_frames} --slow-pool {b.slow_pool} "
         f"--fast-size {b.fast_size[0]}x{b.fast_size[1]} --slow-index {b.slow_index}{newline}  (the *_avg pools cost "
         "the same as *_max)"
     )

@@ -125,11 +125,12 @@ def smart_resize_video(
     """
     if frames < temporal:
         raise SlowfastError(f"{frames} frame(s) is fewer than the model's {temporal} frames per temporal patch")
+    video = f"a {width}x{height} frame"  # the messages name the video's own size, not the scaled one
     if height < factor or width < factor:
         scale = max(factor / height, factor / width)
         height, width = int(height * scale), int(width * scale)
-    if max(height, width) / min(height, width) > 200:
-        raise SlowfastError(f"a {width}x{height} frame is more than 200 times as long as it is wide")
+    if max(height, width) / min(height, width) > 200:  # on the scaled size, as transformers checks it
+        raise SlowfastError(f"{video} is more than 200 times as long as it is wide")
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
     t_bar = round(frames / temporal) * temporal
@@ -230,5 +231,17 @@ def processor_pixels(pretrained: str, model: str) -> tuple[int, int]:
             size = cfg.get("size") if isinstance(cfg.get("size"), dict) else {}
             lo = cfg.get("min_pixels", size.get("shortest_edge", family.min_pixels))
             hi = cfg.get("max_pixels", size.get("longest_edge", family.max_pixels))
-            return int(lo), int(hi)
+            return _pixel_bounds(lo, hi, folder / name)
     return family.min_pixels, family.max_pixels
+
+
+def _pixel_bounds(lo: Any, hi: Any, path: Path) -> tuple[int, int]:
+    """(min_pixels, max_pixels) read from ``path``, checked: whole numbers, 1 <= min <= max (transformers would
+    resize to a size outside the bounds, or divide by zero, without a word)."""
+    ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi)) and 1 <= lo <= hi
+    if not ok:
+        raise SlowfastError(
+            f"{path}: min_pixels {lo!r} / max_pixels {hi!r} (or size shortest_edge / longest_edge) must be whole "
+            "numbers with 1 <= min <= max"
+        )
+    return lo, hi

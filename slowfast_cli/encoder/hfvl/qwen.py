@@ -135,12 +135,12 @@ def _processor(family: Family, pretrained: str, model: str, vision: Any) -> Any:
     name = PROCESSOR_MODULES[family.processor]
     cls = getattr(importlib.import_module(f"transformers.models.{name}.video_processing_{name}"), family.processor)
     folder = checkpoint_folder(pretrained, model)
+    lo, hi = processor_pixels(pretrained, model)  # bounds checked first: transformers takes min > max silently
     if (folder / "video_preprocessor_config.json").is_file():
         try:
             return cls.from_pretrained(str(folder), do_sample_frames=False)
         except Exception as exc:  # a damaged or foreign processor config
             raise SlowfastError(f"{folder / 'video_preprocessor_config.json'}: cannot be loaded ({exc})") from None
-    lo, hi = processor_pixels(pretrained, model)
     return cls(
         size={"shortest_edge": lo, "longest_edge": hi},
         patch_size=getattr(vision, "patch_size", family.patch),
