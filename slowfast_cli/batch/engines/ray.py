@@ -217,6 +217,8 @@ class RayEngine:
         parts (``parts.recover``); an interrupted one leaves them for the next run, which merges them first.
         """
         merger = Merger(plan.out_dir)
+        seen: set[bytes] = set()
+        rows = self._rows(plan, config, merger, seen)
         complete = False
         try:
             merger.write(plan.records)
@@ -224,8 +226,7 @@ class RayEngine:
                 yield r
                 if fail_fast and r.status == "failed":
                     return
-            seen: set[bytes] = set()
-            for record in self._rows(plan, config, merger, seen):
+            for record in rows:
                 yield record
                 if fail_fast and record.status == "failed":
                     return
@@ -242,6 +243,8 @@ class RayEngine:
             yield from lost
             complete = True
         finally:
+            with contextlib.suppress(Exception):
+                rows.close()  # the actors stop before the last merge
             with sigint_deferred(reraise=False):
                 try:
                     merger.merge()  # what the actors recorded up to now (the rest: the next run)
