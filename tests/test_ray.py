@@ -7,6 +7,7 @@ and hangs come from ``workers.test_fault`` (``SLOWFAST_TEST_FAULTS``, set in the
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -170,7 +171,7 @@ class TestSameAsLocal:
         assert "hang_decode.mp4: decoding took longer than --timeout 8s" in err
         assert "crash_decode.mp4: decoder process crashed (signal 9)" in err
         assert "Traceback" not in err and "core_worker" not in err
-        assert not [p for p in rout.rglob("*") if p.name.startswith(TMP_PREFIX) or "attempts" in p.name]
+        assert not [p for p in rout.rglob("*") if p.name.startswith((TMP_PREFIX, ".slowfast-parts"))]
 
     def test_webdataset_shards_hold_the_local_engines_tensors(self, both, corpus, cluster, tmp_path):
         """The Ray driver writes through the same shard writer: its samples equal the local engine's .pt tensors."""
@@ -237,20 +238,25 @@ def both_src(rout: Path) -> Path:
 
 
 def test_dead_workers_are_retried_a_bounded_number_of_times(cluster, tmp_path):
-    """An encoder actor killed on a video: Ray restarts it and runs its block again; each death counts for the
-    videos the actor had in hand, which are then encoded alone, so the video that kills it is given up after
-    MAX_ATTEMPTS deaths with a crash record while the videos packed beside it are encoded."""
+    """An encoder actor killed on a video: Ray restarts it and runs its block again; the block's part says what is
+    recorded already (not done or recorded again) and counts a death for each video the actor had in hand, which
+    are then encoded alone, so the video that kills it is given up after MAX_ATTEMPTS deaths with a crash record
+    while the videos packed beside it are encoded. 6 videos, one encoder: blocks of 2, the crash with d_ok."""
     src = tmp_path / "in"
     src.mkdir()
-    for name in ("a_ok.mp4", "b_ok.mp4", "crash_encode.mp4", "d_ok.mp4"):
+    names = ("a_ok.mp4", "b_ok.mp4", "crash_encode.mp4", "d_ok.mp4", "e_ok.mp4", "f_ok.mp4")
+    for name in names:
         media.make_video(src / name, frames=10)
     r = ray_batch(cluster, src, tmp_path / "out", "--json", timeout=600)
     assert r.returncode == 1, r.stderr.decode()
     d = json.loads(r.stdout)
-    assert d["run"]["ok"] == 3 and d["run"]["failures_by_kind"] == {"crash": 1}
-    errors = {row["source"]: row["error"] for row in read_manifest(tmp_path / "out" / "manifest.jsonl")}
+    assert d["run"]["ok"] == 5 and d["run"]["failures_by_kind"] == {"crash": 1}
+    rows = read_manifest(tmp_path / "out" / "manifest.jsonl")
+    assert sorted(row["source"] for row in rows) == sorted(names)  # one line each: none twice after the reruns
+    errors = {row["source"]: row["error"] for row in rows}
     assert "Ray encode worker died 3 times" in errors["crash_encode.mp4"]
-    assert not (tmp_path / "out" / ".slowfast-attempts").exists()
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith((".slowfast-parts", TMP_PREFIX))]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.pt")) == [n[:-4] + ".pt" for n in names if "ok" in n]
 
 
 def test_more_encoders_than_the_cluster_can_hold_is_refused_up_front(cluster, tmp_path):
@@ -291,9 +297,12 @@ def test_a_stall_is_named_and_stops_the_run_with_stall_timeout(cluster, tmp_path
     assert "stopped after --stall-timeout 12 s" in err.strip().splitlines()[-1]
 
 
-def test_ctrl_c_leaves_files_and_lines_together_and_resumes(cluster, tmp_path):
-    """SIGTERM (a scheduler's stop; the CLI treats it as Ctrl-C, and ray.init must not take it over) mid-run: exit 130,
-    every token file with its manifest line, and a rerun completes to the local engine's files."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_ctrl_c_leaves_files_and_lines_together_and_resumes(cluster, tmp_path, sig):
+    """SIGTERM (a scheduler's stop; the CLI treats it as Ctrl-C, and ray.init must not take it over) or SIGINT (Ctrl-C)
+    mid-run: exit 130,
+    every token file recorded (its line merged into the manifest, or in its block's part, which the next run merges
+    first), and a rerun completes to the local engine's files, each video ``ok`` once in the manifest."""
     src = tmp_path / "in"
     src.mkdir()
     for i in range(12):
@@ -306,20 +315,78 @@ def test_ctrl_c_leaves_files_and_lines_together_and_resumes(cluster, tmp_path):
     proc = subprocess.Popen(list(map(str, cmd)), env=cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
-        if sum(r["status"] == "ok" for r in read_manifest(out / "manifest.jsonl")) >= 2:
+        if sum(r["status"] == "ok" for r in recorded_in_parts(out)) >= 2:  # recorded by the actors (merged later)
             break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err.decode()
-    recorded = {r["output"] for r in read_manifest(out / "manifest.jsonl") if r["status"] == "ok"}
-    assert recorded == set(token_files(out)) and 2 <= len(recorded) < 12  # every file has its line, and back
+    merged = {r["output"] for r in read_manifest(out / "manifest.jsonl") if r["status"] == "ok"}
+    recorded = merged | {r["output"] for r in recorded_in_parts(out) if r["status"] == "ok"}  # the next run merges
+    assert set(token_files(out)) <= recorded and len(merged) >= 2 and len(recorded) < 12  # every file recorded
     assert json.loads((out / "report.json").read_text())["run"]["interrupted"] is True
     again = ray_batch(cluster, src, out)
     assert again.returncode == 0, again.stderr.decode()
     assert local.result().returncode == 0
     assert_same_files(full, out)
-    assert not [p for p in out.rglob("*") if p.name.startswith(TMP_PREFIX)]
+    assert not [p for p in out.rglob("*") if p.name.startswith((TMP_PREFIX, ".slowfast-parts"))]
+    ok = sorted(r["source"] for r in read_manifest(out / "manifest.jsonl") if r["status"] == "ok")
+    assert ok == sorted(f"clip{i:02d}.mp4" for i in range(12))
+
+
+def recorded_in_parts(out: Path) -> list[dict]:
+    """The records the actors wrote in the blocks' parts so far (``batch.parts``), merged or not."""
+    from slowfast_cli.batch.parts import read_lines
+
+    return [e["record"] for p in (out / ".slowfast-parts").glob("block-*.jsonl") for e in read_lines(p)[0]
+            if "record" in e]  # fmt: skip
+
+
+def test_a_driver_killed_with_sigkill_leaves_only_recorded_shards_and_resumes(cluster, tmp_path):
+    """kill -9 of the driver mid-run (webdataset, 3 samples a shard): every finished shard's samples are recorded in
+    the parts; the rerun merges what the parts hold first (their open shards finished), does only the rest, and the
+    samples equal the local engine's tensors, each key once in the index and once ``ok`` in the manifest."""
+    from slowfast_cli.dataset import TokenDataset
+    from slowfast_cli.formats import index
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(12):
+        media.make_video(src / f"clip{i:02d}.mp4", frames=48, size=(160, 120))
+    full = tmp_path / "full"
+    local = in_background(local_batch, src, full)  # the reference, while the Ray runs go
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "slowfast_cli", "batch", src, "-o", out, "--engine", "ray", "--address"]
+    cmd += [cluster.address, *TINY, "--format", "webdataset", "--shard-size", "3"]
+    proc = subprocess.Popen(list(map(str, cmd)), env=cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(OSError, ValueError):
+            if sum(r["status"] == "ok" for r in recorded_in_parts(out)) >= 4:
+                break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(timeout=60)
+    time.sleep(2)  # Ray ends the dead driver's actors
+    recorded = {r["source"][:-4] for r in recorded_in_parts(out) if r["status"] == "ok"}
+    in_shards = {k for p in out.glob("shard-*.tar") for k in (m["key"] for m in index.shard_rows(p))}
+    assert in_shards <= recorded and len(recorded) < 12  # only recorded samples under a final name
+    again = ray_batch(cluster, src, out, "--format", "webdataset", "--shard-size", "3", "--json")
+    assert again.returncode == 0, again.stderr.decode()
+    assert json.loads(again.stdout)["run"]["ok"] == 12 - len(recorded)
+    assert not (out / ".slowfast-parts").exists()
+    rows = read_manifest(out / "manifest.jsonl")
+    ok = sorted(r["source"] for r in rows if r["status"] == "ok")
+    assert ok == sorted(f"clip{i:02d}.mp4" for i in range(12))  # each once: merged once, never redone
+    keys = [r["key"] for r in index.read_index(out / index.INDEX)]
+    assert sorted(keys) == sorted(k[:-4] for k in ok)
+    assert local.result().returncode == 0
+    ds = TokenDataset(out)
+    reference = token_files(full)
+    assert len(ds) == 12
+    for i in range(len(ds)):
+        sample = ds[i]
+        assert torch.equal(sample["tokens"][None], reference[sample["key"] + ".pt"]["tokens"]), sample["key"]
 
 
 def test_the_plan_is_read_in_blocks_by_one_actor_operator(cluster, tmp_path, monkeypatch):
@@ -347,10 +414,7 @@ def test_the_plan_is_read_in_blocks_by_one_actor_operator(cluster, tmp_path, mon
         with plan_batch(src, tmp_path / "out", provenance=current, files_from=listing, verify=False) as plan:
             table = plan_table(plan.root, plan.todo, plan.unverified, plan.columns)
             assert plan_dataset(table, 1).num_blocks() == 4  # 100 videos a block: 4 blocks for one encoder
-            job = {"config": cfg.to_dict(), "root": str(src), "out_dir": str(plan.out_dir), "timeout": 60.0,
-                   "image_size": engine.image_size, "decoders": 1}  # fmt: skip
-            plan.out_dir.joinpath(".slowfast-attempts").mkdir()
-            ds = engine.dataset(plan, job)
+            ds = engine.dataset(plan, engine.job(plan, cfg))
             rows = [out for item in ds.iter_rows() for out in pickle.loads(item["items"])]
             text = ds.stats()
     assert sorted(r.status for r in rows) == ["failed"] * 397 + ["written"] * 3

@@ -1,5 +1,5 @@
-"""The Ray engine's parts that need no cluster: the plan table and its blocks, the actors' records of deaths, and
-the stall line (issue 20). The runs themselves are in ``test_ray.py``."""
+"""The Ray engine's parts that need no cluster: the plan table and its blocks, and the stall line (issue 20). The
+blocks' parts are in ``test_parts.py``, the runs themselves in ``test_ray.py``."""
 
 from __future__ import annotations
 
@@ -38,24 +38,6 @@ def test_the_plan_table_keeps_names_flags_identity_and_rows(tmp_path):
         None,
     )
     assert (b.source, b.unverified, b.expect, b.columns) == (b"gone.mp4", False, None, {"caption": "a cat", "n": 3})
-
-
-def test_a_restarted_actor_counts_a_death_for_each_video_it_held(tmp_path):
-    """The record of the videos in hand is read back by the restarted actor (same id): one death each, kept in the
-    shared folder where every actor sees it; a video never held at a death has no count."""
-    from slowfast_cli.batch.engines.ray_tasks import ATTEMPTS, Attempts
-
-    (tmp_path / ATTEMPTS).mkdir()
-    first = Attempts(str(tmp_path), "actor-a")
-    first.hold([b"a.mp4", b"b.mp4"])  # then the process dies
-    again = Attempts(str(tmp_path), "actor-a")
-    assert again.count(b"a.mp4") == again.count(b"b.mp4") == 1 and again.count(b"c.mp4") == 0
-    again.hold([b"b.mp4"])  # alone now; it dies again
-    third = Attempts(str(tmp_path), "actor-a")
-    assert (third.count(b"a.mp4"), third.count(b"b.mp4")) == (1, 2)
-    third.hold([])  # the block ends: nothing in hand
-    assert Attempts(str(tmp_path), "actor-a").count(b"b.mp4") == 2  # a clean restart adds nothing
-    assert Attempts(str(tmp_path), "actor-b").count(b"b.mp4") == 2  # another actor sees the same counts
 
 
 def test_the_stall_line_names_the_demand_and_the_nodes():

@@ -24,13 +24,14 @@ from ..formats import OutputHeader, make_writer, read_output_header
 from ..header import TMP_PREFIX, ForeignFile
 from ..provenance import differences, file_fingerprint
 from .listing import Listing, find_videos, matches, read_files_from
+from .parts import recover
 from .records import Record
 from .table import read_table
 
 if TYPE_CHECKING:
     from ..formats.writers import Writer
 
-RESERVED = ".slowfast"  # OUT_DIR names slowfast keeps for itself: temporary files, the lock, Ray's attempt counters
+RESERVED = ".slowfast"  # OUT_DIR names slowfast keeps for itself: temporary files, the lock, the Ray run's parts
 TEMP_SUFFIXES = (".pt", ".json", ".safetensors", ".tar", ".jsonl")  # what atomic writes leave when interrupted
 LOCK = ".slowfast.lock"
 
@@ -261,6 +262,7 @@ def _plan(
     verify: bool = True,
     writer: Writer | None = None,
 ) -> BatchPlan:
+    recover(out_dir)  # what a Ray run left in its parts is merged first (its temporary files renamed into place)
     clean_stale_temp_files(out_dir)
     writer = writer or make_writer(None, out_dir)
     writer.load()

@@ -87,7 +87,8 @@ def error_kind(message: str) -> str:
 
 
 class Manifest:
-    """Append-only ``manifest.jsonl``: each record is one complete line, written with one append and fsynced.
+    """Append-only ``manifest.jsonl``: each record is one complete line, written with one append and fsynced (a
+    batch of lines at once: :meth:`write_all`).
 
     A line that cannot be written whole (a full disk) is cut back off, so the file never ends in a torn line,
     and the failure is a ``SlowfastError`` naming the manifest and the reason: the batch stops there.
@@ -120,7 +121,13 @@ class Manifest:
         os.ftruncate(self._fd, keep)
 
     def write(self, record: Record) -> None:
-        data = (record.to_json() + "\n").encode("utf-8")
+        self.write_all([record.to_json()])
+
+    def write_all(self, lines: list[str]) -> None:
+        """Append JSON lines (``Record.to_json``) with one write and one fsync (the Ray driver's merges)."""
+        if not lines:
+            return
+        data = "".join(line + "\n" for line in lines).encode("utf-8")
         size = os.fstat(self._fd).st_size
         try:
             view = memoryview(data)

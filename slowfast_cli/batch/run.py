@@ -76,8 +76,13 @@ class Engine(Protocol):
 def run_batch(plan: BatchPlan, engine: Engine, config: Config, fail_fast: bool = False) -> Iterator[Record]:
     """Encode every video of ``plan`` with ``engine``; yields a Record per attempt (also appended to the manifest).
 
-    Every engine gives the same records and files; see :func:`record_all` for what an interrupt leaves.
+    Every engine gives the same records and files; see :func:`record_all` for what an interrupt leaves. An engine
+    whose workers record their own work (``record``: the Ray engine's blocks, ``batch.parts``) gives the records
+    itself, with the same guarantees.
     """
+    own = getattr(engine, "record", None)
+    if own is not None:
+        return own(plan, config, fail_fast)
     return record_all(plan, engine.outcomes(plan, config), fail_fast)
 
 

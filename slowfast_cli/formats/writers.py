@@ -149,6 +149,7 @@ class WebdatasetWriter(Writer):
     name = "webdataset"
     suffix = ""
     in_shards = True
+    auto_finish = True  # finish a shard once it holds shard_size samples (a Ray block's writer: its owner does)
 
     def __init__(self, fmt: OutputFormat, out_dir: Path):
         super().__init__(fmt, out_dir)
@@ -239,16 +240,20 @@ class WebdatasetWriter(Writer):
         start = shards.append(self.open_path, member_data)
         self._last = (key, start)
         self.open[key] = shards.moved(sample, start)
-        if len(self.open) >= self.fmt.shard_size:
+        if self.auto_finish and len(self.open) >= self.fmt.shard_size:
             self._finish_open()
 
     def _finish_open(self) -> None:
-        """Give the open shard its final name and append its samples' lines to the index."""
+        """Give the open shard its final name and hand its samples' lines to :meth:`_finished`."""
         name = shards.shard_name(self.next_number)
         rows = [{**r, "shard": name} for r in index.shard_rows(self.open_path)]
         shards.finish(self.open_path, self.out_dir / name)
         self.next_number += 1
         self.open, self._last = {}, None
+        self._finished(name, rows)
+
+    def _finished(self, name: str, rows: list[dict]) -> None:
+        """A shard got its final name: its lines go into the index."""
         index.append(self.out_dir / index.INDEX, rows)
         self.rows.update(index.latest(rows))
 

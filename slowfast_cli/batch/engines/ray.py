@@ -15,13 +15,16 @@ The driver (the ``slowfast batch`` process) plans as the local engine does, then
   awaits its CRC-32 check is checked on the node, not on the driver.
 - **Encode**: each actor loads the model once; frames of several videos go through the ViT together, packed into
   forward passes of ``encoder.batch_frames`` (``encoder.packing``: tokens never depend on which node or block a
-  video landed in). It writes each token file to a temporary file beside its target in OUT_DIR and returns only
-  the record; tokens never travel to the driver. The driver renames the file into place and appends its manifest
-  line with Ctrl-C held, as the local engine writes both: an interrupt leaves both or neither, and temporary files
-  of an interrupted run are removed by the next run (under the output lock).
-- **Failures are records.** Every exception is caught per video. Ray restarts a dead actor and runs its block again,
-  without end; ``ray_tasks.Attempts`` counts a death for each video the actor had in hand and gives a video up after
-  ``MAX_ATTEMPTS`` with a ``crash`` record. A planned video whose row never comes back is a ``crash`` record too.
+  video landed in). Tokens never travel to the driver.
+- **Blocks out** (``ray_block``, ``batch.parts``): the actor that runs a block owns it: it puts each output in place
+  itself (a ``pt``/``safetensors`` file renamed over its target, or the block's own webdataset shards) and records
+  it in the block's part, an output becoming visible only once its record is durable; the driver merges the parts
+  into ``manifest.jsonl`` (and ``index.jsonl``) every few seconds and at the end, with one fsync per merge, and a
+  run that starts merges what an earlier one left (under the output lock).
+- **Failures are records.** Every exception is caught per video. Ray restarts a dead actor and runs its block again
+  (its own ``max_restarts``/``max_task_retries``, without end); the block's part says what is recorded already (not
+  done again) and which videos were in hand at each death, and a video is given up after ``MAX_ATTEMPTS`` deaths
+  with a ``crash`` record. A planned video whose row never comes back and that no part recorded is a ``crash`` too.
 - **Stalls speak** (``ray_watch``): no row for ``--stall-warn`` seconds while Ray cannot grant what the run asks for
   prints the unmet demand and the nodes; ``--stall-timeout`` stops the run (exit 1).
 - The driver sends the resolved config (``Config.to_dict()``) with device and dtype pinned for the whole cluster
@@ -35,29 +38,30 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import pickle
-import shutil
 import signal
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import ray
 import ray.data
 
+from ...atomic import sigint_deferred
 from ...config import Config, config_from_dict
 from ...errors import ConfigError, SlowfastError, first_line
 from ...video.files import stderr_quiet
+from ..parts import Merger
 from ..plan import BatchPlan, prepare_output_dir
 from ..records import Record
 from ..run import EngineOptions, Outcome, Prepared
 from .ray_checks import REACH_TIMEOUT_S, Sizing, agree, probe_nodes, reason, sizing, unreachable
 from .ray_plan import block_rows, plan_dataset, plan_table
-from .ray_tasks import ATTEMPTS, SHARED, RayRow, encoder_class
+from .ray_tasks import RayRow, encoder_class
 from .ray_watch import Watchdog
 
 STALL_WARN_S = 60.0  # default --stall-warn: no row for this long while Ray cannot grant a request is a stall
@@ -200,54 +204,106 @@ class RayEngine:
 
     # --- the run ---------------------------------------------------------------------------------------------
     def outcomes(self, plan: BatchPlan, config: Config) -> Iterator[Outcome]:
-        """One outcome per video of ``plan.todo`` (see ``run.record_all``), as rows arrive from the cluster."""
+        """Not used: the actors record their blocks themselves (:meth:`record`)."""
+        raise NotImplementedError("the Ray engine records its blocks itself: see RayEngine.record")
+
+    def record(self, plan: BatchPlan, config: Config, fail_fast: bool = False) -> Iterator[Record]:
+        """Every record of the plan, as ``run.record_all`` gives them, but written by the actors (``batch.parts``).
+
+        The planned records (skips, collisions) are appended to the manifest here; the actors record the rest in
+        their blocks' parts, which are merged into the manifest every ``MERGE_S`` seconds and at the end (on Ctrl-C
+        and errors too), one fsync per merge. A record is yielded when its row arrives (it is durable by then); a
+        planned video whose row never comes back is a ``crash`` record. A complete run finishes and removes the
+        parts (``parts.recover``); an interrupted one leaves them for the next run, which merges them first.
+        """
+        merger = Merger(plan.out_dir)
+        seen: set[bytes] = set()
+        rows = self._rows(plan, config, merger, seen)
+        complete = False
+        try:
+            merger.write(plan.records)
+            for r in plan.records:
+                yield r
+                if fail_fast and r.status == "failed":
+                    return
+            for record in rows:
+                yield record
+                if fail_fast and record.status == "failed":
+                    return
+            unseen = [(rel, out_rel) for rel, out_rel in plan.todo if os.fsencode(rel) not in seen]
+            recorded = merger.recorded() if unseen else {}  # rows lost with an actor that recorded them first
+            lost = []
+            for rel, out_rel in unseen:
+                if str(rel) in recorded:
+                    yield Record(**recorded[str(rel)])
+                    continue
+                msg = f"{rel}: no result came back from the Ray cluster (a worker or node was lost); rerun to retry"
+                lost.append(Record.failed(rel, out_rel, msg, "crash"))
+            merger.write(lost)
+            yield from lost
+            complete = True
+        finally:
+            with contextlib.suppress(Exception):
+                rows.close()  # the actors stop before the last merge
+            with sigint_deferred(reraise=False):
+                try:
+                    merger.merge()  # what the actors recorded up to now (the rest: the next run)
+                finally:
+                    merger.close(complete)
+
+    def _rows(self, plan: BatchPlan, config: Config, merger: Merger, seen: set[bytes]) -> Iterator[Record]:
+        """The records of the rows, as they arrive (each once), merging the parts now and then."""
         if not plan.todo:
             return
-        attempts = plan.out_dir / ATTEMPTS
-        shutil.rmtree(attempts, ignore_errors=True)  # a killed run's records (we hold the output lock)
-        attempts.mkdir()
         watchdog = Watchdog(self.stall_warn, self.stall_timeout, self.notify)
+        ds = self.dataset(plan, self.job(plan, config))
+        rows = iter(ds.iter_rows())
         try:
-            job = {
-                "config": config.to_dict(),
-                "root": str(plan.root),
-                "out_dir": str(plan.out_dir),
-                "timeout": self.timeout,
-                "image_size": self.image_size,  # the decode-time size, as the probe's Pipeline gave it
-                "format": plan.writer.fmt.to_dict() if plan.writer else None,  # the nodes write its pending files
-                "decoders": self.sizing.decoders if self.sizing else 1,  # per actor
-            }
-            ds = self.dataset(plan, job)
-            received: set[Path] = set()
-            try:
-                with watchdog:
-                    for item in ds.iter_rows():
-                        watchdog.beat()
-                        for out in pickle.loads(item["items"]):
-                            if out.rel in received:  # a block run again after its actor died: done already
-                                if out.tmp:
-                                    with contextlib.suppress(OSError):
-                                        os.unlink(out.tmp)
-                                continue
-                            received.add(out.rel)
-                            self._count(out)
-                            if out.problem:
-                                plan.problems.append(out.problem)
-                            yield _outcome(out, plan)
-            except KeyboardInterrupt:
-                if watchdog.stalled:
-                    raise SlowfastError(watchdog.stalled) from None
-                raise
-            except GeneratorExit:
-                raise
-            except Exception as exc:  # the pipeline as a whole failed (an actor that cannot start): stop here
-                raise SlowfastError(f"the Ray job stopped: {reason(exc)}") from None
-            for rel, out_rel in plan.todo:
-                if rel not in received:
-                    msg = f"{rel}: no result came back from the Ray cluster (a worker or node was lost); rerun to retry"
-                    yield (lambda r=Record.failed(rel, out_rel, msg, "crash"): r)
+            with watchdog:
+                for item in rows:
+                    watchdog.beat()
+                    for out in pickle.loads(item["items"]):
+                        if out.status == "stop":
+                            raise SlowfastError(out.problem)
+                        if out.source in seen:  # a block run again after its actor died: recorded already
+                            continue
+                        seen.add(out.source)
+                        self._count(out)
+                        if out.problem:
+                            plan.problems.append(out.problem)
+                        yield out.record
+                    if merger.due():
+                        merger.merge()
+        except KeyboardInterrupt:
+            if watchdog.stalled:
+                raise SlowfastError(watchdog.stalled) from None
+            raise
+        except (GeneratorExit, SlowfastError):
+            raise
+        except Exception as exc:  # the pipeline as a whole failed (an actor that cannot start): stop here
+            raise SlowfastError(f"the Ray job stopped: {reason(exc)}") from None
         finally:
-            shutil.rmtree(attempts, ignore_errors=True)
+            close = getattr(rows, "close", None)
+            if close is not None:
+                close()  # the actors stop
+
+    def job(self, plan: BatchPlan, config: Config) -> dict:
+        """What every encoder actor is given (``ray_tasks.encoder_class``)."""
+        job = {
+            "config": config.to_dict(),
+            "root": str(plan.root),
+            "out_dir": str(plan.out_dir),
+            "timeout": self.timeout,
+            "image_size": self.image_size,  # the decode-time size, as the probe's Pipeline gave it
+            "format": plan.writer.fmt.to_dict() if plan.writer else None,  # the nodes write the outputs
+            "decoders": self.sizing.decoders if self.sizing else 1,  # per actor
+        }
+        if plan.writer is not None and plan.writer.in_shards:  # each block's shards get numbers of their own
+            plan.writer.finish()  # a local run's open shard first, under its number
+            step = block_rows(len(plan.todo), self.encoders or 1)
+            job["first_shard"] = plan.writer.next_number
+            job["shards_per_block"] = math.ceil(step / plan.writer.fmt.shard_size)
+        return job
 
     def _count(self, out: RayRow) -> None:
         for stage, node in (("decoded", out.decoded), ("encoded", out.encoded)):
@@ -265,7 +321,8 @@ class RayEngine:
             compute=ray.data.ActorPoolStrategy(size=size.encoders, max_tasks_in_flight_per_actor=2),
             num_cpus=size.cpus,
             num_gpus=size.gpus or None,
-        )
+        )  # Ray Data's actors restart and rerun their block without end (max_restarts = max_task_retries = -1, its
+        # default for an actor pool); the block's part bounds the retries per video (ray_block, batch.parts)
 
     def summary(self) -> dict[str, Any]:
         """What ``report.json``'s ``run.engine`` says about this run."""
@@ -302,31 +359,3 @@ def _quiet_driver_errors() -> None:
 
     to_stderr_or_nowhere.slowfast = True
     worker.print_to_stdstream = to_stderr_or_nowhere
-
-
-def _outcome(out: RayRow, plan: BatchPlan) -> Outcome:
-    from ...formats import make_writer
-
-    rel, out_rel, out_dir = out.rel, out.out_rel, plan.out_dir
-    writer = plan.writer or make_writer(None, out_dir)
-    if out.status == "skipped":
-        return lambda: Record.skipped(rel, out_rel)
-    record = Record(**{k: v for k, v in asdict(out.record).items() if k != "time"})  # recorded now, here
-    if out.status == "failed":
-        return lambda: record
-
-    def finish() -> Record:  # status "written": put the worker's temporary file in place (the format's writer)
-        try:
-            writer.commit(out.tmp, out_rel)
-        except FileNotFoundError:
-            msg = (
-                f"{out_rel}: the token file written on Ray node {out.encoded} is not visible here ({out.tmp}); {SHARED}"
-            )
-            return Record.failed(rel, out_rel, msg, "write")
-        except (OSError, SlowfastError) as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(out.tmp)
-            return Record.write_failed(exc, rel, out_rel)
-        return record
-
-    return finish

@@ -19,6 +19,7 @@ import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import ray
 import ray.data
@@ -47,6 +48,7 @@ class Planned:
     unverified: bool
     expect: tuple[int, int] | None  # (size, mtime_ns) the driver saw, or None when it saw no file
     columns: dict | None
+    block: int = 0  # the block it belongs to (its part and shards are named by it: batch.parts)
 
 
 def plan_table(root, todo, unverified, columns) -> pa.Table:
@@ -92,7 +94,7 @@ def plan_dataset(table: pa.Table, encoders: int) -> ray.data.Dataset:
     2-core machine, BENCHMARKS.md section 21). Built as ``ray.data.from_arrow_refs`` builds it, through Ray 2.60's
     internal classes (the version pinned); if they are gone, ``from_arrow`` itself."""
     step = block_rows(table.num_rows, encoders)
-    blocks = [table.slice(i, step) for i in range(0, table.num_rows, step)]
+    blocks = [_numbered(table.slice(i, step), i // step) for i in range(0, table.num_rows, step)]
     try:
         from ray.data._internal.logical.interfaces import LogicalPlan
         from ray.data._internal.logical.operators import FromArrow
@@ -109,11 +111,18 @@ def plan_dataset(table: pa.Table, encoders: int) -> ray.data.Dataset:
     return MaterializedDataset(LogicalPlan(FromArrow(refs, meta), context), context, stats)
 
 
+def _numbered(block: pa.Table, number: int) -> pa.Table:
+    """A block with its number in a ``block`` column (stable for the run: Ray runs a block again under it)."""
+    return block.append_column("block", pa.array(np.full(block.num_rows, number, dtype=np.int32)))
+
+
 def planned(batch: dict) -> Iterator[Planned]:
     """The videos of one Ray batch of the table (numpy columns, as ``map_batches`` gives them)."""
-    for src, out, flag, size, mtime, cols in zip(
+    blocks = batch["block"] if "block" in batch else np.zeros(len(batch["source"]), dtype=np.int32)
+    for src, out, flag, size, mtime, cols, block in zip(
         batch["source"], batch["output"], batch["unverified"], batch["size"], batch["mtime_ns"], batch["columns"],
-        strict=True,
+        blocks, strict=True,
     ):  # fmt: skip
         expect = (int(size), int(mtime)) if size >= 0 else None
-        yield Planned(bytes(src), bytes(out), bool(flag), expect, pickle.loads(cols) if cols is not None else None)
+        cols = pickle.loads(cols) if cols is not None else None
+        yield Planned(bytes(src), bytes(out), bool(flag), expect, cols, int(block))

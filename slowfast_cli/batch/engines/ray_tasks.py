@@ -2,15 +2,16 @@
 driver (``RayRow``; the rows an actor finished since its last answer travel pickled together in one ``items`` value).
 
 The encoder actor reads its block of the plan (``ray_plan``), decodes with a ``DecodePool`` of its own, on its own
-node (decoded frames never cross nodes or enter the object store), packs the frames into forward passes, writes each
-token file beside its target and answers with the rows. Every exception is caught per video and becomes that
-video's failure row; deaths of an actor are counted per video (``Attempts``) and give up after ``MAX_ATTEMPTS``.
+node (decoded frames never cross nodes or enter the object store), packs the frames into forward passes, puts each
+output in place and records it in the block's part (``ray_block``, ``batch.parts``), and answers with the rows once
+they are recorded. Every exception is caught per video and becomes that video's failure row. Ray restarts a dead
+actor and runs its block again (its own ``max_restarts``/``max_task_retries``); the part says what is done already
+and which videos were in hand at each death, and a video given up after ``MAX_ATTEMPTS`` deaths is a ``crash``.
 Imported by the driver (``ray.py``) and, through cloudpickle, on the nodes; the package must be installed there.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import socket
@@ -24,30 +25,29 @@ from ...config import config_from_dict
 from ...errors import SlowfastError, first_line
 from ...remote import place
 from ..faults import test_fault
+from ..parts import PartError
 from ..plan import existing_output
 from ..records import Record
 from ..run import encode_one
 from .ray_plan import Planned, planned
 
-ATTEMPTS = ".slowfast-attempts"  # the actors' records of the videos in hand, and deaths per video, in OUT_DIR
 MAX_ATTEMPTS = 3  # a video whose actor died this many times while it was in hand is given up (a ``crash`` record)
 ANSWER_S = 0.5  # an actor sends its finished rows at least this often while it works through a block
 SHARED = "IN_DIR and OUT_DIR must be on a file system that every node sees at the same path"
-STATUSES = ("skipped", "failed", "written")  # RayRow.status
+STATUSES = ("skipped", "failed", "written", "stop")  # RayRow.status
 
 
 @dataclass
 class RayRow:
-    """What an encoder actor says of one video."""
+    """What an encoder actor says of one video, once its record is durable in the block's part."""
 
     source: bytes  # path relative to IN_DIR, as the file system's bytes (any name survives)
     output: bytes  # path relative to OUT_DIR
-    status: str  # one of STATUSES
-    record: Record | None = None  # the video's record, for "failed" and "written"
+    status: str  # one of STATUSES ("stop": the part could not be written, ``problem`` says why; the batch stops)
+    record: Record | None = None  # the video's record
     decoded: str | None = None  # the node that decoded it (node_name)
     encoded: str | None = None  # the node that encoded it (the same node: frames stay where they were decoded)
     problem: str | None = None  # a damaged output found on the node, redone: a warning for the driver
-    tmp: str | None = None  # the token file written beside its target, for "written"
 
     @property
     def rel(self) -> Path:
@@ -93,50 +93,6 @@ def probe_task(config_dict: dict, root: str, mark: str, token: str, model: bool 
         "warnings": pipe.warnings,
         "image_size": pipe.image_size,
     }
-
-
-class Attempts:
-    """How many times an encoder actor died with a video in hand, kept in ``OUT_DIR/.slowfast-attempts``.
-
-    Each actor keeps one record, rewritten (not synced) whenever the videos it holds change: those decoded and
-    waiting for, or in, a forward pass. Ray restarts a dead actor under the same id and runs its task again; the
-    restarted actor reads its record and counts one death for each video in it (a file per such video, so only
-    videos that were in hand at a death have one), and encodes those videos alone from then on: one video that
-    kills its process cannot take the videos packed with it down with it more than once. A lost node whose record
-    never reached the shared folder costs its videos one uncounted retry.
-    """
-
-    def __init__(self, out_dir: str, actor: str):
-        self.dir = Path(out_dir) / ATTEMPTS
-        self.mine = self.dir / f"{actor}.held"
-        self.held: frozenset[bytes] = frozenset()
-        try:
-            died = [bytes.fromhex(line) for line in self.mine.read_text(encoding="ascii").split()]
-        except OSError:
-            died = []
-        for rel in died:
-            fd = os.open(self.dir / _name(rel), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, b".")
-            finally:
-                os.close(fd)
-        self.deaths = {p.name: p.stat().st_size for p in self.dir.glob("*.deaths")}
-        self.hold([])
-
-    def count(self, rel: bytes) -> int:
-        """Deaths of an actor while this video was in hand (as of this actor's start)."""
-        return self.deaths.get(_name(rel), 0)
-
-    def hold(self, rels) -> None:
-        """Record the videos now in hand (before anything that could kill this process runs on them)."""
-        held = frozenset(rels)
-        if held != self.held or not held:
-            self.mine.write_text("".join(f"{rel.hex()}\n" for rel in held), encoding="ascii")
-            self.held = held
-
-
-def _name(rel: bytes) -> str:
-    return hashlib.sha1(rel).hexdigest() + ".deaths"
 
 
 def other_file(src: Path, expect: tuple[int, int] | None, where: str) -> str | None:
@@ -188,7 +144,8 @@ def encoder_class(job: dict) -> type:
     """The encoder actor class, with the job in the class itself: no constructor arguments in the object store.
 
     ``job``: the resolved config, root, out_dir, timeout, image_size (the probe's decode-time size), format (the
-    output format's settings) and decoders (decoding processes per actor)."""
+    output format's settings), decoders (decoding processes per actor), and for webdataset first_shard and
+    shards_per_block (the shard numbers of block ``b`` start at ``first_shard + b * shards_per_block``)."""
 
     class SlowfastEncoder:
         def __init__(self) -> None:
@@ -198,23 +155,42 @@ def encoder_class(job: dict) -> type:
             self.pipe = Pipeline(config_from_dict(job["config"]))
             self.where = node_name()
             self.root = place(job["root"])
-            self.attempts = Attempts(job["out_dir"], ray.get_runtime_context().get_actor_id())
             video = config_from_dict(job["config"]).video
             self.pool = DecodePool(video, job["image_size"], workers=job["decoders"], timeout=job["timeout"], threads=1)
 
         def __call__(self, batch: dict):
-            """The block's videos through decode, encode and write; yields ``{"items": [pickled list of RayRows]}``
-            every ``ANSWER_S`` seconds or so, and once at the end of the block."""
-            rows, sent = [], time.monotonic()
-            for row in self._rows(planned(batch)):
-                rows.append(row)
-                if time.monotonic() - sent >= ANSWER_S:
-                    yield {"items": [pickle.dumps(rows)]}
-                    rows, sent = [], time.monotonic()
-            if rows:
-                yield {"items": [pickle.dumps(rows)]}
+            """The batch's blocks through decode, encode and write; yields ``{"items": [pickled list of RayRows]}``
+            every ``ANSWER_S`` seconds or so and at the end of each block, each time once the rows are recorded."""
+            from .ray_block import BlockOutput
 
-        def _rows(self, videos):
+            videos = list(planned(batch))
+            for block in dict.fromkeys(v.block for v in videos):  # a batch is one block (ray_plan): in order
+                out = BlockOutput(job, block)
+                try:
+                    done = out.recorded  # an earlier attempt's: sent again (the driver keeps the first copy)
+                    rows = [self._again(v, done[s]) for v in videos if v.block == block and (s := _source(v)) in done]
+                    todo = [v for v in videos if v.block == block and _source(v) not in done]
+                    sent = time.monotonic()
+                    for row in self._rows(todo, out):
+                        rows.append(row)
+                        if time.monotonic() - sent >= ANSWER_S:
+                            out.flush()
+                            yield {"items": [pickle.dumps(rows)]}
+                            rows, sent = [], time.monotonic()
+                    out.close()
+                except PartError as exc:  # the part cannot be written (a full disk): the run stops there
+                    rows = [RayRow(b"", b"", "stop", problem=str(exc))]
+                    out.part.close()
+                if rows:
+                    yield {"items": [pickle.dumps(rows)]}
+                if rows and rows[-1].status == "stop":
+                    return
+
+        def _again(self, video: Planned, record: dict) -> RayRow:
+            record = Record(**record)
+            return RayRow(video.source, video.output, "written" if record.status == "ok" else record.status, record)
+
+        def _rows(self, videos, out):
             """As the local engine's loop: at most 2 videos a decoder in flight, frames packed into passes."""
             from ...encoder.packing import Packer
 
@@ -225,8 +201,10 @@ def encoder_class(job: dict) -> type:
 
             def feed() -> None:  # submit the next video to decode; the final rows of the others are ready at once
                 for video in todo:
-                    row, problem = self._check(video)
+                    row, problem = self._check(video, out)
                     if row is not None:
+                        row.record = row.record or Record.skipped(*_paths(video))
+                        out.record(row.record)
                         ready.append(row)
                         continue
                     pool.submit((video, problem), str(self.root / os.fsdecode(video.source)))
@@ -242,26 +220,27 @@ def encoder_class(job: dict) -> type:
                     feed()
                     video, problem = done.payload
                     if not done.ok:
-                        ready.append(self._row(video, problem, Record.decode_failed(done, *_paths(video))))
-                    elif self.attempts.count(video.source):  # in hand at an actor's death: alone, so only it can die
-                        self.attempts.hold([video.source])
+                        record = Record.decode_failed(done, *_paths(video))
+                        out.record(record)
+                        ready.append(self._row(video, problem, record))
+                    elif out.deaths(_source(video)):  # in hand at an actor's death: alone, so only it can die
+                        out.hold([_source(video)])
                         test_fault("encode", os.fsdecode(video.source))
-                        ready.append(self._encode(video, problem, done, None))
+                        ready.append(self._encode(video, problem, done, None, out))
                     else:
                         decoded[done.job_id] = (video, done, problem)
-                        self.attempts.hold(v.source for v, _, _ in decoded.values())
+                        out.hold(_source(v) for v, _, _ in decoded.values())
                         test_fault("encode", os.fsdecode(video.source))
                         packed += packer.add(done.job_id, done.clip.frames)
                 if not pool.busy:  # nothing more is coming in this block: the last pass, padded
                     packed += packer.flush()
                 for p in packed:
                     video, done, problem = decoded.pop(p.key)
-                    ready.append(self._encode(video, problem, done, p))
-            self.attempts.hold([])
+                    ready.append(self._encode(video, problem, done, p, out))
 
-        def _check(self, video: Planned) -> tuple[RayRow | None, str | None]:
+        def _check(self, video: Planned, out) -> tuple[RayRow | None, str | None]:
             try:
-                if self.attempts.count(video.source) >= MAX_ATTEMPTS:
+                if out.deaths(_source(video)) >= MAX_ATTEMPTS:
                     msg = (f"{os.fsdecode(video.source)}: its Ray encode worker died {MAX_ATTEMPTS} times while on it "
                            "(a crash, an out-of-memory kill or a lost node); not retried again")  # fmt: skip
                     return _failed(video.source, video.output, msg, "crash", encoded=self.where), None
@@ -269,37 +248,40 @@ def encoder_class(job: dict) -> type:
             except Exception as exc:  # a bug here must cost one video, never the block
                 return self._row(video, None, _bug(video, "decoding", self.where, exc)), None
 
-        def _row(self, video: Planned, problem: str | None, record: Record, **more) -> RayRow:
+        def _row(self, video: Planned, problem: str | None, record: Record) -> RayRow:
             where = self.where
-            return RayRow(video.source, video.output, "failed", record, where, where, problem, **more)
+            return RayRow(video.source, video.output, "failed", record, where, where, problem)
 
-        def _encode(self, video: Planned, problem: str | None, done, packed) -> RayRow:
+        def _encode(self, video: Planned, problem: str | None, done, packed, out) -> RayRow:
             """Finish one decoded video (its packed pass's tokens, or alone when ``packed`` is None) and write it."""
-            from ...formats import make_writer
-
             rel, out_rel = _paths(video)
             try:
                 t0 = time.perf_counter()
                 encoded = encode_one(done, rel, out_rel, self.root, self.pipe, packed)
                 if isinstance(encoded, Record):
                     encoded.seconds = done.seconds
+                    out.record(encoded)
                     return self._row(video, problem, encoded)
-                writer = make_writer(job.get("format"), job["out_dir"])  # the driver commits what it writes here
-                try:
-                    meta = writer.sample_meta(encoded.meta, out_rel, video.columns)
-                    tmp = writer.pending(encoded.tokens, meta, out_rel)
-                except (SlowfastError, OSError) as exc:
-                    record = Record.write_failed(exc, rel, out_rel)
-                    record.seconds = done.seconds
-                    return self._row(video, problem, record)
+                meta = out.writer.sample_meta(encoded.meta, out_rel, video.columns)
                 spent = (packed.seconds if packed is not None else 0.0) + time.perf_counter() - t0
                 record = Record.ok(encoded.meta, rel, out_rel, seconds=done.seconds + spent)
-                return RayRow(video.source, video.output, "written", record, self.where, self.where, problem, tmp)
+                record = out.write(encoded.tokens, meta, out_rel, record)
+                status = "written" if record.status == "ok" else "failed"
+                return RayRow(video.source, video.output, status, record, self.where, self.where, problem)
+            except PartError:
+                raise
             except Exception as exc:  # any bug: this video fails, the block goes on
                 msg = f"{rel}: encoding failed ({type(exc).__name__}: {first_line(exc, 200)})"
-                return self._row(video, problem, Record.failed(rel, out_rel, msg, "encode"))
+                record = Record.failed(rel, out_rel, msg, "encode")
+                out.record(record)
+                return self._row(video, problem, record)
 
     return SlowfastEncoder
+
+
+def _source(video: Planned) -> str:
+    """The video's ``Record.source``: how the part names it."""
+    return str(Path(os.fsdecode(video.source)))
 
 
 def _paths(video: Planned) -> tuple[Path, Path]:

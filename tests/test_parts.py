@@ -1,0 +1,172 @@
+"""The Ray engine's per-block parts without a cluster (``batch.parts``, ``engines.ray_block``): what an actor records,
+what a rerun of its block reads back, and what the driver's merges and a later run's recovery make of them, after
+kills at every step. The same code runs inside the actors in ``test_ray.py``."""
+
+from __future__ import annotations
+
+import json
+import resource
+from pathlib import Path
+
+import pytest
+import torch
+
+from slowfast_cli.batch.engines.ray_block import BlockOutput
+from slowfast_cli.batch.parts import (
+    PARTS,
+    STATE,
+    BlockLog,
+    Merger,
+    Part,
+    PartError,
+    open_shard,
+    part_path,
+    read_lines,
+    recover,
+)
+from slowfast_cli.batch.records import Record, read_manifest
+from slowfast_cli.dataset import TokenDataset
+from slowfast_cli.formats import index
+
+
+def ok(name: str, out: str) -> Record:
+    return Record(name, out, "ok", frames=4, input_tokens=8, output_tokens=2)
+
+
+def tokens(i: int) -> torch.Tensor:
+    return torch.full((1, 2, 4), float(i))
+
+
+def wds_job(out: Path, shard_size: int = 2) -> dict:
+    fmt = {"name": "webdataset", "shard_size": shard_size, "save_dtype": None}
+    return {"out_dir": str(out), "format": fmt, "first_shard": 3, "shards_per_block": 2}
+
+
+def test_a_rerun_counts_a_death_for_each_video_in_hand_and_skips_what_was_recorded(tmp_path):
+    """Deaths come from the part's own log: the videos held when an attempt ended without finishing."""
+    first = Part(tmp_path, 7)
+    first.hold(["a.mp4", "b.mp4"])
+    first.add(ok("a.mp4", "a.pt"))
+    first.flush()  # a recorded, then the process dies with b in hand
+    second = Part(tmp_path, 7)
+    assert second.log.attempts == 1 and set(second.log.records) == {"a.mp4"}
+    assert dict(second.log.deaths) == {"b.mp4": 1}  # a was recorded: no death counts for it
+    second.hold(["b.mp4"])  # alone now; it dies again
+    third = Part(tmp_path, 7)
+    assert third.log.deaths["b.mp4"] == 2 and third.log.attempts == 2
+    third.hold([])  # the block ends cleanly: nothing in hand
+    assert Part(tmp_path, 7).log.deaths["b.mp4"] == 2
+
+
+def test_a_file_becomes_visible_only_once_its_record_is_durable(tmp_path):
+    """pt: the temporary file is renamed after the flush; a kill before it leaves the file hidden, and recovery (with
+    the record durable) puts it in place: every visible output is recorded, every recorded one ends up visible."""
+    out = BlockOutput({"out_dir": str(tmp_path), "format": None}, 0)
+    rec = out.write(tokens(1), {"frames": 4}, Path("a.pt"), ok("a.mp4", "a.pt"))
+    assert rec.status == "ok" and not (tmp_path / "a.pt").exists()  # buffered: not visible
+    out.flush()
+    assert (tmp_path / "a.pt").exists()
+    out.write(tokens(2), {"frames": 4}, Path("b.pt"), ok("b.mp4", "b.pt"))
+    out.part.close()  # killed before the flush: b is neither recorded nor visible
+    assert not (tmp_path / "b.pt").exists()
+    recover(tmp_path)
+    assert [r["source"] for r in read_manifest(tmp_path / "manifest.jsonl")] == ["a.mp4"]
+    assert not (tmp_path / PARTS).exists()
+
+
+def test_a_recorded_file_not_yet_renamed_is_put_in_place_by_recovery(tmp_path):
+    part = Part(tmp_path, 0)
+    tmp = tmp_path / ".slowfast-tmp-x.pt"
+    tmp.write_bytes(b"whole")
+    part.add(ok("a.mp4", "a.pt"), tmp=str(tmp))
+    part._write([e for e in part.buffer])  # durable, then killed before the rename
+    recover(tmp_path)
+    assert (tmp_path / "a.pt").read_bytes() == b"whole" and not tmp.exists()
+    assert len(read_manifest(tmp_path / "manifest.jsonl")) == 1
+
+
+def test_merges_are_exact_across_a_driver_killed_mid_merge(tmp_path):
+    """The driver merges as rows arrive; a merge cut short after the manifest append (no state written) is cut off
+    by recovery and done again: no line twice, none lost."""
+    merger = Merger(tmp_path)
+    merger.write([Record("skip.mp4", "skip.pt", "skipped")])
+    part = Part(tmp_path, 0)
+    part.add(ok("a.mp4", "a.pt"))
+    part.flush()
+    assert [r["source"] for r in merger.merge()] == ["a.mp4"]
+    assert merger.merge() == []  # nothing new
+    part.add(ok("b.mp4", "b.pt"))
+    part.flush()
+    state = (tmp_path / PARTS / STATE).read_bytes()
+    merger.merge()  # then the driver is killed before its state is written:
+    (tmp_path / PARTS / STATE).write_bytes(state)
+    merger.manifest.close()
+    recover(tmp_path)
+    assert [r["source"] for r in read_manifest(tmp_path / "manifest.jsonl")] == ["skip.mp4", "a.mp4", "b.mp4"]
+
+
+def test_webdataset_block_shards_are_finished_after_their_samples_are_recorded(tmp_path):
+    """A block's shards get the block's numbers; a sample appended but not recorded when the actor dies is cut
+    off; the rerun finishes the recorded ones as a shard of their own and goes on with the next number."""
+    job = wds_job(tmp_path, shard_size=3)
+    out = BlockOutput(job, 1)  # numbers from 5 on (3 + 1 * 2)
+
+    def write(block: BlockOutput, i: int, key: str) -> None:
+        meta = block.writer.sample_meta({"source": f"{key}.mp4"}, Path(key))
+        block.write(tokens(i), meta, Path(key), ok(key, key))
+
+    for i, key in enumerate("abcd"):
+        write(out, i, key)
+    out.flush()  # a, b, c in shard 5 (finished once full, after their records); d recorded in the open shard
+    write(out, 9, "e")
+    out.part.close()  # killed: e appended, never recorded
+    assert (tmp_path / "shard-000005.tar").exists() and open_shard(tmp_path, 1).exists()
+    again = BlockOutput(job, 1)
+    assert set(again.recorded) == set("abcd") and (tmp_path / "shard-000006.tar").exists()
+    write(again, 4, "e")
+    again.close()
+    assert not open_shard(tmp_path, 1).exists() and (tmp_path / "shard-000007.tar").exists()
+    recover(tmp_path)
+    rows = index.read_index(tmp_path / index.INDEX)
+    assert [(r["key"], r["shard"][6:12]) for r in rows] == [*((k, "000005") for k in "abc"), ("d", "000006"),
+                                                            ("e", "000007")]  # fmt: skip
+    ds = TokenDataset(tmp_path)
+    got = {ds[i]["key"]: ds[i]["tokens"][0, 0].item() for i in range(len(ds))}
+    assert got == {"a": 0.0, "b": 1.0, "c": 2.0, "d": 3.0, "e": 4.0}  # the unrecorded first e is gone
+    assert sorted(r["source"] for r in read_manifest(tmp_path / "manifest.jsonl")) == list("abcde")
+
+
+def test_recovery_finishes_an_open_shard_a_killed_driver_left(tmp_path):
+    out = BlockOutput(wds_job(tmp_path, shard_size=10), 0)
+    out.write(tokens(1), out.writer.sample_meta({"source": "a.mp4"}, Path("a")), Path("a"), ok("a", "a"))
+    out.flush()
+    out.write(tokens(2), out.writer.sample_meta({"source": "b.mp4"}, Path("b")), Path("b"), ok("b", "b"))
+    out.part.close()  # every process killed: a recorded in the open shard, b not
+    entries, _ = read_lines(part_path(tmp_path, 0))
+    assert BlockLog.of(entries).shard == "shard-000003.tar"
+    recover(tmp_path)
+    assert [r["key"] for r in index.read_index(tmp_path / index.INDEX)] == ["a"]
+    assert len(TokenDataset(tmp_path)) == 1 and not (tmp_path / PARTS).exists()
+    assert json.loads((tmp_path / "manifest.jsonl").read_text().splitlines()[0])["source"] == "a"
+
+
+def test_a_full_disk_takes_back_what_it_could_not_record(tmp_path):
+    """A part that cannot grow (a file size limit: the disk's refusal, EFBIG) is cut back to its last whole line, the
+    file of the record it could not write is removed, and the error names the part: nothing visible unrecorded."""
+    out = BlockOutput({"out_dir": str(tmp_path), "format": None}, 0)
+    out.write(tokens(1), {"frames": 4}, Path("a.pt"), ok("a.mp4", "a.pt"))
+    out.flush()
+    size = part_path(tmp_path, 0).stat().st_size
+    out.write(tokens(2), {"frames": 4}, Path("b.pt"), ok("b.mp4", "b.pt"))  # its temporary file is written
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 20, hard))  # Python ignores SIGXFSZ: writes fail with EFBIG
+    try:
+        with pytest.raises(PartError, match="block-000000.jsonl: cannot write"):
+            out.flush()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert part_path(tmp_path, 0).stat().st_size == size
+    assert sorted(p.name for p in tmp_path.iterdir()) == [PARTS, "a.pt"]  # b neither in place nor left behind
+    out.part.close()
+    recover(tmp_path)
+    assert [r["source"] for r in read_manifest(tmp_path / "manifest.jsonl")] == ["a.mp4"]
