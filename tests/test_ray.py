@@ -11,7 +11,6 @@ import contextlib
 import importlib.util
 import json
 import os
-import pickle
 import shutil
 import signal
 import socket
@@ -389,36 +388,52 @@ def test_a_driver_killed_with_sigkill_leaves_only_recorded_shards_and_resumes(cl
         assert torch.equal(sample["tokens"][None], reference[sample["key"] + ".pt"]["tokens"]), sample["key"]
 
 
-def test_the_plan_is_read_in_blocks_by_one_actor_operator(cluster, tmp_path, monkeypatch):
-    """The plan is an Arrow table in blocks (no object per video); decoding runs inside the encoder actors (one
-    operator, frames never leave their node); 400 planned videos, 397 of them missing, all come back as rows."""
-    for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
-        monkeypatch.setenv(key, cluster.env[key])
-    from slowfast_cli.batch.engines.ray import RayEngine
-    from slowfast_cli.batch.engines.ray_plan import plan_dataset, plan_table
-    from slowfast_cli.batch.plan import plan_batch
-    from slowfast_cli.batch.run import EngineOptions
-    from slowfast_cli.config import resolve_config
+PLAN_IN_BLOCKS = """
+import json, pickle, sys
+from pathlib import Path
+from slowfast_cli.batch.engines.ray import RayEngine
+from slowfast_cli.batch.engines.ray_plan import plan_dataset, plan_table
+from slowfast_cli.batch.plan import plan_batch
+from slowfast_cli.batch.run import EngineOptions
+from slowfast_cli.config import resolve_config
 
+address, src, tmp, listing = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+with RayEngine(EngineOptions(address=address)) as engine:
+    cfg = resolve_config("tiny", {"dtype": "fp32"})
+    engine.size(cfg)
+    cfg, current, _ = engine.probe(cfg, src, tmp)
+    with plan_batch(src, tmp / "out", provenance=current, files_from=listing, verify=False) as plan:
+        table = plan_table(plan.root, plan.todo, plan.unverified, plan.columns)
+        blocks = plan_dataset(table, 1).num_blocks()
+        ds = engine.dataset(plan, engine.job(plan, cfg))
+        rows = [out for item in ds.iter_rows() for out in pickle.loads(item["items"])]
+        text = ds.stats()
+print(json.dumps({"runtime": [cfg.runtime.device, cfg.runtime.dtype], "blocks": blocks, "stats": text,
+                  "rows": [[r.status, r.record.kind if r.record else None] for r in rows]}))
+"""
+
+
+def test_the_plan_is_read_in_blocks_by_one_actor_operator(cluster, tmp_path):
+    """The plan is an Arrow table in blocks (no object per video); decoding runs inside the encoder actors (one
+    operator, frames never leave their node); 400 planned videos, 397 of them missing, all come back as rows.
+
+    The engine runs in a process of its own, as the CLI's does: a ``ray.init`` inside the pytest process can find
+    the raylets of clusters that earlier tests (or other programs on the machine) started and fail to connect."""
     src = tmp_path / "in"
     src.mkdir()
     for i in range(3):
         media.make_video(src / f"v{i}.mp4", frames=10)
     listing = tmp_path / "list.txt"
     listing.write_text("".join(f"v{i}.mp4\n" for i in range(3)) + "".join(f"gone/m{i}.mp4\n" for i in range(397)))
-    with RayEngine(EngineOptions(address=cluster.address)) as engine:
-        cfg = resolve_config("tiny", {"dtype": "fp32"})
-        engine.size(cfg)
-        cfg, current, _ = engine.probe(cfg, src, tmp_path)
-        assert (cfg.runtime.device, cfg.runtime.dtype) == ("auto", "fp32")
-        with plan_batch(src, tmp_path / "out", provenance=current, files_from=listing, verify=False) as plan:
-            table = plan_table(plan.root, plan.todo, plan.unverified, plan.columns)
-            assert plan_dataset(table, 1).num_blocks() == 4  # 100 videos a block: 4 blocks for one encoder
-            ds = engine.dataset(plan, engine.job(plan, cfg))
-            rows = [out for item in ds.iter_rows() for out in pickle.loads(item["items"])]
-            text = ds.stats()
-    assert sorted(r.status for r in rows) == ["failed"] * 397 + ["written"] * 3
-    assert {r.record.kind for r in rows if r.status == "failed"} == {"missing"}
+    args = [sys.executable, "-c", PLAN_IN_BLOCKS, cluster.address, str(src), str(tmp_path), str(listing)]
+    r = subprocess.run(args, env=cluster.env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["runtime"] == ["auto", "fp32"]
+    assert got["blocks"] == 4  # 100 videos a block: 4 blocks for one encoder
+    assert sorted(status for status, _ in got["rows"]) == ["failed"] * 397 + ["written"] * 3
+    assert {kind for status, kind in got["rows"] if status == "failed"} == {"missing"}
+    text = got["stats"]
     assert "MapBatches(SlowfastEncoder)" in text and "decode" not in text.lower().replace("decoded", "")
 
 
