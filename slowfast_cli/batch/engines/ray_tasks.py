@@ -12,6 +12,7 @@ Imported by the driver (``ray.py``) and, through cloudpickle, on the nodes; the 
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import socket
@@ -120,6 +121,18 @@ def _failed(rel: bytes, out_rel: bytes, msg: str, kind: str | None = None, secon
     return RayRow(rel, out_rel, "failed", record, **more)
 
 
+def _visible(root: Path | object) -> bool:
+    """Whether IN_DIR is a folder here: checked for every video where it is local (a mount can go away, and a stat
+    costs nothing); a URL's once per process (each check is a request to the store, and a listing the driver made
+    shows it existed; a video gone since is that video's ``missing`` record)."""
+    return root.is_dir() if isinstance(root, Path) else _remote_visible(str(root))
+
+
+@functools.lru_cache(maxsize=4)
+def _remote_visible(url: str) -> bool:
+    return place(url).is_dir()
+
+
 def check_video(video: Planned, job: dict, where: str) -> tuple[RayRow | None, str | None]:
     """Before decoding, on the node: (the video's final row, None) when it is not to be decoded here (IN_DIR not
     visible, another file than the driver saw, an output found done by its CRC check), else (None, a warning for
@@ -127,7 +140,7 @@ def check_video(video: Planned, job: dict, where: str) -> tuple[RayRow | None, s
     root, out_dir = place(job["root"]), Path(job["out_dir"])  # IN_DIR may be a URL
     rel, out_rel = video.source, video.output
     src = root / os.fsdecode(rel)
-    if not root.is_dir():
+    if not _visible(root):
         return _failed(rel, out_rel, f"{root}: not visible on Ray node {where}; {SHARED}", "missing"), None
     other = other_file(src, video.expect, where)
     if other is not None:
