@@ -13,6 +13,11 @@ Not run, with the reason printed: clip-video-encode (PyPI's only release, 1.3.0 
 numpy < 2, open-clip-torch < 3, pyarrow < 8 and fsspec 2022.1.0, so it does not install beside this project's
 torch) and video_features (not on PyPI: a git repository with its own environment).
 
+With ``--base CHECKOUT``, ``slowfast base`` is that checkout's ``slowfast batch`` in the same run (e.g. main before a
+change: "today"). With ``--passive``, every peer also runs with ``OMP_WAIT_POLICY=PASSIVE`` (``PEER+passive``), the
+OpenMP setting slowfast's command line makes for itself (``slowfast_cli/cli/process.py``), so that what it is worth
+to a peer is measured too.
+
 Each who runs on a folder of ``--clips`` clips and on a folder of its first clip, rounds interleaved. CPU time is
 user + system of the process and its waited-for children (decode workers), read from outside; wall time beside it.
 - **steady state**: ``(clips - 1) * 16 / (cpu(clips) - cpu(1))`` frames per CPU-second (and per wall second);
@@ -23,6 +28,7 @@ start).
 
 Example:
     python benchmarks/bench_peers.py --rounds 3 --clips 5
+    python benchmarks/bench_peers.py --rounds 3 --clips 9 --base /tmp/base --passive
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ def main() -> None:
     p.add_argument("--clips", type=int, default=5)
     p.add_argument("--dtypes", nargs="*", default=["fp32", "bf16"])
     p.add_argument("--peers", nargs="*", default=["naive", "transformers"])
+    p.add_argument("--base", type=Path, help="another checkout whose slowfast batch runs beside (e.g. main)")
+    p.add_argument("--passive", action="store_true", help="also run every peer with OMP_WAIT_POLICY=PASSIVE")
     args = p.parse_args()
     if args.quick:
         args.rounds, args.clips, args.dtypes = 1, 2, ["fp32"]
@@ -59,22 +67,29 @@ def main() -> None:
     many, one = folders(common.OUT_DIR, args.clips)
     tmp = Path(tempfile.mkdtemp(prefix="bench_peers_"))
     env = dict(os.environ, PYTHONPATH=str(common.ROOT))
+    env.pop("OMP_WAIT_POLICY", None)  # each command's own: slowfast sets it for itself, peers run as a user's script
     py = sys.executable
-    cmds: dict[tuple, list[str]] = {}
+    trees = {"slowfast": common.ROOT} | ({"slowfast base": args.base.resolve()} if args.base else {})
+    peers = [*args.peers, *(f"{p}+passive" for p in args.peers if args.passive)]
+    cmds: dict[tuple, tuple[list[str], dict]] = {}
     for dt in args.dtypes:
         for size, folder in ((args.clips, many), (1, one)):
-            out = tmp / f"slowfast_{dt}_{size}"
-            model = ["--model", "ViT-B-32", "--pretrained", "none", "--frames", "16", "--slow-pool", "none"]
-            cmds["slowfast", dt, size] = [py, "-P", "-m", "slowfast_cli", "batch", str(folder), "-o", str(out),
-                                          *model, "--dtype", dt, "--workers", "1", "--overwrite"]  # fmt: skip
-            for peer in args.peers:
-                cmds[peer, dt, size] = [py, str(HERE / "peer_encode.py"), peer, str(folder),
-                                        str(tmp / f"{peer}_{dt}_{size}"), "--frames", "16", "--dtype", dt]  # fmt: skip
+            for who, tree in trees.items():
+                out = tmp / f"{who.replace(' ', '_')}_{dt}_{size}"
+                model = ["--model", "ViT-B-32", "--pretrained", "none", "--frames", "16", "--slow-pool", "none"]
+                cmd = [py, "-P", "-m", "slowfast_cli", "batch", str(folder), "-o", str(out), *model, "--dtype", dt,
+                       "--workers", "1", "--overwrite"]  # fmt: skip
+                cmds[who, dt, size] = cmd, {**env, "PYTHONPATH": str(tree)}
+            for who in peers:
+                peer, passive = who.removesuffix("+passive"), who.endswith("+passive")
+                cmd = [py, str(HERE / "peer_encode.py"), peer, str(folder), str(tmp / f"{who}_{dt}_{size}"),
+                       "--frames", "16", "--dtype", dt]  # fmt: skip
+                cmds[who, dt, size] = cmd, {**env, "OMP_WAIT_POLICY": "PASSIVE"} if passive else env
     samples: dict[tuple, list[tuple[float, float]]] = {k: [] for k in cmds}
     for r in range(args.rounds):
         keys = list(cmds) if r % 2 == 0 else list(reversed(cmds))
         for key in keys:
-            samples[key].append(run_cpu(cmds[key], env))
+            samples[key].append(run_cpu(*cmds[key]))
             print(f"  round {r + 1}: {key} cpu {samples[key][-1][0]:.2f}s wall {samples[key][-1][1]:.2f}s", flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -90,7 +105,7 @@ def main() -> None:
     rows = []
     for dt in args.dtypes:
         base = {i: per_round("slowfast", dt, i) for i in (0, 1)}
-        for who in ("slowfast", *args.peers):
+        for who in (*trees, *peers):
             cpu_steady, cpu_start = per_round(who, dt, 0)
             wall_steady, wall_start = per_round(who, dt, 1)
             rows.append({
@@ -109,7 +124,7 @@ def main() -> None:
                ("start_spread", "spread", "s"), ("start_ratio", "start-up CPU ratio", ".2f"),
                ("wall_start_ratio", "start-up wall ratio", ".2f")]  # fmt: skip
     table = common.table(rows, columns)
-    print(f"\n{args.rounds} interleaved rounds, {args.clips} clips; ratios peer / slowfast:\n\n{table}\n")
+    print(f"\n{args.rounds} interleaved rounds, {args.clips} clips; ratios peer / slowfast:\n\n{table}\n", flush=True)
     for who, why in NOT_RUN.items():
         print(f"not run: {who}: {why}")
     raw = {" ".join(map(str, k)): v for k, v in samples.items()}

@@ -7,9 +7,13 @@ median and the spread over ``--rounds`` are reported, because the machine is sha
 runs once more under ``python -X importtime``: the import time of the top-level packages and which heavy
 libraries were imported at all.
 
+``--base`` may be given more than once, as ``NAME=PATH`` to name the tree (``base``, ``base2``, ... otherwise);
+every ratio is this / each base, per round.
+
 Example:
     git -C /path/to/main archive HEAD | tar -x -C /tmp/base
     python benchmarks/bench_start.py --base /tmp/base --rounds 7
+    python benchmarks/bench_start.py --base start=/tmp/base --base before=/tmp/older --rounds 7
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def importtime(cmd: list[str], env: dict) -> dict[str, float]:
 
 def main() -> None:
     p = common.parser(__doc__, "bench_start", torch_options=False)
-    p.add_argument("--base", type=Path, required=True, help="another checkout to compare with (e.g. main)")
+    p.add_argument("--base", action="append", required=True, help="another checkout ([NAME=]PATH), e.g. main")
     p.add_argument("--rounds", type=int, default=7)
     args = p.parse_args()
     rounds = 2 if args.quick else args.rounds
@@ -54,7 +58,10 @@ def main() -> None:
     one.mkdir()
     clip = common.cached_video(common.OUT_DIR / "videos" / "speed", 3, seed=0)
     os.link(clip, one / clip.name)
-    trees = {"this": common.ROOT, "base": args.base.resolve()}
+    trees = {"this": common.ROOT}
+    for i, spec in enumerate(args.base):
+        name, _, path = spec.rpartition("=")
+        trees[name or ("base" if i == 0 else f"base{i + 1}")] = Path(path).resolve()
     py = sys.executable
     cmds = {}
     for name, tree in trees.items():
@@ -74,24 +81,27 @@ def main() -> None:
             samples[key].append(run_cpu(*cmds[key]))
         print(f"  round {r + 1}: " + ", ".join(f"{' '.join(k)} {samples[k][-1][0]:.2f}" for k in cmds), flush=True)
     rows = []
+    bases = [who for who in trees if who != "this"]
     for what in ("encode", "batch"):
         cpu = {who: [s[0] for s in samples[what, who]] for who in trees}
         wall = {who: [s[1] for s in samples[what, who]] for who in trees}
-        ratios = [a / b for a, b in zip(cpu["this"], cpu["base"], strict=True)]
         for who in trees:
-            rows.append({"what": what, "who": who, "cpu": statistics.median(cpu[who]),
-                         "spread": f"{min(cpu[who]):.2f}-{max(cpu[who]):.2f}", "wall": statistics.median(wall[who]),
-                         "ratio": statistics.median(ratios) if who == "this" else 1.0,
-                         "ratio_spread": f"{min(ratios):.2f}-{max(ratios):.2f}" if who == "this" else ""})  # fmt: skip
+            spread = f"{min(cpu[who]):.2f}-{max(cpu[who]):.2f}"
+            row = {"what": what, "who": who, "cpu": statistics.median(cpu[who]), "spread": spread,
+                   "wall": statistics.median(wall[who])}  # fmt: skip
+            if who == "this":
+                for b in bases:
+                    ratios = [a / c for a, c in zip(cpu["this"], cpu[b], strict=True)]
+                    row[f"ratio {b}"] = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+            rows.append(row)
     table = common.table(rows, [("what", "command", "s"), ("who", "tree", "s"), ("cpu", "CPU s median", ".2f"),
                                 ("spread", "CPU s spread", "s"), ("wall", "wall s median", ".2f"),
-                                ("ratio", "this / base (per round, median)", ".2f"),
-                                ("ratio_spread", "ratio spread", "s")])  # fmt: skip
+                                *((f"ratio {b}", f"this / {b} per round", "s") for b in bases)])  # fmt: skip
     imports = {who: importtime(*cmds["encode", who]) for who in trees}
     names = ("(all top-level)", *HEAVY)
     irows = [{"module": n, **{who: imports[who].get(n) for who in trees}} for n in names]
     itable = common.table(irows, [("module", "import (cumulative wall s, -X importtime, encode)", "s"),
-                                  ("this", "this", ".2f"), ("base", "base", ".2f")])  # fmt: skip
+                                  *((who, who, ".2f") for who in trees)])  # fmt: skip
     print(f"\n{rounds} interleaved rounds:\n\n{table}\n\n{itable}\n(blank: not imported)")
     common.write_json(args.out, {"info": info, "rounds": rounds, "rows": rows, "imports": imports,
                                  "samples": {" ".join(k): v for k, v in samples.items()}})  # fmt: skip

@@ -26,7 +26,12 @@ def main() -> None:
     p.add_argument("--model", default="ViT-B-32")
     args = p.parse_args()
 
+    import sys
+
+    sys.modules["nvidia"] = None  # decord2 would preload every pip-installed NVIDIA library (NVBLAS: a crash here)
     import decord
+
+    del sys.modules["nvidia"]  # as slowfast_cli.video.files.without_cuda_preload does
     import numpy as np
     import torch
 

@@ -162,3 +162,59 @@ def test_libraries_imported_before_towers_are_used_as_they_are():
         assert sys.modules["torchvision"] is before and open_clip.timm_model.timm is timm
         assert "open_clip.factory" not in sys.modules or open_clip.list_models()
     """)
+
+
+def test_towers_and_none_weights_never_import_huggingface_hub():
+    """huggingface_hub is for tags only (``encoder/weights.py``); after the towers, open_clip's download works as if
+    it had been imported with them."""
+    out = fresh("""
+        import sys
+        import torch
+        from slowfast_cli.config import EncoderCfg
+        from slowfast_cli.encoder.encoder import build_encoder
+        build_encoder(EncoderCfg(model="slowfast-tiny-vit", pretrained="none"), torch.device("cpu"), torch.float32)
+        print("huggingface_hub" in sys.modules)
+        import open_clip.pretrained as pretrained
+        assert pretrained.has_hf_hub(True) and "first use" in repr(pretrained.hf_hub_download)
+        getattr(pretrained.hf_hub_download, "func", None)  # any use binds the real function
+        import huggingface_hub
+        print(pretrained.hf_hub_download is huggingface_hub.hf_hub_download)
+    """)
+    assert out.split() == ["False", "True"]
+
+
+class TestProcess:
+    """``cli/process.py``: what the ``slowfast`` process sets for itself (BENCHMARKS.md §28)."""
+
+    RUN = """
+        import gc, os, sys
+        sys.argv = ["slowfast", *{argv!r}]
+        from slowfast_cli.cli.app import main
+        assert "torch" not in sys.modules  # the command line loads before torch: OMP_WAIT_POLICY is set in time
+        try:
+            main()
+        except SystemExit as exc:
+            assert not exc.code, exc.code
+        print(os.environ.get("OMP_WAIT_POLICY"), gc.get_freeze_count() > 0, gc.get_threshold() == {threshold!r})
+    """
+
+    def test_passive_omp_threads_and_a_frozen_heap_at_the_end(self):
+        from slowfast_cli.cli.process import START_THRESHOLD
+
+        out = fresh(self.RUN.format(argv=["budget", "--json"], threshold=START_THRESHOLD))
+        assert out.split()[-3:] == ["PASSIVE", "True", "True"]
+
+    def test_the_users_wait_policy_is_kept(self, monkeypatch):
+        monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+        out = fresh(self.RUN.format(argv=["configs"], threshold=(0, 0, 0)))
+        assert out.split()[-3:] == ["ACTIVE", "True", "False"]
+
+    def test_batch_restores_the_thresholds_once_the_model_is_loaded(self, tmp_path, small_video):
+        import gc
+        import shutil
+
+        (tmp_path / "in").mkdir()
+        shutil.copy(small_video, tmp_path / "in")
+        argv = ["batch", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--config", "tiny", "--workers", "1"]
+        out = fresh(self.RUN.format(argv=argv, threshold=gc.get_threshold()))
+        assert out.split()[-3:] == ["PASSIVE", "True", "True"]

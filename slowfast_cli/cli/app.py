@@ -18,6 +18,7 @@ from .batch import batch
 from .commands import aggregate, budget, configs, encode, report
 from .formats import export, show
 from .output import _state, err
+from .process import begin, end
 
 
 class _Slowfast(TyperGroup):
@@ -66,9 +67,11 @@ def main() -> None:
     SIGTERM is handled as Ctrl-C (see :func:`_terminated`). Once the command has finished (click ends it with
     SystemExit), both are ignored: there is nothing left to interrupt, and a KeyboardInterrupt during the
     interpreter's shutdown would kill the process by the signal (exit status -2) instead of giving the
-    command's own exit code.
+    command's own exit code. ``process.begin`` / ``end``: OpenMP's wait policy and the collector's start-up
+    settings, before any torch import (BENCHMARKS.md §28).
     """
     signal.signal(signal.SIGTERM, _terminated)
+    begin()
     try:
         app()
     except KeyboardInterrupt:  # pragma: no cover - interactive only
@@ -77,6 +80,7 @@ def main() -> None:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        end()
 
 
 def _terminated(signum, frame) -> None:

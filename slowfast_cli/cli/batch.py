@@ -55,6 +55,7 @@ from .options import (
     refuse_frames_by_rate,
 )
 from .output import err, fail, handles_errors, out, print_json, progress_bar, shown, warn
+from .process import loaded
 from .progress import ProgressLines, loading
 from .tables import batch_table
 from .urls import folder_or_url, list_or_url, name_or_url
@@ -271,6 +272,7 @@ def _run(plan: BatchPlan, cfg: Config, engine: Engine, fail_fast: bool, show_bar
         if plan.todo:
             with loading(f"{cfg.encoder.model} ({cfg.encoder.pretrained})") if cfg else contextlib.nullcontext():
                 warnings = engine.start(plan, cfg)  # loads the model, before the bar
+            loaded()  # the model's objects frozen: the collector walks only the run's own (cli/process.py)
             for w in warnings:
                 warn(w)
         if not err.is_terminal:  # Slurm, nohup, | tee: a line now and then; its clock starts once the model is loaded

@@ -25,8 +25,9 @@ from ..models import OWN_MODEL_CONFIGS, VISION_DEFAULTS, model_config_path, mode
 from .hidden import later, shallow, without
 
 # open_clip's modules that build a vision tower, without what they do not need (hidden.py): its package __init__
-# (the factory, the tokenizer, the losses), torchvision's, timm and transformers; each is imported on first use
-with without("transformers", "timm"), shallow("open_clip", "torchvision", "torchvision.ops"):
+# (the factory, the tokenizer, the losses), torchvision's, timm, transformers and huggingface_hub (for tags only);
+# each is imported on first use
+with without("transformers", "timm", "huggingface_hub"), shallow("open_clip", "torchvision", "torchvision.ops"):
     import open_clip.model
     import open_clip.pretrained
     from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
@@ -44,6 +45,10 @@ later(
         "to_2tuple": ("timm.layers", "to_2tuple"),
     },
 )
+# open_clip.pretrained's `try: from huggingface_hub import hf_hub_download` (downloads of tags); open_clip wraps it in
+# a partial naming itself to the hub (library_name), which only the user agent of a download lacks here
+if later(open_clip.pretrained, {"hf_hub_download": ("huggingface_hub", "hf_hub_download")}):
+    open_clip.pretrained._has_hf_hub = True  # what the import would have set: installed
 later(
     open_clip.hf_model,
     {"transformers": ("transformers", None)}

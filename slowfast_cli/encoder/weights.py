@@ -1,7 +1,8 @@
 """``--pretrained``: an open_clip tag (from the local cache, else downloaded after a quick reachability check), a
 local checkpoint (file, folder or sharded index), or ``none``; and loading a checkpoint strictly into a tower.
 
-The only module that imports huggingface_hub. The checkpoint's naming (open_clip's, or a Hugging Face CLIP tower's)
+The only module that imports huggingface_hub, and only for a tag (``--pretrained none`` and local files never do:
+0.06 CPU-seconds of the start, BENCHMARKS.md §28). The checkpoint's naming (open_clip's, or a Hugging Face CLIP tower's)
 is told from its keys by ``checkpoints``; a Hugging Face tower decides the activation before the tower is built.
 """
 
@@ -14,9 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import constants as hf_constants
-from huggingface_hub import try_to_load_from_cache
-from huggingface_hub.utils import get_session
 
 from ..checkpoints import (
     UNUSED_BY_TOKENS,
@@ -49,6 +47,8 @@ class Weights:
 
 def _hub_offline() -> bool:
     """HF_HUB_OFFLINE as set now (huggingface_hub itself reads it once, at import)."""
+    from huggingface_hub import constants as hf_constants
+
     env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
     return env in ("1", "ON", "YES", "TRUE") or bool(hf_constants.HF_HUB_OFFLINE)
 
@@ -66,6 +66,8 @@ def _hub_candidates(hf_hub: str) -> tuple[str, list[str]]:
 def _cached_tag_file(tag_cfg: dict[str, Any]) -> str | None:
     """The local copy of a pretrained tag's weights in the Hugging Face or open_clip URL cache, or None."""
     if tag_cfg.get("hf_hub"):
+        from huggingface_hub import try_to_load_from_cache
+
         repo, names = _hub_candidates(tag_cfg["hf_hub"])
         for filename in names:
             found = try_to_load_from_cache(repo, filename)
@@ -86,6 +88,9 @@ def _hub_unreachable() -> str | None:
     huggingface_hub itself retries an unreachable hub with backoff, for each file open_clip tries (safetensors,
     then .bin): about 50 s before the same failure. Any HTTP answer, even an error status, counts as reachable.
     """
+    from huggingface_hub import constants as hf_constants
+    from huggingface_hub.utils import get_session
+
     try:
         get_session().head(hf_constants.ENDPOINT, timeout=_preflight_timeout())
     except Exception as exc:  # DNS, refused, timed out, proxy or TLS failure: no answer at all
@@ -118,6 +123,8 @@ def _fetch_tag(model: str, tag: str, tag_cfg: dict[str, Any]) -> str:
         )
     unreachable = _hub_unreachable()
     if unreachable is not None:
+        from huggingface_hub import constants as hf_constants
+
         raise SlowfastError(
             f"{what} could not be fetched ({hf_constants.ENDPOINT} does not answer: {unreachable}): {FETCH_HINT}"
         )
