@@ -321,6 +321,9 @@ class RayEngine:
             compute=ray.data.ActorPoolStrategy(size=size.encoders, max_tasks_in_flight_per_actor=2),
             num_cpus=size.cpus,
             num_gpus=size.gpus or None,
+            # torch's threads in the actors wait passively, as the slowfast command's do (cli/process.py): each actor
+            # runs its decoders beside its model; the driver's own setting (the user's, or PASSIVE) goes with them
+            runtime_env={"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}},
         )  # Ray Data's actors restart and rerun their block without end (max_restarts = max_task_retries = -1, its
         # default for an actor pool); the block's part bounds the retries per video (ray_block, batch.parts)
 
