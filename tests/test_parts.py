@@ -105,35 +105,44 @@ def test_merges_are_exact_across_a_driver_killed_mid_merge(tmp_path):
     assert [r["source"] for r in read_manifest(tmp_path / "manifest.jsonl")] == ["skip.mp4", "a.mp4", "b.mp4"]
 
 
+def write_sample(block: BlockOutput, i: int, key: str) -> None:
+    meta = block.writer.sample_meta({"source": f"{key}.mp4"}, Path(key))
+    block.write(tokens(i), meta, Path(key), ok(key, key))
+
+
 def test_webdataset_block_shards_are_finished_after_their_samples_are_recorded(tmp_path):
     """A block's shards get the block's numbers; a sample appended but not recorded when the actor dies is cut
-    off; the rerun finishes the recorded ones as a shard of their own and goes on with the next number."""
-    job = wds_job(tmp_path, shard_size=3)
+    off; the rerun goes on appending to the open shard (its recorded samples kept) under the same number, so a
+    block's deaths never push its shards into the next block's numbers (found by hparts: the rerun used to finish
+    the cut-back shard and go on with the next number, and the next block's first shard replaced it)."""
+    job = wds_job(tmp_path, shard_size=3)  # 2 numbers a block: blocks of up to 6 rows
     out = BlockOutput(job, 1)  # numbers from 5 on (3 + 1 * 2)
-
-    def write(block: BlockOutput, i: int, key: str) -> None:
-        meta = block.writer.sample_meta({"source": f"{key}.mp4"}, Path(key))
-        block.write(tokens(i), meta, Path(key), ok(key, key))
-
     for i, key in enumerate("abcd"):
-        write(out, i, key)
+        write_sample(out, i, key)
     out.flush()  # a, b, c in shard 5 (finished once full, after their records); d recorded in the open shard
-    write(out, 9, "e")
+    write_sample(out, 9, "e")
     out.part.close()  # killed: e appended, never recorded
     assert (tmp_path / "shard-000005.tar").exists() and open_shard(tmp_path, 1).exists()
     again = BlockOutput(job, 1)
-    assert set(again.recorded) == set("abcd") and (tmp_path / "shard-000006.tar").exists()
-    write(again, 4, "e")
-    again.close()
-    assert not open_shard(tmp_path, 1).exists() and (tmp_path / "shard-000007.tar").exists()
+    assert set(again.recorded) == set("abcd") and not (tmp_path / "shard-000006.tar").exists()
+    write_sample(again, 4, "e")
+    again.flush()
+    again.part.close()  # killed again, with d and e recorded in the open shard
+    third = BlockOutput(job, 1)
+    write_sample(third, 5, "f")
+    third.close()
+    assert not open_shard(tmp_path, 1).exists() and not (tmp_path / "shard-000007.tar").exists()
+    after = BlockOutput(job, 2)  # the next block: its first number is 7
+    write_sample(after, 6, "g")
+    after.close()
     recover(tmp_path)
     rows = index.read_index(tmp_path / index.INDEX)
-    assert [(r["key"], r["shard"][6:12]) for r in rows] == [*((k, "000005") for k in "abc"), ("d", "000006"),
-                                                            ("e", "000007")]  # fmt: skip
+    assert [(r["key"], r["shard"][6:12]) for r in rows] == [*((k, "000005") for k in "abc"),
+                                                            *((k, "000006") for k in "def"), ("g", "000007")]  # fmt: skip
     ds = TokenDataset(tmp_path)
     got = {ds[i]["key"]: ds[i]["tokens"][0, 0].item() for i in range(len(ds))}
-    assert got == {"a": 0.0, "b": 1.0, "c": 2.0, "d": 3.0, "e": 4.0}  # the unrecorded first e is gone
-    assert sorted(r["source"] for r in read_manifest(tmp_path / "manifest.jsonl")) == list("abcde")
+    assert got == {"a": 0.0, "b": 1.0, "c": 2.0, "d": 3.0, "e": 4.0, "f": 5.0, "g": 6.0}  # the unrecorded e gone
+    assert sorted(r["source"] for r in read_manifest(tmp_path / "manifest.jsonl")) == list("abcdefg")
 
 
 def test_recovery_finishes_an_open_shard_a_killed_driver_left(tmp_path):

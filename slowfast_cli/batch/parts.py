@@ -286,10 +286,14 @@ def _state(folder: Path) -> dict | None:
         return None
 
 
-def finish_block(out_dir: Path, path: Path) -> None:
+def finish_block(out_dir: Path, path: Path, keep_open: bool = False) -> None:
     """What a block's part recorded and its actor did not finish (a killed actor or driver): recorded temporary
     files renamed into place, the open shard cut back to its last recorded sample and finished (its line logged),
-    a shard finished without its line given one. Call only when no actor works on the block."""
+    a shard finished without its line given one. Call only when no actor works on the block.
+
+    ``keep_open`` (a rerun of the block, by the actor that goes on with it): the open shard is only cut back and
+    stays open, so the rerun appends to it under the same name. A block so never uses more shard numbers than its
+    samples fill (``ceil(rows / shard_size)``), whatever its deaths, and cannot reach the next block's numbers."""
     entries, _ = read_lines(path)
     log = BlockLog.of(entries)
     for e in entries:
@@ -302,6 +306,8 @@ def finish_block(out_dir: Path, path: Path) -> None:
         with open(opened, "r+b") as f:
             if f.seek(0, 2) > log.end:
                 f.truncate(log.end)  # samples written after the last recorded one are not trusted
+        if keep_open:
+            return
         rows = [{**r, "shard": name} for r in index.shard_rows(opened)]
         shards.finish(opened, out_dir / name)
     elif name is not None and (out_dir / name).is_file():  # finished, then killed before its line
