@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from slowfast_cli.batch.parts import (
 )
 from slowfast_cli.batch.records import Record, read_manifest
 from slowfast_cli.dataset import TokenDataset
+from slowfast_cli.errors import SlowfastError
 from slowfast_cli.formats import index
 
 
@@ -137,8 +139,8 @@ def test_webdataset_block_shards_are_finished_after_their_samples_are_recorded(t
     after.close()
     recover(tmp_path)
     rows = index.read_index(tmp_path / index.INDEX)
-    assert [(r["key"], r["shard"][6:12]) for r in rows] == [*((k, "000005") for k in "abc"),
-                                                            *((k, "000006") for k in "def"), ("g", "000007")]  # fmt: skip
+    numbers = {**dict.fromkeys("abc", "000005"), **dict.fromkeys("def", "000006"), "g": "000007"}
+    assert [(r["key"], r["shard"][6:12]) for r in rows] == list(numbers.items())
     ds = TokenDataset(tmp_path)
     got = {ds[i]["key"]: ds[i]["tokens"][0, 0].item() for i in range(len(ds))}
     assert got == {"a": 0.0, "b": 1.0, "c": 2.0, "d": 3.0, "e": 4.0, "f": 5.0, "g": 6.0}  # the unrecorded e gone
@@ -179,3 +181,81 @@ def test_a_full_disk_takes_back_what_it_could_not_record(tmp_path):
     out.part.close()
     recover(tmp_path)
     assert [r["source"] for r in read_manifest(tmp_path / "manifest.jsonl")] == ["a.mp4"]
+
+
+def test_a_removal_of_the_merged_parts_cut_short_never_merges_them_twice(tmp_path, monkeypatch):
+    """Recovery renames the merged folder away at once before removing it: a kill in the middle of the removal
+    (here: merged.json gone first, then the kill) used to leave parts without their state, merged again in full
+    by the next run (every line twice)."""
+    part = Part(tmp_path, 0)
+    part.add(ok("a.mp4", "a.pt"))
+    part.flush()
+    part.close()
+    real = shutil.rmtree
+
+    def killed_midway(path, ignore_errors=False):
+        if Path(path).is_dir():
+            (Path(path) / STATE).unlink(missing_ok=True)
+            raise KeyboardInterrupt  # the kill
+
+    monkeypatch.setattr(shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        recover(tmp_path)
+    monkeypatch.setattr(shutil, "rmtree", real)
+    recover(tmp_path)  # the next run
+    assert [r["source"] for r in read_manifest(tmp_path / "manifest.jsonl")] == ["a.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.jsonl"]
+
+
+@pytest.mark.parametrize("state", ["missing", "damaged"])
+def test_a_lost_merge_state_adds_no_line_twice(tmp_path, state):
+    """Without a readable merged.json (removed or edited by hand) recovery cannot know how far the parts were
+    merged: it adds only the lines the manifest and the index do not hold yet (they used to be merged again)."""
+    merger = Merger(tmp_path)
+    out = BlockOutput(wds_job(tmp_path, shard_size=1), 0)
+    write_sample(out, 1, "a")
+    out.flush()
+    merger.merge()
+    merger.manifest.close()
+    if state == "missing":
+        (tmp_path / PARTS / STATE).unlink()
+    else:
+        (tmp_path / PARTS / STATE).write_text('{"manifest": "x", "index": 0, "parts": {}}')
+    write_sample(out, 2, "b")
+    out.close()
+    recover(tmp_path)
+    assert [r["source"] for r in read_manifest(tmp_path / "manifest.jsonl")] == ["a", "b"]
+    assert [r["key"] for r in index.read_index(tmp_path / index.INDEX)] == ["a", "b"]
+
+
+def test_hand_edited_part_lines_are_skipped_and_never_rename_outside_out_dir(tmp_path):
+    """Lines slowfast does not write (not an object, a record without a source, paths leading out of OUT_DIR, a
+    shard name that is not one) are skipped like a torn line: no traceback, nothing moved outside OUT_DIR."""
+    out_dir, victim = tmp_path / "out", tmp_path / "victim.txt"
+    out_dir.mkdir()
+    victim.write_text("mine")
+    part = Part(out_dir, 0)
+    part.add(ok("a.mp4", "a.pt"))
+    part.flush()
+    part.close()
+    bad = [5, [], "x", {"record": {"nope": 1}}, {"record": ok("b.mp4", "../../moved").__dict__, "tmp": "../victim.txt"},
+           {"shard": "../../x.tar", "rows": []}, {"attempt": "two"}, {"hold": "a.mp4"}]  # fmt: skip
+    with open(part_path(out_dir, 0), "a") as f:
+        f.write("".join(json.dumps(b) + "\n" for b in bad))
+    recover(out_dir)
+    assert [r["source"] for r in read_manifest(out_dir / "manifest.jsonl")] == ["a.mp4"]
+    assert victim.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["out", "victim.txt"]
+
+
+def test_recovery_never_cuts_a_manifest_through_a_symlink(tmp_path):
+    """manifest.jsonl a symlink (slowfast never writes through one): recovery's cut used to follow it and truncate
+    the file it points to; now the file is left whole and the run stops with the manifest's own error."""
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    elsewhere.write_text('{"keep": 1}\n')
+    out_dir = tmp_path / "out"
+    Merger(out_dir).manifest.close()  # merged.json says: the manifest is empty
+    (out_dir / "manifest.jsonl").unlink()
+    (out_dir / "manifest.jsonl").symlink_to(elsewhere)
+    with pytest.raises(SlowfastError, match="symlink"):
+        recover(out_dir)
+    assert elsewhere.read_text() == '{"keep": 1}\n'

@@ -40,9 +40,11 @@ from pathlib import Path
 from ..atomic import json_text, write_json
 from ..errors import SlowfastError
 from ..formats import index, shards
+from .part_lines import valid
 from .records import MANIFEST, Manifest, Record
 
 PARTS = ".slowfast-parts"  # in OUT_DIR: the parts, the blocks' open shards, the merge state
+DONE = PARTS + ".done"  # the parts folder once merged, renamed at once and then removed (a kill mid-removal: inert)
 STATE = "merged.json"
 MERGE_S = 5.0  # the driver merges the parts at least this often while rows arrive
 
@@ -73,7 +75,9 @@ def read_lines(path: Path, start: int = 0) -> tuple[list[dict], int]:
     entries = []
     for line in data[:end].splitlines():
         with contextlib.suppress(ValueError):
-            entries.append(json.loads(line))
+            entry = json.loads(line)
+            if valid(entry):
+                entries.append(entry)
     return entries, start + end
 
 
@@ -220,9 +224,12 @@ class Merger:
         self.manifest = Manifest(self.out_dir / MANIFEST)
         self.offsets: dict[str, int] = {}
         self.merged_at = time.monotonic()
+        self.known: tuple[set[str], set[str]] | None = None
         state = _state(self.dir)
         if state is not None:  # recover() left it: go on from it
             self.offsets = state["parts"]
+        elif any(self.dir.glob("block-*.jsonl")):  # parts without a (readable) state: merged up to where, unknown
+            self.known = (_lines(self.out_dir / MANIFEST), _lines(self.out_dir / index.INDEX))
         self._save()
 
     def _save(self) -> None:
@@ -252,6 +259,9 @@ class Merger:
                     rows += e["rows"]
         if offsets == self.offsets:
             return []
+        if self.known is not None:  # merged before, or not: what the manifest and the index hold is not added again
+            records = [r for r in records if json_text(r) not in self.known[0]]
+            rows = [r for r in rows if json_text(r) not in self.known[1]]
         self.manifest.write_all([json_text(r) for r in records])
         if rows:
             index.append(self.out_dir / index.INDEX, rows)
@@ -278,12 +288,23 @@ def _size(path: Path) -> int:
         return 0
 
 
+def _lines(path: Path) -> set[str]:
+    try:
+        return set(path.read_text(encoding="utf-8", errors="replace").splitlines())
+    except OSError:
+        return set()
+
+
 def _state(folder: Path) -> dict | None:
+    """``merged.json``, or None where it is missing or damaged (then merges compare lines: ``Merger.known``)."""
     try:
         state = json.loads((folder / STATE).read_text(encoding="utf-8"))
-        return state if isinstance(state, dict) and isinstance(state.get("parts"), dict) else None
     except (OSError, ValueError):
         return None
+    ok = isinstance(state, dict) and isinstance(state.get("parts"), dict)
+    ok = ok and all(isinstance(state.get(k), int) and state[k] >= 0 for k in ("manifest", "index"))
+    ok = ok and all(isinstance(k, str) and isinstance(v, int) and v >= 0 for k, v in state["parts"].items())
+    return state if ok else None
 
 
 def finish_block(out_dir: Path, path: Path, keep_open: bool = False) -> None:
@@ -326,14 +347,19 @@ def recover(out_dir: str | Path) -> bool:
     held, before planning); whether there was anything. A merge cut short is cut off first (``merged.json``)."""
     out_dir = Path(out_dir)
     folder = out_dir / PARTS
+    shutil.rmtree(out_dir / DONE, ignore_errors=True)  # merged already: a removal cut short
     if not folder.is_dir():
         return False
     state = _state(folder)
     if state is not None:
         for name, key in ((MANIFEST, "manifest"), (index.INDEX, "index")):
-            with contextlib.suppress(OSError), open(out_dir / name, "r+b") as f:
-                if f.seek(0, 2) > state[key]:
-                    f.truncate(state[key])
+            with contextlib.suppress(OSError):
+                fd = os.open(out_dir / name, os.O_RDWR | os.O_NOFOLLOW)  # never through a symlink
+                try:
+                    if os.fstat(fd).st_size > state[key]:
+                        os.ftruncate(fd, state[key])
+                finally:
+                    os.close(fd)
     try:
         for path in sorted(folder.glob("block-*.jsonl")):
             finish_block(out_dir, path)
@@ -342,7 +368,8 @@ def recover(out_dir: str | Path) -> bool:
             merger.merge()
         finally:
             merger.manifest.close()
+        os.replace(folder, out_dir / DONE)  # at once: a part left behind would be merged a second time
     except OSError as exc:
         raise SlowfastError(f"{folder}: cannot finish the parts a Ray run left ({exc.strerror or exc})") from None
-    shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(out_dir / DONE, ignore_errors=True)
     return True
