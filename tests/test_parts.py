@@ -259,3 +259,47 @@ def test_recovery_never_cuts_a_manifest_through_a_symlink(tmp_path):
     with pytest.raises(SlowfastError, match="symlink"):
         recover(out_dir)
     assert elsewhere.read_text() == '{"keep": 1}\n'
+
+
+def test_a_part_cut_shorter_than_merged_still_gets_its_new_lines_merged(tmp_path):
+    """A part cut by hand below what merged.json says was merged: its lines are read again from its start, each
+    added only where it is not the latest line of its video already (the new ones used to be skipped for good)."""
+    merger = Merger(tmp_path)
+    part = Part(tmp_path, 0)
+    for name in ("a.mp4", "b.mp4"):
+        part.add(ok(name, name[0] + ".pt"))
+    part.flush()
+    part.close()
+    merger.merge()
+    merger.manifest.close()
+    lines = part_path(tmp_path, 0).read_bytes().splitlines(keepends=True)
+    part_path(tmp_path, 0).write_bytes(lines[0])  # only the attempt line left
+    again = Part(tmp_path, 0)
+    again.add(ok("c.mp4", "c.pt"))
+    again.flush()
+    again.close()
+    recover(tmp_path)
+    assert [r["source"] for r in read_manifest(tmp_path / "manifest.jsonl")] == ["a.mp4", "b.mp4", "c.mp4"]
+
+
+def test_a_video_failed_again_after_an_ok_is_not_taken_for_a_merged_line(tmp_path):
+    """The line-by-line merge (no merge state) leaves out a record only where it is the video's *latest* line: a
+    failure identical to an older one, recorded after an ok, is still added."""
+    failed = Record.failed(Path("a.mp4"), Path("a.pt"), "a.mp4: cannot be decoded", "decode")
+    (tmp_path / "manifest.jsonl").write_text(failed.to_json() + "\n" + ok("a.mp4", "a.pt").to_json() + "\n")
+    part = Part(tmp_path, 0)
+    part.add(failed)
+    part.flush()
+    part.close()
+    recover(tmp_path)  # no merged.json
+    assert [r["status"] for r in read_manifest(tmp_path / "manifest.jsonl")] == ["failed", "ok", "failed"]
+
+
+def test_a_file_or_symlink_where_recovery_puts_the_merged_folder_is_no_obstacle(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("x")
+    out_dir = tmp_path / "out"
+    Part(out_dir, 0).close()
+    (out_dir / ".slowfast-parts.done").symlink_to(outside)
+    assert recover(out_dir) and not (out_dir / PARTS).exists() and (outside / "keep").exists()

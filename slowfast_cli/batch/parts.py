@@ -224,13 +224,19 @@ class Merger:
         self.manifest = Manifest(self.out_dir / MANIFEST)
         self.offsets: dict[str, int] = {}
         self.merged_at = time.monotonic()
-        self.known: tuple[set[str], set[str]] | None = None
+        self.known: tuple[dict, dict] | None = None  # see _know
         state = _state(self.dir)
         if state is not None:  # recover() left it: go on from it
             self.offsets = state["parts"]
         elif any(self.dir.glob("block-*.jsonl")):  # parts without a (readable) state: merged up to where, unknown
-            self.known = (_lines(self.out_dir / MANIFEST), _lines(self.out_dir / index.INDEX))
+            self._know()
         self._save()
+
+    def _know(self) -> None:
+        """Merged up to where is not known (merged.json lost or damaged, a part cut shorter since): the parts are
+        merged from their start, leaving out each line that is already the latest one of its video (sample)."""
+        if self.known is None:
+            self.known = (_latest(self.out_dir / MANIFEST, "source"), _latest(self.out_dir / index.INDEX, "key"))
 
     def _save(self) -> None:
         sizes = {"manifest": _size(self.out_dir / MANIFEST), "index": _size(self.out_dir / index.INDEX)}
@@ -251,7 +257,11 @@ class Merger:
         self.merged_at = time.monotonic()
         records, rows, offsets = [], [], dict(self.offsets)
         for path in sorted(self.dir.glob("block-*.jsonl")):
-            entries, offsets[path.name] = read_lines(path, self.offsets.get(path.name, 0))
+            start = self.offsets.get(path.name, 0)
+            if start > _size(path):  # cut shorter than what was merged (by hand): read again, see _know
+                start = 0
+                self._know()
+            entries, offsets[path.name] = read_lines(path, start)
             for e in entries:
                 if "record" in e:
                     records.append(e["record"])
@@ -260,8 +270,8 @@ class Merger:
         if offsets == self.offsets:
             return []
         if self.known is not None:  # merged before, or not: what the manifest and the index hold is not added again
-            records = [r for r in records if json_text(r) not in self.known[0]]
-            rows = [r for r in rows if json_text(r) not in self.known[1]]
+            records = [r for r in records if self.known[0].get(r["source"]) != json_text(r)]
+            rows = [r for r in rows if self.known[1].get(r.get("key")) != json_text(r)]
         self.manifest.write_all([json_text(r) for r in records])
         if rows:
             index.append(self.out_dir / index.INDEX, rows)
@@ -288,11 +298,14 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _lines(path: Path) -> set[str]:
-    try:
-        return set(path.read_text(encoding="utf-8", errors="replace").splitlines())
-    except OSError:
-        return set()
+def _latest(path: Path, field: str) -> dict:
+    """``field``'s value -> the text of the last line with it, in a JSON-lines file (manifest, index)."""
+    latest = {}
+    with contextlib.suppress(OSError):
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                latest[json.loads(line).get(field)] = line
+    return latest
 
 
 def _state(folder: Path) -> dict | None:
@@ -347,7 +360,7 @@ def recover(out_dir: str | Path) -> bool:
     held, before planning); whether there was anything. A merge cut short is cut off first (``merged.json``)."""
     out_dir = Path(out_dir)
     folder = out_dir / PARTS
-    shutil.rmtree(out_dir / DONE, ignore_errors=True)  # merged already: a removal cut short
+    _remove(out_dir / DONE)  # merged already: a removal cut short
     if not folder.is_dir():
         return False
     state = _state(folder)
@@ -371,5 +384,14 @@ def recover(out_dir: str | Path) -> bool:
         os.replace(folder, out_dir / DONE)  # at once: a part left behind would be merged a second time
     except OSError as exc:
         raise SlowfastError(f"{folder}: cannot finish the parts a Ray run left ({exc.strerror or exc})") from None
-    shutil.rmtree(out_dir / DONE, ignore_errors=True)
+    _remove(out_dir / DONE)
     return True
+
+
+def _remove(path: Path) -> None:
+    """Remove a folder, or a file or symlink in its place (never what a symlink points to)."""
+    if path.is_symlink() or path.is_file():
+        with contextlib.suppress(OSError):
+            path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
