@@ -303,3 +303,30 @@ def test_a_file_or_symlink_where_recovery_puts_the_merged_folder_is_no_obstacle(
     Part(out_dir, 0).close()
     (out_dir / ".slowfast-parts.done").symlink_to(outside)
     assert recover(out_dir) and not (out_dir / PARTS).exists() and (outside / "keep").exists()
+
+
+def test_a_rerun_finishes_a_full_open_shard_before_adding_to_it(tmp_path, monkeypatch):
+    """Killed after a full shard's samples were recorded and before it got its name: the rerun finishes it first
+    (it used to take one more sample, a shard over --shard-size)."""
+    from slowfast_cli.formats.block_shards import BlockShardWriter
+
+    job = wds_job(tmp_path, shard_size=2)
+    out = BlockOutput(job, 0)
+    write_sample(out, 0, "a")
+    real = BlockShardWriter.finish_shard
+
+    def killed(self):
+        raise KeyboardInterrupt  # the kill, after the flush of a and b
+
+    monkeypatch.setattr(BlockShardWriter, "finish_shard", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_sample(out, 1, "b")
+    out.part.close()
+    monkeypatch.setattr(BlockShardWriter, "finish_shard", real)
+    again = BlockOutput(job, 0)
+    write_sample(again, 2, "c")
+    again.close()
+    recover(tmp_path)
+    rows = index.read_index(tmp_path / index.INDEX)
+    assert [(r["key"], r["shard"]) for r in rows] == [("a", "shard-000003.tar"), ("b", "shard-000003.tar"),
+                                                      ("c", "shard-000004.tar")]  # fmt: skip

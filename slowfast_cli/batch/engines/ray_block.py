@@ -40,6 +40,8 @@ class BlockOutput:
             if log.shard is not None and open_shard(self.out_dir, block).is_file():  # its recorded samples: go on
                 number, self.part.end = shard_number(log.shard), log.end
             self.writer = BlockShardWriter(self.writer.fmt, self.out_dir, open_shard(self.out_dir, block), number)
+            if self.writer.full:  # its samples recorded, then killed before the shard was finished
+                self.finish_shard()
 
     @property
     def recorded(self) -> dict[str, dict]:
