@@ -23,7 +23,10 @@ shard is cut back to its last recorded sample, and each death of an actor counts
 **Exact merges**: ``merged.json`` in the parts folder says how far the manifest and the index reach and how many
 bytes of each part are merged; it is written after each merge. :func:`recover` (at the start of every run, under the
 output lock, and at the end of a complete Ray run) cuts the manifest and the index back to those sizes (a merge cut
-short), finishes what the parts recorded (renames, open shards), merges the rest and removes the folder. No torch.
+short), finishes what the parts recorded (renames, open shards), merges the rest and removes the folder (renamed
+to ``.slowfast-parts.done`` first: a kill mid-removal leaves nothing to merge twice). Without a readable
+``merged.json`` a part's line is merged unless it is its video's latest line already; lines slowfast does not write
+(a part edited by hand or damaged) are skipped like a torn line (``part_lines``). No torch.
 """
 
 from __future__ import annotations
