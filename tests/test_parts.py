@@ -330,3 +330,21 @@ def test_a_rerun_finishes_a_full_open_shard_before_adding_to_it(tmp_path, monkey
     rows = index.read_index(tmp_path / index.INDEX)
     assert [(r["key"], r["shard"]) for r in rows] == [("a", "shard-000003.tar"), ("b", "shard-000003.tar"),
                                                       ("c", "shard-000004.tar")]  # fmt: skip
+
+
+def test_a_merge_that_fails_halfway_is_taken_back_and_done_once_later(tmp_path):
+    """The manifest appended and then the index refused (a full disk; here a folder in its place): both are cut
+    back, so the next merge adds the lines once (the manifest used to keep the first copy and get a second)."""
+    merger = Merger(tmp_path)
+    out = BlockOutput(wds_job(tmp_path, shard_size=1), 0)
+    write_sample(out, 1, "a")
+    out.flush()
+    (tmp_path / index.INDEX).mkdir()
+    with pytest.raises(SlowfastError, match="index.jsonl: cannot write"):
+        merger.merge()
+    (tmp_path / index.INDEX).rmdir()
+    merger.merge()
+    out.close()
+    merger.close(complete=True)
+    assert [r["source"] for r in read_manifest(tmp_path / "manifest.jsonl")] == ["a"]
+    assert [r["key"] for r in index.read_index(tmp_path / index.INDEX)] == ["a"]

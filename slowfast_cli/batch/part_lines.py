@@ -1,7 +1,10 @@
-"""Which lines of a Ray block's part (``batch.parts``) are slowfast's own: the rest is skipped when a part is read."""
+"""Small pieces of ``batch.parts``: which lines of a Ray block's part are slowfast's own (the rest is skipped when a
+part is read), the latest line of each video in a JSON-lines file, a file cut back to a size."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from dataclasses import fields
 from pathlib import Path
@@ -46,3 +49,24 @@ def valid(e) -> bool:
     if "shard" in e:
         return _shard(e["shard"]) and isinstance(e.get("rows"), list) and all(isinstance(r, dict) for r in e["rows"])
     return False
+
+
+def cut(path: Path, size: int) -> None:
+    """Cut a file back to ``size`` bytes where it is longer (never through a symlink)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        try:
+            if os.fstat(fd).st_size > size:
+                os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+
+
+def latest(path: Path, field: str) -> dict:
+    """``field``'s value -> the text of the last line with it, in a JSON-lines file (manifest, index)."""
+    latest = {}
+    with contextlib.suppress(OSError):
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                latest[json.loads(line).get(field)] = line
+    return latest

@@ -43,7 +43,7 @@ from pathlib import Path
 from ..atomic import json_text, write_json
 from ..errors import SlowfastError
 from ..formats import index, shards
-from .part_lines import valid
+from .part_lines import cut, latest, valid
 from .records import MANIFEST, Manifest, Record
 
 PARTS = ".slowfast-parts"  # in OUT_DIR: the parts, the blocks' open shards, the merge state
@@ -239,11 +239,13 @@ class Merger:
         """Merged up to where is not known (merged.json lost or damaged, a part cut shorter since): the parts are
         merged from their start, leaving out each line that is already the latest one of its video (sample)."""
         if self.known is None:
-            self.known = (_latest(self.out_dir / MANIFEST, "source"), _latest(self.out_dir / index.INDEX, "key"))
+            self.known = (latest(self.out_dir / MANIFEST, "source"), latest(self.out_dir / index.INDEX, "key"))
+
+    def _sizes(self) -> dict[str, int]:
+        return {"manifest": _size(self.out_dir / MANIFEST), "index": _size(self.out_dir / index.INDEX)}
 
     def _save(self) -> None:
-        sizes = {"manifest": _size(self.out_dir / MANIFEST), "index": _size(self.out_dir / index.INDEX)}
-        write_json(self.dir / STATE, {**sizes, "parts": self.offsets})
+        write_json(self.dir / STATE, {**self._sizes(), "parts": self.offsets})
 
     def write(self, records: list[Record]) -> None:
         """Append the driver's own records (planned ones, rows that never came back), 10,000 lines a write."""
@@ -275,9 +277,15 @@ class Merger:
         if self.known is not None:  # merged before, or not: what the manifest and the index hold is not added again
             records = [r for r in records if self.known[0].get(r["source"]) != json_text(r)]
             rows = [r for r in rows if self.known[1].get(r.get("key")) != json_text(r)]
-        self.manifest.write_all([json_text(r) for r in records])
-        if rows:
-            index.append(self.out_dir / index.INDEX, rows)
+        sizes = self._sizes()
+        try:
+            self.manifest.write_all([json_text(r) for r in records])
+            if rows:
+                index.append(self.out_dir / index.INDEX, rows)
+        except BaseException:  # a full disk: both cut back, so a later merge of the same lines adds them once
+            for name, key in ((MANIFEST, "manifest"), (index.INDEX, "index")):
+                cut(self.out_dir / name, sizes[key])
+            raise
         self.offsets = offsets
         self._save()
         return records
@@ -299,16 +307,6 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
-
-
-def _latest(path: Path, field: str) -> dict:
-    """``field``'s value -> the text of the last line with it, in a JSON-lines file (manifest, index)."""
-    latest = {}
-    with contextlib.suppress(OSError):
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
-                latest[json.loads(line).get(field)] = line
-    return latest
 
 
 def _state(folder: Path) -> dict | None:
@@ -369,13 +367,7 @@ def recover(out_dir: str | Path) -> bool:
     state = _state(folder)
     if state is not None:
         for name, key in ((MANIFEST, "manifest"), (index.INDEX, "index")):
-            with contextlib.suppress(OSError):
-                fd = os.open(out_dir / name, os.O_RDWR | os.O_NOFOLLOW)  # never through a symlink
-                try:
-                    if os.fstat(fd).st_size > state[key]:
-                        os.ftruncate(fd, state[key])
-                finally:
-                    os.close(fd)
+            cut(out_dir / name, state[key])
     try:
         for path in sorted(folder.glob("block-*.jsonl")):
             finish_block(out_dir, path)
