@@ -388,6 +388,41 @@ def test_a_driver_killed_with_sigkill_leaves_only_recorded_shards_and_resumes(cl
         assert torch.equal(sample["tokens"][None], reference[sample["key"] + ".pt"]["tokens"]), sample["key"]
 
 
+def test_a_local_run_resumes_a_killed_ray_run_of_one_sample_shards(cluster, tmp_path):
+    """kill -9 of a Ray driver (webdataset, one sample a shard, 4 blocks), then the local engine resumes: it merges
+    the parts first (recover serves both engines), its own shards take numbers after the Ray blocks', and every
+    video ends up once in the manifest, once in the index and once in the shards."""
+    from slowfast_cli.dataset import TokenDataset
+    from slowfast_cli.formats import index
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(8):
+        media.make_video(src / f"clip{i}.mp4", frames=24, size=(96, 72))
+    wds = ["--format", "webdataset", "--shard-size", "1"]
+    cmd = [sys.executable, "-m", "slowfast_cli", "batch", src, "-o", out, "--engine", "ray", "--address"]
+    proc = subprocess.Popen(list(map(str, [*cmd, cluster.address, *TINY, *wds])), env=cluster.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(OSError, ValueError):
+            if sum(r["status"] == "ok" for r in recorded_in_parts(out)) >= 3:
+                break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(timeout=60)
+    time.sleep(2)  # Ray ends the dead driver's actors
+    again = local_batch(src, out, *wds, "--json")
+    assert again.returncode == 0, again.stderr.decode()
+    assert not (out / ".slowfast-parts").exists()
+    ok = sorted(r["source"] for r in read_manifest(out / "manifest.jsonl") if r["status"] == "ok")
+    assert ok == [f"clip{i}.mp4" for i in range(8)]  # each once
+    rows = index.read_index(out / index.INDEX)
+    assert sorted(r["key"] for r in rows) == [f"clip{i}" for i in range(8)]
+    assert len({r["shard"] for r in rows}) == 8 == len(list(out.glob("shard-*.tar")))  # one sample a shard
+    assert len(TokenDataset(out)) == 8
+
+
 PLAN_IN_BLOCKS = """
 import json, pickle, sys
 from pathlib import Path

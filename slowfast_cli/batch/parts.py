@@ -23,7 +23,10 @@ shard is cut back to its last recorded sample, and each death of an actor counts
 **Exact merges**: ``merged.json`` in the parts folder says how far the manifest and the index reach and how many
 bytes of each part are merged; it is written after each merge. :func:`recover` (at the start of every run, under the
 output lock, and at the end of a complete Ray run) cuts the manifest and the index back to those sizes (a merge cut
-short), finishes what the parts recorded (renames, open shards), merges the rest and removes the folder. No torch.
+short), finishes what the parts recorded (renames, open shards), merges the rest and removes the folder (renamed
+to ``.slowfast-parts.done`` first: a kill mid-removal leaves nothing to merge twice). Without a readable
+``merged.json`` a part's line is merged unless it is its video's latest line already; lines slowfast does not write
+(a part edited by hand or damaged) are skipped like a torn line (``part_lines``). No torch.
 """
 
 from __future__ import annotations
@@ -40,9 +43,11 @@ from pathlib import Path
 from ..atomic import json_text, write_json
 from ..errors import SlowfastError
 from ..formats import index, shards
+from .part_lines import cut, latest, valid
 from .records import MANIFEST, Manifest, Record
 
 PARTS = ".slowfast-parts"  # in OUT_DIR: the parts, the blocks' open shards, the merge state
+DONE = PARTS + ".done"  # the parts folder once merged, renamed at once and then removed (a kill mid-removal: inert)
 STATE = "merged.json"
 MERGE_S = 5.0  # the driver merges the parts at least this often while rows arrive
 
@@ -73,7 +78,9 @@ def read_lines(path: Path, start: int = 0) -> tuple[list[dict], int]:
     entries = []
     for line in data[:end].splitlines():
         with contextlib.suppress(ValueError):
-            entries.append(json.loads(line))
+            entry = json.loads(line)
+            if valid(entry):
+                entries.append(entry)
     return entries, start + end
 
 
@@ -220,14 +227,25 @@ class Merger:
         self.manifest = Manifest(self.out_dir / MANIFEST)
         self.offsets: dict[str, int] = {}
         self.merged_at = time.monotonic()
+        self.known: tuple[dict, dict] | None = None  # see _know
         state = _state(self.dir)
         if state is not None:  # recover() left it: go on from it
             self.offsets = state["parts"]
+        elif any(self.dir.glob("block-*.jsonl")):  # parts without a (readable) state: merged up to where, unknown
+            self._know()
         self._save()
 
+    def _know(self) -> None:
+        """Merged up to where is not known (merged.json lost or damaged, a part cut shorter since): the parts are
+        merged from their start, leaving out each line that is already the latest one of its video (sample)."""
+        if self.known is None:
+            self.known = (latest(self.out_dir / MANIFEST, "source"), latest(self.out_dir / index.INDEX, "key"))
+
+    def _sizes(self) -> dict[str, int]:
+        return {"manifest": _size(self.out_dir / MANIFEST), "index": _size(self.out_dir / index.INDEX)}
+
     def _save(self) -> None:
-        sizes = {"manifest": _size(self.out_dir / MANIFEST), "index": _size(self.out_dir / index.INDEX)}
-        write_json(self.dir / STATE, {**sizes, "parts": self.offsets})
+        write_json(self.dir / STATE, {**self._sizes(), "parts": self.offsets})
 
     def write(self, records: list[Record]) -> None:
         """Append the driver's own records (planned ones, rows that never came back), 10,000 lines a write."""
@@ -244,7 +262,11 @@ class Merger:
         self.merged_at = time.monotonic()
         records, rows, offsets = [], [], dict(self.offsets)
         for path in sorted(self.dir.glob("block-*.jsonl")):
-            entries, offsets[path.name] = read_lines(path, self.offsets.get(path.name, 0))
+            start = self.offsets.get(path.name, 0)
+            if start > _size(path):  # cut shorter than what was merged (by hand): read again, see _know
+                start = 0
+                self._know()
+            entries, offsets[path.name] = read_lines(path, start)
             for e in entries:
                 if "record" in e:
                     records.append(e["record"])
@@ -252,9 +274,18 @@ class Merger:
                     rows += e["rows"]
         if offsets == self.offsets:
             return []
-        self.manifest.write_all([json_text(r) for r in records])
-        if rows:
-            index.append(self.out_dir / index.INDEX, rows)
+        if self.known is not None:  # merged before, or not: what the manifest and the index hold is not added again
+            records = [r for r in records if self.known[0].get(r["source"]) != json_text(r)]
+            rows = [r for r in rows if self.known[1].get(r.get("key")) != json_text(r)]
+        sizes = self._sizes()
+        try:
+            self.manifest.write_all([json_text(r) for r in records])
+            if rows:
+                index.append(self.out_dir / index.INDEX, rows)
+        except BaseException:  # a full disk: both cut back, so a later merge of the same lines adds them once
+            for name, key in ((MANIFEST, "manifest"), (index.INDEX, "index")):
+                cut(self.out_dir / name, sizes[key])
+            raise
         self.offsets = offsets
         self._save()
         return records
@@ -279,17 +310,25 @@ def _size(path: Path) -> int:
 
 
 def _state(folder: Path) -> dict | None:
+    """``merged.json``, or None where it is missing or damaged (then merges compare lines: ``Merger.known``)."""
     try:
         state = json.loads((folder / STATE).read_text(encoding="utf-8"))
-        return state if isinstance(state, dict) and isinstance(state.get("parts"), dict) else None
     except (OSError, ValueError):
         return None
+    ok = isinstance(state, dict) and isinstance(state.get("parts"), dict)
+    ok = ok and all(isinstance(state.get(k), int) and state[k] >= 0 for k in ("manifest", "index"))
+    ok = ok and all(isinstance(k, str) and isinstance(v, int) and v >= 0 for k, v in state["parts"].items())
+    return state if ok else None
 
 
-def finish_block(out_dir: Path, path: Path) -> None:
+def finish_block(out_dir: Path, path: Path, keep_open: bool = False) -> None:
     """What a block's part recorded and its actor did not finish (a killed actor or driver): recorded temporary
     files renamed into place, the open shard cut back to its last recorded sample and finished (its line logged),
-    a shard finished without its line given one. Call only when no actor works on the block."""
+    a shard finished without its line given one. Call only when no actor works on the block.
+
+    ``keep_open`` (a rerun of the block, by the actor that goes on with it): the open shard is only cut back and
+    stays open, so the rerun appends to it under the same name. A block so never uses more shard numbers than its
+    samples fill (``ceil(rows / shard_size)``), whatever its deaths, and cannot reach the next block's numbers."""
     entries, _ = read_lines(path)
     log = BlockLog.of(entries)
     for e in entries:
@@ -302,6 +341,8 @@ def finish_block(out_dir: Path, path: Path) -> None:
         with open(opened, "r+b") as f:
             if f.seek(0, 2) > log.end:
                 f.truncate(log.end)  # samples written after the last recorded one are not trusted
+        if keep_open:
+            return
         rows = [{**r, "shard": name} for r in index.shard_rows(opened)]
         shards.finish(opened, out_dir / name)
     elif name is not None and (out_dir / name).is_file():  # finished, then killed before its line
@@ -320,14 +361,13 @@ def recover(out_dir: str | Path) -> bool:
     held, before planning); whether there was anything. A merge cut short is cut off first (``merged.json``)."""
     out_dir = Path(out_dir)
     folder = out_dir / PARTS
+    _remove(out_dir / DONE)  # merged already: a removal cut short
     if not folder.is_dir():
         return False
     state = _state(folder)
     if state is not None:
         for name, key in ((MANIFEST, "manifest"), (index.INDEX, "index")):
-            with contextlib.suppress(OSError), open(out_dir / name, "r+b") as f:
-                if f.seek(0, 2) > state[key]:
-                    f.truncate(state[key])
+            cut(out_dir / name, state[key])
     try:
         for path in sorted(folder.glob("block-*.jsonl")):
             finish_block(out_dir, path)
@@ -336,7 +376,17 @@ def recover(out_dir: str | Path) -> bool:
             merger.merge()
         finally:
             merger.manifest.close()
+        os.replace(folder, out_dir / DONE)  # at once: a part left behind would be merged a second time
     except OSError as exc:
         raise SlowfastError(f"{folder}: cannot finish the parts a Ray run left ({exc.strerror or exc})") from None
-    shutil.rmtree(folder, ignore_errors=True)
+    _remove(out_dir / DONE)
     return True
+
+
+def _remove(path: Path) -> None:
+    """Remove a folder, or a file or symlink in its place (never what a symlink points to)."""
+    if path.is_symlink() or path.is_file():
+        with contextlib.suppress(OSError):
+            path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)

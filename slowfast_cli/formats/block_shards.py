@@ -20,8 +20,8 @@ from .writers import WebdatasetWriter
 class BlockShardWriter(WebdatasetWriter):
     """``WebdatasetWriter`` into a block's open shard ``open_path``, its finished shards numbered from ``number``.
 
-    An open shard already there holds nothing recorded (``batch.parts.finish_block`` finished the recorded ones):
-    it is removed.
+    An open shard already there holds only recorded samples (an earlier attempt's: ``batch.parts.finish_block``
+    cut it back to them): this writer goes on appending to it, ``number`` being its name-to-be.
     """
 
     auto_finish = False  # the owner finishes a shard once its samples are recorded
@@ -30,7 +30,8 @@ class BlockShardWriter(WebdatasetWriter):
         super().__init__(fmt, out_dir)
         self.open_path, self.next_number = Path(open_path), number
         self.finished: list[tuple[str, list[dict]]] = []  # (name, index lines) of shards finished, for the part
-        self.open_path.unlink(missing_ok=True)
+        if self.open_path.is_file():
+            self.open = {s.key: s for s in shards.recover(self.open_path)}
 
     def load(self) -> None:
         """Nothing to read: the driver planned the block against the folder's index."""

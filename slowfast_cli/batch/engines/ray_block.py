@@ -27,16 +27,21 @@ class BlockOutput:
     def __init__(self, job: dict, block: int):
         self.out_dir = Path(job["out_dir"])
         path = part_path(self.out_dir, block)
-        if path.exists():  # a rerun after its actor died: what it recorded is finished first (its shard too)
-            finish_block(self.out_dir, path)
+        if path.exists():  # a rerun after its actor died: what it recorded is finished first (its open shard cut)
+            finish_block(self.out_dir, path, keep_open=True)
         self.part = Part(self.out_dir, block)
         self.writer = make_writer(job.get("format"), self.out_dir)
         if self.writer.in_shards:
             from ...formats.block_shards import BlockShardWriter
 
-            finished = [shard_number(name) for name in self.part.log.finished]
+            log = self.part.log
+            finished = [shard_number(name) for name in log.finished]
             number = finished[-1] + 1 if finished else job["first_shard"] + block * job["shards_per_block"]
+            if log.shard is not None and open_shard(self.out_dir, block).is_file():  # its recorded samples: go on
+                number, self.part.end = shard_number(log.shard), log.end
             self.writer = BlockShardWriter(self.writer.fmt, self.out_dir, open_shard(self.out_dir, block), number)
+            if self.writer.full:  # its samples recorded, then killed before the shard was finished
+                self.finish_shard()
 
     @property
     def recorded(self) -> dict[str, dict]:
