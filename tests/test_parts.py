@@ -348,3 +348,11 @@ def test_a_merge_that_fails_halfway_is_taken_back_and_done_once_later(tmp_path):
     merger.close(complete=True)
     assert [r["source"] for r in read_manifest(tmp_path / "manifest.jsonl")] == ["a"]
     assert [r["key"] for r in index.read_index(tmp_path / index.INDEX)] == ["a"]
+
+
+def test_a_part_that_cannot_be_made_is_one_line_naming_it(tmp_path):
+    """A file where the parts folder goes (or a full disk) at the start of a block: PartError, which the actor turns
+    into the row that stops the run with this line (not a task failure that costs the block's videos)."""
+    (tmp_path / ".slowfast-parts").write_text("not a folder")
+    with pytest.raises(PartError, match=r"block-000003\.jsonl: cannot write \(File exists\); the batch stopped here"):
+        BlockOutput({"out_dir": str(tmp_path), "format": None}, 3)

@@ -25,6 +25,15 @@ class BlockOutput:
     """The outputs and the part of ``block``, for the job (``ray_tasks.encoder_class``)."""
 
     def __init__(self, job: dict, block: int):
+        """Raises PartError: the part, or the block's open shard, cannot be made (a full disk, a file where the
+        parts folder goes): the run stops with that line, as when a record cannot be written later."""
+        try:
+            self._open(job, block)
+        except OSError as exc:
+            where = part_path(job["out_dir"], block)
+            raise PartError(f"{where}: cannot write ({exc.strerror or exc}); the batch stopped here") from None
+
+    def _open(self, job: dict, block: int) -> None:
         self.out_dir = Path(job["out_dir"])
         path = part_path(self.out_dir, block)
         if path.exists():  # a rerun after its actor died: what it recorded is finished first (its open shard cut)

@@ -178,8 +178,9 @@ def encoder_class(job: dict) -> type:
 
             videos = list(planned(batch))
             for block in dict.fromkeys(v.block for v in videos):  # a batch is one block (ray_plan): in order
-                out = BlockOutput(job, block)
+                out = None
                 try:
+                    out = BlockOutput(job, block)  # a part that cannot be made stops the run, as one cut short does
                     done = out.recorded  # an earlier attempt's: sent again (the driver keeps the first copy)
                     rows = [self._again(v, done[s]) for v in videos if v.block == block and (s := _source(v)) in done]
                     todo = [v for v in videos if v.block == block and _source(v) not in done]
@@ -193,7 +194,8 @@ def encoder_class(job: dict) -> type:
                     out.close()
                 except PartError as exc:  # the part cannot be written (a full disk): the run stops there
                     rows = [RayRow(b"", b"", "stop", problem=str(exc))]
-                    out.part.close()
+                    if out is not None:
+                        out.part.close()
                 if rows:
                     yield {"items": [pickle.dumps(rows)]}
                 if rows and rows[-1].status == "stop":
