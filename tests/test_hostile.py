@@ -573,6 +573,11 @@ class TestFourthPass:
         # and --frames where T follows each video's length (sampling by rate; the qwen presets) was ignored too
         r = run("encode", small_video, *TINY, "-o", tmp_path / "z.pt", "--frames", "4", "--sample-fps", "2")
         assert r.exit_code == 2 and "--frames does not apply to --sampling centers" in one_line(r)
+        # --sample-fps 0 (no rate, a fixed --frames) where sampling is by rate whatever it says: refused, not 1 fps
+        for sampling in ("llava_next", "qwen"):
+            r = run("encode", small_video, *TINY, "-o", tmp_path / "w.pt", "--sampling", sampling, "--sample-fps", "0")
+            assert r.exit_code == 2 and f"does not apply to --sampling {sampling}" in one_line(r), r.output
+        assert not (tmp_path / "w.pt").exists()
         assert not (tmp_path / "z.pt").exists()
 
     def test_export_never_keeps_what_was_not_asked_for(self, tmp_path, small_video):

@@ -168,10 +168,10 @@ def build_config(preset: str, **flags: Any) -> Config:
         flags["sample_fps"] = None
     cfg = resolve_config(preset, flags)
     if no_rate:
-        if cfg.video.sampling == "qwen":
+        if cfg.video.sampling in ("qwen", "llava_next"):  # they sample by rate whatever sample_fps says
             raise ConfigError(
-                "--sample-fps 0 (a fixed --frames) does not apply to --sampling qwen, which samples by rate; pass "
-                "--sampling centers (or linspace) with it"
+                f"--sample-fps 0 (a fixed --frames) does not apply to --sampling {cfg.video.sampling}, which samples "
+                "by rate; pass --sampling centers (or linspace) with it"
             )
         cfg.video.sample_fps = None
     refuse_slowfast_flags(cfg, flags)
