@@ -105,6 +105,7 @@ def sigint_deferred(reraise: bool = True) -> Iterator[_Held]:
     if outermost:
 
         def hold(signum, frame):
+            held.pending = True  # the outermost block's own, also in the moment after it left _held (below)
             for h in _held:
                 h.pending = True
 

@@ -178,6 +178,33 @@ def test_sigint_deferred_holds_ctrl_c_to_the_end_of_the_block():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_signal_in_the_moment_the_hold_ends_is_not_lost(monkeypatch):
+    """A SIGINT after the block left the stack of holds but before the usual handler is back (the first handler
+    restored) still counts: it was lost there, and `batch` went on as if never interrupted (found by a CI run of
+    test_batch's SIGINT test, whose signal comes right after a manifest line)."""
+    import slowfast_cli.atomic as atomic
+
+    real, calls = signal.signal, []
+
+    def restore_with_a_signal_first(sig, handler):
+        calls.append(sig)
+        if len(calls) == len(atomic.HELD_SIGNALS) + 1:  # the first restore, after the installs
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        return real(sig, handler)
+
+    monkeypatch.setattr(atomic.signal, "signal", restore_with_a_signal_first)
+    with pytest.raises(KeyboardInterrupt), sigint_deferred():
+        pass
+    monkeypatch.setattr(atomic.signal, "signal", real)
+    calls.clear()
+    monkeypatch.setattr(atomic.signal, "signal", restore_with_a_signal_first)
+    with sigint_deferred(reraise=False) as held:
+        pass
+    monkeypatch.setattr(atomic.signal, "signal", real)
+    assert held.pending and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_json_text_keeps_names_that_are_not_utf8():
     name = os.fsdecode(b"\xe9t\xe9 caf\xc3\xa9\n.mp4")
     text = json_text({"source": name})
