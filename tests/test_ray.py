@@ -333,6 +333,23 @@ def test_ctrl_c_leaves_files_and_lines_together_and_resumes(cluster, tmp_path, s
     assert ok == sorted(f"clip{i:02d}.mp4" for i in range(12))
 
 
+def kill_ray_driver_after(cluster, src, out, ok: int, *extra: str) -> None:
+    """A Ray batch of ``src`` into ``out`` killed with SIGKILL once its parts record ``ok`` videos written, and its
+    actors given the time Ray takes to end a dead driver's actors."""
+    cmd = [sys.executable, "-m", "slowfast_cli", "batch", src, "-o", out, "--engine", "ray", "--address"]
+    cmd += [cluster.address, *TINY, *extra]
+    proc = subprocess.Popen(list(map(str, cmd)), env=cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(OSError, ValueError):
+            if sum(r["status"] == "ok" for r in recorded_in_parts(out)) >= ok:
+                break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(timeout=60)
+    time.sleep(2)  # Ray ends the dead driver's actors
+
+
 def recorded_in_parts(out: Path) -> list[dict]:
     """The records the actors wrote in the blocks' parts so far (``batch.parts``), merged or not."""
     from slowfast_cli.batch.parts import read_lines
@@ -355,18 +372,7 @@ def test_a_driver_killed_with_sigkill_leaves_only_recorded_shards_and_resumes(cl
     full = tmp_path / "full"
     local = in_background(local_batch, src, full)  # the reference, while the Ray runs go
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "slowfast_cli", "batch", src, "-o", out, "--engine", "ray", "--address"]
-    cmd += [cluster.address, *TINY, "--format", "webdataset", "--shard-size", "3"]
-    proc = subprocess.Popen(list(map(str, cmd)), env=cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        with contextlib.suppress(OSError, ValueError):
-            if sum(r["status"] == "ok" for r in recorded_in_parts(out)) >= 4:
-                break
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait(timeout=60)
-    time.sleep(2)  # Ray ends the dead driver's actors
+    kill_ray_driver_after(cluster, src, out, 4, "--format", "webdataset", "--shard-size", "3")
     recorded = {r["source"][:-4] for r in recorded_in_parts(out) if r["status"] == "ok"}
     in_shards = {k for p in out.glob("shard-*.tar") for k in (m["key"] for m in index.shard_rows(p))}
     assert in_shards <= recorded and len(recorded) < 12  # only recorded samples under a final name
@@ -400,18 +406,7 @@ def test_a_local_run_resumes_a_killed_ray_run_of_one_sample_shards(cluster, tmp_
     for i in range(8):
         media.make_video(src / f"clip{i}.mp4", frames=24, size=(96, 72))
     wds = ["--format", "webdataset", "--shard-size", "1"]
-    cmd = [sys.executable, "-m", "slowfast_cli", "batch", src, "-o", out, "--engine", "ray", "--address"]
-    proc = subprocess.Popen(list(map(str, [*cmd, cluster.address, *TINY, *wds])), env=cluster.env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        with contextlib.suppress(OSError, ValueError):
-            if sum(r["status"] == "ok" for r in recorded_in_parts(out)) >= 3:
-                break
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait(timeout=60)
-    time.sleep(2)  # Ray ends the dead driver's actors
+    kill_ray_driver_after(cluster, src, out, 3, *wds)
     again = local_batch(src, out, *wds, "--json")
     assert again.returncode == 0, again.stderr.decode()
     assert not (out / ".slowfast-parts").exists()

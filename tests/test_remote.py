@@ -41,6 +41,15 @@ CLIPS = {"a.mp4": (24, (96, 64)), "sub/b.mp4": (20, (80, 48)), "sub/deep/c.mkv":
 runner = CliRunner()
 
 
+def wait_for_port(port: int) -> None:
+    """Until a server listens on the loopback ``port`` (at most 10 s)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -245,11 +254,7 @@ def test_refused_credentials_are_one_line(tmp_path):
         env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        for _ in range(100):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.1)
+        wait_for_port(port)
         env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "wrong",
                "AWS_SECRET_ACCESS_KEY": "wrong", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
         r = cli([f"s3://{BUCKET}/in", "-o", str(tmp_path / "out")], env)
@@ -434,11 +439,7 @@ def test_a_store_that_goes_away_mid_run_stops_it_and_keeps_its_manifest(tmp_path
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
     try:
-        for _ in range(100):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.1)
+        wait_for_port(port)
         s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
                           aws_secret_access_key="testing", region_name="us-east-1")  # fmt: skip
         s3.create_bucket(Bucket="gone")
